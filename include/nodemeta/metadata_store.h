@@ -1,0 +1,121 @@
+// nodemeta/metadata_store.h: MetadataStore, the metadata of one graph's nodes, held in one
+// tbb::concurrent_hash_map.
+#ifndef NODEMETA_METADATA_STORE_H_
+#define NODEMETA_METADATA_STORE_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include <oneapi/tbb/concurrent_hash_map.h>
+
+#include "nodemeta/detail/config.h"
+#include "nodemeta/detail/record.h"
+#include "nodemeta/key.h"
+#include "nodemeta/node_metadata.h"
+#include "nodemeta/value.h"
+
+namespace nodemeta {
+
+struct StoreOptions {
+  // Keys no write may change once present. Default: the PyTorch original's five.
+  std::vector<Key> protected_keys = default_protected_keys();
+  // A hint: the number of nodes the store will hold (pre-sizes the hash map).
+  std::size_t expected_nodes = 0;
+};
+
+// MetadataStore: the metadata of every node of one graph.
+//
+// Layout: one tbb::concurrent_hash_map from NodeId to a 16-byte record that points at the
+//   node's slots (16 bytes per key). Every per-node operation holds that node's element
+//   lock (a const_accessor to read, an accessor to write) for its whole duration, which is
+//   what makes protection checks, update(), edit() and snapshots atomic. No accessor ever
+//   leaves the library. See docs/design.md for the measurements behind the layout.
+//
+// Thread safety: every member function is concurrent-safe, except construction and
+//   destruction. The store is neither copyable nor movable (its nodes point at it).
+// Protection: is_protected(k) only ever goes from false to true. After protect(k) returns,
+//   no write to k succeeds on any node of this store, including writes already in flight:
+//   a node write checks protection while holding the node's lock, so a write that raced
+//   protect() either completed before any later reader of that node can look, or is
+//   rejected.
+// Lifetime: the store must outlive its nodes; debug builds assert that no node is left
+//   when it is destroyed.
+class MetadataStore {
+ public:
+  MetadataStore() : MetadataStore(StoreOptions{}) {}
+  explicit MetadataStore(StoreOptions options);
+  MetadataStore(const MetadataStore&) = delete;
+  MetadataStore& operator=(const MetadataStore&) = delete;
+  ~MetadataStore();
+
+  // The store behind standalone NodeMetadata (default protected keys). Never destroyed.
+  static MetadataStore& default_store();
+
+  // A new node holding `items` (protected keys allowed). Throws std::invalid_argument
+  // naming the key if a key repeats, and ReentrancyError inside this store's callbacks.
+  NodeMetadata create(std::initializer_list<KeyValue> items = {});
+  NodeMetadata create(std::span<const KeyValue> items);
+
+  // Protects `key` on every node of this store, from now on. Idempotent.
+  void protect(Key key);
+  bool is_protected(Key key) const noexcept {
+    const std::uint32_t id = key.id();
+    if (id < 64) return (protected_low_.load(std::memory_order_seq_cst) >> id) & 1U;
+    return is_protected_high(id);
+  }
+  // The protected keys' names, sorted.
+  std::vector<std::string> protected_keys() const;
+
+  // The number of live nodes. Exact whenever no node is being created or destroyed.
+  std::size_t node_count() const noexcept { return map_.size(); }
+
+ private:
+  friend class NodeMetadata;
+  friend class NodeEditor;
+
+  struct IdHashCompare {
+    static std::size_t hash(NodeId id) noexcept { return static_cast<std::size_t>(id); }
+    static bool equal(NodeId a, NodeId b) noexcept { return a == b; }
+  };
+  using Map = tbb::concurrent_hash_map<NodeId, detail::Record, IdHashCompare,
+                                       detail::Allocator<std::pair<const NodeId, detail::Record>>>;
+
+  // Node operations, called by NodeMetadata.
+  NodeId insert(detail::Record record);
+  NodeId clone(NodeId id) const;
+  void remove(NodeId id) noexcept;
+  Value at(NodeId id, Key key) const;
+  std::optional<Value> get(NodeId id, Key key) const;
+  bool contains(NodeId id, Key key) const;
+  std::size_t size(NodeId id) const;
+  Items items(NodeId id) const;
+  WriteResult write(NodeId id, Key key, Value&& value);
+  bool set_once(NodeId id, Key key, Value&& value);
+  bool erase(NodeId id, Key key);
+  Value update(NodeId id, Key key, detail::FunctionRef<Value(std::optional<Value>)> fn);
+  void edit(NodeId id, detail::FunctionRef<void(NodeEditor&)> fn);
+
+  void check_not_in_callback() const;
+  [[noreturn]] void throw_missing_node(NodeId id) const;
+  bool is_protected_high(std::uint32_t id) const noexcept;
+
+  Map map_;
+  std::atomic<NodeId> next_id_{1};
+  // Protected key ids < 64, as bits; larger ids in an immutable bitset replaced on
+  // protect() (old ones are kept until the store dies, so readers never see freed memory).
+  std::atomic<std::uint64_t> protected_low_{0};
+  std::atomic<const std::vector<std::uint64_t>*> protected_high_{nullptr};
+  mutable std::mutex protect_mutex_;  // serialises protect(); never held with a node lock
+  std::vector<std::unique_ptr<const std::vector<std::uint64_t>>> protected_high_versions_;
+};
+
+}  // namespace nodemeta
+
+#endif  // NODEMETA_METADATA_STORE_H_

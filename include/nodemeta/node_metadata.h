@@ -1,0 +1,187 @@
+// nodemeta/node_metadata.h: NodeMetadata, the metadata of one graph node, and NodeEditor,
+// the view an atomic multi-key edit works through.
+//
+// Vocabulary (used by every comment in nodemeta):
+//   concurrent-safe: may run at the same time as any other concurrent-safe call, from any
+//                    thread, on the same object, with no external locking.
+//   not concurrent-safe: the caller must make sure no other call on the same object runs
+//                    at the same time (construction, destruction, move, assignment).
+#ifndef NODEMETA_NODE_METADATA_H_
+#define NODEMETA_NODE_METADATA_H_
+
+#include <concepts>
+#include <cstdint>
+#include <functional>
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "nodemeta/detail/function_ref.h"
+#include "nodemeta/detail/record.h"
+#include "nodemeta/errors.h"
+#include "nodemeta/key.h"
+#include "nodemeta/value.h"
+
+namespace nodemeta {
+
+class MetadataStore;
+class NodeEditor;
+
+// A node's identity within its MetadataStore; never reused by that store.
+using NodeId = std::uint64_t;
+// One key and its value, as given to a node when it is built.
+using KeyValue = std::pair<Key, Value>;
+// A snapshot of a node: (name, value) pairs sorted by name.
+using Items = std::vector<std::pair<std::string, Value>>;
+
+// NodeMetadata: an owning handle to one node's metadata, held in a MetadataStore.
+//
+// Thread safety: every member function is concurrent-safe, except construction,
+//   destruction, move and assignment of the handle itself. Each single-key operation
+//   (get, operator[], contains, set, try_set, set_once, erase, update) is linearizable;
+//   size(), items(), copy() and edit() are atomic with respect to the whole node: they
+//   never observe (or leave) a half-applied edit().
+// Protection: keys the store protects (by default val, stack_trace, nn_module_stack,
+//   debug_handle, tensor_meta) may be given when the node is built and added once with
+//   set_once(); afterwards no interleaving of threads can change or remove them: set(),
+//   erase(), update() and NodeEditor::set/erase throw ProtectedKeyError, try_set()
+//   returns WriteResult::kRejectedProtected, and the node is left as it was.
+// Exception safety: every operation gives the strong guarantee: when it throws, the node
+//   is unchanged.
+// Lifetime: the store must outlive its nodes (asserted in debug builds). Destroying the
+//   handle removes the node from its store. Copying the handle (copy(), the copy
+//   constructor) makes a new, independent node with a consistent snapshot of this one.
+// Callbacks: update() and edit() run the callback while holding this node's lock. A
+//   callback must not call into the same store (any node): such a call throws
+//   ReentrancyError instead of deadlocking. Keep callbacks short; they block every other
+//   operation on this node (only this node).
+// Differences from std::unordered_map: no references or iterators into the node are ever
+//   handed out (values come back by copy, and Values are cheap to copy); operator[] is
+//   read-only and never inserts; items() is sorted by key name.
+// Differences from PyTorch's NodeMetadata: the same protected keys and messages, plus
+//   atomic updates and edits, try_set() for hot loops, run-time protect() on the store,
+//   and set_once() as the one way to add a protected key to a built node.
+class NodeMetadata {
+ public:
+  // A standalone node in MetadataStore::default_store(), like the original's constructor:
+  // protected keys may be given here. Throws std::invalid_argument if a key repeats.
+  NodeMetadata();
+  NodeMetadata(std::initializer_list<KeyValue> items);
+
+  // A new node in the same store holding a consistent snapshot of `other` (= other.copy()).
+  NodeMetadata(const NodeMetadata& other);
+  NodeMetadata(NodeMetadata&& other) noexcept
+      : store_(std::exchange(other.store_, nullptr)), id_(std::exchange(other.id_, 0)) {}
+  // Replaces this handle's node with a snapshot of `other` (copy-and-swap).
+  NodeMetadata& operator=(const NodeMetadata& other);
+  NodeMetadata& operator=(NodeMetadata&& other) noexcept;
+  ~NodeMetadata();
+
+  // --- Reads (concurrent-safe; values by copy) -------------------------------------
+  // The value of `key`; throws KeyError naming the key when absent.
+  Value operator[](Key key) const { return at(key); }
+  Value at(Key key) const;
+  // The value of `key`, or nullopt.
+  std::optional<Value> get(Key key) const;
+  bool contains(Key key) const;
+  // The number of keys.
+  std::size_t size() const;
+  // A consistent snapshot of every (name, value), sorted by name.
+  Items items() const;
+  // A new, independent node in the same store with a consistent snapshot of this one.
+  NodeMetadata copy() const { return NodeMetadata(*this); }
+
+  // --- Writes (concurrent-safe; linearizable) -----------------------------------------
+  // Inserts or replaces. Protected key: throws ProtectedKeyError, node unchanged.
+  void set(Key key, Value value);
+  // Inserts or replaces; never throws for protection.
+  [[nodiscard]] WriteResult try_set(Key key, Value value);
+  // Inserts only if absent (allowed for protected keys); true iff this call inserted.
+  // Races on one key have exactly one winner.
+  bool set_once(Key key, Value value);
+  // Removes the key; true iff it was present. Protected key: throws ProtectedKeyError.
+  bool erase(Key key);
+  // Atomic read-modify-write of one key: stores and returns fn(old value or nullopt).
+  // Protected key: throws ProtectedKeyError. If fn throws, the node is unchanged.
+  template <class F>
+    requires std::is_invocable_v<F&, std::optional<Value>>
+  Value update(Key key, F&& fn) {
+    return update_impl(key, [&fn](std::optional<Value> old) -> Value {
+      return Value(std::invoke(fn, std::move(old)));
+    });
+  }
+  // Atomic multi-key edit: fn(NodeEditor&) runs against a private working copy of the
+  // node, committed only if fn returns normally: all or nothing. Other threads see the
+  // node before or after the whole edit. Protection is enforced inside (NodeEditor::set on
+  // a protected key throws ProtectedKeyError, which aborts the edit unless fn catches it).
+  // Returns what fn returns.
+  template <class F>
+    requires std::is_invocable_v<F&, NodeEditor&>
+  std::invoke_result_t<F&, NodeEditor&> edit(F&& fn);
+
+  // --- Identity -------------------------------------------------------------------------
+  // False for a moved-from handle; every other member requires true.
+  bool valid() const noexcept { return store_ != nullptr; }
+  NodeId id() const noexcept { return id_; }
+  MetadataStore& store() const noexcept { return *store_; }
+
+ private:
+  friend class MetadataStore;
+  NodeMetadata(MetadataStore* store, NodeId id) noexcept : store_(store), id_(id) {}
+
+  Value update_impl(Key key, detail::FunctionRef<Value(std::optional<Value>)> fn);
+  void edit_impl(detail::FunctionRef<void(NodeEditor&)> fn);
+
+  MetadataStore* store_;
+  NodeId id_;
+};
+
+// NodeEditor: the working copy a NodeMetadata::edit() callback reads and writes. It only
+// exists during the callback, on the callback's thread (not concurrent-safe, and need not
+// be: no other thread can see it). Every member mirrors NodeMetadata's, with the same
+// protection rules; reads see the edit's own writes.
+class NodeEditor {
+ public:
+  NodeEditor(const NodeEditor&) = delete;
+  NodeEditor& operator=(const NodeEditor&) = delete;
+
+  Value operator[](Key key) const { return at(key); }
+  Value at(Key key) const;
+  std::optional<Value> get(Key key) const { return record_.get(key.id()); }
+  bool contains(Key key) const { return record_.find(key.id()) != nullptr; }
+  std::size_t size() const { return record_.size(); }
+  Items items() const;
+
+  void set(Key key, Value value);
+  [[nodiscard]] WriteResult try_set(Key key, Value value);
+  bool set_once(Key key, Value value);
+  bool erase(Key key);
+
+ private:
+  friend class MetadataStore;
+  NodeEditor(const MetadataStore& store, detail::Record record)
+      : store_(store), record_(std::move(record)) {}
+
+  const MetadataStore& store_;
+  detail::Record record_;
+};
+
+template <class F>
+  requires std::is_invocable_v<F&, NodeEditor&>
+std::invoke_result_t<F&, NodeEditor&> NodeMetadata::edit(F&& fn) {
+  using R = std::invoke_result_t<F&, NodeEditor&>;
+  if constexpr (std::is_void_v<R>) {
+    edit_impl([&fn](NodeEditor& e) { std::invoke(fn, e); });
+  } else {
+    std::optional<R> result;
+    edit_impl([&fn, &result](NodeEditor& e) { result.emplace(std::invoke(fn, e)); });
+    return std::move(*result);
+  }
+}
+
+}  // namespace nodemeta
+
+#endif  // NODEMETA_NODE_METADATA_H_

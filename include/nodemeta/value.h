@@ -1,0 +1,336 @@
+// nodemeta/value.h: Value, the immutable, cheaply copied value of one metadata key.
+//
+// A Value holds one of: none, bool, a 64-bit integer, a double, a string, a list of
+// Values, an insertion-ordered dict from string to Value, or any copyable user type
+// (Value::make<T>). Scalars live inline (16 bytes, no allocation); strings, lists, dicts
+// and user objects live in one shared, reference-counted, immutable box, so copying a
+// Value never copies its contents.
+//
+// Thread safety: a Value is immutable, so any number of threads may read the same Value,
+// and copy or destroy their own copies, at once (the reference count is atomic). A user
+// type stored with make<T> is read through `const T&` from many threads: its const member
+// functions must be safe to call concurrently.
+//
+// Differences from Python values: kinds never compare equal across kinds (1 != 1.0 != True),
+// integers are 64-bit (building a Value from an unsigned integer above INT64_MAX throws
+// std::overflow_error), and dicts are keyed by strings only.
+#ifndef NODEMETA_VALUE_H_
+#define NODEMETA_VALUE_H_
+
+#include <atomic>
+#include <concepts>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <typeinfo>
+#include <utility>
+#include <vector>
+
+#include "nodemeta/errors.h"
+
+namespace nodemeta {
+
+class Value;
+
+namespace detail {
+
+// The shared, immutable box behind a string, list, dict or user-object Value.
+class ValueBox {
+ public:
+  ValueBox() = default;
+  ValueBox(const ValueBox&) = delete;
+  ValueBox& operator=(const ValueBox&) = delete;
+  virtual ~ValueBox() = default;
+
+  virtual const std::type_info& type() const noexcept = 0;
+  virtual std::string type_name() const = 0;
+  // Deep equality for built-in kinds; operator== of T for user types that have one,
+  // identity otherwise.
+  virtual bool equals(const ValueBox& other) const = 0;
+  virtual std::string repr() const = 0;
+
+  void add_ref() const noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void release() const noexcept {
+    if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
+
+ private:
+  mutable std::atomic<std::uint32_t> refs_{1};
+};
+
+std::string demangle(const std::type_info& type);
+
+template <class T>
+class ObjectBox;
+
+struct ValueAccess;  // the store's access to a Value's representation
+
+}  // namespace detail
+
+class Value {
+ public:
+  enum class Kind : std::uint8_t { kNone, kBool, kInt, kDouble, kString, kList, kDict, kObject };
+  using List = std::vector<Value>;
+  using Dict = std::vector<std::pair<std::string, Value>>;  // insertion-ordered, unique keys
+
+  // Construction. None by default.
+  constexpr Value() noexcept : int_(0), kind_(Kind::kNone) {}
+  Value(bool b) noexcept : int_(0), kind_(Kind::kBool) { bool_ = b; }  // NOLINT
+  template <std::integral T>
+    requires(!std::same_as<T, bool> && !std::same_as<T, char>)
+  Value(T i) : int_(checked_int(i)), kind_(Kind::kInt) {}  // NOLINT
+  template <std::floating_point T>
+  Value(T d) noexcept : double_(static_cast<double>(d)), kind_(Kind::kDouble) {}  // NOLINT
+  Value(const char* s);         // NOLINT; throws std::invalid_argument on nullptr
+  Value(std::string_view s);    // NOLINT
+  Value(const std::string& s);  // NOLINT
+  Value(std::string&& s);       // NOLINT
+
+  static Value none() noexcept { return Value(); }
+  static Value list(std::initializer_list<Value> items);
+  static Value list(List items);
+  // Throws std::invalid_argument naming the key if a key repeats.
+  static Value dict(std::initializer_list<std::pair<std::string, Value>> items);
+  static Value dict(Dict items);
+  // Any copy- or move-constructible T, built in place.
+  template <class T, class... Args>
+  static Value make(Args&&... args);
+
+  Value(const Value& other) noexcept : int_(other.int_), kind_(other.kind_) {
+    if (boxed()) box_->add_ref();
+  }
+  Value(Value&& other) noexcept : int_(other.int_), kind_(other.kind_) {
+    other.kind_ = Kind::kNone;
+  }
+  Value& operator=(const Value& other) noexcept {
+    Value(other).swap(*this);
+    return *this;
+  }
+  Value& operator=(Value&& other) noexcept {
+    Value(std::move(other)).swap(*this);
+    return *this;
+  }
+  ~Value() {
+    if (boxed()) box_->release();
+  }
+  void swap(Value& other) noexcept {
+    std::swap(int_, other.int_);
+    std::swap(kind_, other.kind_);
+  }
+
+  // Inspection.
+  Kind kind() const noexcept { return kind_; }
+  bool is_none() const noexcept { return kind_ == Kind::kNone; }
+  // "none", "bool", "std::int64_t", "double", "std::string", "nodemeta::Value::List",
+  // "nodemeta::Value::Dict", or the demangled name of a user type.
+  std::string type_name() const;
+
+  // A pointer to the held T, or nullptr if the Value holds something else. T is one of
+  // bool, std::int64_t, double, std::string, List, Dict, or a user type given to make<T>.
+  template <class T>
+  const T* get_if() const noexcept;
+  // The held T; throws BadValueCast naming the held and the requested type. On an rvalue
+  // it returns a copy, so `const auto& s = node["k"].as<std::string>();` does not dangle.
+  template <class T>
+  const T& as() const&;
+  template <class T>
+  T as() &&;
+
+  // Containers. size(): elements of a list, entries of a dict, 0 otherwise.
+  std::size_t size() const noexcept;
+  // List element; std::out_of_range naming the index and size; BadValueCast if not a list.
+  const Value& at(std::size_t index) const;
+  // Dict entry; KeyError naming the key if absent; BadValueCast if not a dict.
+  const Value& at(std::string_view key) const;
+  // Dict entry or nullptr (also nullptr when this is not a dict).
+  const Value* find(std::string_view key) const noexcept;
+
+  // Python-like text: None, True, 3, 2.5, 'text', [1, 2], {'k': 1}, <T object>.
+  std::string repr() const;
+
+  // Deep equality for built-in kinds (dict equality ignores insertion order, as Python's
+  // does); user objects compare with T's operator== when it exists, by identity otherwise.
+  friend bool operator==(const Value& a, const Value& b);
+
+ private:
+  friend struct detail::ValueAccess;
+
+  template <class T>
+  static constexpr bool kIsBuiltinScalar =
+      std::is_same_v<T, bool> || std::is_same_v<T, std::int64_t> || std::is_same_v<T, double>;
+  template <class T>
+  static constexpr bool kIsBuiltinBoxed = std::is_same_v<T, std::string> ||
+                                          std::is_same_v<T, List> || std::is_same_v<T, Dict>;
+
+  template <std::integral T>
+  static std::int64_t checked_int(T i) {
+    if constexpr (std::is_unsigned_v<T> && sizeof(T) >= sizeof(std::int64_t)) {
+      if (i > static_cast<T>(INT64_MAX)) throw_int_overflow(static_cast<std::uint64_t>(i));
+    }
+    return static_cast<std::int64_t>(i);
+  }
+  [[noreturn]] static void throw_int_overflow(std::uint64_t i);
+  [[noreturn]] void throw_bad_cast(std::string requested) const;
+
+  Value(Kind kind, detail::ValueBox* box) noexcept : box_(box), kind_(kind) {}
+  bool boxed() const noexcept { return kind_ >= Kind::kString; }
+
+  union {
+    bool bool_;
+    std::int64_t int_;
+    double double_;
+    detail::ValueBox* box_;
+  };
+  Kind kind_;
+};
+
+namespace detail {
+
+template <class T>
+class ObjectBox final : public ValueBox {
+ public:
+  template <class... Args>
+  explicit ObjectBox(Args&&... args) : value(std::forward<Args>(args)...) {}
+  const std::type_info& type() const noexcept override { return typeid(T); }
+  std::string type_name() const override;
+  bool equals(const ValueBox& other) const override {
+    if (other.type() != typeid(T)) return false;
+    if constexpr (std::equality_comparable<T>) {
+      return value == static_cast<const ObjectBox&>(other).value;
+    } else {
+      return this == &other;
+    }
+  }
+  std::string repr() const override;
+
+  const T value;
+};
+
+template <class T>
+std::string type_name_of();
+
+// The built-in boxed kinds: deep equality and Python-like repr (defined in value.cpp).
+template <>
+bool ObjectBox<std::string>::equals(const ValueBox& other) const;
+template <>
+std::string ObjectBox<std::string>::repr() const;
+template <>
+bool ObjectBox<std::vector<Value>>::equals(const ValueBox& other) const;
+template <>
+std::string ObjectBox<std::vector<Value>>::repr() const;
+template <>
+bool ObjectBox<std::vector<std::pair<std::string, Value>>>::equals(const ValueBox& other) const;
+template <>
+std::string ObjectBox<std::vector<std::pair<std::string, Value>>>::repr() const;
+
+}  // namespace detail
+
+template <class T, class... Args>
+Value Value::make(Args&&... args) {
+  static_assert(!std::is_reference_v<T> && !std::is_const_v<T>, "make<T>: T must be a plain type");
+  static_assert(!kIsBuiltinScalar<T> && !kIsBuiltinBoxed<T> && !std::is_same_v<T, Value>,
+                "make<T>: build built-in kinds with Value's constructors, list() or dict()");
+  return Value(Kind::kObject, new detail::ObjectBox<T>(std::forward<Args>(args)...));
+}
+
+template <class T>
+const T* Value::get_if() const noexcept {
+  static_assert(!std::is_reference_v<T> && !std::is_const_v<T>, "get_if<T>: T must be a plain type");
+  static_assert(!(std::is_arithmetic_v<T> && !kIsBuiltinScalar<T>),
+                "get_if<T>/as<T>: integers are held as std::int64_t and floating point as double");
+  if constexpr (std::is_same_v<T, bool>) {
+    return kind_ == Kind::kBool ? &bool_ : nullptr;
+  } else if constexpr (std::is_same_v<T, std::int64_t>) {
+    return kind_ == Kind::kInt ? &int_ : nullptr;
+  } else if constexpr (std::is_same_v<T, double>) {
+    return kind_ == Kind::kDouble ? &double_ : nullptr;
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return kind_ == Kind::kString ? &static_cast<const detail::ObjectBox<T>*>(box_)->value : nullptr;
+  } else if constexpr (std::is_same_v<T, List>) {
+    return kind_ == Kind::kList ? &static_cast<const detail::ObjectBox<T>*>(box_)->value : nullptr;
+  } else if constexpr (std::is_same_v<T, Dict>) {
+    return kind_ == Kind::kDict ? &static_cast<const detail::ObjectBox<T>*>(box_)->value : nullptr;
+  } else {
+    if (kind_ != Kind::kObject || box_->type() != typeid(T)) return nullptr;
+    return &static_cast<const detail::ObjectBox<T>*>(box_)->value;
+  }
+}
+
+template <class T>
+const T& Value::as() const& {
+  if (const T* p = get_if<T>()) return *p;
+  throw_bad_cast(detail::type_name_of<T>());
+}
+
+template <class T>
+T Value::as() && {
+  if (const T* p = get_if<T>()) return *p;
+  throw_bad_cast(detail::type_name_of<T>());
+}
+
+namespace detail {
+
+template <class T>
+std::string type_name_of() {
+  if constexpr (std::is_same_v<T, bool>) {
+    return "bool";
+  } else if constexpr (std::is_same_v<T, std::int64_t>) {
+    return "std::int64_t";
+  } else if constexpr (std::is_same_v<T, double>) {
+    return "double";
+  } else if constexpr (std::is_same_v<T, std::string>) {
+    return "std::string";
+  } else if constexpr (std::is_same_v<T, Value::List>) {
+    return "nodemeta::Value::List";
+  } else if constexpr (std::is_same_v<T, Value::Dict>) {
+    return "nodemeta::Value::Dict";
+  } else {
+    return demangle(typeid(T));
+  }
+}
+
+template <class T>
+std::string ObjectBox<T>::type_name() const {
+  return type_name_of<T>();
+}
+
+template <class T>
+std::string ObjectBox<T>::repr() const {
+  return "<" + type_name_of<T>() + " object>";
+}
+
+// How the store packs a Value into a 16-byte slot and back, without touching the
+// reference count unless asked to.
+struct ValueAccess {
+  struct Rep {
+    std::int64_t bits;
+    Value::Kind kind;
+  };
+  static Rep release(Value&& v) noexcept {
+    Rep r{v.int_, v.kind_};
+    v.kind_ = Value::Kind::kNone;
+    return r;
+  }
+  static Value copy(std::int64_t bits, Value::Kind kind) noexcept {
+    Value v;
+    v.int_ = bits;
+    v.kind_ = kind;
+    if (v.boxed()) v.box_->add_ref();
+    return v;
+  }
+  static void add_ref(std::int64_t bits, Value::Kind kind) noexcept {
+    if (kind >= Value::Kind::kString) reinterpret_cast<ValueBox*>(bits)->add_ref();
+  }
+  static void drop(std::int64_t bits, Value::Kind kind) noexcept {
+    if (kind >= Value::Kind::kString) reinterpret_cast<ValueBox*>(bits)->release();
+  }
+};
+
+}  // namespace detail
+
+}  // namespace nodemeta
+
+#endif  // NODEMETA_VALUE_H_

@@ -1,0 +1,280 @@
+#include "nodemeta/metadata_store.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace nodemeta {
+namespace {
+
+// The stores whose callbacks (update/edit) are running on this thread, innermost first.
+// A call into one of them from inside its own callback would wait on a lock this thread
+// holds, so check_not_in_callback() refuses it. Empty on the fast path: one TLS load.
+struct CallbackScope {
+  explicit CallbackScope(const MetadataStore* s) noexcept : store(s), outer(innermost) {
+    innermost = this;
+  }
+  ~CallbackScope() { innermost = outer; }
+  CallbackScope(const CallbackScope&) = delete;
+  CallbackScope& operator=(const CallbackScope&) = delete;
+
+  const MetadataStore* store;
+  CallbackScope* outer;
+  static thread_local CallbackScope* innermost;
+};
+thread_local CallbackScope* CallbackScope::innermost = nullptr;
+
+}  // namespace
+
+MetadataStore::MetadataStore(StoreOptions options) {
+  for (Key key : options.protected_keys) protect(key);
+  if (options.expected_nodes != 0) map_.rehash(options.expected_nodes);
+}
+
+MetadataStore::~MetadataStore() {
+  NODEMETA_ASSERT(map_.empty(),
+                  "MetadataStore destroyed while NodeMetadata handles still refer to it: "
+                  "the store must outlive its nodes");
+}
+
+MetadataStore& MetadataStore::default_store() {
+  static MetadataStore* const store = new MetadataStore();  // never destroyed, so standalone
+  return *store;                                            // nodes may be static too
+}
+
+NodeMetadata MetadataStore::create(std::initializer_list<KeyValue> items) {
+  return create(std::span<const KeyValue>(items.begin(), items.size()));
+}
+
+NodeMetadata MetadataStore::create(std::span<const KeyValue> items) {
+  check_not_in_callback();
+  detail::Record record(static_cast<std::uint32_t>(items.size()));
+  for (const auto& [key, value] : items) {
+    if (record.find(key.id()) != nullptr) {
+      throw std::invalid_argument("nodemeta: duplicate key '" + std::string(key.name()) +
+                                  "' in a node's initial metadata");
+    }
+    record.append(key.id(), Value(value));
+  }
+  return NodeMetadata(this, insert(std::move(record)));
+}
+
+void MetadataStore::protect(Key key) {
+  std::lock_guard<std::mutex> lock(protect_mutex_);
+  const std::uint32_t id = key.id();
+  if (id < 64) {
+    protected_low_.fetch_or(std::uint64_t{1} << id, std::memory_order_seq_cst);
+    return;
+  }
+  const std::vector<std::uint64_t>* current = protected_high_.load(std::memory_order_relaxed);
+  auto next = std::make_unique<std::vector<std::uint64_t>>(current ? *current : std::vector<std::uint64_t>{});
+  if (next->size() <= id / 64) next->resize(id / 64 + 1, 0);
+  (*next)[id / 64] |= std::uint64_t{1} << (id % 64);
+  protected_high_.store(next.get(), std::memory_order_seq_cst);
+  protected_high_versions_.push_back(std::move(next));
+}
+
+bool MetadataStore::is_protected_high(std::uint32_t id) const noexcept {
+  const std::vector<std::uint64_t>* bits = protected_high_.load(std::memory_order_seq_cst);
+  return bits != nullptr && id / 64 < bits->size() && (((*bits)[id / 64] >> (id % 64)) & 1U);
+}
+
+std::vector<std::string> MetadataStore::protected_keys() const {
+  std::vector<std::string> names;
+  const std::uint64_t low = protected_low_.load(std::memory_order_seq_cst);
+  for (std::uint32_t id = 0; id < 64; ++id) {
+    if ((low >> id) & 1U) names.emplace_back(detail::key_name(id));
+  }
+  if (const auto* bits = protected_high_.load(std::memory_order_seq_cst)) {
+    for (std::uint32_t id = 64; id < bits->size() * 64; ++id) {
+      if (is_protected_high(id)) names.emplace_back(detail::key_name(id));
+    }
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+void MetadataStore::check_not_in_callback() const {
+  for (const CallbackScope* s = CallbackScope::innermost; s != nullptr; s = s->outer) {
+    if (s->store == this) {
+      throw ReentrancyError(
+          "nodemeta: call into a MetadataStore from inside its own update()/edit() callback "
+          "(it would deadlock); use the NodeEditor, or act after the callback returns");
+    }
+  }
+}
+
+void MetadataStore::throw_missing_node(NodeId id) const {
+  throw std::logic_error("nodemeta: node " + std::to_string(id) +
+                         " is not in its MetadataStore (use of a destroyed node?)");
+}
+
+// --- node operations --------------------------------------------------------------------
+
+NodeId MetadataStore::insert(detail::Record record) {
+  const NodeId id = next_id_.fetch_add(1, std::memory_order_relaxed);
+  const bool inserted = map_.emplace(id, std::move(record));
+  NODEMETA_ASSERT(inserted, "node ids are never reused");
+  (void)inserted;
+  return id;
+}
+
+NodeId MetadataStore::clone(NodeId id) const {
+  check_not_in_callback();
+  detail::Record copy;
+  {
+    Map::const_accessor acc;
+    if (!map_.find(acc, id)) throw_missing_node(id);
+    copy = acc->second;
+  }
+  return const_cast<MetadataStore*>(this)->insert(std::move(copy));
+}
+
+void MetadataStore::remove(NodeId id) noexcept {
+  const bool erased = map_.erase(id);
+  NODEMETA_ASSERT(erased, "a live NodeMetadata's node is in its store");
+  (void)erased;
+}
+
+Value MetadataStore::at(NodeId id, Key key) const {
+  if (std::optional<Value> v = get(id, key)) return std::move(*v);
+  throw KeyError(key.name());
+}
+
+std::optional<Value> MetadataStore::get(NodeId id, Key key) const {
+  check_not_in_callback();
+  Map::const_accessor acc;
+  if (!map_.find(acc, id)) throw_missing_node(id);
+  return acc->second.get(key.id());
+}
+
+bool MetadataStore::contains(NodeId id, Key key) const {
+  check_not_in_callback();
+  Map::const_accessor acc;
+  if (!map_.find(acc, id)) throw_missing_node(id);
+  return acc->second.find(key.id()) != nullptr;
+}
+
+std::size_t MetadataStore::size(NodeId id) const {
+  check_not_in_callback();
+  Map::const_accessor acc;
+  if (!map_.find(acc, id)) throw_missing_node(id);
+  return acc->second.size();
+}
+
+namespace {
+Items named_sorted(const detail::Record& record) {
+  Items items;
+  items.reserve(record.size());
+  for (const detail::Slot& s : record) {
+    items.emplace_back(std::string(detail::key_name(s.key)), s.value());
+  }
+  std::sort(items.begin(), items.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  return items;
+}
+}  // namespace
+
+Items MetadataStore::items(NodeId id) const {
+  check_not_in_callback();
+  detail::Record snapshot;
+  {
+    Map::const_accessor acc;
+    if (!map_.find(acc, id)) throw_missing_node(id);
+    snapshot = acc->second;  // copy under the lock; name and sort outside it
+  }
+  return named_sorted(snapshot);
+}
+
+WriteResult MetadataStore::write(NodeId id, Key key, Value&& value) {
+  check_not_in_callback();
+  // Protection only ever goes from false to true, so a rejection needs no lock.
+  if (is_protected(key)) return WriteResult::kRejectedProtected;
+  Map::accessor acc;
+  if (!map_.find(acc, id)) throw_missing_node(id);
+  // Checked again under the node's lock: a protect() that stored its bit before this load
+  // rejects us; one that stores it after cannot complete before any later reader of this
+  // node, which must wait for our lock, sees this write.
+  if (is_protected(key)) return WriteResult::kRejectedProtected;
+  return acc->second.put(key.id(), std::move(value)) ? WriteResult::kInserted
+                                                     : WriteResult::kUpdated;
+}
+
+bool MetadataStore::set_once(NodeId id, Key key, Value&& value) {
+  check_not_in_callback();
+  Map::accessor acc;
+  if (!map_.find(acc, id)) throw_missing_node(id);
+  if (acc->second.find(key.id()) != nullptr) return false;
+  acc->second.append(key.id(), std::move(value));
+  return true;
+}
+
+bool MetadataStore::erase(NodeId id, Key key) {
+  check_not_in_callback();
+  if (is_protected(key)) throw ProtectedKeyError(key.name());
+  Map::accessor acc;
+  if (!map_.find(acc, id)) throw_missing_node(id);
+  if (is_protected(key)) throw ProtectedKeyError(key.name());
+  return acc->second.erase(key.id());
+}
+
+Value MetadataStore::update(NodeId id, Key key,
+                            detail::FunctionRef<Value(std::optional<Value>)> fn) {
+  check_not_in_callback();
+  if (is_protected(key)) throw ProtectedKeyError(key.name());
+  Map::accessor acc;
+  if (!map_.find(acc, id)) throw_missing_node(id);
+  if (is_protected(key)) throw ProtectedKeyError(key.name());
+  Value next;
+  {
+    CallbackScope scope(this);
+    next = fn(acc->second.get(key.id()));  // may throw: nothing written yet
+  }
+  acc->second.put(key.id(), Value(next));
+  return next;
+}
+
+void MetadataStore::edit(NodeId id, detail::FunctionRef<void(NodeEditor&)> fn) {
+  check_not_in_callback();
+  Map::accessor acc;
+  if (!map_.find(acc, id)) throw_missing_node(id);
+  NodeEditor editor(*this, acc->second);  // a private working copy
+  {
+    CallbackScope scope(this);
+    fn(editor);  // may throw: the node is untouched
+  }
+  acc->second.swap(editor.record_);
+}
+
+// --- NodeEditor ----------------------------------------------------------------------------
+
+Value NodeEditor::at(Key key) const {
+  if (std::optional<Value> v = get(key)) return std::move(*v);
+  throw KeyError(key.name());
+}
+
+Items NodeEditor::items() const { return named_sorted(record_); }
+
+void NodeEditor::set(Key key, Value value) {
+  if (store_.is_protected(key)) throw ProtectedKeyError(key.name());
+  record_.put(key.id(), std::move(value));
+}
+
+WriteResult NodeEditor::try_set(Key key, Value value) {
+  if (store_.is_protected(key)) return WriteResult::kRejectedProtected;
+  return record_.put(key.id(), std::move(value)) ? WriteResult::kInserted : WriteResult::kUpdated;
+}
+
+bool NodeEditor::set_once(Key key, Value value) {
+  if (record_.find(key.id()) != nullptr) return false;
+  record_.append(key.id(), std::move(value));
+  return true;
+}
+
+bool NodeEditor::erase(Key key) {
+  if (store_.is_protected(key)) throw ProtectedKeyError(key.name());
+  return record_.erase(key.id());
+}
+
+}  // namespace nodemeta
