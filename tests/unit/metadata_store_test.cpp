@@ -1,3 +1,158 @@
-#include <nodemeta/nodemeta.h>
+#include "nodemeta/metadata_store.h"
+
 #include <gtest/gtest.h>
-TEST(Placeholder, Builds) { nodemeta::MetadataStore s; auto n = s.create({{"val", 1}}); EXPECT_EQ(n["val"].as<std::int64_t>(), 1); }
+
+#include <atomic>
+#include <barrier>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace nodemeta {
+namespace {
+
+TEST(MetadataStoreTest, DefaultProtectedKeysAreTheOriginals) {
+  MetadataStore store;
+  EXPECT_EQ(store.protected_keys(),
+            (std::vector<std::string>{"debug_handle", "nn_module_stack", "stack_trace", "tensor_meta", "val"}));
+  for (Key k : default_protected_keys()) EXPECT_TRUE(store.is_protected(k)) << k.name();
+  EXPECT_FALSE(store.is_protected("custom"));
+}
+
+TEST(MetadataStoreTest, CustomProtectedKeys) {
+  MetadataStore store(StoreOptions{.protected_keys = {"val", "stack_trace"}});
+  EXPECT_EQ(store.protected_keys(), (std::vector<std::string>{"stack_trace", "val"}));
+  NodeMetadata n = store.create({{"val", 1}});
+  EXPECT_THROW(n.set("val", 2), ProtectedKeyError);
+  n.set("tensor_meta", "writable here");  // not protected in this store
+  n.set("tensor_meta", "and again");
+  EXPECT_EQ(n["tensor_meta"].as<std::string>(), "and again");
+}
+
+TEST(MetadataStoreTest, NoProtectedKeysAtAll) {
+  MetadataStore store(StoreOptions{.protected_keys = {}});
+  NodeMetadata n = store.create({{"val", 1}});
+  n.set("val", 2);
+  EXPECT_EQ(n["val"].as<std::int64_t>(), 2);
+  EXPECT_TRUE(store.protected_keys().empty());
+}
+
+TEST(MetadataStoreTest, ProtectAtRunTimeAppliesToEveryNode) {
+  MetadataStore store;
+  NodeMetadata a = store.create({{"shape", 1}});
+  NodeMetadata b = store.create();
+  a.set("shape", 2);
+  store.protect("shape");
+  store.protect("shape");  // idempotent
+  EXPECT_TRUE(store.is_protected("shape"));
+  EXPECT_THROW(a.set("shape", 3), ProtectedKeyError);
+  EXPECT_EQ(a.try_set("shape", 3), WriteResult::kRejectedProtected);
+  EXPECT_THROW(a.erase("shape"), ProtectedKeyError);
+  EXPECT_EQ(a["shape"].as<std::int64_t>(), 2);
+  // Absent on b: set_once may still add it, exactly once.
+  EXPECT_THROW(b.set("shape", 5), ProtectedKeyError);
+  EXPECT_TRUE(b.set_once("shape", 5));
+  EXPECT_FALSE(b.set_once("shape", 6));
+  EXPECT_EQ(b["shape"].as<std::int64_t>(), 5);
+  // New nodes may still be built with it.
+  NodeMetadata c = store.create({{"shape", 7}});
+  EXPECT_EQ(c["shape"].as<std::int64_t>(), 7);
+  // Other stores are not affected.
+  MetadataStore other;
+  EXPECT_FALSE(other.is_protected("shape"));
+}
+
+TEST(MetadataStoreTest, ProtectWorksForKeysWithLargeIds) {
+  // Intern enough names that some ids are >= 64 (the store's second protection tier).
+  std::vector<Key> many;
+  for (int i = 0; i < 200; ++i) many.emplace_back("store_test.many." + std::to_string(i));
+  ASSERT_GE(many.back().id(), 64u);
+  MetadataStore store;
+  NodeMetadata n = store.create();
+  for (Key k : many) EXPECT_EQ(n.try_set(k, 1), WriteResult::kInserted);
+  for (std::size_t i = 0; i < many.size(); i += 3) store.protect(many[i]);
+  for (std::size_t i = 0; i < many.size(); ++i) {
+    const bool expected = i % 3 == 0;
+    EXPECT_EQ(store.is_protected(many[i]), expected) << many[i].name();
+    EXPECT_EQ(n.try_set(many[i], 2), expected ? WriteResult::kRejectedProtected : WriteResult::kUpdated);
+  }
+  const auto names = store.protected_keys();
+  EXPECT_EQ(names.size(), 5u + (many.size() + 2) / 3);
+  EXPECT_TRUE(std::is_sorted(names.begin(), names.end()));
+}
+
+TEST(MetadataStoreTest, NodeCountTracksCreationAndDestruction) {
+  MetadataStore store(StoreOptions{.expected_nodes = 1000});
+  std::vector<NodeMetadata> nodes;
+  for (int i = 0; i < 1000; ++i) nodes.push_back(store.create({{"debug_handle", i}}));
+  EXPECT_EQ(store.node_count(), 1000u);
+  nodes.resize(250);
+  EXPECT_EQ(store.node_count(), 250u);
+  for (int i = 0; i < 250; ++i) EXPECT_EQ(nodes[i]["debug_handle"].as<std::int64_t>(), i);
+  nodes.clear();
+  EXPECT_EQ(store.node_count(), 0u);
+}
+
+TEST(MetadataStoreTest, NodeIdsAreUniqueAndNeverReused) {
+  MetadataStore store;
+  NodeId first;
+  {
+    NodeMetadata a = store.create();
+    first = a.id();
+  }
+  NodeMetadata b = store.create();
+  EXPECT_NE(b.id(), first);
+}
+
+TEST(MetadataStoreTest, DefaultStoreIsOneObject) {
+  EXPECT_EQ(&MetadataStore::default_store(), &MetadataStore::default_store());
+  EXPECT_TRUE(MetadataStore::default_store().is_protected("val"));
+}
+
+// Kind: interface. A small contended check; tests/stress/ has the full suite.
+TEST(MetadataStoreTest, ProtectRacingWritersNeverLosesTheFrozenValue) {
+  constexpr int kRounds = 200;
+  for (int round = 0; round < kRounds; ++round) {
+    MetadataStore store;
+    const Key k("store_test.race." + std::to_string(round % 8));
+    NodeMetadata n = store.create({{k, -1}});
+    std::atomic<bool> protected_now{false};
+    std::barrier start(3);
+    Value frozen;
+    std::atomic<int> late_successes{0};
+    auto writer = [&](int w) {
+      start.arrive_and_wait();
+      for (int i = 0; i < 200; ++i) {
+        const bool after = protected_now.load(std::memory_order_acquire);
+        const WriteResult r = n.try_set(k, w * 1000 + i);
+        if (after && r != WriteResult::kRejectedProtected) late_successes.fetch_add(1);
+      }
+    };
+    std::thread w1(writer, 1), w2(writer, 2);
+    start.arrive_and_wait();
+    store.protect(k);
+    frozen = n[k];
+    protected_now.store(true, std::memory_order_release);
+    w1.join();
+    w2.join();
+    EXPECT_EQ(late_successes.load(), 0) << "round " << round;
+    EXPECT_EQ(n[k], frozen) << "round " << round;
+  }
+}
+
+#if NODEMETA_ENABLE_ASSERTS
+TEST(MetadataStoreDeathTest, DestroyingAStoreWithLiveNodesAsserts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        auto* store = new MetadataStore();
+        auto* node = new NodeMetadata(store->create());
+        (void)node;
+        delete store;  // the node still refers to it
+      },
+      "store must outlive its nodes");
+}
+#endif
+
+}  // namespace
+}  // namespace nodemeta

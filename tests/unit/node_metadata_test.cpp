@@ -1,3 +1,375 @@
-#include <nodemeta/nodemeta.h>
+#include "nodemeta/node_metadata.h"
+
 #include <gtest/gtest.h>
-TEST(Placeholder, Builds) { nodemeta::MetadataStore s; auto n = s.create({{"val", 1}}); EXPECT_EQ(n["val"].as<std::int64_t>(), 1); }
+
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "nodemeta/metadata_store.h"
+
+namespace nodemeta {
+namespace {
+
+std::int64_t as_int(const Value& v) { return v.as<std::int64_t>(); }
+
+class NodeMetadataTest : public ::testing::Test {
+ protected:
+  MetadataStore store_;
+};
+
+// --- The PyTorch original's behaviours ---------------------------------------------------
+
+TEST_F(NodeMetadataTest, ProtectedKeysMayBeGivenAtConstruction) {
+  NodeMetadata md = store_.create({{"val", 3}, {"stack_trace", "File \"m.py\", line 3"},
+                                   {"nn_module_stack", Value::dict({})}, {"debug_handle", 1},
+                                   {"tensor_meta", Value()}});
+  EXPECT_EQ(as_int(md["val"]), 3);
+  EXPECT_EQ(md["stack_trace"].as<std::string>(), "File \"m.py\", line 3");
+  EXPECT_EQ(md.size(), 5u);
+}
+
+TEST_F(NodeMetadataTest, SetOnProtectedKeyThrowsWithTheOriginalsMessage) {
+  NodeMetadata md = store_.create({{"val", 3}});
+  for (const char* key : {"val", "stack_trace", "nn_module_stack", "debug_handle", "tensor_meta"}) {
+    try {
+      md.set(key, 4);
+      FAIL() << "set(" << key << ") should throw";
+    } catch (const ProtectedKeyError& e) {
+      EXPECT_EQ(std::string(e.what()), std::string("Could not override node key: ") + key);
+      EXPECT_EQ(e.key(), key);
+    }
+  }
+  // The node is unchanged: the present key kept its value, the absent ones stay absent.
+  EXPECT_EQ(as_int(md["val"]), 3);
+  EXPECT_EQ(md.size(), 1u);
+  EXPECT_FALSE(md.contains("stack_trace"));
+}
+
+TEST_F(NodeMetadataTest, ProtectedKeyErrorIsARuntimeError) {
+  NodeMetadata md = store_.create({{"val", 3}});
+  EXPECT_THROW(md.set("val", 4), std::runtime_error);
+}
+
+TEST_F(NodeMetadataTest, MissingKeyThrowsKeyErrorNamingTheKey) {
+  NodeMetadata md = store_.create();
+  try {
+    (void)md["custom"];
+    FAIL() << "expected KeyError";
+  } catch (const KeyError& e) {
+    EXPECT_EQ(e.key(), "custom");
+    EXPECT_STREQ(e.what(), "key 'custom' not found");
+  }
+  EXPECT_THROW((void)md.at("custom"), std::out_of_range);
+}
+
+TEST_F(NodeMetadataTest, ContainsTestsPresence) {
+  NodeMetadata md = store_.create({{"val", Value()}});
+  EXPECT_TRUE(md.contains("val"));  // present even though its value is None
+  EXPECT_FALSE(md.contains("other"));
+  md.set("other", 1);
+  EXPECT_TRUE(md.contains("other"));
+}
+
+TEST_F(NodeMetadataTest, CopyIsIndependent) {
+  NodeMetadata md = store_.create({{"val", 3}, {"custom", Value::list({1, 2})}});
+  NodeMetadata c = md.copy();
+  EXPECT_NE(c.id(), md.id());
+  EXPECT_EQ(&c.store(), &md.store());
+  EXPECT_EQ(c.items(), md.items());
+  c.set("custom", "changed");
+  c.set("extra", 1);
+  md.set("only_original", 2);
+  EXPECT_EQ(md["custom"], Value::list({1, 2}));
+  EXPECT_FALSE(md.contains("extra"));
+  EXPECT_FALSE(c.contains("only_original"));
+  // The copy's protected keys are protected too.
+  EXPECT_THROW(c.set("val", 9), ProtectedKeyError);
+  EXPECT_EQ(as_int(c["val"]), 3);
+}
+
+TEST_F(NodeMetadataTest, CopyConstructionAndAssignmentSnapshot) {
+  NodeMetadata md = store_.create({{"a", 1}});
+  NodeMetadata c(md);  // NOLINT(performance-unnecessary-copy-initialization)
+  EXPECT_NE(c.id(), md.id());
+  EXPECT_EQ(c.items(), md.items());
+  EXPECT_EQ(store_.node_count(), 2u);
+  NodeMetadata d = store_.create({{"b", 2}});
+  d = md;
+  EXPECT_EQ(d.items(), md.items());
+  EXPECT_EQ(store_.node_count(), 3u);  // d's old node was destroyed
+  d = d;  // self-assignment keeps the node
+  EXPECT_EQ(as_int(d["a"]), 1);
+}
+
+// --- Reads ----------------------------------------------------------------------------
+
+TEST_F(NodeMetadataTest, GetReturnsOptional) {
+  NodeMetadata md = store_.create({{"a", 1}});
+  ASSERT_TRUE(md.get("a").has_value());
+  EXPECT_EQ(as_int(*md.get("a")), 1);
+  EXPECT_FALSE(md.get("b").has_value());
+}
+
+TEST_F(NodeMetadataTest, ItemsAreASortedSnapshot) {
+  NodeMetadata md = store_.create({{"zeta", 1}, {"alpha", 2}, {"val", 3}});
+  md.set("mid", 4);
+  const Items items = md.items();
+  ASSERT_EQ(items.size(), 4u);
+  EXPECT_EQ(items[0].first, "alpha");
+  EXPECT_EQ(items[1].first, "mid");
+  EXPECT_EQ(items[2].first, "val");
+  EXPECT_EQ(items[3].first, "zeta");
+  md.set("alpha", 100);  // the snapshot does not change
+  EXPECT_EQ(as_int(items[0].second), 2);
+}
+
+TEST_F(NodeMetadataTest, ReadsReturnCopiesThatOutliveTheNode) {
+  Value v;
+  {
+    NodeMetadata md = store_.create({{"s", "a long string that is heap allocated for sure"}});
+    v = md["s"];
+  }
+  EXPECT_EQ(v.as<std::string>(), "a long string that is heap allocated for sure");
+}
+
+// --- Writes ---------------------------------------------------------------------------
+
+TEST_F(NodeMetadataTest, SetInsertsAndReplaces) {
+  NodeMetadata md = store_.create();
+  md.set("custom", Value::list({1, 2}));
+  EXPECT_EQ(md["custom"], Value::list({1, 2}));
+  md.set("custom", 7);
+  EXPECT_EQ(as_int(md["custom"]), 7);
+  EXPECT_EQ(md.size(), 1u);
+}
+
+TEST_F(NodeMetadataTest, TrySetReportsEveryOutcomeAndNeverThrowsForProtection) {
+  NodeMetadata md = store_.create({{"val", 3}});
+  EXPECT_EQ(md.try_set("k", 1), WriteResult::kInserted);
+  EXPECT_EQ(md.try_set("k", 2), WriteResult::kUpdated);
+  EXPECT_EQ(md.try_set("val", 4), WriteResult::kRejectedProtected);
+  EXPECT_EQ(md.try_set("tensor_meta", 4), WriteResult::kRejectedProtected);  // absent, still protected
+  EXPECT_EQ(as_int(md["k"]), 2);
+  EXPECT_EQ(as_int(md["val"]), 3);
+  EXPECT_FALSE(md.contains("tensor_meta"));
+}
+
+TEST_F(NodeMetadataTest, SetOnceInsertsOnlyIfAbsentEvenForProtectedKeys) {
+  NodeMetadata md = store_.create({{"val", 3}});
+  EXPECT_TRUE(md.set_once("tensor_meta", "meta"));
+  EXPECT_FALSE(md.set_once("tensor_meta", "other"));
+  EXPECT_FALSE(md.set_once("val", 4));
+  EXPECT_TRUE(md.set_once("custom", 1));
+  EXPECT_FALSE(md.set_once("custom", 2));
+  EXPECT_EQ(md["tensor_meta"].as<std::string>(), "meta");
+  EXPECT_EQ(as_int(md["val"]), 3);
+  EXPECT_EQ(as_int(md["custom"]), 1);
+  // Once present, a protected key set by set_once is as protected as any other.
+  EXPECT_THROW(md.set("tensor_meta", "x"), ProtectedKeyError);
+}
+
+TEST_F(NodeMetadataTest, EraseRemovesUnprotectedKeysOnly) {
+  NodeMetadata md = store_.create({{"val", 3}, {"custom", 1}});
+  EXPECT_TRUE(md.erase("custom"));
+  EXPECT_FALSE(md.erase("custom"));
+  EXPECT_FALSE(md.contains("custom"));
+  try {
+    md.erase("val");
+    FAIL() << "expected ProtectedKeyError";
+  } catch (const ProtectedKeyError& e) {
+    EXPECT_STREQ(e.what(), "Could not override node key: val");
+  }
+  EXPECT_THROW(md.erase("debug_handle"), ProtectedKeyError);  // absent but protected
+  EXPECT_EQ(as_int(md["val"]), 3);
+}
+
+TEST_F(NodeMetadataTest, EraseKeepsOtherKeysIntact) {
+  NodeMetadata md = store_.create({{"a", 1}, {"b", "two"}, {"c", 3.0}, {"d", Value::list({4})}});
+  EXPECT_TRUE(md.erase("a"));
+  EXPECT_TRUE(md.erase("c"));
+  EXPECT_EQ(md.items(), (Items{{"b", "two"}, {"d", Value::list({4})}}));
+}
+
+TEST_F(NodeMetadataTest, UpdateIsReadModifyWrite) {
+  NodeMetadata md = store_.create();
+  auto increment = [](std::optional<Value> old) {
+    return Value(old ? old->as<std::int64_t>() + 1 : 1);
+  };
+  EXPECT_EQ(as_int(md.update("hits", increment)), 1);
+  EXPECT_EQ(as_int(md.update("hits", increment)), 2);
+  EXPECT_EQ(as_int(md["hits"]), 2);
+  // The callback may return anything convertible to Value.
+  EXPECT_EQ(md.update("name", [](std::optional<Value>) { return "conv1"; }).as<std::string>(), "conv1");
+}
+
+TEST_F(NodeMetadataTest, UpdateOfProtectedKeyThrowsWithoutCallingBack) {
+  NodeMetadata md = store_.create({{"val", 3}});
+  bool called = false;
+  EXPECT_THROW(md.update("val", [&](std::optional<Value>) { called = true; return Value(4); }),
+               ProtectedKeyError);
+  EXPECT_FALSE(called);
+  EXPECT_EQ(as_int(md["val"]), 3);
+}
+
+TEST_F(NodeMetadataTest, ThrowingUpdateLeavesTheNodeUnchanged) {
+  NodeMetadata md = store_.create({{"k", 1}});
+  EXPECT_THROW(md.update("k", [](std::optional<Value>) -> Value { throw std::runtime_error("boom"); }),
+               std::runtime_error);
+  EXPECT_EQ(as_int(md["k"]), 1);
+  EXPECT_THROW(md.update("new", [](std::optional<Value>) -> Value { throw std::runtime_error("boom"); }),
+               std::runtime_error);
+  EXPECT_FALSE(md.contains("new"));
+}
+
+TEST_F(NodeMetadataTest, EditAppliesAllWrites) {
+  NodeMetadata md = store_.create({{"val", 3}, {"gone", 1}});
+  md.edit([](NodeEditor& e) {
+    e.set("a", 1);
+    e.set("b", 1);
+    EXPECT_TRUE(e.erase("gone"));
+    EXPECT_TRUE(e.set_once("tensor_meta", "tm"));
+    EXPECT_EQ(e.try_set("val", 4), WriteResult::kRejectedProtected);
+    EXPECT_EQ(e.try_set("a", 2), WriteResult::kUpdated);
+    // Reads inside see the edit's own writes.
+    EXPECT_EQ(e["a"].as<std::int64_t>(), 2);
+    EXPECT_TRUE(e.contains("b"));
+    EXPECT_FALSE(e.contains("gone"));
+    EXPECT_EQ(e.size(), 4u);
+    EXPECT_EQ(e.items().front().first, "a");
+    EXPECT_THROW((void)e["gone"], KeyError);
+  });
+  EXPECT_EQ(md.items(), (Items{{"a", 2}, {"b", 1}, {"tensor_meta", "tm"}, {"val", 3}}));
+}
+
+TEST_F(NodeMetadataTest, EditIsAllOrNothing) {
+  NodeMetadata md = store_.create({{"a", 0}, {"b", 0}});
+  const Items before = md.items();
+  EXPECT_THROW(md.edit([](NodeEditor& e) {
+                 e.set("a", 1);
+                 e.set("c", 1);
+                 throw std::runtime_error("abort");
+               }),
+               std::runtime_error);
+  EXPECT_EQ(md.items(), before);
+}
+
+TEST_F(NodeMetadataTest, ProtectionIsEnforcedInsideEdit) {
+  NodeMetadata md = store_.create({{"val", 3}, {"a", 0}});
+  EXPECT_THROW(md.edit([](NodeEditor& e) {
+                 e.set("a", 1);
+                 e.set("val", 4);  // throws: the whole edit is abandoned
+               }),
+               ProtectedKeyError);
+  EXPECT_EQ(as_int(md["a"]), 0);
+  EXPECT_EQ(as_int(md["val"]), 3);
+  EXPECT_THROW(md.edit([](NodeEditor& e) { e.erase("val"); }), ProtectedKeyError);
+  // A callback that catches the rejection may go on and commit its other writes.
+  md.edit([](NodeEditor& e) {
+    e.set("a", 5);
+    try {
+      e.set("stack_trace", "x");
+    } catch (const ProtectedKeyError&) {
+    }
+  });
+  EXPECT_EQ(as_int(md["a"]), 5);
+  EXPECT_FALSE(md.contains("stack_trace"));
+}
+
+TEST_F(NodeMetadataTest, EditReturnsTheCallbacksResult) {
+  NodeMetadata md = store_.create({{"a", 40}});
+  const std::int64_t r = md.edit([](NodeEditor& e) {
+    const std::int64_t v = e["a"].as<std::int64_t>() + 2;
+    e.set("a", v);
+    return v;
+  });
+  EXPECT_EQ(r, 42);
+  EXPECT_EQ(as_int(md["a"]), 42);
+}
+
+// --- Callbacks must not re-enter the store ------------------------------------------------
+
+TEST_F(NodeMetadataTest, ReenteringTheStoreFromACallbackThrowsInsteadOfDeadlocking) {
+  NodeMetadata md = store_.create({{"a", 1}});
+  NodeMetadata other = store_.create({{"b", 2}});
+  EXPECT_THROW(md.update("a", [&](std::optional<Value>) { return md["a"]; }), ReentrancyError);
+  EXPECT_THROW(md.edit([&](NodeEditor&) { (void)other.contains("b"); }), ReentrancyError);
+  EXPECT_THROW(md.edit([&](NodeEditor&) { (void)store_.create(); }), ReentrancyError);
+  EXPECT_EQ(as_int(md["a"]), 1);
+  EXPECT_EQ(store_.node_count(), 2u);
+  // Another store is fine, and so is protect() on this one (it takes no node lock).
+  MetadataStore second;
+  NodeMetadata elsewhere = second.create({{"c", 3}});
+  md.edit([&](NodeEditor& e) {
+    e.set("a", elsewhere["c"]);
+    store_.protect("late");
+  });
+  EXPECT_EQ(as_int(md["a"]), 3);
+  EXPECT_TRUE(store_.is_protected("late"));
+}
+
+// --- Handles --------------------------------------------------------------------------
+
+TEST_F(NodeMetadataTest, DestroyingTheHandleRemovesTheNode) {
+  {
+    NodeMetadata a = store_.create();
+    NodeMetadata b = store_.create();
+    EXPECT_EQ(store_.node_count(), 2u);
+  }
+  EXPECT_EQ(store_.node_count(), 0u);
+}
+
+TEST_F(NodeMetadataTest, MoveTransfersTheNode) {
+  NodeMetadata a = store_.create({{"k", 1}});
+  const NodeId id = a.id();
+  NodeMetadata b = std::move(a);
+  EXPECT_FALSE(a.valid());  // NOLINT(bugprone-use-after-move)
+  EXPECT_TRUE(b.valid());
+  EXPECT_EQ(b.id(), id);
+  EXPECT_EQ(store_.node_count(), 1u);
+  NodeMetadata c = store_.create();
+  c = std::move(b);
+  EXPECT_EQ(c.id(), id);
+  EXPECT_EQ(store_.node_count(), 1u);
+  EXPECT_EQ(as_int(c["k"]), 1);
+}
+
+TEST_F(NodeMetadataTest, UsingAMovedFromHandleIsAClearError) {
+  NodeMetadata a = store_.create();
+  NodeMetadata b = std::move(a);
+  try {
+    (void)a.contains("k");  // NOLINT(bugprone-use-after-move)
+    FAIL() << "expected std::logic_error";
+  } catch (const std::logic_error& e) {
+    EXPECT_NE(std::string(e.what()).find("moved-from"), std::string::npos);
+  }
+  EXPECT_THROW(a.set("k", 1), std::logic_error);
+  EXPECT_THROW((void)a.copy(), std::logic_error);
+}
+
+TEST_F(NodeMetadataTest, DuplicateInitialKeysAreRejectedNamingTheKey) {
+  try {
+    (void)store_.create({{"val", 1}, {"x", 2}, {"val", 3}});
+    FAIL() << "expected std::invalid_argument";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("'val'"), std::string::npos);
+  }
+  EXPECT_EQ(store_.node_count(), 0u);  // nothing half-built is left behind
+}
+
+TEST(NodeMetadataStandaloneTest, LivesInTheDefaultStore) {
+  const std::size_t before = MetadataStore::default_store().node_count();
+  {
+    NodeMetadata md{{"val", 3}, {"stack_trace", "File \"m.py\", line 3"}};
+    EXPECT_EQ(&md.store(), &MetadataStore::default_store());
+    EXPECT_EQ(md["val"].as<std::int64_t>(), 3);
+    EXPECT_THROW(md.set("val", 4), ProtectedKeyError);
+    NodeMetadata empty;
+    EXPECT_EQ(empty.size(), 0u);
+    EXPECT_EQ(MetadataStore::default_store().node_count(), before + 2);
+  }
+  EXPECT_EQ(MetadataStore::default_store().node_count(), before);
+}
+
+}  // namespace
+}  // namespace nodemeta
