@@ -34,9 +34,10 @@ namespace nodemeta::detail {
 
 // The allocator of the store's hash map and of every node record.
 // Default: oneTBB's tbb_allocator (tbbmalloc when it is installed, else malloc).
-// NODEMETA_STD_ALLOCATOR=1 (set by the tsan preset) switches to std::allocator so that
-// ThreadSanitizer, which sees malloc/free but not tbbmalloc's internal reuse of memory
-// between threads, observes every allocation.
+// NODEMETA_STD_ALLOCATOR=1 (set by the asan and tsan presets) switches to std::allocator so
+// that the sanitizers, which intercept malloc/free but not tbbmalloc's own pools, see every
+// allocation: ThreadSanitizer would otherwise miss tbbmalloc's reuse of memory between
+// threads, and LeakSanitizer cannot scan tbbmalloc's pools for live pointers.
 #if defined(NODEMETA_STD_ALLOCATOR) && NODEMETA_STD_ALLOCATOR
 template <class T>
 using Allocator = std::allocator<T>;
