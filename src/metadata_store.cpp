@@ -28,6 +28,8 @@ thread_local CallbackScope* CallbackScope::innermost = nullptr;
 }  // namespace
 
 MetadataStore::MetadataStore(StoreOptions options) {
+  protection_versions_.push_back(std::make_unique<const detail::ProtectedSet>());
+  protection_.store(protection_versions_.back().get(), std::memory_order_seq_cst);
   for (Key key : options.protected_keys) protect(key);
   if (options.expected_nodes != 0) map_.rehash(options.expected_nodes);
 }
@@ -62,35 +64,15 @@ NodeMetadata MetadataStore::create(std::span<const KeyValue> items) {
 
 void MetadataStore::protect(Key key) {
   std::lock_guard<std::mutex> lock(protect_mutex_);
-  const std::uint32_t id = key.id();
-  if (id < 64) {
-    protected_low_.fetch_or(std::uint64_t{1} << id, std::memory_order_seq_cst);
-    return;
-  }
-  const std::vector<std::uint64_t>* current = protected_high_.load(std::memory_order_relaxed);
-  auto next = std::make_unique<std::vector<std::uint64_t>>(current ? *current : std::vector<std::uint64_t>{});
-  if (next->size() <= id / 64) next->resize(id / 64 + 1, 0);
-  (*next)[id / 64] |= std::uint64_t{1} << (id % 64);
-  protected_high_.store(next.get(), std::memory_order_seq_cst);
-  protected_high_versions_.push_back(std::move(next));
-}
-
-bool MetadataStore::is_protected_high(std::uint32_t id) const noexcept {
-  const std::vector<std::uint64_t>* bits = protected_high_.load(std::memory_order_seq_cst);
-  return bits != nullptr && id / 64 < bits->size() && (((*bits)[id / 64] >> (id % 64)) & 1U);
+  const detail::ProtectedSet* current = protection();
+  if (current->contains(key.id())) return;
+  protection_versions_.push_back(std::make_unique<const detail::ProtectedSet>(current->with(key.id())));
+  protection_.store(protection_versions_.back().get(), std::memory_order_seq_cst);
 }
 
 std::vector<std::string> MetadataStore::protected_keys() const {
   std::vector<std::string> names;
-  const std::uint64_t low = protected_low_.load(std::memory_order_seq_cst);
-  for (std::uint32_t id = 0; id < 64; ++id) {
-    if ((low >> id) & 1U) names.emplace_back(detail::key_name(id));
-  }
-  if (const auto* bits = protected_high_.load(std::memory_order_seq_cst)) {
-    for (std::uint32_t id = 64; id < bits->size() * 64; ++id) {
-      if (is_protected_high(id)) names.emplace_back(detail::key_name(id));
-    }
-  }
+  for (std::uint32_t id : protection()->ids()) names.emplace_back(detail::key_name(id));
   std::sort(names.begin(), names.end());
   return names;
 }
@@ -239,7 +221,9 @@ void MetadataStore::edit(NodeId id, detail::FunctionRef<void(NodeEditor&)> fn) {
   check_not_in_callback();
   Map::accessor acc;
   if (!map_.find(acc, id)) throw_missing_node(id);
-  NodeEditor editor(*this, acc->second);  // a private working copy
+  // A private working copy, and the protected set as of now: every protection check of
+  // this edit sees the same instant, so the edit is linearized when it took the lock.
+  NodeEditor editor(*protection(), acc->second);
   {
     CallbackScope scope(this);
     fn(editor);  // may throw: the node is untouched
@@ -257,12 +241,12 @@ Value NodeEditor::at(Key key) const {
 Items NodeEditor::items() const { return named_sorted(record_); }
 
 void NodeEditor::set(Key key, Value value) {
-  if (store_.is_protected(key)) throw ProtectedKeyError(key.name());
+  if (protection_.contains(key.id())) throw ProtectedKeyError(key.name());
   record_.put(key.id(), std::move(value));
 }
 
 WriteResult NodeEditor::try_set(Key key, Value value) {
-  if (store_.is_protected(key)) return WriteResult::kRejectedProtected;
+  if (protection_.contains(key.id())) return WriteResult::kRejectedProtected;
   return record_.put(key.id(), std::move(value)) ? WriteResult::kInserted : WriteResult::kUpdated;
 }
 
@@ -273,7 +257,7 @@ bool NodeEditor::set_once(Key key, Value value) {
 }
 
 bool NodeEditor::erase(Key key) {
-  if (store_.is_protected(key)) throw ProtectedKeyError(key.name());
+  if (protection_.contains(key.id())) throw ProtectedKeyError(key.name());
   return record_.erase(key.id());
 }
 

@@ -16,6 +16,7 @@
 #include <oneapi/tbb/concurrent_hash_map.h>
 
 #include "nodemeta/detail/config.h"
+#include "nodemeta/detail/protected_set.h"
 #include "nodemeta/detail/record.h"
 #include "nodemeta/key.h"
 #include "nodemeta/node_metadata.h"
@@ -65,11 +66,7 @@ class MetadataStore {
 
   // Protects `key` on every node of this store, from now on. Idempotent.
   void protect(Key key);
-  bool is_protected(Key key) const noexcept {
-    const std::uint32_t id = key.id();
-    if (id < 64) return (protected_low_.load(std::memory_order_seq_cst) >> id) & 1U;
-    return is_protected_high(id);
-  }
+  bool is_protected(Key key) const noexcept { return protection()->contains(key.id()); }
   // The protected keys' names, sorted.
   std::vector<std::string> protected_keys() const;
 
@@ -104,16 +101,19 @@ class MetadataStore {
 
   void check_not_in_callback() const;
   [[noreturn]] void throw_missing_node(NodeId id) const;
-  bool is_protected_high(std::uint32_t id) const noexcept;
+  // The current protected set: one seq_cst load (a plain load on x86-64). protect()'s
+  // seq_cst store of a new set is its linearization point.
+  const detail::ProtectedSet* protection() const noexcept {
+    return protection_.load(std::memory_order_seq_cst);
+  }
 
   Map map_;
   std::atomic<NodeId> next_id_{1};
-  // Protected key ids < 64, as bits; larger ids in an immutable bitset replaced on
-  // protect() (old ones are kept until the store dies, so readers never see freed memory).
-  std::atomic<std::uint64_t> protected_low_{0};
-  std::atomic<const std::vector<std::uint64_t>*> protected_high_{nullptr};
-  mutable std::mutex protect_mutex_;  // serialises protect(); never held with a node lock
-  std::vector<std::unique_ptr<const std::vector<std::uint64_t>>> protected_high_versions_;
+  // The protected set, replaced whole by protect(); every version is kept until the store
+  // dies, so a reader never sees freed memory.
+  std::atomic<const detail::ProtectedSet*> protection_{nullptr};
+  std::mutex protect_mutex_;  // serialises protect(); never held with a node lock
+  std::vector<std::unique_ptr<const detail::ProtectedSet>> protection_versions_;
 };
 
 }  // namespace nodemeta

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "nodemeta/detail/function_ref.h"
+#include "nodemeta/detail/protected_set.h"
 #include "nodemeta/detail/record.h"
 #include "nodemeta/errors.h"
 #include "nodemeta/key.h"
@@ -162,10 +163,10 @@ class NodeEditor {
 
  private:
   friend class MetadataStore;
-  NodeEditor(const MetadataStore& store, detail::Record record)
-      : store_(store), record_(std::move(record)) {}
+  NodeEditor(const detail::ProtectedSet& protection, detail::Record record)
+      : protection_(protection), record_(std::move(record)) {}
 
-  const MetadataStore& store_;
+  const detail::ProtectedSet& protection_;
   detail::Record record_;
 };
 

@@ -276,6 +276,22 @@ TEST_F(NodeMetadataTest, ProtectionIsEnforcedInsideEdit) {
   EXPECT_FALSE(md.contains("stack_trace"));
 }
 
+// An edit checks every key against the protected set as of the moment it took the node's
+// lock, so it is linearized there: a protect() that completes during the callback comes
+// after the edit, which may still write that key; after the edit, the key is frozen.
+TEST_F(NodeMetadataTest, EditSeesProtectionAsOfItsStart) {
+  NodeMetadata md = store_.create({{"shape", 1}});
+  md.edit([&](NodeEditor& e) {
+    store_.protect("shape");
+    EXPECT_TRUE(store_.is_protected("shape"));
+    e.set("shape", 2);
+  });
+  EXPECT_EQ(as_int(md["shape"]), 2);
+  EXPECT_THROW(md.set("shape", 3), ProtectedKeyError);
+  EXPECT_THROW(md.edit([](NodeEditor& e) { e.set("shape", 3); }), ProtectedKeyError);
+  EXPECT_EQ(as_int(md["shape"]), 2);
+}
+
 TEST_F(NodeMetadataTest, EditReturnsTheCallbacksResult) {
   NodeMetadata md = store_.create({{"a", 40}});
   const std::int64_t r = md.edit([](NodeEditor& e) {
