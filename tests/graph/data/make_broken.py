@@ -1,0 +1,99 @@
+#!/usr/bin/env python3
+"""Writes the broken-input suite: broken/*.json[.gz] plus broken/EXPECTED.tsv (file, then a
+substring the one-line error must contain). Each file breaks one rule of the graph schema of
+shared/data/graphs/README.md. Run from this folder: python3 make_broken.py"""
+import copy, gzip, json, os
+
+def meta(i, extra=None):
+    m = {"stack_trace": f'  File "m.py", line {i}, in forward\n', "nn_module_stack": {},
+         "tensor_meta": {"shape": [1, 4], "dtype": "torch.float32", "stride": [4, 1],
+                         "requires_grad": False, "memory_format": "torch.contiguous_format",
+                         "is_quantized": False},
+         "val": {"shape": [1, 4], "dtype": "torch.float32"}, "debug_handle": i + 1,
+         "type": "torch.Tensor"}
+    m.update(extra or {})
+    return m
+
+BASE = {"model": "tiny", "source": "make_broken.py", "tracer": "fx", "torch_version": "1.13.0a0",
+        "torchvision_version": None, "example_inputs": [{"shape": [1, 4], "dtype": "torch.float32"}],
+        "nodes": [
+            {"id": 0, "name": "x", "op": "placeholder", "target": "x", "inputs": [], "meta": meta(0)},
+            {"id": 1, "name": "relu", "op": "call_function", "target": "torch.relu", "inputs": [0],
+             "meta": meta(1)},
+            {"id": 2, "name": "output", "op": "output", "target": "output", "inputs": [1],
+             "meta": meta(2, {"stack_trace": None, "tensor_meta": None})},
+        ]}
+
+cases = []
+
+def emit(name, text_or_bytes, expected):
+    data = text_or_bytes.encode() if isinstance(text_or_bytes, str) else text_or_bytes
+    with open(os.path.join("broken", name), "wb") as f:
+        f.write(data)
+    cases.append((name, expected))
+
+def variant(fn):
+    g = copy.deepcopy(BASE)
+    fn(g)
+    return json.dumps(g)
+
+os.makedirs("broken", exist_ok=True)
+good = json.dumps(BASE)
+gz = gzip.compress(good.encode(), mtime=0)
+emit("truncated.json.gz", gz[: len(gz) // 2], "truncated gzip")
+emit("corrupt.json.gz", gz[:10] + b"\x00" * 40, "corrupt gzip")
+emit("empty.json", "", "invalid JSON")
+emit("invalid_json.json", good[: len(good) // 2], "invalid JSON")
+emit("trailing_garbage.json", good + " }", "invalid JSON")
+emit("not_an_object.json", "[1, 2, 3]", "(top level): expected an object, got an array")
+emit("missing_nodes.json", '{"model": "tiny"}', "missing field 'nodes'")
+emit("nodes_not_array.json", '{"nodes": {}}', "nodes: expected an array, got an object")
+emit("missing_name.json", variant(lambda g: g["nodes"][1].pop("name")), "nodes[1]: missing field 'name'")
+emit("missing_meta.json", variant(lambda g: g["nodes"][2].pop("meta")), "missing field 'meta'")
+emit("wrong_type_inputs.json", variant(lambda g: g["nodes"][1].update(inputs="0")),
+     "nodes[1].inputs (node 'relu'): expected an array, got a string")
+emit("wrong_type_input_id.json", variant(lambda g: g["nodes"][1].update(inputs=[0.0])),
+     "nodes[1].inputs[0] (node 'relu'): expected an integer node id, got a float")
+emit("wrong_type_debug_handle.json", variant(lambda g: g["nodes"][1]["meta"].update(debug_handle="2")),
+     "nodes[1].meta.debug_handle (node 'relu'): expected an integer, got a string")
+emit("wrong_type_stack_trace.json", variant(lambda g: g["nodes"][1]["meta"].update(stack_trace=7)),
+     "nodes[1].meta.stack_trace (node 'relu'): expected a string or null")
+emit("wrong_type_nn_module_stack.json",
+     variant(lambda g: g["nodes"][1]["meta"].update(nn_module_stack={"layer": 3})),
+     "nodes[1].meta.nn_module_stack['layer'] (node 'relu'): expected a string")
+emit("input_not_earlier.json", variant(lambda g: g["nodes"][1].update(inputs=[2])),
+     "nodes[1].inputs[0] (node 'relu'): input id 2 is not an earlier node")
+emit("input_self.json", variant(lambda g: g["nodes"][1].update(inputs=[1])),
+     "input id 1 is not an earlier node")
+emit("input_negative.json", variant(lambda g: g["nodes"][1].update(inputs=[-1])),
+     "input id -1 is not an earlier node")
+emit("duplicate_name.json", variant(lambda g: g["nodes"][2].update(name="relu")),
+     "nodes[2].name: duplicate node name 'relu' (first at nodes[1])")
+emit("id_mismatch.json", variant(lambda g: g["nodes"][1].update(id=5)),
+     "nodes[1].id (node 'relu'): expected 1")
+emit("unknown_op.json", variant(lambda g: g["nodes"][1].update(op="call_everything")),
+     "unknown op 'call_everything'")
+emit("unexpected_field.json", variant(lambda g: g["nodes"][1].update(kwargs={})),
+     "nodes[1].kwargs: unexpected field")
+emit("integer_overflow.json", variant(lambda g: g["nodes"][1]["meta"].update(flops=2**64 - 1)),
+     "does not fit a 64-bit signed integer")
+# Duplicate JSON keys cannot be written with json.dumps: splice them into the text.
+dup = good.replace('"debug_handle": 2,', '"debug_handle": 2, "val": {"shape": [1, 8], "dtype": "torch.float32"},', 1)
+assert dup != good
+emit("duplicate_protected_key.json", dup,
+     "nodes[1].meta.val (node 'relu'): protected key 'val' given twice with different values")
+dup2 = good.replace('"debug_handle": 2,', '"debug_handle": 2, "type": "builtins.int",', 1)
+emit("duplicate_key.json", dup2, "key 'type' given twice with different values")
+
+with open(os.path.join("broken", "EXPECTED.tsv"), "w") as f:
+    f.write("# file\tsubstring of the one-line error (written by make_broken.py)\n")
+    for name, expected in cases:
+        f.write(f"{name}\t{expected}\n")
+
+# A file that is fine: a protected key repeated with the same value is accepted once.
+os.makedirs("ok", exist_ok=True)
+same = good.replace('"debug_handle": 2,', '"debug_handle": 2, "debug_handle": 2,', 1)
+with open(os.path.join("ok", "duplicate_same_value.json"), "w") as f:
+    f.write(same)
+with open(os.path.join("ok", "tiny.json"), "w") as f:
+    f.write(good)
