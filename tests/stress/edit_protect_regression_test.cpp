@@ -1,0 +1,47 @@
+// Kind: regression. Found by linearizability_stress_test: an edit() that overlapped a
+// store.protect(k) could see k unprotected in one NodeEditor call and protected in the
+// next (set(p) succeeded, then erase(p) threw), an outcome no sequential order explains.
+// One edit must see protection as of one instant (it is linearized when it takes the
+// node's lock). Deterministic: the edit waits, via an atomic, until protect() returned.
+#include <atomic>
+#include <cstdint>
+#include <thread>
+
+#include <gtest/gtest.h>
+#include <nodemeta/nodemeta.h>
+
+namespace nodemeta {
+namespace {
+
+TEST(EditProtectRegression, OneEditSeesProtectionAsOfOneInstant) {
+  MetadataStore store;
+  NodeMetadata node = store.create();
+  const Key p("edit_protect_regression");
+  std::atomic<int> phase{0};  // 1: the edit has written p; 2: protect(p) has returned
+  std::thread protector([&] {
+    phase.wait(0);
+    store.protect(p);
+    phase.store(2);
+    phase.notify_all();
+  });
+  node.edit([&](NodeEditor& e) {
+    e.set(p, 1);
+    phase.store(1);
+    phase.notify_all();
+    phase.wait(1);
+    EXPECT_TRUE(store.is_protected(p));
+    // Same edit, same instant: p is still writable here.
+    EXPECT_NO_THROW(EXPECT_TRUE(e.erase(p)));
+    EXPECT_EQ(e.try_set(p, 2), WriteResult::kInserted);
+  });
+  protector.join();
+  ASSERT_TRUE(node.get(p).has_value());
+  EXPECT_EQ(node.get(p)->as<std::int64_t>(), 2);
+  // A later edit starts after protect() returned: p is protected for all of it.
+  EXPECT_THROW(node.edit([&](NodeEditor& e) { e.set(p, 3); }), ProtectedKeyError);
+  EXPECT_THROW(node.set(p, 3), ProtectedKeyError);
+  EXPECT_EQ(node.get(p)->as<std::int64_t>(), 2);
+}
+
+}  // namespace
+}  // namespace nodemeta
