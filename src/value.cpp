@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <memory>
+#include <ostream>
 #include <stdexcept>
 #include <string>
 
@@ -204,6 +205,8 @@ std::string Value::repr() const {
     default: return box_->repr();
   }
 }
+
+std::ostream& operator<<(std::ostream& os, const Value& v) { return os << v.repr(); }
 
 bool operator==(const Value& a, const Value& b) {
   if (a.kind_ != b.kind_) return false;

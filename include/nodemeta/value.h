@@ -22,6 +22,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <initializer_list>
+#include <iosfwd>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -186,6 +187,9 @@ class Value {
   };
   Kind kind_;
 };
+
+// Writes v.repr() (so GoogleTest and logs print Values readably).
+std::ostream& operator<<(std::ostream& os, const Value& v);
 
 namespace detail {
 

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -184,6 +185,9 @@ TEST(ValueTest, ReprIsPythonLike) {
   EXPECT_EQ(Value("it's\n").repr(), "'it\\'s\\n'");
   EXPECT_EQ(Value::list({1, "a", Value()}).repr(), "[1, 'a', None]");
   EXPECT_EQ(Value::dict({{"k", Value::list({})}}).repr(), "{'k': []}");
+  std::ostringstream os;
+  os << Value::list({1.5, "x"});
+  EXPECT_EQ(os.str(), "[1.5, 'x']");
 }
 
 }  // namespace
