@@ -1,0 +1,400 @@
+#!/usr/bin/env python3
+"""Writes docs/benchmarks.md and docs/img/*.png from the results scripts/bench collected.
+
+  python3 benchmarks/report.py --results build/release/bench-results --docs docs
+
+Inputs in --results: workloads.json (Google Benchmark JSON, aggregates), memory.jsonl (one
+JSON object per implementation), python.json (the Python original), run.json (the command).
+Every ratio it prints compares rows of the same run.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+from collections import defaultdict
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+IMPLS = [
+    ("nodemeta", "nodemeta"),
+    ("a_tbb_per_node", "(a) tbb::concurrent_hash_map per node"),
+    ("b_unordered_mutex", "(b) std::unordered_map + std::mutex per node"),
+    ("c_unordered_shared_mutex", "(c) std::unordered_map + std::shared_mutex per node"),
+    ("d_absl_flat_mutex", "(d) absl::flat_hash_map + absl::Mutex per node"),
+    ("e_libcuckoo", "(e) libcuckoo cuckoohash_map per node"),
+    ("f_tbb_graph_wide", "(f) one graph-wide tbb::concurrent_hash_map keyed by (node, key)"),
+]
+SHORT = {
+    "nodemeta": "nodemeta", "a_tbb_per_node": "(a) tbb per node", "b_unordered_mutex": "(b) unordered+mutex",
+    "c_unordered_shared_mutex": "(c) unordered+shared_mutex", "d_absl_flat_mutex": "(d) absl flat+Mutex",
+    "e_libcuckoo": "(e) libcuckoo", "f_tbb_graph_wide": "(f) tbb graph-wide", "python_original": "Python original",
+    "nodemeta_sized": "nodemeta (expected_nodes hint)",
+}
+BASELINES = [k for k, _ in IMPLS if k != "nodemeta"]
+
+WORKLOADS = [
+    ("W1_fresh", "W1 annotate fresh",
+     "100,000 nodes seeded with the 5 protected keys; threads take disjoint slices; per node `set` a "
+     "new pass key + `get(\"val\")`. Each timed pass starts from freshly built nodes (rebuilt untimed)."),
+    ("W1o_overwrite", "W1o annotate overwrite", "As W1, with the pass key already present (an update)."),
+    ("W2_hot_node", "W2 hot node",
+     "All threads on one node of 8 keys (5 protected + 3), 90% `get` (any key) / 10% `set` (unprotected keys)."),
+    ("W4_random_slots", "W4 random slots",
+     "100,000 nodes x 5 keys, 90% `get` / 10% `set` on random (node, key) pairs."),
+    ("W5_mixed_s0.01", "W5 mixed, Zipf 0.01",
+     "After Boost.Unordered's `parallel_load`: 10% update (atomic read-modify-write +1) / 45% successful / "
+     "45% unsuccessful lookups; nodes drawn Zipf(0.01) (nearly uniform) over 100,000 nodes x 5 keys."),
+    ("W5_mixed_s0.99", "W5 mixed, Zipf 0.99", "As above, Zipf(0.99): a few hot nodes take most operations."),
+]
+W3_ROWS = [("W3_set_throw", "throwing `set` (caught)"), ("W3_try_set", "`try_set` (no throw)"),
+           ("W3_contains", "`contains` (for the ratio)")]
+
+
+def machine():
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release()}
+
+
+def load_workloads(path):
+    """{(workload, impl): {threads: {"median": items/s, "cv": cv}}}."""
+    with open(path) as f:
+        data = json.load(f)
+    res = defaultdict(dict)
+    for b in data["benchmarks"]:
+        if b.get("error_occurred"):
+            continue
+        run = b.get("run_name", b["name"])
+        parts = run.split("/")
+        key = (parts[0], parts[1])
+        t = int(b.get("threads", 1))
+        agg = b.get("aggregate_name", "median" if b.get("run_type") != "aggregate" else None)
+        slot = res[key].setdefault(t, {})
+        if agg == "median":
+            slot["median"] = b["items_per_second"]
+        elif agg == "cv":
+            slot["cv"] = b.get("real_time", 0.0)  # GB reports CV as a fraction in the time fields
+    return res, data.get("context", {})
+
+
+def fmt_rate(x):
+    if x is None:
+        return "n/a"
+    if x >= 1e6:
+        return f"{x / 1e6:.2f} M/s"
+    return f"{x / 1e3:.0f} k/s"
+
+
+def rate(res, wl, impl, t):
+    return res.get((wl, impl), {}).get(t, {}).get("median")
+
+
+def cv(res, wl, impl, t):
+    return res.get((wl, impl), {}).get(t, {}).get("cv")
+
+
+def best_baseline(res, wl, t):
+    cands = [(rate(res, wl, b, t), b) for b in BASELINES if rate(res, wl, b, t) is not None]
+    return max(cands) if cands else (None, None)
+
+
+def plot_workload(res, wl, title, threads, path, caption, py=None):
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    for impl, _ in IMPLS:
+        xs = [t for t in threads if rate(res, wl, impl, t) is not None]
+        ys = [rate(res, wl, impl, t) / 1e6 for t in xs]
+        if not xs:
+            continue
+        style = dict(linewidth=3, color="black", marker="o") if impl == "nodemeta" else dict(marker="o")
+        ax.plot(xs, ys, label=SHORT[impl], **style)
+    if py is not None:
+        ax.plot([1], [py / 1e6], marker="*", markersize=12, linestyle="none", color="tab:gray",
+                label="Python original (1 thread)")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(threads)
+    ax.set_xticklabels([str(t) for t in threads])
+    ax.set_yscale("log")
+    ax.set_xlabel("threads")
+    ax.set_ylabel("million items/s (median, log scale)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.text(0.01, 0.005, caption, fontsize=6, color="dimgray")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_memory(mem, path, caption):
+    names = [m["impl"] for m in mem]
+    vals = [m["bytes_per_node"] for m in mem]
+    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    colors = ["black" if n.startswith("nodemeta") else ("tab:gray" if n == "python_original" else "tab:blue")
+              for n in names]
+    bars = ax.bar(range(len(vals)), vals, color=colors)
+    for b, v in zip(bars, vals):
+        ax.text(b.get_x() + b.get_width() / 2, v, f"{v:,.0f}", ha="center", va="bottom", fontsize=7)
+    ax.axhline(200, color="red", linestyle="--", linewidth=1, label="goal: 200 bytes/node")
+    ax.set_xticks(range(len(vals)))
+    ax.set_xticklabels([SHORT.get(n, n) for n in names], rotation=30, ha="right", fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("bytes per node (RSS growth, log scale)")
+    ax.set_title("Memory: 1,000,000 nodes x 5 keys of 8-byte values")
+    ax.legend(fontsize=7)
+    fig.text(0.01, 0.005, caption, fontsize=6, color="dimgray")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def verdict(ok):
+    return "**pass**" if ok else "**falls short**"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--results", required=True)
+    ap.add_argument("--docs", default="docs")
+    ap.add_argument("--elapsed", type=int, default=None, help="driver wall time in seconds")
+    ap.add_argument("--notes", default=None, help="markdown appended as the closing analysis")
+    args = ap.parse_args()
+
+    with open(os.path.join(args.results, "run.json")) as f:
+        run = json.load(f)
+    res, ctx = load_workloads(os.path.join(args.results, "workloads.json"))
+    mem = []
+    with open(os.path.join(args.results, "memory.jsonl")) as f:
+        for line in f:
+            if line.strip():
+                mem.append(json.loads(line))
+    py = {}
+    py_path = os.path.join(args.results, "python.json")
+    if os.path.exists(py_path):
+        with open(py_path) as f:
+            py = json.load(f)
+
+    m = machine()
+    date = run.get("started", datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"))
+    cmd = run.get("command", "scripts/bench")
+    threads = sorted({t for v in res.values() for t in v})
+    tag = f"{m['nproc']} cores, {m['cpu']}; {date}; `{cmd}`"
+    caption = f"{m['nproc']} cores, {m['cpu']} | {date} | {cmd}"
+    img_dir = os.path.join(args.docs, "img")
+    os.makedirs(img_dir, exist_ok=True)
+
+    L = []
+    L.append("# nodemeta benchmarks")
+    L.append("")
+    L.append("<!-- Generated by benchmarks/report.py from scripts/bench; do not edit by hand. -->")
+    L.append("")
+    L.append(f"- **Machine:** {m['nproc']} cores ({m['cpu']}), Linux {m['kernel']}; shared with other "
+             "builds while it ran, so absolute numbers are noisy. Only ratios between rows of this one run "
+             "are meaningful.")
+    L.append(f"- **Date:** {date}")
+    L.append(f"- **Command:** `{cmd}` (threads 1..{run.get('threads')}, {run.get('reps')} repetitions of "
+             f"min_time {run.get('min_time')} s per row; tables show the median; the `cv` column is the "
+             "coefficient of variation across repetitions)"
+             + (f"; the whole driver took {args.elapsed} s." if args.elapsed is not None else "."))
+    L.append("- **Build:** release preset (RelWithDebInfo, `-O2 -g`), g++ "
+             + subprocess.run(["sh", "-c", "g++ -dumpfullversion"], capture_output=True, text=True).stdout.strip()
+             + ", oneTBB 2021.8, Google Benchmark 1.7.1, Abseil and libcuckoo from Debian 12.")
+    L.append("- **Values:** every implementation stores `nodemeta::Value` (16 bytes; 8-byte integers inline). "
+             "Baselines key by `std::string` (built once, outside the loops, as nodemeta's `Key`s are) and check the "
+             "five protected names before writing. (d) runs with Abseil's Mutex deadlock detection **off** "
+             "(`absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore)`); Debian's libabsl enables "
+             "it by default, which makes every lock about 20x slower.")
+    L.append("- What each row measures: [benchmarks/README.md](../benchmarks/README.md).")
+    L.append("")
+
+    # ---- goals ---------------------------------------------------------------------------
+    goals = []
+    goal_rows = []
+    for wl, title, _ in WORKLOADS:
+        if wl == "W4_random_slots" or wl.startswith("W5") or wl in ("W1_fresh", "W1o_overwrite", "W2_hot_node"):
+            for t in [t for t in threads if t in (1, 2)]:
+                nm = rate(res, wl, "nodemeta", t)
+                bb, bname = best_baseline(res, wl, t)
+                if nm is None or bb is None:
+                    continue
+                r = nm / bb
+                goal_rows.append((title, t, r, bname))
+                goals.append(r >= 1.0)
+    L.append("## Goals (issue 5) and where nodemeta stands")
+    L.append("")
+    L.append("| goal | threads | measured | verdict |")
+    L.append("|---|---:|---|---|")
+    for title, t, r, bname in goal_rows:
+        L.append(f"| {title}: nodemeta >= fastest baseline | {t} | {r:.2f}x of {SHORT[bname]} | {verdict(r >= 1.0)} |")
+    w3 = {}
+    for t in [t for t in threads if t in (1, 2)]:
+        ts = rate(res, "W3_try_set", "nodemeta", t)
+        c = rate(res, "W3_contains", "nodemeta", t)
+        if ts and c:
+            cost = c / ts  # time(try_set) / time(contains)
+            w3[t] = cost
+            L.append(f"| W3: rejected `try_set` costs <= 1.2x a `contains` | {t} | try_set takes {cost:.2f}x "
+                     f"the time of contains | {verdict(cost <= 1.2)} |")
+    nm_mem = next((x for x in mem if x["impl"] == "nodemeta"), None)
+    if nm_mem:
+        b = nm_mem["bytes_per_node"]
+        L.append(f"| Memory <= 200 bytes/node (1M nodes x 5 keys) | - | {b:.0f} bytes/node | {verdict(b <= 200)} |")
+    L.append("")
+    L.append("Ratios are nodemeta's items/s divided by the fastest baseline's items/s at the same thread count "
+             "(> 1: nodemeta faster). With two cores shared with other work, ratios within about +-15% of 1.0 "
+             "are within this machine's run-to-run noise (see the `cv` columns).")
+    L.append("")
+
+    # ---- per-workload tables + plots ---------------------------------------------------------
+    L.append("## Throughput")
+    L.append("")
+    for wl, title, desc in WORKLOADS:
+        L.append(f"### {title}")
+        L.append("")
+        L.append(desc)
+        L.append("")
+        hdr = "| implementation | " + " | ".join(f"{t} thr" for t in threads) + " | cv (1 thr) |"
+        L.append(hdr)
+        L.append("|---|" + "---:|" * (len(threads) + 1))
+        for impl, name in IMPLS:
+            cells = [fmt_rate(rate(res, wl, impl, t)) for t in threads]
+            c = cv(res, wl, impl, threads[0]) if threads else None
+            nm = "**nodemeta**" if impl == "nodemeta" else name
+            if impl == "nodemeta":
+                cells = [f"**{x}**" for x in cells]
+            L.append(f"| {nm} | " + " | ".join(cells) + f" | {c * 100:.0f}% |" if c is not None else
+                     f"| {nm} | " + " | ".join(cells) + " | |")
+        pyk = wl if wl in ("W1_fresh", "W1o_overwrite") else None
+        if pyk and pyk in py:
+            L.append(f"| Python original (`benchmarks/python_original.py`, 1 thread) | {fmt_rate(py[pyk])} | "
+                     + " | ".join("" for _ in threads[1:]) + (" | |" if len(threads) > 1 else "|"))
+        ratios = []
+        for t in threads:
+            nmr = rate(res, wl, "nodemeta", t)
+            bb, bname = best_baseline(res, wl, t)
+            ratios.append(f"{nmr / bb:.2f}x ({SHORT[bname]})" if nmr and bb else "n/a")
+        L.append("| *nodemeta / fastest baseline* | " + " | ".join(ratios) + " | |")
+        L.append("")
+        img = f"img/{wl.replace('.', '_')}.png"
+        plot_workload(res, wl, title, threads, os.path.join(args.docs, img), caption,
+                      py.get(pyk) if pyk else None)
+        L.append(f"![{title}]({img})")
+        L.append("")
+        L.append(f"*{title}: throughput vs threads. Machine: {tag}.*")
+        L.append("")
+
+    # ---- W3 ----------------------------------------------------------------------------------
+    L.append("### W3 protected rejections")
+    L.append("")
+    L.append("Threads take disjoint slices of 100,000 seeded nodes and try to write a protected key (cycling "
+             "through the five): the throwing `set` (exception caught), the non-throwing `try_set` (a baseline's "
+             "`try_set` is its name check returning false), and, for the ratio, `contains` of the same key.")
+    L.append("")
+    L.append("| implementation | operation | " + " | ".join(f"{t} thr" for t in threads) + " |")
+    L.append("|---|---|" + "---:|" * len(threads))
+    for impl, name in IMPLS:
+        for op, opname in W3_ROWS:
+            cells = [fmt_rate(rate(res, op, impl, t)) for t in threads]
+            if impl == "nodemeta":
+                cells = [f"**{x}**" for x in cells]
+            L.append(f"| {'**nodemeta**' if impl == 'nodemeta' else name} | {opname} | " + " | ".join(cells) + " |")
+    if py:
+        for k, opname in (("W3_set_throw", "throwing `md[k] = v` (RuntimeError caught)"),
+                          ("W3_contains", "`k in md`")):
+            if k in py:
+                L.append(f"| Python original | {opname} | {fmt_rate(py[k])} | " + " | ".join("" for _ in threads[1:]) + " |"
+                         if len(threads) > 1 else f"| Python original | {opname} | {fmt_rate(py[k])} |")
+    L.append("")
+    L.append("nodemeta's rejected `try_set` costs, relative to its own `contains` on the same keys: "
+             + ", ".join(f"{t} thread{'s' if t > 1 else ''}: {w3[t]:.2f}x the time" for t in sorted(w3)) + ".")
+    L.append("")
+    wl3 = [("W3_try_set", "W3 try_set (rejected)"), ("W3_contains", "W3 contains"), ("W3_set_throw", "W3 set (throws)")]
+    for op, title in wl3:
+        plot_workload(res, op, title, threads, os.path.join(img_dir, f"{op}.png"), caption,
+                      py.get(op) if op in py else None)
+    L.append("![W3 try_set](img/W3_try_set.png)")
+    L.append("")
+    L.append(f"*W3 `try_set` rejections vs threads. Machine: {tag}.*")
+    L.append("")
+    L.append("![W3 contains](img/W3_contains.png)")
+    L.append("")
+    L.append(f"*W3 `contains` (the comparison row) vs threads. Machine: {tag}.*")
+    L.append("")
+    L.append("![W3 set](img/W3_set_throw.png)")
+    L.append("")
+    L.append(f"*W3 throwing `set` vs threads. Machine: {tag}.*")
+    L.append("")
+
+    # ---- single thread vs raw tbb --------------------------------------------------------------
+    L.append("### Single-thread get/set against a raw `tbb::concurrent_hash_map` (issue 2)")
+    L.append("")
+    L.append("Random (node, key) pairs over 100,000 nodes x 5 keys, one thread. The raw map is "
+             "`tbb::concurrent_hash_map<std::uint64_t, Value>` keyed by `node * 8 + key`: one hashed lookup "
+             "under an element lock, nothing else: the floor for a store built on that map.")
+    L.append("")
+    L.append("| operation | nodemeta | raw tbb::concurrent_hash_map | nodemeta / raw |")
+    L.append("|---|---:|---:|---:|")
+    for op in ("ST_get", "ST_set"):
+        a = rate(res, op, "nodemeta", 1)
+        b = rate(res, op, "raw_tbb_map", 1)
+        L.append(f"| `{op[3:]}` | {fmt_rate(a)} | {fmt_rate(b)} | {a / b:.2f}x |" if a and b else f"| {op} | n/a | n/a | |")
+    L.append("")
+
+    # ---- memory --------------------------------------------------------------------------------
+    L.append("## Memory")
+    L.append("")
+    L.append("Process RSS growth while building 1,000,000 nodes x 5 keys (the protected keys, distinct 8-byte "
+             "integer values), one fresh process per implementation (`nodemeta_memory_benchmark --impl=NAME`, "
+             "`python_original.py --mode=memory`). It counts everything the graph needs: nodemeta's 16-byte "
+             "handles and its store; a baseline's array of per-node maps and locks.")
+    L.append("")
+    L.append("| implementation | bytes per node | vs nodemeta |")
+    L.append("|---|---:|---:|")
+    base = nm_mem["bytes_per_node"] if nm_mem else None
+    for x in mem:
+        n = SHORT.get(x["impl"], x["impl"])
+        if x["impl"] == "python_original":
+            n += " (5 distinct int objects per node)"
+        b = x["bytes_per_node"]
+        L.append(f"| {'**' + n + '**' if x['impl'] == 'nodemeta' else n} | {b:,.0f} | "
+                 f"{b / base:.1f}x |" if base else f"| {n} | {b:,.0f} | |")
+    L.append("")
+    plot_memory(mem, os.path.join(img_dir, "memory.png"), caption)
+    L.append("![memory per node](img/memory.png)")
+    L.append("")
+    L.append(f"*Bytes per node, 1,000,000 nodes x 5 keys. Machine: {tag}.*")
+    L.append("")
+
+    # ---- W6 + closing ----------------------------------------------------------------------------
+    L.append("## W6 real pipeline")
+    L.append("")
+    if os.path.exists(os.path.join(args.results, "w6.json")):
+        L.append("See the W6 table above.")
+    else:
+        L.append("**TODO(W6):** not yet measured: the pass pipeline on each shared graph (and the real graphs' "
+                 "metadata memory) needs the graph/pass library (`include/nodemeta/graph/`), which had not "
+                 "landed when this suite was written. See benchmarks/README.md.")
+    L.append("")
+    if args.notes and os.path.exists(args.notes):
+        with open(args.notes) as f:
+            L.append(f.read().rstrip())
+        L.append("")
+
+    with open(os.path.join(args.docs, "benchmarks.md"), "w") as f:
+        f.write("\n".join(L))
+
+
+if __name__ == "__main__":
+    main()
