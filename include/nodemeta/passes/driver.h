@@ -1,0 +1,122 @@
+// nodemeta/passes/driver.h: the pass driver. Runs compiler passes over a Graph on oneTBB,
+// writing node metadata concurrently through NodeMetadata's public API.
+//
+// Two schedules:
+//   for_each_node(graph, fn)                 node-parallel: tbb::parallel_for over all nodes;
+//                                            fn(i) may run for any nodes at the same time.
+//   for_each_in_dependency_order(graph, fn)  wavefront by topological level: fn(i) runs after
+//                                            fn(j) has returned for every input j of node i
+//                                            (each level is one tbb::parallel_for; the level
+//                                            barrier makes the inputs' writes visible).
+// Both call fn from the current tbb::task_arena, so a caller limits threads with
+// tbb::task_arena(N).execute(...). Results must not depend on the thread count: a pass
+// writes only to the node it is visiting (reading its inputs), or builds new nodes in a
+// sequential step; counters are atomic sums. See docs/passes.md.
+//
+// Thread safety: the graph's structure must not change while a schedule runs; its nodes'
+// metadata may be read and written from fn (NodeMetadata is concurrent-safe).
+#ifndef NODEMETA_PASSES_DRIVER_H_
+#define NODEMETA_PASSES_DRIVER_H_
+
+#include <atomic>
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/parallel_for.h>
+
+#include "nodemeta/graph/graph.h"
+#include "nodemeta/node_metadata.h"
+
+namespace nodemeta::passes {
+
+class Baseline;
+
+// What one pass did: the `nodemeta run` table's row.
+struct PassStats {
+  std::string name;
+  std::size_t nodes_touched = 0;       // nodes the pass wrote to (or, for verify, checked)
+  std::size_t rejected_protected = 0;  // writes refused because the key is protected
+  std::size_t nodes_before = 0;        // graph size when the pass started
+  std::size_t nodes_after = 0;         // graph size when it finished
+  double seconds = 0.0;
+  std::string summary;                 // one short line ("16 chains fused", "clean", ...)
+  std::vector<std::string> problems;   // verify: what failed, sorted; empty when clean
+};
+
+// The state a running pass shares between its threads: the graph, the baseline of loaded
+// protected values (may be null), and atomic counters. Concurrent-safe.
+class PassContext {
+ public:
+  PassContext(graph::Graph& graph, const Baseline* baseline, std::string pass_name)
+      : graph_(graph), baseline_(baseline), pass_name_(std::move(pass_name)) {}
+
+  graph::Graph& graph() noexcept { return graph_; }
+  const Baseline* baseline() const noexcept { return baseline_; }
+  const std::string& pass_name() const noexcept { return pass_name_; }
+
+  // try_set() that counts a refused protected write instead of applying or throwing it.
+  WriteResult write(NodeMetadata& node, Key key, Value value) {
+    const WriteResult r = node.try_set(key, std::move(value));
+    if (r == WriteResult::kRejectedProtected) count_rejected();
+    return r;
+  }
+  void count_touched(std::size_t n = 1) noexcept { touched_.fetch_add(n, std::memory_order_relaxed); }
+  void count_rejected(std::size_t n = 1) noexcept { rejected_.fetch_add(n, std::memory_order_relaxed); }
+  std::size_t touched() const noexcept { return touched_.load(); }
+  std::size_t rejected() const noexcept { return rejected_.load(); }
+
+  // Filled by the pass.
+  std::string summary;
+  std::vector<std::string> problems;
+
+ private:
+  graph::Graph& graph_;
+  const Baseline* baseline_;
+  std::string pass_name_;
+  std::atomic<std::size_t> touched_{0};
+  std::atomic<std::size_t> rejected_{0};
+};
+
+// fn(std::size_t node_index) for every node, in parallel.
+template <class F>
+void for_each_node(const graph::Graph& graph, F&& fn) {
+  tbb::parallel_for(tbb::blocked_range<std::size_t>(0, graph.size(), 8),
+                    [&fn](const tbb::blocked_range<std::size_t>& r) {
+                      for (std::size_t i = r.begin(); i != r.end(); ++i) fn(i);
+                    });
+}
+
+// The nodes grouped by topological level (graph.levels()), ascending index within a level.
+std::vector<std::vector<std::size_t>> wavefronts(const graph::Graph& graph);
+
+// fn(std::size_t node_index) for every node, each after all of its inputs.
+template <class F>
+void for_each_in_dependency_order(const graph::Graph& graph, F&& fn) {
+  for (const std::vector<std::size_t>& level : wavefronts(graph)) {
+    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, level.size(), 4),
+                      [&fn, &level](const tbb::blocked_range<std::size_t>& r) {
+                        for (std::size_t i = r.begin(); i != r.end(); ++i) fn(level[i]);
+                      });
+  }
+}
+
+// A compiler pass over a Graph.
+class Pass {
+ public:
+  virtual ~Pass() = default;
+  virtual std::string_view name() const noexcept = 0;
+  virtual std::string_view description() const noexcept = 0;
+  virtual void run(PassContext& ctx) = 0;
+};
+
+// Runs `pass` on `graph`, timing it. The baseline is what verify checks against.
+PassStats run_pass(Pass& pass, graph::Graph& graph, const Baseline* baseline);
+
+}  // namespace nodemeta::passes
+
+#endif  // NODEMETA_PASSES_DRIVER_H_

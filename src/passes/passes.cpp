@@ -1,0 +1,506 @@
+#include "nodemeta/passes/passes.h"
+
+#include <algorithm>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include <oneapi/tbb/parallel_for.h>
+
+#include "nodemeta/passes/provenance.h"
+
+namespace nodemeta::passes {
+
+using graph::Graph;
+using graph::Node;
+
+// ---- Baseline --------------------------------------------------------------------------
+
+const std::array<Key, Baseline::kKeys>& Baseline::protected_keys() {
+  static const std::array<Key, kKeys> k = {keys::val, keys::stack_trace, keys::nn_module_stack,
+                                           keys::debug_handle, keys::tensor_meta};
+  return k;
+}
+
+Baseline::Baseline(const Graph& graph) : names_(graph.size()), values_(graph.size()) {
+  for_each_node(graph, [&](std::size_t i) {
+    const Node& n = graph.node(i);
+    names_[i] = n.name;
+    for (std::size_t k = 0; k < kKeys; ++k) values_[i][k] = n.meta.get(protected_keys()[k]);
+  });
+  index_.reserve(names_.size());
+  for (std::size_t i = 0; i < names_.size(); ++i) index_.emplace(names_[i], i);
+}
+
+std::optional<std::size_t> Baseline::find(std::string_view name) const {
+  auto it = index_.find(name);
+  if (it == index_.end()) return std::nullopt;
+  return it->second;
+}
+
+namespace {
+
+
+struct PassKeys {
+  Key flops{pass_keys::kFlops};
+  Key bytes{pass_keys::kBytes};
+  Key cost_rule{pass_keys::kCostRule};
+  Key depth{pass_keys::kDepth};
+  Key cp_flops{pass_keys::kCriticalPathFlops};
+  Key cp_complete{pass_keys::kCriticalPathComplete};
+  Key from_node{pass_keys::kFromNode};
+  Key fused_pattern{pass_keys::kFusedPattern};
+};
+const PassKeys& pk() {
+  static const PassKeys k;  // interned once, outside every hot loop
+  return k;
+}
+
+Value int_or_unknown(const std::optional<std::int64_t>& v) {
+  return v ? Value(*v) : Value(pass_keys::kUnknown);
+}
+
+// ---- cost ------------------------------------------------------------------------------
+
+class CostPass final : public Pass {
+ public:
+  std::string_view name() const noexcept override { return "cost"; }
+  std::string_view description() const noexcept override {
+    return "FLOP and byte estimates per node from tensor_meta/val (node-parallel)";
+  }
+  void run(PassContext& ctx) override {
+    const Graph& g = ctx.graph();
+    std::atomic<std::size_t> unknown{0};
+    for_each_node(g, [&](std::size_t i) {
+      CostEstimate c = estimate_cost(g, i);
+      NodeMetadata& m = ctx.graph().node(i).meta;
+      if (!c.flops) unknown.fetch_add(1, std::memory_order_relaxed);
+      ctx.write(m, pk().flops, int_or_unknown(c.flops));
+      ctx.write(m, pk().bytes, int_or_unknown(c.bytes));
+      ctx.write(m, pk().cost_rule, Value(std::move(c.rule)));
+      ctx.count_touched();
+    });
+    ctx.summary = std::to_string(unknown.load()) + " nodes with unknown cost";
+  }
+};
+
+// ---- fuse ------------------------------------------------------------------------------
+
+std::string module_type(const Node& n) {
+  if (n.op != "call_module") return {};
+  auto stack = n.meta.get(keys::nn_module_stack);
+  if (!stack) return {};
+  const Value* t = stack->find(n.target);
+  const auto* s = t ? t->get_if<std::string>() : nullptr;
+  if (!s) return {};
+  const auto dot = s->rfind('.');
+  return dot == std::string::npos ? *s : s->substr(dot + 1);
+}
+
+bool is_activation(const std::string& type) {
+  return type == "ReLU" || type == "ReLU6" || type == "GELU" || type == "SiLU" || type == "Hardswish";
+}
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+class FusePass final : public Pass {
+ public:
+  std::string_view name() const noexcept override { return "fuse"; }
+  std::string_view description() const noexcept override {
+    return "fuse conv+bn[+act], bn+act, linear+act chains into one node each, carrying provenance";
+  }
+
+  void run(PassContext& ctx) override {
+    Graph& g = ctx.graph();
+    const auto users = g.users();
+    // 1. Match, in parallel: chain[i] is the chain headed by node i (empty if none).
+    std::vector<std::vector<std::size_t>> chain(g.size());
+    std::vector<std::string> pattern(g.size());
+    for_each_node(g, [&](std::size_t i) { match(g, users, i, chain[i], pattern[i]); });
+    // 2. Resolve overlaps in graph order (deterministic): a node joins at most one chain.
+    std::vector<std::size_t> owner(g.size(), SIZE_MAX);  // head of the chain a node is in
+    std::vector<std::size_t> heads;
+    for (std::size_t i = 0; i < g.size(); ++i) {
+      if (chain[i].empty()) continue;
+      if (std::any_of(chain[i].begin(), chain[i].end(), [&](std::size_t m) { return owner[m] != SIZE_MAX; })) {
+        chain[i].clear();
+        continue;
+      }
+      for (std::size_t m : chain[i]) owner[m] = i;
+      heads.push_back(i);
+    }
+    if (heads.empty()) {
+      ctx.summary = "no fusable chains";
+      return;
+    }
+    // 3. Build the fused nodes (sequentially: names and ids do not depend on threads).
+    struct Fused {
+      std::size_t head;
+      Node node;
+    };
+    std::vector<Fused> fused;
+    fused.reserve(heads.size());
+    for (std::size_t h : heads) {
+      std::string name;
+      for (std::size_t m : chain[h]) name += (name.empty() ? "" : "__") + g.node(m).name;
+      std::string unique = name;
+      for (int k = 1; g.find(unique) || std::any_of(fused.begin(), fused.end(), [&](const Fused& f) {
+                        return f.node.name == unique;
+                      });
+           ++k) {
+        unique = name + "_" + std::to_string(k);
+      }
+      fused.push_back(Fused{h, Node{std::move(unique), "call_function", "nodemeta.fused." + pattern[h], {},
+                                    g.store().create()}});
+    }
+    // 4. Carry provenance and cost onto each fused node, in parallel (distinct targets).
+    tbb::parallel_for(std::size_t{0}, fused.size(), [&](std::size_t f) {
+      const std::vector<std::size_t>& members = chain[fused[f].head];
+      std::vector<SourceNode> sources;
+      for (std::size_t m : members) {
+        const Node& n = g.node(m);
+        sources.push_back(SourceNode{n.name, n.op, n.target, &n.meta});
+      }
+      NodeMetadata& target = fused[f].node.meta;
+      transfer_provenance(sources, target, name());
+      ctx.write(target, pk().fused_pattern, Value(pattern[fused[f].head]));
+      fuse_cost(ctx, g, members, target);
+      ctx.count_touched();
+    });
+    // 5. Splice: the fused node takes its last member's place; inputs are remapped.
+    std::vector<Node> old = g.release_nodes();
+    std::vector<std::size_t> remap(old.size(), SIZE_MAX);
+    std::vector<Node> next;
+    next.reserve(old.size());
+    std::size_t f = 0;
+    for (std::size_t i = 0; i < old.size(); ++i) {
+      if (owner[i] == SIZE_MAX) {
+        Node n = std::move(old[i]);
+        for (std::size_t& in : n.inputs) in = remap[in];
+        remap[i] = next.size();
+        next.push_back(std::move(n));
+        continue;
+      }
+      const std::vector<std::size_t>& members = chain[owner[i]];
+      if (i != members.back()) continue;
+      Node n = std::move(fused[f++].node);
+      for (std::size_t m : members) {
+        for (std::size_t in : old[m].inputs) {
+          if (owner[in] == owner[i]) continue;  // inside the chain
+          const std::size_t r = remap[in];
+          if (std::find(n.inputs.begin(), n.inputs.end(), r) == n.inputs.end()) n.inputs.push_back(r);
+        }
+      }
+      for (std::size_t m : members) remap[m] = next.size();
+      next.push_back(std::move(n));
+    }
+    std::size_t replaced = 0;
+    for (std::size_t h : heads) replaced += chain[h].size();
+    g.replace_nodes(std::move(next));
+    ctx.summary = std::to_string(heads.size()) + " chains fused (" + std::to_string(replaced) + " nodes replaced)";
+    // `old` (the replaced nodes' handles) dies here, after the transfer above.
+  }
+
+ private:
+  static void match(const Graph& g, const std::vector<std::vector<std::size_t>>& users, std::size_t i,
+                    std::vector<std::size_t>& out, std::string& pattern) {
+    // next(j): the single user of j if that user reads only j, else SIZE_MAX.
+    auto next = [&](std::size_t j) -> std::size_t {
+      if (users[j].size() != 1) return SIZE_MAX;
+      const std::size_t u = users[j][0];
+      return g.node(u).inputs.size() == 1 ? u : SIZE_MAX;
+    };
+    const std::string head = module_type(g.node(i));
+    if (head == "Conv2d") {
+      const std::size_t bn = next(i);
+      if (bn == SIZE_MAX || module_type(g.node(bn)) != "BatchNorm2d") return;
+      out = {i, bn};
+      pattern = "conv_bn";
+      const std::size_t act = next(bn);
+      if (act != SIZE_MAX && is_activation(module_type(g.node(act)))) {
+        out.push_back(act);
+        pattern += "_" + lower(module_type(g.node(act)));
+      }
+    } else if (head == "BatchNorm2d") {
+      // Only where no conv+bn chain will take this bn (its input is not a single-use conv).
+      const Node& n = g.node(i);
+      if (n.inputs.size() == 1 && module_type(g.node(n.inputs[0])) == "Conv2d" && next(n.inputs[0]) == i) return;
+      const std::size_t act = next(i);
+      if (act == SIZE_MAX || !is_activation(module_type(g.node(act)))) return;
+      out = {i, act};
+      pattern = "bn_" + lower(module_type(g.node(act)));
+    } else if (head == "Linear") {
+      const std::size_t act = next(i);
+      if (act == SIZE_MAX || !is_activation(module_type(g.node(act)))) return;
+      out = {i, act};
+      pattern = "linear_" + lower(module_type(g.node(act)));
+    }
+  }
+
+  // flops: the parts' sum; bytes: the parts' sum minus each intermediate result's write and
+  // read (it stays on chip). Unknown if any part is unknown; nothing if cost never ran.
+  static void fuse_cost(PassContext& ctx, const Graph& g, const std::vector<std::size_t>& members,
+                        NodeMetadata& target) {
+    std::int64_t flops = 0, bytes = 0;
+    bool known = true;
+    for (std::size_t k = 0; k < members.size(); ++k) {
+      const Node& n = g.node(members[k]);
+      auto f = n.meta.get(pk().flops);
+      auto b = n.meta.get(pk().bytes);
+      if (!f || !b) return;  // the cost pass has not run
+      const auto* fi = f->get_if<std::int64_t>();
+      const auto* bi = b->get_if<std::int64_t>();
+      if (!fi || !bi) {
+        known = false;
+        continue;
+      }
+      flops += *fi;
+      bytes += *bi;
+      if (k + 1 < members.size()) {
+        const CostEstimate own = estimate_cost(g, members[k + 1]);
+        (void)own;
+        if (auto tm = n.meta.get(keys::tensor_meta)) {
+          const Value* shape = tm->find("shape");
+          const Value* dtype = tm->find("dtype");
+          if (shape && dtype) {
+            std::int64_t numel = 1;
+            for (const Value& d : shape->as<Value::List>()) numel *= d.as<std::int64_t>();
+            const std::string& dt = dtype->as<std::string>();
+            const std::int64_t eb = dt == "torch.float32" ? 4 : dt == "torch.float16" || dt == "torch.bfloat16" ? 2 : 8;
+            bytes -= 2 * numel * eb;
+          }
+        }
+      }
+    }
+    ctx.write(target, pk().flops, known ? Value(flops) : Value(pass_keys::kUnknown));
+    ctx.write(target, pk().bytes, known ? Value(bytes) : Value(pass_keys::kUnknown));
+    ctx.write(target, pk().cost_rule,
+              Value(known ? "fused: flops = sum of parts; bytes = parts minus each intermediate's write+read"
+                          : "unknown: a fused part has unknown cost"));
+  }
+};
+
+// ---- propagate -------------------------------------------------------------------------
+
+class PropagatePass final : public Pass {
+ public:
+  std::string_view name() const noexcept override { return "propagate"; }
+  std::string_view description() const noexcept override {
+    return "depth and critical-path FLOPs from the inputs (dependency-ordered wavefront)";
+  }
+  void run(PassContext& ctx) override {
+    Graph& g = ctx.graph();
+    for_each_in_dependency_order(g, [&](std::size_t i) {
+      Node& n = g.node(i);
+      std::int64_t depth = 0, longest = 0;
+      bool complete = true;
+      for (std::size_t j : n.inputs) {
+        const NodeMetadata& in = g.node(j).meta;  // written in an earlier wavefront
+        depth = std::max(depth, in.at(pk().depth).as<std::int64_t>() + 1);
+        longest = std::max(longest, in.at(pk().cp_flops).as<std::int64_t>());
+        complete = complete && in.at(pk().cp_complete).as<bool>();
+      }
+      std::int64_t own = 0;
+      auto f = n.meta.get(pk().flops);
+      if (f && f->get_if<std::int64_t>()) {
+        own = *f->get_if<std::int64_t>();
+      } else {
+        complete = false;
+      }
+      ctx.write(n.meta, pk().depth, Value(depth));
+      ctx.write(n.meta, pk().cp_flops, Value(longest + own));
+      ctx.write(n.meta, pk().cp_complete, Value(complete));
+      ctx.count_touched();
+    });
+    std::int64_t critical = 0, depth = 0;
+    for (const Node& n : g.nodes()) {
+      critical = std::max(critical, n.meta.at(pk().cp_flops).as<std::int64_t>());
+      depth = std::max(depth, n.meta.at(pk().depth).as<std::int64_t>());
+    }
+    ctx.summary = "critical path " + std::to_string(critical) + " flops, depth " + std::to_string(depth);
+  }
+};
+
+// ---- strip_debug -------------------------------------------------------------------------
+
+class StripDebugPass final : public Pass {
+ public:
+  std::string_view name() const noexcept override { return "strip_debug"; }
+  std::string_view description() const noexcept override {
+    return "tries to drop stack traces (as a deployment pass would); protection refuses and counts it";
+  }
+  void run(PassContext& ctx) override {
+    Graph& g = ctx.graph();
+    for_each_node(g, [&](std::size_t i) {
+      NodeMetadata& m = g.node(i).meta;
+      auto trace = m.get(keys::stack_trace);
+      if (!trace || trace->is_none()) return;
+      ctx.write(m, keys::stack_trace, Value());  // refused: stack_trace is protected
+      ctx.count_touched();
+    });
+    ctx.summary = std::to_string(ctx.rejected()) + " stack traces kept (writes refused)";
+  }
+};
+
+// ---- verify ------------------------------------------------------------------------------
+
+class VerifyPass final : public Pass {
+ public:
+  std::string_view name() const noexcept override { return "verify"; }
+  std::string_view description() const noexcept override {
+    return "loaded protected values intact; rewritten nodes' provenance complete (node-parallel)";
+  }
+  void run(PassContext& ctx) override {
+    const Graph& g = ctx.graph();
+    const Baseline* base = ctx.baseline();
+    if (!base) {
+      ctx.problems.push_back("no baseline: verify needs the graph as loaded");
+      ctx.summary = "FAILED";
+      return;
+    }
+    std::vector<std::vector<std::string>> problems(g.size());
+    std::vector<std::vector<std::string>> covered(g.size());
+    for_each_node(g, [&](std::size_t i) {
+      check_node(g, *base, i, problems[i], covered[i]);
+      ctx.count_touched();
+    });
+    // Every loaded node is still here, or named by the chain of the node that replaced it.
+    std::vector<char> seen(base->size(), 0);
+    for (std::size_t i = 0; i < g.size(); ++i) {
+      if (!g.node(i).meta.contains(pk().from_node)) {
+        if (auto b = base->find(g.node(i).name)) seen[*b] = 1;
+      }
+      for (const std::string& name : covered[i]) {
+        if (auto b = base->find(name)) seen[*b] = 1;
+      }
+    }
+    for (std::size_t i = 0; i < g.size(); ++i) {
+      for (std::string& p : problems[i]) ctx.problems.push_back(std::move(p));
+    }
+    for (std::size_t b = 0; b < base->size(); ++b) {
+      if (!seen[b]) ctx.problems.push_back("node '" + base->name(b) + "' vanished: no from_node chain names it");
+    }
+    ctx.summary = ctx.problems.empty() ? "clean" : std::to_string(ctx.problems.size()) + " problems";
+  }
+
+ private:
+  static void check_node(const Graph& g, const Baseline& base, std::size_t i, std::vector<std::string>& problems,
+                         std::vector<std::string>& covered) {
+    const Node& n = g.node(i);
+    const auto& pkeys = Baseline::protected_keys();
+    const std::optional<Value> chain = n.meta.get(pk().from_node);
+    if (!chain) {
+      const auto b = base.find(n.name);
+      if (!b) {
+        problems.push_back("node '" + n.name + "' is new but has no from_node provenance");
+        return;
+      }
+      for (std::size_t k = 0; k < Baseline::kKeys; ++k) {
+        const std::optional<Value>& want = base.values(*b)[k];
+        const std::optional<Value> have = n.meta.get(pkeys[k]);
+        if (want.has_value() != have.has_value() || (want && !(*want == *have))) {
+          problems.push_back("node '" + n.name + "': protected key '" + std::string(pkeys[k].name()) +
+                             "' changed since load");
+        }
+      }
+      return;
+    }
+    const std::string who = "rewritten node '" + n.name + "': ";
+    for (Key k : pkeys) {
+      if (!n.meta.contains(k)) problems.push_back(who + "missing " + std::string(k.name()));
+    }
+    const auto* list = chain->get_if<Value::List>();
+    if (!list || list->empty()) {
+      problems.push_back(who + "from_node is not a non-empty list");
+      return;
+    }
+    covered = from_node_names(*chain);
+    // The direct sources: each must be a loaded node (or itself rewritten, with a chain).
+    std::vector<std::size_t> direct;
+    for (const Value& e : *list) {
+      const Value* name = e.find("name");
+      const auto* s = name ? name->get_if<std::string>() : nullptr;
+      if (!s) {
+        problems.push_back(who + "from_node entry without a name");
+        continue;
+      }
+      const auto b = base.find(*s);
+      if (b) {
+        direct.push_back(*b);
+      } else if (!e.find("from_node")) {
+        problems.push_back(who + "from_node names '" + *s + "', which was never loaded");
+      }
+    }
+    if (direct.empty()) return;
+    // Policy checks: output source's val/debug_handle; merged module stack covers every source's.
+    const std::size_t out = direct.back();
+    for (std::size_t k : {std::size_t{0}, std::size_t{3}}) {  // val, debug_handle
+      const std::optional<Value>& want = base.values(out)[k];
+      const std::optional<Value> have = n.meta.get(pkeys[k]);
+      if (want && (!have || !(*want == *have))) {
+        problems.push_back(who + std::string(pkeys[k].name()) + " differs from its output source '" +
+                           base.name(out) + "'");
+      }
+    }
+    const std::optional<Value> stack = n.meta.get(keys::nn_module_stack);
+    for (std::size_t b : direct) {
+      const std::optional<Value>& src = base.values(b)[2];
+      if (!src || !stack) continue;
+      for (const auto& [path, type] : src->as<Value::Dict>()) {
+        const Value* have = stack->find(path);
+        if (!have || !(*have == type)) {
+          problems.push_back(who + "nn_module_stack lacks '" + path + "' of source '" + base.name(b) + "'");
+        }
+      }
+    }
+  }
+};
+
+}  // namespace
+
+// ---- registry and pipeline ------------------------------------------------------------
+
+const std::vector<std::string>& pass_names() {
+  static const std::vector<std::string> names = {"cost", "fuse", "propagate", "strip_debug", "verify"};
+  return names;
+}
+
+std::unique_ptr<Pass> make_pass(std::string_view name) {
+  if (name == "cost") return std::make_unique<CostPass>();
+  if (name == "fuse") return std::make_unique<FusePass>();
+  if (name == "propagate") return std::make_unique<PropagatePass>();
+  if (name == "strip_debug") return std::make_unique<StripDebugPass>();
+  if (name == "verify") return std::make_unique<VerifyPass>();
+  std::string valid;
+  for (const std::string& n : pass_names()) valid += (valid.empty() ? "" : ", ") + n;
+  throw std::invalid_argument("unknown pass '" + std::string(name) + "' (valid: " + valid + ")");
+}
+
+std::vector<std::string> parse_pass_list(std::string_view list) {
+  std::vector<std::string> out;
+  std::size_t start = 0;
+  while (start <= list.size()) {
+    const std::size_t comma = std::min(list.find(',', start), list.size());
+    const std::string item(list.substr(start, comma - start));
+    if (item.empty()) throw std::invalid_argument("empty pass name in '" + std::string(list) + "'");
+    make_pass(item);  // validates
+    out.push_back(item);
+    start = comma + 1;
+  }
+  return out;
+}
+
+std::vector<PassStats> run_pipeline(Graph& graph, std::span<const std::string> names, const Baseline& baseline) {
+  std::vector<PassStats> stats;
+  for (const std::string& name : names) {
+    std::unique_ptr<Pass> pass = make_pass(name);
+    stats.push_back(run_pass(*pass, graph, &baseline));
+  }
+  return stats;
+}
+
+}  // namespace nodemeta::passes
