@@ -114,6 +114,20 @@ inline std::uint64_t mix_seed(std::uint64_t seed, std::uint64_t stream) {
   return z ^ (z >> 31);
 }
 
+// A small, fast UniformRandomBitGenerator (splitmix64), for per-node streams where
+// seeding a std::mt19937_64 would cost more than the work.
+class SplitMix64 {
+ public:
+  using result_type = std::uint64_t;
+  explicit SplitMix64(std::uint64_t seed) : state_(seed) {}
+  static constexpr result_type min() { return 0; }
+  static constexpr result_type max() { return ~result_type{0}; }
+  result_type operator()() { return mix_seed(state_++, 0); }
+
+ private:
+  std::uint64_t state_;
+};
+
 // Runs body(t) for t in [0, n) on n threads that all wait on one std::barrier before
 // calling body, so they start together; returns when all have finished. `body` may use
 // `sync` (n participants) for its own phases. An exception escaping a body is a test bug
