@@ -83,9 +83,11 @@ bool ObjectBox<Value::Dict>::equals(const ValueBox& other) const {
   const Value::Dict& b = static_cast<const ObjectBox<Value::Dict>&>(other).value;
   if (value.size() != b.size()) return false;
   // Keys are unique on both sides, so "every entry of a has an equal entry in b" suffices.
-  for (const auto& [key, v] : value) {
+  // (No structured binding here: clang before 16 cannot capture one in a lambda.)
+  for (const auto& entry : value) {
+    const std::string& key = entry.first;
     auto it = std::find_if(b.begin(), b.end(), [&](const auto& e) { return e.first == key; });
-    if (it == b.end() || !(it->second == v)) return false;
+    if (it == b.end() || !(it->second == entry.second)) return false;
   }
   return true;
 }
