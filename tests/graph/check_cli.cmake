@@ -1,0 +1,17 @@
+# cmake -DEXE=<nodemeta> -DARGS=<a;b;c> -DRC=<expected exit status> -DREGEX=<must match the
+#       combined stdout+stderr> [-DNOT_REGEX=<must not match>] -P check_cli.cmake
+execute_process(COMMAND ${EXE} ${ARGS} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+set(all "${out}${err}")
+if(NOT rc STREQUAL RC)
+  message(FATAL_ERROR "nodemeta ${ARGS}: exit status ${rc}, expected ${RC}\n${all}")
+endif()
+if(DEFINED REGEX AND NOT all MATCHES "${REGEX}")
+  message(FATAL_ERROR "nodemeta ${ARGS}: output does not match '${REGEX}':\n${all}")
+endif()
+if(DEFINED NOT_REGEX AND all MATCHES "${NOT_REGEX}")
+  message(FATAL_ERROR "nodemeta ${ARGS}: output matches '${NOT_REGEX}':\n${all}")
+endif()
+if(DEFINED STDOUT_EMPTY AND NOT out STREQUAL "")
+  message(FATAL_ERROR "nodemeta ${ARGS}: expected nothing on stdout, got:\n${out}")
+endif()
+message(STATUS "${all}")

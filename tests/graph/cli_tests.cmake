@@ -1,0 +1,57 @@
+# The `nodemeta` command, run as built: exit statuses and output. Label graph.
+set(_bundled ${PROJECT_SOURCE_DIR}/data/graphs/mlp_mixer_s16.json.gz)
+set(_broken ${CMAKE_CURRENT_SOURCE_DIR}/data/broken)
+
+# nodemeta_cli_test(<name> RC <status> [REGEX <re>] [NOT_REGEX <re>] ARGS <args...>)
+function(nodemeta_cli_test name)
+  cmake_parse_arguments(ARG "STDOUT_EMPTY" "RC;REGEX;NOT_REGEX" "ARGS" ${ARGN})
+  string(REPLACE ";" "\\;" _args "${ARG_ARGS}")
+  set(_defs -DEXE=$<TARGET_FILE:nodemeta_cli> "-DARGS=${_args}" -DRC=${ARG_RC})
+  if(DEFINED ARG_REGEX)
+    list(APPEND _defs "-DREGEX=${ARG_REGEX}")
+  endif()
+  if(DEFINED ARG_NOT_REGEX)
+    list(APPEND _defs "-DNOT_REGEX=${ARG_NOT_REGEX}")
+  endif()
+  if(ARG_STDOUT_EMPTY)
+    list(APPEND _defs -DSTDOUT_EMPTY=1)
+  endif()
+  add_test(NAME cli.${name} COMMAND ${CMAKE_COMMAND} ${_defs} -P ${CMAKE_CURRENT_SOURCE_DIR}/check_cli.cmake)
+  set_tests_properties(cli.${name} PROPERTIES LABELS graph TIMEOUT 120)
+endfunction()
+
+nodemeta_cli_test(help RC 0 REGEX "usage: nodemeta <command>" ARGS --help)
+nodemeta_cli_test(run_help RC 0 REGEX "--threads N" ARGS run --help)
+nodemeta_cli_test(inspect_help RC 0 REGEX "--node NAME" ARGS inspect --help)
+nodemeta_cli_test(run_default_graph RC 0
+  REGEX "mlp_mixer_s16, 137 nodes.*cost +137 +137.*fuse +137->121 +16.*strip_debug +121 +120 .* 120 .*verify: clean"
+  ARGS run --threads 2)
+nodemeta_cli_test(run_one_thread_repeat RC 0 REGEX "1 thread, 3 repeats.*verify: clean"
+  ARGS run ${_bundled} --threads 1 --repeat 3)
+nodemeta_cli_test(run_pass_subset RC 0 REGEX "cost.*propagate.*verify +137 +137"
+  NOT_REGEX "fuse" ARGS run ${_bundled} --passes cost,propagate)
+nodemeta_cli_test(run_json_quiet RC 0 STDOUT_EMPTY ARGS run ${_bundled} --json ${CMAKE_CURRENT_BINARY_DIR}/cli_run.json)
+nodemeta_cli_test(run_json_stdout RC 0
+  REGEX "^{\"graph\":.*\"name\":\"strip_debug\".*\"rejected_protected\":120.*\"verified\":true}"
+  ARGS run ${_bundled} --json -)
+nodemeta_cli_test(inspect_graph RC 0 REGEX "137 nodes.*stem_proj +call_module +stem.proj" ARGS inspect ${_bundled})
+nodemeta_cli_test(inspect_node RC 0
+  REGEX "node 1 'stem_proj'.*debug_handle: 2\n.*'stem.proj': 'torch.nn.modules.conv.Conv2d'}\n +stack_trace:\n +File"
+  ARGS inspect ${_bundled} --node stem_proj)
+# Bad arguments: exit 2 with one clear line and a pointer to --help.
+nodemeta_cli_test(no_command RC 2 REGEX "error: missing command" ARGS)
+nodemeta_cli_test(unknown_command RC 2 REGEX "unknown command 'frobnicate'" ARGS frobnicate)
+nodemeta_cli_test(unknown_option RC 2 REGEX "nodemeta run: error: unknown option '--bogus'\nTry 'nodemeta run --help'" ARGS run --bogus)
+nodemeta_cli_test(bad_threads RC 2 REGEX "--threads expects a whole number from 1" ARGS run --threads 0)
+nodemeta_cli_test(missing_threads_value RC 2 REGEX "--threads needs a value" ARGS run --threads)
+nodemeta_cli_test(bad_repeat RC 2 REGEX "--repeat expects a whole number" ARGS run --repeat x)
+nodemeta_cli_test(bad_pass RC 2 REGEX "unknown pass 'bogus' \\(valid: cost, fuse" ARGS run --passes cost,bogus)
+nodemeta_cli_test(two_graphs RC 2 REGEX "more than one GRAPH" ARGS run a.json b.json)
+nodemeta_cli_test(inspect_without_graph RC 2 REGEX "missing GRAPH" ARGS inspect)
+# Bad input: exit 1 with the loader's one-line error.
+nodemeta_cli_test(missing_file RC 1 REGEX "no_such.json: cannot open: No such file or directory" ARGS run no_such.json)
+nodemeta_cli_test(truncated_gzip RC 1 REGEX "truncated.json.gz: truncated gzip data" ARGS run ${_broken}/truncated.json.gz)
+nodemeta_cli_test(duplicate_protected_key RC 1
+  REGEX "nodes\\[1\\].meta.val \\(node 'relu'\\): protected key 'val' given twice with different values"
+  ARGS run ${_broken}/duplicate_protected_key.json)
+nodemeta_cli_test(inspect_unknown_node RC 1 REGEX "no node named 'nope'" ARGS inspect ${_bundled} --node nope)
