@@ -6,6 +6,7 @@
 namespace nodemeta::detail {
 
 Record::Record(const Record& other) {
+  if (other.size_ == 0) return;  // memcpy from/to a null pointer is undefined, even for 0 bytes
   reserve(other.size_);
   std::memcpy(static_cast<void*>(slots_), other.slots_, sizeof(Slot) * other.size_);
   size_ = other.size_;
