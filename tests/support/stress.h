@@ -16,6 +16,7 @@
 #define NODEMETA_TESTS_SUPPORT_STRESS_H_
 
 #include <algorithm>
+#include <atomic>
 #include <barrier>
 #include <chrono>
 #include <cstdint>
@@ -30,10 +31,21 @@
 
 #include <gtest/gtest.h>
 
-#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_THREAD__)
+#define NODEMETA_TEST_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define NODEMETA_TEST_TSAN 1
+#endif
+#endif
+#ifndef NODEMETA_TEST_TSAN
+#define NODEMETA_TEST_TSAN 0
+#endif
+
+#if NODEMETA_TEST_TSAN || defined(__SANITIZE_ADDRESS__)
 #define NODEMETA_TEST_SANITIZED 1
 #elif defined(__has_feature)
-#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+#if __has_feature(address_sanitizer)
 #define NODEMETA_TEST_SANITIZED 1
 #endif
 #endif
@@ -44,6 +56,7 @@
 namespace nodemeta::test {
 
 inline constexpr bool kSanitized = NODEMETA_TEST_SANITIZED != 0;
+inline constexpr bool kThreadSanitizer = NODEMETA_TEST_TSAN != 0;
 
 // The value of a non-negative integer environment variable, or `fallback`.
 inline std::uint64_t env_u64(const char* name, std::uint64_t fallback) {

@@ -1,3 +1,5 @@
+// Regression tests for core bugs the stress suite and the fuzzer found.
+//
 // Kind: regression. Found by linearizability_stress_test: an edit() that overlapped a
 // store.protect(k) could see k unprotected in one NodeEditor call and protected in the
 // next (set(p) succeeded, then erase(p) threw), an outcome no sequential order explains.
@@ -41,6 +43,22 @@ TEST(EditProtectRegression, OneEditSeesProtectionAsOfOneInstant) {
   EXPECT_THROW(node.edit([&](NodeEditor& e) { e.set(p, 3); }), ProtectedKeyError);
   EXPECT_THROW(node.set(p, 3), ProtectedKeyError);
   EXPECT_EQ(node.get(p)->as<std::int64_t>(), 2);
+}
+
+// Kind: regression. Found by the differential fuzzer under UBSan: copying a node with no
+// keys (items(), copy(), edit()) called memcpy(nullptr, nullptr, 0), undefined behaviour.
+// The asan preset (UBSan, halt on error) turns a relapse into a failure here.
+TEST(EmptyNodeRegression, SnapshotCopyAndEditOfAnEmptyNode) {
+  MetadataStore store;
+  NodeMetadata node = store.create();
+  EXPECT_TRUE(node.items().empty());
+  NodeMetadata copy = node.copy();
+  EXPECT_EQ(copy.size(), 0u);
+  EXPECT_EQ(store.node_count(), 2u);
+  node.edit([](NodeEditor& e) { EXPECT_EQ(e.size(), 0u); });
+  node.edit([](NodeEditor& e) { e.set("k", 1); });
+  EXPECT_EQ(node.at("k").as<std::int64_t>(), 1);
+  EXPECT_EQ(copy.size(), 0u);
 }
 
 }  // namespace
