@@ -104,7 +104,7 @@ class Nodemeta {
     });
   }
 
- private:
+ protected:
   static nodemeta::StoreOptions options(std::size_t expected) {
     nodemeta::StoreOptions o;
     o.expected_nodes = expected;
@@ -124,6 +124,30 @@ class Nodemeta {
 
   nodemeta::MetadataStore store_;  // declared first: outlives the handles
   std::vector<nodemeta::NodeMetadata> nodes_;
+};
+
+// Diagnostic (W1 only): nodemeta whose nodes are built with one spare slot (built with a
+// sixth, temporary key that is then erased; erase never shrinks a node's slot array). The
+// side-by-side W1 rows show what growing a node's slot array on the first new key costs.
+class NodemetaHeadroom : public Nodemeta {
+ public:
+  static constexpr std::string_view kName = "nodemeta_spare_slot";
+  explicit NodemetaHeadroom(std::size_t nodes) : Nodemeta(nodes) {}
+  void push(const Init& init) {
+    Nodemeta::push(with_spare(init));
+    nodes_.back().erase(spare_);
+  }
+  void rebuild(std::size_t i, const Init& init) {
+    Nodemeta::rebuild(i, with_spare(init));
+    nodes_[i].erase(spare_);
+  }
+
+ private:
+  static Init with_spare(Init init) {
+    init.add("spare_slot", Value());
+    return init;
+  }
+  nodemeta::Key spare_{"spare_slot"};
 };
 
 // nodemeta with StoreOptions::expected_nodes set (memory benchmark only).

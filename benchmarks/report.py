@@ -12,7 +12,7 @@ import datetime
 import json
 import os
 import platform
-import re
+import statistics
 import subprocess
 from collections import defaultdict
 
@@ -69,25 +69,27 @@ def machine():
     return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release()}
 
 
-def load_workloads(path):
-    """{(workload, impl): {threads: {"median": items/s, "cv": cv}}}."""
-    with open(path) as f:
-        data = json.load(f)
+def load_workloads(paths):
+    """{(workload, impl): {threads: {"median": items/s, "cv": cv, "n": samples}}} over every
+    repetition of every pass (one JSON file per pass)."""
+    samples = defaultdict(lambda: defaultdict(list))
+    ctx = {}
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        ctx = data.get("context", ctx)
+        for b in data["benchmarks"]:
+            if b.get("error_occurred") or b.get("run_type", "iteration") != "iteration":
+                continue
+            parts = b.get("run_name", b["name"]).split("/")
+            samples[(parts[0], parts[1])][int(b.get("threads", 1))].append(b["items_per_second"])
     res = defaultdict(dict)
-    for b in data["benchmarks"]:
-        if b.get("error_occurred"):
-            continue
-        run = b.get("run_name", b["name"])
-        parts = run.split("/")
-        key = (parts[0], parts[1])
-        t = int(b.get("threads", 1))
-        agg = b.get("aggregate_name", "median" if b.get("run_type") != "aggregate" else None)
-        slot = res[key].setdefault(t, {})
-        if agg == "median":
-            slot["median"] = b["items_per_second"]
-        elif agg == "cv":
-            slot["cv"] = b.get("real_time", 0.0)  # GB reports CV as a fraction in the time fields
-    return res, data.get("context", {})
+    for key, by_t in samples.items():
+        for t, xs in by_t.items():
+            mean = statistics.fmean(xs)
+            res[key][t] = {"median": statistics.median(xs), "n": len(xs),
+                           "cv": statistics.stdev(xs) / mean if len(xs) > 1 and mean else None}
+    return res, ctx
 
 
 def fmt_rate(x):
@@ -151,6 +153,7 @@ def plot_memory(mem, path, caption):
     ax.set_xticks(range(len(vals)))
     ax.set_xticklabels([SHORT.get(n, n) for n in names], rotation=30, ha="right", fontsize=7)
     ax.set_yscale("log")
+    ax.set_ylim(bottom=50)
     ax.set_ylabel("bytes per node (RSS growth, log scale)")
     ax.set_title("Memory: 1,000,000 nodes x 5 keys of 8-byte values")
     ax.legend(fontsize=7)
@@ -174,7 +177,8 @@ def main():
 
     with open(os.path.join(args.results, "run.json")) as f:
         run = json.load(f)
-    res, ctx = load_workloads(os.path.join(args.results, "workloads.json"))
+    import glob
+    res, ctx = load_workloads(sorted(glob.glob(os.path.join(args.results, "workloads*.json"))))
     mem = []
     with open(os.path.join(args.results, "memory.jsonl")) as f:
         for line in f:
@@ -205,8 +209,9 @@ def main():
              "are meaningful.")
     L.append(f"- **Date:** {date}")
     L.append(f"- **Command:** `{cmd}` (threads 1..{run.get('threads')}, {run.get('reps')} repetitions of "
-             f"min_time {run.get('min_time')} s per row; tables show the median; the `cv` column is the "
-             "coefficient of variation across repetitions)"
+             f"min_time {run.get('min_time')} s per row, in each of {run.get('passes', 1)} passes of the whole suite; "
+             "tables show the median over all of them; the `cv` column is the coefficient of variation across "
+             "those samples)"
              + (f"; the whole driver took {args.elapsed} s." if args.elapsed is not None else "."))
     L.append("- **Build:** release preset (RelWithDebInfo, `-O2 -g`), g++ "
              + subprocess.run(["sh", "-c", "g++ -dumpfullversion"], capture_output=True, text=True).stdout.strip()
@@ -351,6 +356,25 @@ def main():
         b = rate(res, op, "raw_tbb_map", 1)
         L.append(f"| `{op[3:]}` | {fmt_rate(a)} | {fmt_rate(b)} | {a / b:.2f}x |" if a and b else f"| {op} | n/a | n/a | |")
     L.append("")
+
+    # ---- diagnostics ---------------------------------------------------------------------------
+    known = {k for k, _ in IMPLS} | {"raw_tbb_map"}
+    diag = sorted(k for k in res if k[1] not in known)
+    if diag:
+        L.append("### Diagnostic rows")
+        L.append("")
+        L.append("Variants that explain a result; not part of the goals. `nodemeta_spare_slot`: nodemeta whose nodes "
+                 "are built with one spare slot (a sixth key added then erased), so W1's new key needs no growth of "
+                 "the node's slot array: the side-by-side rows show what that growth costs.")
+        L.append("")
+        L.append("| row | " + " | ".join(f"{t} thr" for t in threads) + " | same row, nodemeta | ratio (1 thr) |")
+        L.append("|---|" + "---:|" * (len(threads) + 2))
+        for wl, impl in diag:
+            cells = [fmt_rate(rate(res, wl, impl, t)) for t in threads]
+            a, b = rate(res, wl, impl, threads[0]), rate(res, wl, "nodemeta", threads[0])
+            L.append(f"| `{wl}/{impl}` | " + " | ".join(cells) + f" | {fmt_rate(b)} | "
+                     + (f"{a / b:.2f}x |" if a and b else "|"))
+        L.append("")
 
     # ---- memory --------------------------------------------------------------------------------
     L.append("## Memory")

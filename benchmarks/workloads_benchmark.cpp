@@ -410,6 +410,7 @@ void register_all() {
   };
   // Workload-major order, so one workload's rows run close together in time.
   for_each_impl([&]<class I>() { reg("W1_fresh/" + std::string(I::kName), BM_W1Fresh<I>); });
+  reg("W1_fresh/" + std::string(NodemetaHeadroom::kName), BM_W1Fresh<NodemetaHeadroom>);  // diagnostic
   for_each_impl([&]<class I>() { reg("W1o_overwrite/" + std::string(I::kName), BM_W1Overwrite<I>); });
   for_each_impl([&]<class I>() { reg("W2_hot_node/" + std::string(I::kName), BM_W2HotNode<I>); });
   for_each_impl([&]<class I>() {
