@@ -120,6 +120,12 @@ std::string base_name(std::string_view key) {
 
 }  // namespace
 
+std::int64_t result_bytes(const graph::Node& node) {
+  std::int64_t b = 0;
+  for (const Tensor& t : node_tensors(node)) b += t.bytes();
+  return b;
+}
+
 CostEstimate estimate_cost(const graph::Graph& graph, std::size_t index) {
   const graph::Node& n = graph.node(index);
   if (n.op == "placeholder" || n.op == "get_attr" || n.op == "output") {

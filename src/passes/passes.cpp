@@ -260,21 +260,7 @@ class FusePass final : public Pass {
       }
       flops += *fi;
       bytes += *bi;
-      if (k + 1 < members.size()) {
-        const CostEstimate own = estimate_cost(g, members[k + 1]);
-        (void)own;
-        if (auto tm = n.meta.get(keys::tensor_meta)) {
-          const Value* shape = tm->find("shape");
-          const Value* dtype = tm->find("dtype");
-          if (shape && dtype) {
-            std::int64_t numel = 1;
-            for (const Value& d : shape->as<Value::List>()) numel *= d.as<std::int64_t>();
-            const std::string& dt = dtype->as<std::string>();
-            const std::int64_t eb = dt == "torch.float32" ? 4 : dt == "torch.float16" || dt == "torch.bfloat16" ? 2 : 8;
-            bytes -= 2 * numel * eb;
-          }
-        }
-      }
+      if (k + 1 < members.size()) bytes -= 2 * result_bytes(n);  // stays on chip once fused
     }
     ctx.write(target, pk().flops, known ? Value(flops) : Value(pass_keys::kUnknown));
     ctx.write(target, pk().bytes, known ? Value(bytes) : Value(pass_keys::kUnknown));

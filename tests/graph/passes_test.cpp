@@ -129,6 +129,26 @@ TEST(FusePassTest, FusesConvBnReluAndRemapsUsers) {
   EXPECT_EQ(g.node(*fused).meta.try_set(keys::val, 0), WriteResult::kRejectedProtected);
 }
 
+TEST(FusePassTest, FusedCostIsPartsMinusIntermediateTraffic) {
+  Graph g;
+  g.add_node("x", "placeholder", "x", {}, meta(tensor({4, 32}), 1));
+  g.add_node("fc", "call_module", "fc", {0}, meta(tensor({4, 16}), 2, stack1("fc", "torch.nn.modules.linear.Linear")));
+  g.add_node("act", "call_module", "act", {1}, meta(tensor({4, 16}), 3, stack1("act", "torch.nn.modules.activation.GELU")));
+  g.add_node("output", "output", "output", {2}, meta(Value(), 4));
+  const Baseline base(g);
+  const std::vector<std::string> names = {"cost", "fuse", "verify"};
+  const auto stats = run_pipeline(g, names, base);
+  ASSERT_EQ(g.size(), 3U);
+  const graph::Node& f = g.node(1);
+  EXPECT_EQ(f.name, "fc__act");
+  EXPECT_EQ(f.meta.at("fused_pattern"), Value("linear_gelu"));
+  EXPECT_EQ(f.meta.at("flops"), Value(2 * 64 * 32 + 64));
+  EXPECT_EQ(f.meta.at("bytes"), Value((4 * 32 + 64) * 4 + (64 + 64) * 4 - 2 * 64 * 4));
+  EXPECT_EQ(f.meta.at(keys::nn_module_stack),
+            Value::dict({{"fc", "torch.nn.modules.linear.Linear"}, {"act", "torch.nn.modules.activation.GELU"}}));
+  EXPECT_TRUE(stats.back().problems.empty());
+}
+
 TEST(StripDebugTest, EveryAttemptIsRefusedAndCounted) {
   Graph g = conv_graph();
   const Baseline base(g);

@@ -69,6 +69,8 @@ struct CostEstimate {
   std::string rule;
 };
 CostEstimate estimate_cost(const graph::Graph& graph, std::size_t node);
+// The bytes of the tensors a node produces (from tensor_meta, else val); 0 if none.
+std::int64_t result_bytes(const graph::Node& node);
 
 // The passes, by name, in pipeline order.
 const std::vector<std::string>& pass_names();
