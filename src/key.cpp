@@ -10,7 +10,17 @@
 
 #include "nodemeta/detail/config.h"
 
+// GCC defines __SANITIZE_ADDRESS__ under -fsanitize=address; clang (before 18) only
+// answers __has_feature(address_sanitizer).
 #if defined(__SANITIZE_ADDRESS__)
+#define NODEMETA_KEY_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define NODEMETA_KEY_ASAN 1
+#endif
+#endif
+
+#if defined(NODEMETA_KEY_ASAN)
 #include <sanitizer/lsan_interface.h>
 #endif
 
@@ -29,7 +39,7 @@ class InternTable {
   }
 
   std::uint32_t intern(std::string_view name) {
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(NODEMETA_KEY_ASAN)
     // The table is immortal by design, and oneTBB's segment tables keep offset pointers
     // that LeakSanitizer cannot follow (even find() may allocate a bucket segment): what
     // the table allocates is not a leak.
