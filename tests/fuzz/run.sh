@@ -38,7 +38,7 @@ seed_arg=()
 start=$SECONDS
 ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
 UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
-  "$out/differential_fuzzer" "${seed_arg[@]}" -runs="$runs" -max_len=512 -timeout=10 \
+  "$out/differential_fuzzer" "${seed_arg[@]}" -runs="$runs" -max_len=256 -timeout=10 \
     -max_total_time="${NODEMETA_FUZZ_MAX_TIME:-240}" -print_final_stats=1 \
     -artifact_prefix="$out/artifacts/" "$out/corpus" tests/fuzz/corpus
 echo "=== tests/fuzz/run.sh: $runs runs passed in $((SECONDS - start)) s ==="
