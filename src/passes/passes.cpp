@@ -6,8 +6,6 @@
 #include <string>
 #include <utility>
 
-#include <oneapi/tbb/parallel_for.h>
-
 #include "nodemeta/passes/provenance.h"
 
 namespace nodemeta::passes {
@@ -158,7 +156,7 @@ class FusePass final : public Pass {
                                     g.store().create()}});
     }
     // 4. Carry provenance and cost onto each fused node, in parallel (distinct targets).
-    tbb::parallel_for(std::size_t{0}, fused.size(), [&](std::size_t f) {
+    parallel_indices(fused.size(), 1, [&](std::size_t f) {
       const std::vector<std::size_t>& members = chain[fused[f].head];
       std::vector<SourceNode> sources;
       for (std::size_t m : members) {

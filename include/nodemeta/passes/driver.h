@@ -20,6 +20,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -82,13 +83,40 @@ class PassContext {
   std::atomic<std::size_t> rejected_{0};
 };
 
+namespace detail {
+// Under ThreadSanitizer, parallel loops run on std::threads instead of tbb::parallel_for:
+// Debian's libtbb is not instrumented, so TSAN would report every task hand-off inside it
+// as a race (see cmake/tsan.supp). Same chunks, same concurrency, visible to TSAN.
+#if defined(__SANITIZE_THREAD__)
+inline constexpr bool kThreadsInsteadOfTasks = true;
+#else
+inline constexpr bool kThreadsInsteadOfTasks = false;
+#endif
+// fn(begin, end) over [0, n) in chunks of `grain`, claimed by up to the current arena's
+// max_concurrency() std::threads (the caller among them).
+void run_chunks_on_threads(std::size_t n, std::size_t grain,
+                           const std::function<void(std::size_t, std::size_t)>& fn);
+}  // namespace detail
+
+// fn(std::size_t i) for every i in [0, n), in parallel (tbb::parallel_for, grain `grain`).
+template <class F>
+void parallel_indices(std::size_t n, std::size_t grain, F&& fn) {
+  if constexpr (detail::kThreadsInsteadOfTasks) {
+    detail::run_chunks_on_threads(n, grain, [&fn](std::size_t b, std::size_t e) {
+      for (std::size_t i = b; i != e; ++i) fn(i);
+    });
+  } else {
+    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, grain),
+                      [&fn](const tbb::blocked_range<std::size_t>& r) {
+                        for (std::size_t i = r.begin(); i != r.end(); ++i) fn(i);
+                      });
+  }
+}
+
 // fn(std::size_t node_index) for every node, in parallel.
 template <class F>
 void for_each_node(const graph::Graph& graph, F&& fn) {
-  tbb::parallel_for(tbb::blocked_range<std::size_t>(0, graph.size(), 8),
-                    [&fn](const tbb::blocked_range<std::size_t>& r) {
-                      for (std::size_t i = r.begin(); i != r.end(); ++i) fn(i);
-                    });
+  parallel_indices(graph.size(), 8, fn);
 }
 
 // The nodes grouped by topological level (graph.levels()), ascending index within a level.
@@ -98,10 +126,7 @@ std::vector<std::vector<std::size_t>> wavefronts(const graph::Graph& graph);
 template <class F>
 void for_each_in_dependency_order(const graph::Graph& graph, F&& fn) {
   for (const std::vector<std::size_t>& level : wavefronts(graph)) {
-    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, level.size(), 4),
-                      [&fn, &level](const tbb::blocked_range<std::size_t>& r) {
-                        for (std::size_t i = r.begin(); i != r.end(); ++i) fn(level[i]);
-                      });
+    parallel_indices(level.size(), 4, [&fn, &level](std::size_t i) { fn(level[i]); });
   }
 }
 
