@@ -18,50 +18,60 @@ namespace {
 
 TEST(SetOnceStress, ExactlyOneWinnerPerRound) {
   const int n_threads = threads();
-  RoundBudget budget(3000);
+  // A round is one race on a fresh key; each barrier phase runs kRaces of them (fresh nodes,
+  // visited in the same order by every thread, so the threads meet on each one).
+  constexpr int kRaces = 10;
+  RoundBudget budget(300);
   MetadataStore store;
   const Key plain("once_plain");
-  std::optional<NodeMetadata> node;
-  // Per round: what each thread's set_once returned, for each of the three keys.
-  std::vector<std::array<int, 3>> won(static_cast<std::size_t>(n_threads));
+  const Key in_edit("once_edit");
+  std::vector<NodeMetadata> nodes;
+  // won[t][race][key]: what thread t's set_once returned.
+  std::vector<std::array<std::array<bool, 3>, kRaces>> won(static_cast<std::size_t>(n_threads));
   bool stop = false;
-  std::uint64_t round = 0;
+  std::uint64_t phase = 0, races = 0;
   const std::size_t base_count = store.node_count();
 
   run_together(n_threads, [&](int t, std::barrier<>& sync) {
     for (;;) {
       if (t == 0) {
-        node.reset();
+        nodes.clear();
         stop = !budget.next();
-        if (!stop) node.emplace(store.create({{keys::val, Value(0)}}));
+        for (int r = 0; !stop && r < kRaces; ++r) nodes.push_back(store.create({{keys::val, Value(r)}}));
       }
       sync.arrive_and_wait();
       if (stop) return;
-      const std::int64_t mine = static_cast<std::int64_t>(round) * 1000 + t;
-      won[t][0] = node->set_once(keys::tensor_meta, Value(mine));
-      won[t][1] = node->set_once(plain, Value(mine));
-      won[t][2] = node->edit([&](NodeEditor& e) { return e.set_once(Key("once_edit"), Value(mine)); });
+      for (int r = 0; r < kRaces; ++r) {
+        NodeMetadata& node = nodes[static_cast<std::size_t>(r)];
+        const std::int64_t mine = static_cast<std::int64_t>(phase) * 1000 + t;
+        won[t][r][0] = node.set_once(keys::tensor_meta, Value(mine));
+        won[t][r][1] = node.set_once(plain, Value(mine));
+        won[t][r][2] = node.edit([&](NodeEditor& e) { return e.set_once(in_edit, Value(mine)); });
+      }
       sync.arrive_and_wait();
       if (t == 0) {
-        const Key ks[3] = {keys::tensor_meta, plain, Key("once_edit")};
-        for (int k = 0; k < 3; ++k) {
-          int winners = 0, winner = -1;
-          for (int w = 0; w < n_threads; ++w) {
-            if (won[w][k]) ++winners, winner = w;
+        const Key ks[3] = {keys::tensor_meta, plain, in_edit};
+        for (int r = 0; r < kRaces; ++r, ++races) {
+          NodeMetadata& node = nodes[static_cast<std::size_t>(r)];
+          for (int k = 0; k < 3; ++k) {
+            int winners = 0, winner = -1;
+            for (int w = 0; w < n_threads; ++w) {
+              if (won[w][r][k]) ++winners, winner = w;
+            }
+            EXPECT_EQ(winners, 1) << "race " << races << ", key " << ks[k].name();
+            if (winners != 1) continue;
+            EXPECT_EQ(node.at(ks[k]).as<std::int64_t>(), static_cast<std::int64_t>(phase) * 1000 + winner)
+                << "race " << races << ", key " << ks[k].name() << ": the value is not the winner's";
           }
-          EXPECT_EQ(winners, 1) << "round " << round << ", key " << ks[k].name();
-          if (winners != 1) continue;
-          EXPECT_EQ(node->at(ks[k]).as<std::int64_t>(), static_cast<std::int64_t>(round) * 1000 + winner)
-              << "round " << round << ", key " << ks[k].name() << ": the value is not the winner's";
+          // The protected key, once added, is protected like any other.
+          EXPECT_THROW(node.set(keys::tensor_meta, 0), ProtectedKeyError);
+          EXPECT_FALSE(node.set_once(keys::tensor_meta, 0));
         }
-        // The protected key, once added, is protected like any other.
-        EXPECT_THROW(node->set(keys::tensor_meta, 0), ProtectedKeyError);
-        EXPECT_FALSE(node->set_once(keys::tensor_meta, 0));
-        ++round;
+        ++phase;
       }
     }
   });
-  std::cout << "[ stats    ] " << round << " rounds x " << n_threads << " threads x 3 keys\n";
+  std::cout << "[ stats    ] " << races << " races x " << n_threads << " threads x 3 keys\n";
   EXPECT_EQ(store.node_count(), base_count);
 }
 
