@@ -79,7 +79,7 @@ class CostPass final : public Pass {
       ctx.write(m, pk().cost_rule, Value(std::move(c.rule)));
       ctx.count_touched();
     });
-    ctx.summary = std::to_string(unknown.load()) + " nodes with unknown cost";
+    ctx.summary = "cost unknown for " + std::to_string(unknown.load()) + " of " + std::to_string(g.size()) + " nodes";
   }
 };
 
@@ -199,7 +199,8 @@ class FusePass final : public Pass {
     std::size_t replaced = 0;
     for (std::size_t h : heads) replaced += chain[h].size();
     g.replace_nodes(std::move(next));
-    ctx.summary = std::to_string(heads.size()) + " chains fused (" + std::to_string(replaced) + " nodes replaced)";
+    ctx.summary = std::to_string(heads.size()) + " chain" + (heads.size() == 1 ? "" : "s") + " fused (" +
+                  std::to_string(replaced) + " nodes replaced)";
     // `old` (the replaced nodes' handles) dies here, after the transfer above.
   }
 

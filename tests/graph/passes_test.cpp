@@ -112,7 +112,7 @@ TEST(FusePassTest, FusesConvBnReluAndRemapsUsers) {
   const Baseline base(g);
   const auto stats = run_pipeline(g, pass_names(), base);
   ASSERT_EQ(stats.size(), 5U);
-  EXPECT_EQ(stats[1].summary, "1 chains fused (3 nodes replaced)");
+  EXPECT_EQ(stats[1].summary, "1 chain fused (3 nodes replaced)");
   EXPECT_EQ(g.size(), 6U);
   const auto fused = g.find("conv1__bn1__relu");
   ASSERT_TRUE(fused);

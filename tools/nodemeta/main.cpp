@@ -145,7 +145,7 @@ std::string fixed(double v, int digits) {
 std::string human_rate(double per_second) {
   if (per_second >= 1e6) return fixed(per_second / 1e6, 2) + " M";
   if (per_second >= 1e3) return fixed(per_second / 1e3, 1) + " k";
-  return fixed(per_second, 0) + " ";
+  return fixed(per_second, 0);
 }
 
 std::string pad(std::string s, std::size_t width, bool right = false) {
