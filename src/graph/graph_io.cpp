@@ -332,9 +332,9 @@ class SchemaReader {
         const std::string wk = where + ".meta." + k;
         const std::string w = wk + node;
         if (k == "stack_trace" && !v.is_none()) typed<std::string>(v, w, "a string or null");
-        if (k == "debug_handle") typed<std::int64_t>(v, w, "an integer");
-        if (k == "nn_module_stack") {
-          for (const auto& [path, type] : typed<Value::Dict>(v, w, "an object")) {
+        if (k == "debug_handle" && !v.is_none()) typed<std::int64_t>(v, w, "an integer or null");
+        if (k == "nn_module_stack" && !v.is_none()) {
+          for (const auto& [path, type] : typed<Value::Dict>(v, w, "an object or null")) {
             typed<std::string>(type, wk + "['" + path + "']" + node, "a string (the module type)");
           }
         }

@@ -434,8 +434,9 @@ class VerifyPass final : public Pass {
     const std::optional<Value> stack = n.meta.get(keys::nn_module_stack);
     for (std::size_t b : direct) {
       const std::optional<Value>& src = base.values(b)[2];
-      if (!src || !stack) continue;
-      for (const auto& [path, type] : src->as<Value::Dict>()) {
+      const auto* entries = src ? src->get_if<Value::Dict>() : nullptr;
+      if (!entries || !stack) continue;
+      for (const auto& [path, type] : *entries) {
         const Value* have = stack->find(path);
         if (!have || !(*have == type)) {
           problems.push_back(who + "nn_module_stack lacks '" + path + "' of source '" + base.name(b) + "'");

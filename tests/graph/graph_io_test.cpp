@@ -96,6 +96,13 @@ TEST(GraphIoTest, RepeatedKeyWithSameValueIsAcceptedOnce) {
   EXPECT_EQ(g.node(1).meta.at(keys::debug_handle), Value(2));
 }
 
+TEST(GraphIoTest, NullStandardKeysLoadAndRoundTrip) {
+  Graph g = load_graph(data("ok/null_standard_keys.json"));
+  EXPECT_TRUE(g.node(1).meta.at(keys::nn_module_stack).is_none());
+  EXPECT_TRUE(g.node(1).meta.at(keys::debug_handle).is_none());
+  EXPECT_EQ(first_difference(g, parse_graph(to_json(g))), "");
+}
+
 TEST(GraphIoTest, BundledGraphRoundTripsThroughPlainAndGzipFiles) {
   Graph g = load_graph(NODEMETA_BUNDLED_GRAPH);
   EXPECT_EQ(g.size(), 137U);

@@ -178,6 +178,14 @@ TEST(VerifyPassTest, ReportsChangedProtectedValuesAndVanishedNodes) {
   EXPECT_EQ(s.problems[1], "node 'z' vanished: no from_node chain names it");
 }
 
+TEST(PipelineTest, NullStandardKeysVerifyClean) {
+  Graph g = graph::load_graph(std::string(NODEMETA_TEST_DATA_DIR) + "/ok/null_standard_keys.json");
+  const Baseline base(g);
+  const auto stats = run_pipeline(g, pass_names(), base);
+  EXPECT_TRUE(stats.back().problems.empty()) << stats.back().problems.front();
+  EXPECT_EQ(g.node(1).meta.at("flops"), Value("unknown"));  // no shapes: no guess
+}
+
 TEST(DriverTest, DependencyOrderRunsInputsFirst) {
   Graph g = graph::load_graph(NODEMETA_BUNDLED_GRAPH);
   std::vector<std::atomic<int>> done(g.size());

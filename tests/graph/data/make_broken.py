@@ -55,7 +55,7 @@ emit("wrong_type_inputs.json", variant(lambda g: g["nodes"][1].update(inputs="0"
 emit("wrong_type_input_id.json", variant(lambda g: g["nodes"][1].update(inputs=[0.0])),
      "nodes[1].inputs[0] (node 'relu'): expected an integer node id, got a float")
 emit("wrong_type_debug_handle.json", variant(lambda g: g["nodes"][1]["meta"].update(debug_handle="2")),
-     "nodes[1].meta.debug_handle (node 'relu'): expected an integer, got a string")
+     "nodes[1].meta.debug_handle (node 'relu'): expected an integer or null, got a string")
 emit("wrong_type_stack_trace.json", variant(lambda g: g["nodes"][1]["meta"].update(stack_trace=7)),
      "nodes[1].meta.stack_trace (node 'relu'): expected a string or null")
 emit("wrong_type_nn_module_stack.json",
@@ -97,3 +97,9 @@ with open(os.path.join("ok", "duplicate_same_value.json"), "w") as f:
     f.write(same)
 with open(os.path.join("ok", "tiny.json"), "w") as f:
     f.write(good)
+# The schema allows null for each of the five standard keys.
+nulls = copy.deepcopy(BASE)
+nulls["nodes"][1]["meta"].update(nn_module_stack=None, debug_handle=None, val=None, tensor_meta=None,
+                                 stack_trace=None)
+with open(os.path.join("ok", "null_standard_keys.json"), "w") as f:
+    f.write(json.dumps(nulls))
