@@ -54,7 +54,9 @@ NodeMetadata MetadataStore::create(std::initializer_list<KeyValue> items) {
 
 NodeMetadata MetadataStore::create(std::span<const KeyValue> items) {
   check_not_in_callback();
-  detail::Record record(static_cast<std::uint32_t>(items.size()));
+  // One spare slot: the first key a pass adds to a built node (the commonest write) then
+  // needs no reallocation. 16 bytes a node; docs/design.md has the measurements.
+  detail::Record record(static_cast<std::uint32_t>(items.size()) + 1);
   for (const auto& [key, value] : items) {
     if (record.find(key.id()) != nullptr) {
       throw std::invalid_argument("nodemeta: duplicate key '" + std::string(key.name()) +
@@ -90,28 +92,32 @@ void MetadataStore::check_not_in_callback() const {
   }
 }
 
-void MetadataStore::throw_missing_node(NodeId id) const {
-  throw std::logic_error("nodemeta: node " + std::to_string(id) +
-                         " is not in its MetadataStore (use of a destroyed node?)");
-}
-
 // --- node operations --------------------------------------------------------------------
 
-NodeId MetadataStore::insert(detail::Record record) {
+namespace {
+using ReadLock = tbb::spin_rw_mutex::scoped_lock;
+constexpr bool kShared = false;
+constexpr bool kExclusive = true;
+}  // namespace
+
+NodeEntry* MetadataStore::insert(detail::Record record) {
   const NodeId id = next_id_.fetch_add(1, std::memory_order_relaxed);
-  const bool inserted = map_.emplace(id, std::move(record));
+  Map::accessor acc;
+  const bool inserted = map_.insert(acc, id);
   NODEMETA_ASSERT(inserted, "node ids are never reused");
   (void)inserted;
-  return id;
+  acc->second.record.swap(record);
+  // The element stays at this address until remove(id): the map relinks, never moves, its
+  // nodes when it grows.
+  return &*acc;
 }
 
-NodeId MetadataStore::clone(NodeId id) const {
+NodeEntry* MetadataStore::clone(const NodeEntry& node) const {
   check_not_in_callback();
   detail::Record copy;
   {
-    Map::const_accessor acc;
-    if (!map_.find(acc, id)) throw_missing_node(id);
-    copy = acc->second;
+    ReadLock lock(node.second.mutex, kShared);
+    copy = detail::Record(node.second.record, node.second.record.size() + 1);  // + a spare slot
   }
   return const_cast<MetadataStore*>(this)->insert(std::move(copy));
 }
@@ -122,30 +128,22 @@ void MetadataStore::remove(NodeId id) noexcept {
   (void)erased;
 }
 
-Value MetadataStore::at(NodeId id, Key key) const {
-  if (std::optional<Value> v = get(id, key)) return std::move(*v);
-  throw KeyError(key.name());
+std::optional<Value> MetadataStore::get(const NodeEntry& node, Key key) const {
+  check_not_in_callback();
+  ReadLock lock(node.second.mutex, kShared);
+  return node.second.record.get(key.id());
 }
 
-std::optional<Value> MetadataStore::get(NodeId id, Key key) const {
+bool MetadataStore::contains(const NodeEntry& node, Key key) const {
   check_not_in_callback();
-  Map::const_accessor acc;
-  if (!map_.find(acc, id)) throw_missing_node(id);
-  return acc->second.get(key.id());
+  ReadLock lock(node.second.mutex, kShared);
+  return node.second.record.find(key.id()) != nullptr;
 }
 
-bool MetadataStore::contains(NodeId id, Key key) const {
+std::size_t MetadataStore::size(const NodeEntry& node) const {
   check_not_in_callback();
-  Map::const_accessor acc;
-  if (!map_.find(acc, id)) throw_missing_node(id);
-  return acc->second.find(key.id()) != nullptr;
-}
-
-std::size_t MetadataStore::size(NodeId id) const {
-  check_not_in_callback();
-  Map::const_accessor acc;
-  if (!map_.find(acc, id)) throw_missing_node(id);
-  return acc->second.size();
+  ReadLock lock(node.second.mutex, kShared);
+  return node.second.record.size();
 }
 
 namespace {
@@ -161,77 +159,71 @@ Items named_sorted(const detail::Record& record) {
 }
 }  // namespace
 
-Items MetadataStore::items(NodeId id) const {
+Items MetadataStore::items(const NodeEntry& node) const {
   check_not_in_callback();
   detail::Record snapshot;
   {
-    Map::const_accessor acc;
-    if (!map_.find(acc, id)) throw_missing_node(id);
-    snapshot = acc->second;  // copy under the lock; name and sort outside it
+    ReadLock lock(node.second.mutex, kShared);
+    snapshot = node.second.record;  // copy under the lock; name and sort outside it
   }
   return named_sorted(snapshot);
 }
 
-WriteResult MetadataStore::write(NodeId id, Key key, Value&& value) {
+WriteResult MetadataStore::write(NodeEntry& node, Key key, Value&& value) {
   check_not_in_callback();
   // Protection only ever goes from false to true, so a rejection needs no lock.
   if (is_protected(key)) return WriteResult::kRejectedProtected;
-  Map::accessor acc;
-  if (!map_.find(acc, id)) throw_missing_node(id);
-  // Checked again under the node's lock: a protect() that stored its bit before this load
+  ReadLock lock(node.second.mutex, kExclusive);
+  // Checked again under the node's lock: a protect() that stored its set before this load
   // rejects us; one that stores it after cannot complete before any later reader of this
   // node, which must wait for our lock, sees this write.
   if (is_protected(key)) return WriteResult::kRejectedProtected;
-  return acc->second.put(key.id(), std::move(value)) ? WriteResult::kInserted
-                                                     : WriteResult::kUpdated;
+  return node.second.record.put(key.id(), std::move(value)) ? WriteResult::kInserted
+                                                            : WriteResult::kUpdated;
 }
 
-bool MetadataStore::set_once(NodeId id, Key key, Value&& value) {
+bool MetadataStore::set_once(NodeEntry& node, Key key, Value&& value) {
   check_not_in_callback();
-  Map::accessor acc;
-  if (!map_.find(acc, id)) throw_missing_node(id);
-  if (acc->second.find(key.id()) != nullptr) return false;
-  acc->second.append(key.id(), std::move(value));
+  ReadLock lock(node.second.mutex, kExclusive);
+  if (node.second.record.find(key.id()) != nullptr) return false;
+  node.second.record.append(key.id(), std::move(value));
   return true;
 }
 
-bool MetadataStore::erase(NodeId id, Key key) {
+bool MetadataStore::erase(NodeEntry& node, Key key) {
   check_not_in_callback();
   if (is_protected(key)) throw ProtectedKeyError(key.name());
-  Map::accessor acc;
-  if (!map_.find(acc, id)) throw_missing_node(id);
+  ReadLock lock(node.second.mutex, kExclusive);
   if (is_protected(key)) throw ProtectedKeyError(key.name());
-  return acc->second.erase(key.id());
+  return node.second.record.erase(key.id());
 }
 
-Value MetadataStore::update(NodeId id, Key key,
+Value MetadataStore::update(NodeEntry& node, Key key,
                             detail::FunctionRef<Value(std::optional<Value>)> fn) {
   check_not_in_callback();
   if (is_protected(key)) throw ProtectedKeyError(key.name());
-  Map::accessor acc;
-  if (!map_.find(acc, id)) throw_missing_node(id);
+  ReadLock lock(node.second.mutex, kExclusive);
   if (is_protected(key)) throw ProtectedKeyError(key.name());
   Value next;
   {
     CallbackScope scope(this);
-    next = fn(acc->second.get(key.id()));  // may throw: nothing written yet
+    next = fn(node.second.record.get(key.id()));  // may throw: nothing written yet
   }
-  acc->second.put(key.id(), Value(next));
+  node.second.record.put(key.id(), Value(next));
   return next;
 }
 
-void MetadataStore::edit(NodeId id, detail::FunctionRef<void(NodeEditor&)> fn) {
+void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)> fn) {
   check_not_in_callback();
-  Map::accessor acc;
-  if (!map_.find(acc, id)) throw_missing_node(id);
+  ReadLock lock(node.second.mutex, kExclusive);
   // A private working copy, and the protected set as of now: every protection check of
   // this edit sees the same instant, so the edit is linearized when it took the lock.
-  NodeEditor editor(*protection(), acc->second);
+  NodeEditor editor(*protection(), node.second.record);
   {
     CallbackScope scope(this);
     fn(editor);  // may throw: the node is untouched
   }
-  acc->second.swap(editor.record_);
+  node.second.record.swap(editor.record_);
 }
 
 // --- NodeEditor ----------------------------------------------------------------------------

@@ -10,11 +10,11 @@ namespace {
 
 // Every member but the special ones checks the handle first: a clear error instead of a
 // null dereference when a moved-from handle is used.
-MetadataStore& checked(MetadataStore* store) {
-  if (store == nullptr) {
+NodeEntry& checked(NodeEntry* node) {
+  if (node == nullptr) {
     throw std::logic_error("nodemeta: use of a moved-from NodeMetadata");
   }
-  return *store;
+  return *node;
 }
 
 }  // namespace
@@ -25,7 +25,7 @@ NodeMetadata::NodeMetadata(std::initializer_list<KeyValue> items)
     : NodeMetadata(MetadataStore::default_store().create(items)) {}
 
 NodeMetadata::NodeMetadata(const NodeMetadata& other)
-    : store_(&checked(other.store_)), id_(store_->clone(other.id_)) {}
+    : store_(other.store_), node_(store_->clone(checked(other.node_))) {}
 
 NodeMetadata& NodeMetadata::operator=(const NodeMetadata& other) {
   if (this != &other) *this = NodeMetadata(other);
@@ -36,47 +36,52 @@ NodeMetadata& NodeMetadata::operator=(NodeMetadata&& other) noexcept {
   if (this != &other) {
     NodeMetadata old(std::move(*this));
     store_ = std::exchange(other.store_, nullptr);
-    id_ = std::exchange(other.id_, 0);
+    node_ = std::exchange(other.node_, nullptr);
   }
   return *this;
 }
 
 NodeMetadata::~NodeMetadata() {
-  if (store_ != nullptr) store_->remove(id_);
+  if (node_ != nullptr) store_->remove(node_->first);
 }
 
-Value NodeMetadata::at(Key key) const { return checked(store_).at(id_, key); }
+NodeId NodeMetadata::id() const noexcept { return node_ != nullptr ? node_->first : 0; }
 
-std::optional<Value> NodeMetadata::get(Key key) const { return checked(store_).get(id_, key); }
+Value NodeMetadata::at(Key key) const {
+  if (std::optional<Value> v = store_->get(checked(node_), key)) return std::move(*v);
+  throw KeyError(key.name());
+}
 
-bool NodeMetadata::contains(Key key) const { return checked(store_).contains(id_, key); }
+std::optional<Value> NodeMetadata::get(Key key) const { return store_->get(checked(node_), key); }
 
-std::size_t NodeMetadata::size() const { return checked(store_).size(id_); }
+bool NodeMetadata::contains(Key key) const { return store_->contains(checked(node_), key); }
 
-Items NodeMetadata::items() const { return checked(store_).items(id_); }
+std::size_t NodeMetadata::size() const { return store_->size(checked(node_)); }
+
+Items NodeMetadata::items() const { return store_->items(checked(node_)); }
 
 void NodeMetadata::set(Key key, Value value) {
-  if (checked(store_).write(id_, key, std::move(value)) == WriteResult::kRejectedProtected) {
+  if (store_->write(checked(node_), key, std::move(value)) == WriteResult::kRejectedProtected) {
     throw ProtectedKeyError(key.name());
   }
 }
 
 WriteResult NodeMetadata::try_set(Key key, Value value) {
-  return checked(store_).write(id_, key, std::move(value));
+  return store_->write(checked(node_), key, std::move(value));
 }
 
 bool NodeMetadata::set_once(Key key, Value value) {
-  return checked(store_).set_once(id_, key, std::move(value));
+  return store_->set_once(checked(node_), key, std::move(value));
 }
 
-bool NodeMetadata::erase(Key key) { return checked(store_).erase(id_, key); }
+bool NodeMetadata::erase(Key key) { return store_->erase(checked(node_), key); }
 
 Value NodeMetadata::update_impl(Key key, detail::FunctionRef<Value(std::optional<Value>)> fn) {
-  return checked(store_).update(id_, key, fn);
+  return store_->update(checked(node_), key, fn);
 }
 
 void NodeMetadata::edit_impl(detail::FunctionRef<void(NodeEditor&)> fn) {
-  checked(store_).edit(id_, fn);
+  store_->edit(checked(node_), fn);
 }
 
 }  // namespace nodemeta

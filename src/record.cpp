@@ -5,9 +5,9 @@
 
 namespace nodemeta::detail {
 
-Record::Record(const Record& other) {
+Record::Record(const Record& other, std::uint32_t capacity) {
+  reserve(capacity > other.size_ ? capacity : other.size_);
   if (other.size_ == 0) return;  // memcpy from/to a null pointer is undefined, even for 0 bytes
-  reserve(other.size_);
   std::memcpy(static_cast<void*>(slots_), other.slots_, sizeof(Slot) * other.size_);
   size_ = other.size_;
   for (std::uint32_t i = 0; i < size_; ++i) ValueAccess::add_ref(slots_[i].bits, slots_[i].kind);

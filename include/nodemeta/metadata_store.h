@@ -14,6 +14,7 @@
 #include <vector>
 
 #include <oneapi/tbb/concurrent_hash_map.h>
+#include <oneapi/tbb/spin_rw_mutex.h>
 
 #include "nodemeta/detail/config.h"
 #include "nodemeta/detail/protected_set.h"
@@ -24,6 +25,14 @@
 
 namespace nodemeta {
 
+namespace detail {
+// One node as the store's map holds it: its reader-writer lock and its record (24 bytes).
+struct NodeState {
+  mutable tbb::spin_rw_mutex mutex;
+  Record record;
+};
+}  // namespace detail
+
 struct StoreOptions {
   // Keys no write may change once present. Default: the PyTorch original's five.
   std::vector<Key> protected_keys = default_protected_keys();
@@ -33,11 +42,15 @@ struct StoreOptions {
 
 // MetadataStore: the metadata of every node of one graph.
 //
-// Layout: one tbb::concurrent_hash_map from NodeId to a 16-byte record that points at the
-//   node's slots (16 bytes per key). Every per-node operation holds that node's element
-//   lock (a const_accessor to read, an accessor to write) for its whole duration, which is
-//   what makes protection checks, update(), edit() and snapshots atomic. No accessor ever
-//   leaves the library. See docs/design.md for the measurements behind the layout.
+// Layout: one tbb::concurrent_hash_map from NodeId to the node's state: a
+//   tbb::spin_rw_mutex and a 16-byte record pointing at the node's slots (16 bytes per
+//   key). The map owns every node: creation and destruction are the map's concurrent
+//   insert and erase, and node_count() is its size. A node never moves while it exists, so
+//   its NodeMetadata handle keeps the node's address and reaches it without a hash lookup;
+//   every per-node operation holds the node's lock (shared to read, exclusive to write) for
+//   its whole duration, which is what makes protection checks, update(), edit() and
+//   snapshots atomic. No lock or reference ever leaves the library. See docs/design.md for
+//   the measurements behind the layout.
 //
 // Thread safety: every member function is concurrent-safe, except construction and
 //   destruction. The store is neither copyable nor movable (its nodes point at it).
@@ -81,26 +94,25 @@ class MetadataStore {
     static std::size_t hash(NodeId id) noexcept { return static_cast<std::size_t>(id); }
     static bool equal(NodeId a, NodeId b) noexcept { return a == b; }
   };
-  using Map = tbb::concurrent_hash_map<NodeId, detail::Record, IdHashCompare,
-                                       detail::Allocator<std::pair<const NodeId, detail::Record>>>;
+  using Map = tbb::concurrent_hash_map<NodeId, detail::NodeState, IdHashCompare,
+                                       detail::Allocator<NodeEntry>>;
+  static_assert(std::is_same_v<Map::value_type, NodeEntry>);
 
-  // Node operations, called by NodeMetadata.
-  NodeId insert(detail::Record record);
-  NodeId clone(NodeId id) const;
+  // Node operations, called by NodeMetadata with the node its handle owns.
+  NodeEntry* insert(detail::Record record);
+  NodeEntry* clone(const NodeEntry& node) const;
   void remove(NodeId id) noexcept;
-  Value at(NodeId id, Key key) const;
-  std::optional<Value> get(NodeId id, Key key) const;
-  bool contains(NodeId id, Key key) const;
-  std::size_t size(NodeId id) const;
-  Items items(NodeId id) const;
-  WriteResult write(NodeId id, Key key, Value&& value);
-  bool set_once(NodeId id, Key key, Value&& value);
-  bool erase(NodeId id, Key key);
-  Value update(NodeId id, Key key, detail::FunctionRef<Value(std::optional<Value>)> fn);
-  void edit(NodeId id, detail::FunctionRef<void(NodeEditor&)> fn);
+  std::optional<Value> get(const NodeEntry& node, Key key) const;
+  bool contains(const NodeEntry& node, Key key) const;
+  std::size_t size(const NodeEntry& node) const;
+  Items items(const NodeEntry& node) const;
+  WriteResult write(NodeEntry& node, Key key, Value&& value);
+  bool set_once(NodeEntry& node, Key key, Value&& value);
+  bool erase(NodeEntry& node, Key key);
+  Value update(NodeEntry& node, Key key, detail::FunctionRef<Value(std::optional<Value>)> fn);
+  void edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)> fn);
 
   void check_not_in_callback() const;
-  [[noreturn]] void throw_missing_node(NodeId id) const;
   // The current protected set: one seq_cst load (a plain load on x86-64). protect()'s
   // seq_cst store of a new set is its linearization point.
   const detail::ProtectedSet* protection() const noexcept {

@@ -33,6 +33,12 @@ class NodeEditor;
 
 // A node's identity within its MetadataStore; never reused by that store.
 using NodeId = std::uint64_t;
+
+namespace detail {
+struct NodeState;
+}  // namespace detail
+// A node as its store's map holds it (the map's value_type).
+using NodeEntry = std::pair<const NodeId, detail::NodeState>;
 // One key and its value, as given to a node when it is built.
 using KeyValue = std::pair<Key, Value>;
 // A snapshot of a node: (name, value) pairs sorted by name.
@@ -75,7 +81,7 @@ class NodeMetadata {
   // A new node in the same store holding a consistent snapshot of `other` (= other.copy()).
   NodeMetadata(const NodeMetadata& other);
   NodeMetadata(NodeMetadata&& other) noexcept
-      : store_(std::exchange(other.store_, nullptr)), id_(std::exchange(other.id_, 0)) {}
+      : store_(std::exchange(other.store_, nullptr)), node_(std::exchange(other.node_, nullptr)) {}
   // Replaces this handle's node with a snapshot of `other` (copy-and-swap).
   NodeMetadata& operator=(const NodeMetadata& other);
   NodeMetadata& operator=(NodeMetadata&& other) noexcept;
@@ -125,19 +131,20 @@ class NodeMetadata {
 
   // --- Identity -------------------------------------------------------------------------
   // False for a moved-from handle; every other member requires true.
-  bool valid() const noexcept { return store_ != nullptr; }
-  NodeId id() const noexcept { return id_; }
+  bool valid() const noexcept { return node_ != nullptr; }
+  // The node's id in its store; 0 for a moved-from handle.
+  NodeId id() const noexcept;
   MetadataStore& store() const noexcept { return *store_; }
 
  private:
   friend class MetadataStore;
-  NodeMetadata(MetadataStore* store, NodeId id) noexcept : store_(store), id_(id) {}
+  NodeMetadata(MetadataStore* store, NodeEntry* node) noexcept : store_(store), node_(node) {}
 
   Value update_impl(Key key, detail::FunctionRef<Value(std::optional<Value>)> fn);
   void edit_impl(detail::FunctionRef<void(NodeEditor&)> fn);
 
   MetadataStore* store_;
-  NodeId id_;
+  NodeEntry* node_;  // owned: the node lives in store_'s map until this handle dies
 };
 
 // NodeEditor: the working copy a NodeMetadata::edit() callback reads and writes. It only

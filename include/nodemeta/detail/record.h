@@ -32,7 +32,9 @@ class Record {
  public:
   Record() noexcept = default;
   explicit Record(std::uint32_t capacity) { reserve(capacity); }
-  Record(const Record& other);
+  Record(const Record& other) : Record(other, other.size_) {}
+  // A copy of `other` with room for `capacity` slots (at least other.size()).
+  Record(const Record& other, std::uint32_t capacity);
   Record(Record&& other) noexcept
       : slots_(std::exchange(other.slots_, nullptr)),
         size_(std::exchange(other.size_, 0)),
