@@ -9,6 +9,7 @@ Every ratio it prints compares rows of the same run.
 """
 import argparse
 import datetime
+import glob
 import json
 import os
 import platform
@@ -69,6 +70,9 @@ def machine():
     return {"nproc": os.cpu_count(), "cpu": model, "kernel": platform.release()}
 
 
+NODES = {}  # (W6 row, graph) -> graph nodes
+
+
 def load_workloads(paths):
     """{(workload, impl): {threads: {"median": items/s, "cv": cv, "n": samples}}} over every
     repetition of every pass (one JSON file per pass)."""
@@ -82,7 +86,13 @@ def load_workloads(paths):
             if b.get("error_occurred") or b.get("run_type", "iteration") != "iteration":
                 continue
             parts = b.get("run_name", b["name"]).split("/")
-            samples[(parts[0], parts[1])][int(b.get("threads", 1))].append(b["items_per_second"])
+            t = int(b.get("threads", 1))
+            for p in parts[2:]:
+                if p.startswith("arena_threads:"):
+                    t = int(p.split(":")[1])
+            samples[(parts[0], parts[1])][t].append(b["items_per_second"])
+            if "nodes" in b:
+                NODES[(parts[0], parts[1])] = int(b["nodes"])
     res = defaultdict(dict)
     for key, by_t in samples.items():
         for t, xs in by_t.items():
@@ -177,7 +187,6 @@ def main():
 
     with open(os.path.join(args.results, "run.json")) as f:
         run = json.load(f)
-    import glob
     res, ctx = load_workloads(sorted(glob.glob(os.path.join(args.results, "workloads*.json"))))
     mem = []
     with open(os.path.join(args.results, "memory.jsonl")) as f:
@@ -404,8 +413,51 @@ def main():
     # ---- W6 + closing ----------------------------------------------------------------------------
     L.append("## W6 real pipeline")
     L.append("")
-    if os.path.exists(os.path.join(args.results, "w6.json")):
-        L.append("See the W6 table above.")
+    w6_files = sorted(glob.glob(os.path.join(args.results, "pipeline*.json")))
+    if w6_files:
+        w6, _ = load_workloads(w6_files)
+        graphs = sorted(g for (wl, g) in w6 if wl == "W6_pipeline")
+        w6_threads = sorted({t for v in w6.values() for t in v})
+        L.append("The pass pipeline (`nodemeta::passes::run_pipeline`: cost, fuse, propagate, strip_debug, verify) "
+                 "on each shared graph (`../shared/data/graphs/`), inside a `tbb::task_arena` of k threads. Each "
+                 "iteration loads the graph and takes the verifier's baseline untimed, then times the whole "
+                 "pipeline. items/s = the graph's nodes (as loaded) through all five passes per second; ms = one "
+                 "pipeline run. nodemeta only: the passes are written against `NodeMetadata`. These graphs are "
+                 "small (hundreds to a few thousand nodes), so a run is a few milliseconds and the parallel "
+                 "loops' fixed costs show.")
+        L.append("")
+        L.append("| graph | nodes | " + " | ".join(f"{t} thr" for t in w6_threads) + " |")
+        L.append("|---|---:|" + "---:|" * len(w6_threads))
+        for g in graphs:
+            n = NODES.get(("W6_pipeline", g))
+            cells = []
+            for t in w6_threads:
+                r = rate(w6, "W6_pipeline", g, t)
+                cells.append(f"{fmt_rate(r)} ({n / r * 1e3:.2f} ms)" if r and n else fmt_rate(r))
+            L.append(f"| {g} | {n if n else ''} | " + " | ".join(cells) + " |")
+        L.append("")
+        fig, ax = plt.subplots(figsize=(7.5, 4.6))
+        for g in graphs:
+            xs = [t for t in w6_threads if rate(w6, "W6_pipeline", g, t)]
+            ax.plot(xs, [rate(w6, "W6_pipeline", g, t) / 1e3 for t in xs], marker="o", label=g)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(w6_threads)
+        ax.set_xticklabels([str(t) for t in w6_threads])
+        ax.set_xlabel("threads (tbb::task_arena)")
+        ax.set_ylabel("thousand nodes/s through the pipeline (median)")
+        ax.set_title("W6: pass pipeline on the shared graphs (nodemeta)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.text(0.01, 0.005, caption, fontsize=6, color="dimgray")
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        fig.savefig(os.path.join(img_dir, "W6_pipeline.png"), dpi=110)
+        plt.close(fig)
+        L.append("![W6 pipeline](img/W6_pipeline.png)")
+        L.append("")
+        L.append(f"*W6: nodes/s through the whole pipeline vs threads, per graph. Machine: {tag}.*")
+        L.append("")
+        L.append("**TODO(W6 memory):** the real graphs' metadata memory (bytes per node as RSS growth) is not "
+                 "measured yet; see benchmarks/README.md.")
     else:
         L.append("**TODO(W6):** not yet measured: the pass pipeline on each shared graph (and the real graphs' "
                  "metadata memory) needs the graph/pass library (`include/nodemeta/graph/`), which had not "

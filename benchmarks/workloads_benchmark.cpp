@@ -405,8 +405,13 @@ int max_threads() {
 
 void register_all() {
   const int n = max_threads();
-  auto reg = [n](const std::string& name, void (*fn)(benchmark::State&)) {
-    benchmark::RegisterBenchmark(name.c_str(), fn)->ThreadRange(1, n)->UseRealTime();
+  // NODEMETA_BENCH_ITERATIONS=k fixes every row's iteration count (for profiling under
+  // callgrind, where two counts give the exact cost per item by difference).
+  const char* iters = std::getenv("NODEMETA_BENCH_ITERATIONS");
+  const benchmark::IterationCount fixed = iters != nullptr ? std::atoll(iters) : 0;
+  auto reg = [n, fixed](const std::string& name, void (*fn)(benchmark::State&)) {
+    auto* b = benchmark::RegisterBenchmark(name.c_str(), fn)->ThreadRange(1, n)->UseRealTime();
+    if (fixed > 0) b->Iterations(fixed);
   };
   // Workload-major order, so one workload's rows run close together in time.
   for_each_impl([&]<class I>() { reg("W1_fresh/" + std::string(I::kName), BM_W1Fresh<I>); });
@@ -421,10 +426,14 @@ void register_all() {
   for_each_impl([&]<class I>() { reg("W4_random_slots/" + std::string(I::kName), BM_W4RandomSlots<I>); });
   for_each_impl([&]<class I>() { reg("W5_mixed_s0.01/" + std::string(I::kName), BM_W5Mixed<I, 1>); });
   for_each_impl([&]<class I>() { reg("W5_mixed_s0.99/" + std::string(I::kName), BM_W5Mixed<I, 99>); });
-  benchmark::RegisterBenchmark("ST_get/nodemeta", BM_SingleNodemeta<false>)->UseRealTime();
-  benchmark::RegisterBenchmark("ST_get/raw_tbb_map", BM_SingleRaw<false>)->UseRealTime();
-  benchmark::RegisterBenchmark("ST_set/nodemeta", BM_SingleNodemeta<true>)->UseRealTime();
-  benchmark::RegisterBenchmark("ST_set/raw_tbb_map", BM_SingleRaw<true>)->UseRealTime();
+  auto single = [fixed](const char* name, void (*fn)(benchmark::State&)) {
+    auto* b = benchmark::RegisterBenchmark(name, fn)->UseRealTime();
+    if (fixed > 0) b->Iterations(fixed);
+  };
+  single("ST_get/nodemeta", BM_SingleNodemeta<false>);
+  single("ST_get/raw_tbb_map", BM_SingleRaw<false>);
+  single("ST_set/nodemeta", BM_SingleNodemeta<true>);
+  single("ST_set/raw_tbb_map", BM_SingleRaw<true>);
   benchmark::AddCustomContext("nodemeta_bench_threads", std::to_string(n));
   benchmark::AddCustomContext("absl_mutex_deadlock_detection", "off (kIgnore)");
 }
