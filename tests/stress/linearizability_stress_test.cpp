@@ -69,6 +69,7 @@ TEST(LinearizabilityStress, RandomSingleNodeHistoriesAreLinearizable) {
   ModelNode model_node;
   std::vector<std::vector<Op>> plan(static_cast<std::size_t>(max_threads));
   std::vector<std::vector<HistoryOp>> recorded(static_cast<std::size_t>(max_threads));
+  SpinGate gate(max_threads);
   bool stop = false;
   std::uint64_t histories = 0, concurrent_histories = 0, failures = 0;
 
@@ -101,6 +102,7 @@ TEST(LinearizabilityStress, RandomSingleNodeHistoriesAreLinearizable) {
       }
       sync.arrive_and_wait();
       if (stop) return;
+      gate.arrive_and_wait();  // spin so the threads' first operations overlap more often
       for (const Op& op : plan[t]) {
         HistoryOp h;
         h.thread = t;

@@ -141,6 +141,31 @@ class SplitMix64 {
   std::uint64_t state_;
 };
 
+// A reusable spinning start gate for n threads: arrive_and_wait() returns in all of them
+// once the n-th has arrived, within a few hundred nanoseconds of each other when they have
+// CPUs (std::barrier may put waiters to sleep and wake them one by one). Spins, then
+// yields, so it stays usable when threads outnumber cores.
+class SpinGate {
+ public:
+  explicit SpinGate(int n) : n_(n) {}
+  void arrive_and_wait() {
+    const std::uint64_t generation = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == n_) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_acq_rel);
+      return;
+    }
+    for (int spins = 0; generation_.load(std::memory_order_acquire) == generation; ++spins) {
+      if (spins > 256) std::this_thread::yield();
+    }
+  }
+
+ private:
+  const int n_;
+  std::atomic<int> arrived_{0};
+  std::atomic<std::uint64_t> generation_{0};
+};
+
 // Runs body(t) for t in [0, n) on n threads that all wait on one std::barrier before
 // calling body, so they start together; returns when all have finished. `body` may use
 // `sync` (n participants) for its own phases. An exception escaping a body is a test bug
