@@ -199,6 +199,9 @@ def main():
         with open(py_path) as f:
             py = json.load(f)
 
+    if args.elapsed is None and os.path.exists(os.path.join(args.results, "elapsed_s")):
+        with open(os.path.join(args.results, "elapsed_s")) as f:
+            args.elapsed = int(f.read().strip())
     m = machine()
     date = run.get("started", datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"))
     cmd = run.get("command", "scripts/bench")
@@ -370,19 +373,32 @@ def main():
     known = {k for k, _ in IMPLS} | {"raw_tbb_map"}
     diag = sorted(k for k in res if k[1] not in known)
     if diag:
-        L.append("### Diagnostic rows")
+        L.append("### Diagnostic rows (not goals)")
         L.append("")
-        L.append("Variants that explain a result; not part of the goals. `nodemeta_spare_slot`: nodemeta whose nodes "
-                 "are built with one spare slot (a sixth key added then erased), so W1's new key needs no growth of "
-                 "the node's slot array: the side-by-side rows show what that growth costs.")
+        L.append("Variants run in the same process and interleaved with the rows above, to explain the results "
+                 "(see benchmarks/README.md):")
         L.append("")
-        L.append("| row | " + " | ".join(f"{t} thr" for t in threads) + " | same row, nodemeta | ratio (1 thr) |")
-        L.append("|---|" + "---:|" * (len(threads) + 2))
+        L.append("- `nodemeta_spare_slot`: nodemeta whose nodes are built with one spare slot (a sixth key added, then "
+                 "erased), so W1's new key needs no growth of the node's slot array.")
+        L.append("- `proto_direct_record`: a what-if, not a library: nodemeta's own node representation "
+                 "(`detail::Record`, interned key ids, the same protection bitmask check) reached directly "
+                 "through one `tbb::spin_rw_mutex` per node instead of through the store's "
+                 "`tbb::concurrent_hash_map` lookup (bucket lock + element lock) on every operation.")
+        L.append("")
+        L.append("| row | " + " | ".join(f"{t} thr" for t in threads) + " | "
+                 + " | ".join(f"/ nodemeta ({t} thr)" for t in threads) + " | "
+                 + " | ".join(f"/ fastest baseline ({t} thr)" for t in threads) + " |")
+        L.append("|---|" + "---:|" * (3 * len(threads)))
         for wl, impl in diag:
             cells = [fmt_rate(rate(res, wl, impl, t)) for t in threads]
-            a, b = rate(res, wl, impl, threads[0]), rate(res, wl, "nodemeta", threads[0])
-            L.append(f"| `{wl}/{impl}` | " + " | ".join(cells) + f" | {fmt_rate(b)} | "
-                     + (f"{a / b:.2f}x |" if a and b else "|"))
+            vs_nm, vs_bb = [], []
+            for t in threads:
+                a, b = rate(res, wl, impl, t), rate(res, wl, "nodemeta", t)
+                vs_nm.append(f"{a / b:.2f}x" if a and b else "")
+                bb, _ = best_baseline(res, wl, t)
+                vs_bb.append(f"{a / bb:.2f}x" if a and bb else "")
+            L.append(f"| `{wl}/{impl}` | " + " | ".join(cells) + " | " + " | ".join(vs_nm) + " | "
+                     + " | ".join(vs_bb) + " |")
         L.append("")
 
     # ---- memory --------------------------------------------------------------------------------

@@ -4,11 +4,12 @@
 // Every row is "<workload>/<implementation>", run with ->ThreadRange(1, N)->UseRealTime(),
 // N from NODEMETA_BENCH_THREADS (default 2, at most 16). Graphs and per-thread operation
 // streams are built outside the timed loops, once per (workload, implementation), and kept
-// while that benchmark runs at every thread count.
+// for the whole run (every thread count, every repetition).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <random>
@@ -29,11 +30,15 @@ constexpr std::size_t kNodes = 100'000;
 constexpr std::size_t kOpsPerThread = std::size_t{1} << 16;  // a power of two
 constexpr int kMaxThreads = 16;
 
-// --- fixtures: built once, by whichever thread asks first; one kept alive at a time ---------
+// --- fixtures: built once, by whichever thread asks first, and kept for the whole run -------
+// Kept (not rebuilt per row) so that scripts/bench can run the suite with Google Benchmark's
+// random interleaving: every repetition of every row runs in random order, so a burst of
+// load from other processes spreads over all implementations instead of hitting one. Rows
+// that only read, or overwrite in place, share a graph (W1o with W3; W4 with W5 and the
+// single-thread rows); peak memory is about 2.5 GB, mostly baseline (a)'s 4 KB per node.
 struct FixtureCache {
   std::mutex mutex;
-  std::string key;
-  std::shared_ptr<void> object;
+  std::map<std::string, std::shared_ptr<void>> objects;
 };
 FixtureCache& cache() {
   static FixtureCache c;
@@ -43,12 +48,9 @@ template <class F, class... Args>
 F& fixture(const std::string& key, Args&&... args) {
   FixtureCache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex);
-  if (c.key != key) {
-    c.object.reset();  // free the previous benchmark's graph before building the next
-    c.object = std::make_shared<F>(std::forward<Args>(args)...);
-    c.key = key;
-  }
-  return *static_cast<F*>(c.object.get());
+  std::shared_ptr<void>& slot = c.objects[key];
+  if (!slot) slot = std::make_shared<F>(std::forward<Args>(args)...);
+  return *static_cast<F*>(slot.get());
 }
 
 // The five protected keys, with distinct 8-byte integer values.
@@ -180,7 +182,7 @@ enum class W3Op { kSetThrow, kTrySet, kContains };
 
 template <class I, W3Op kOp>
 void BM_W3Protected(benchmark::State& st) {
-  auto& g = fixture<SeededGraph<I>>(fixture_key("W3", I::kName), false).impl;
+  auto& g = fixture<SeededGraph<I>>(fixture_key("W1o", I::kName), true).impl;
   std::vector<typename I::KeyT> keys;
   for (const std::string& n : protected_names()) keys.push_back(I::key(n));
   const Slice s = slice_of(st, kNodes);
@@ -300,7 +302,7 @@ const Streams& w5_streams(int skew_x100) {
 
 template <class I>
 void BM_W4RandomSlots(benchmark::State& st) {
-  auto& g = fixture<SlotGraph<I>>(fixture_key("W4", I::kName)).impl;
+  auto& g = fixture<SlotGraph<I>>(fixture_key("slots", I::kName)).impl;
   const auto keys = keys_of<I>(kSlotKeys);
   const std::vector<Op>& ops = w4_streams()[static_cast<std::size_t>(st.thread_index())];
   std::size_t j = 0;
@@ -318,7 +320,7 @@ void BM_W4RandomSlots(benchmark::State& st) {
 
 template <class I, int kSkewX100>
 void BM_W5Mixed(benchmark::State& st) {
-  auto& g = fixture<SlotGraph<I>>(fixture_key("W5", I::kName)).impl;
+  auto& g = fixture<SlotGraph<I>>(fixture_key("slots", I::kName)).impl;
   const auto keys = keys_of<I>(kSlotKeys);
   const auto missing = keys_of<I>(kMissKeys);
   const std::vector<Op>& ops = w5_streams(kSkewX100)[static_cast<std::size_t>(st.thread_index())];
@@ -380,7 +382,7 @@ void BM_SingleRaw(benchmark::State& st) {
 
 template <bool kSet>
 void BM_SingleNodemeta(benchmark::State& st) {
-  auto& g = fixture<SlotGraph<Nodemeta>>("single/nodemeta").impl;
+  auto& g = fixture<SlotGraph<Nodemeta>>(fixture_key("slots", Nodemeta::kName)).impl;
   const auto keys = keys_of<Nodemeta>(kSlotKeys);
   const std::vector<Op>& ops = w4_streams()[0];
   std::size_t j = 0;
@@ -415,7 +417,20 @@ void register_all() {
   };
   // Workload-major order, so one workload's rows run close together in time.
   for_each_impl([&]<class I>() { reg("W1_fresh/" + std::string(I::kName), BM_W1Fresh<I>); });
-  reg("W1_fresh/" + std::string(NodemetaHeadroom::kName), BM_W1Fresh<NodemetaHeadroom>);  // diagnostic
+  // Diagnostic rows (not goals): see NodemetaHeadroom and ProtoDirectRecord in impls.h.
+  reg("W1_fresh/" + std::string(NodemetaHeadroom::kName), BM_W1Fresh<NodemetaHeadroom>);
+  {
+    using P = ProtoDirectRecord;
+    const std::string p(P::kName);
+    reg("W1_fresh/" + p, BM_W1Fresh<P>);
+    reg("W1o_overwrite/" + p, BM_W1Overwrite<P>);
+    reg("W2_hot_node/" + p, BM_W2HotNode<P>);
+    reg("W3_try_set/" + p, BM_W3Protected<P, W3Op::kTrySet>);
+    reg("W3_contains/" + p, BM_W3Protected<P, W3Op::kContains>);
+    reg("W4_random_slots/" + p, BM_W4RandomSlots<P>);
+    reg("W5_mixed_s0.01/" + p, BM_W5Mixed<P, 1>);
+    reg("W5_mixed_s0.99/" + p, BM_W5Mixed<P, 99>);
+  }
   for_each_impl([&]<class I>() { reg("W1o_overwrite/" + std::string(I::kName), BM_W1Overwrite<I>); });
   for_each_impl([&]<class I>() { reg("W2_hot_node/" + std::string(I::kName), BM_W2HotNode<I>); });
   for_each_impl([&]<class I>() {
