@@ -17,6 +17,16 @@ NodeEntry& checked(NodeEntry* node) {
   return *node;
 }
 
+// The store of a handle, checked before any of its members is called: a moved-from handle
+// has no store, and calling a member through a null pointer is undefined behaviour even
+// when an argument (checked(node_)) would throw first.
+MetadataStore& live(MetadataStore* store) {
+  if (store == nullptr) {
+    throw std::logic_error("nodemeta: use of a moved-from NodeMetadata");
+  }
+  return *store;
+}
+
 }  // namespace
 
 NodeMetadata::NodeMetadata() : NodeMetadata(MetadataStore::default_store().create()) {}
@@ -25,7 +35,7 @@ NodeMetadata::NodeMetadata(std::initializer_list<KeyValue> items)
     : NodeMetadata(MetadataStore::default_store().create(items)) {}
 
 NodeMetadata::NodeMetadata(const NodeMetadata& other)
-    : store_(other.store_), node_(store_->clone(checked(other.node_))) {}
+    : store_(other.store_), node_(live(store_).clone(checked(other.node_))) {}
 
 NodeMetadata& NodeMetadata::operator=(const NodeMetadata& other) {
   if (this != &other) *this = NodeMetadata(other);
@@ -48,40 +58,43 @@ NodeMetadata::~NodeMetadata() {
 NodeId NodeMetadata::id() const noexcept { return node_ != nullptr ? node_->first : 0; }
 
 Value NodeMetadata::at(Key key) const {
-  if (std::optional<Value> v = store_->get(checked(node_), key)) return std::move(*v);
+  if (std::optional<Value> v = live(store_).get(checked(node_), key)) return std::move(*v);
   throw KeyError(key.name());
 }
 
-std::optional<Value> NodeMetadata::get(Key key) const { return store_->get(checked(node_), key); }
+std::optional<Value> NodeMetadata::get(Key key) const {
+  return live(store_).get(checked(node_), key);
+}
 
-bool NodeMetadata::contains(Key key) const { return store_->contains(checked(node_), key); }
+bool NodeMetadata::contains(Key key) const { return live(store_).contains(checked(node_), key); }
 
-std::size_t NodeMetadata::size() const { return store_->size(checked(node_)); }
+std::size_t NodeMetadata::size() const { return live(store_).size(checked(node_)); }
 
-Items NodeMetadata::items() const { return store_->items(checked(node_)); }
+Items NodeMetadata::items() const { return live(store_).items(checked(node_)); }
 
 void NodeMetadata::set(Key key, Value value) {
-  if (store_->write(checked(node_), key, std::move(value)) == WriteResult::kRejectedProtected) {
+  if (live(store_).write(checked(node_), key, std::move(value)) ==
+      WriteResult::kRejectedProtected) {
     throw ProtectedKeyError(key.name());
   }
 }
 
 WriteResult NodeMetadata::try_set(Key key, Value value) {
-  return store_->write(checked(node_), key, std::move(value));
+  return live(store_).write(checked(node_), key, std::move(value));
 }
 
 bool NodeMetadata::set_once(Key key, Value value) {
-  return store_->set_once(checked(node_), key, std::move(value));
+  return live(store_).set_once(checked(node_), key, std::move(value));
 }
 
-bool NodeMetadata::erase(Key key) { return store_->erase(checked(node_), key); }
+bool NodeMetadata::erase(Key key) { return live(store_).erase(checked(node_), key); }
 
 Value NodeMetadata::update_impl(Key key, detail::FunctionRef<Value(std::optional<Value>)> fn) {
-  return store_->update(checked(node_), key, fn);
+  return live(store_).update(checked(node_), key, fn);
 }
 
 void NodeMetadata::edit_impl(detail::FunctionRef<void(NodeEditor&)> fn) {
-  store_->edit(checked(node_), fn);
+  live(store_).edit(checked(node_), fn);
 }
 
 }  // namespace nodemeta
