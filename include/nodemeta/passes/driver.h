@@ -84,10 +84,12 @@ class PassContext {
 };
 
 namespace detail {
-// Under ThreadSanitizer, parallel loops run on std::threads instead of tbb::parallel_for:
-// Debian's libtbb is not instrumented, so TSAN would report every task hand-off inside it
-// as a race (see cmake/tsan.supp). Same chunks, same concurrency, visible to TSAN.
-#if defined(__SANITIZE_THREAD__)
+// With a non-instrumented oneTBB under ThreadSanitizer (Debian's libtbb), parallel loops run
+// on std::threads instead of tbb::parallel_for: TSAN cannot see the happens-before edges
+// inside such a libtbb and would report every task hand-off as a race. Same chunks, same
+// concurrency, visible to TSAN. src/passes/CMakeLists.txt defines NODEMETA_PASSES_STD_THREADS
+// for that case only; with an instrumented oneTBB the real tbb::parallel_for is checked.
+#if defined(NODEMETA_PASSES_STD_THREADS)
 inline constexpr bool kThreadsInsteadOfTasks = true;
 #else
 inline constexpr bool kThreadsInsteadOfTasks = false;
