@@ -48,6 +48,11 @@ template <class F, class... Args>
 F& fixture(const std::string& key, Args&&... args) {
   FixtureCache& c = cache();
   std::lock_guard<std::mutex> lock(c.mutex);
+  // NODEMETA_BENCH_EVICT_FIXTURES=1 (diagnostic): free every other graph before building a
+  // new one, i.e. each row's graph is built in a heap that the previous row's graph has just
+  // been freed into (the suite's first schedule; see docs/benchmarks.md).
+  static const bool evict = std::getenv("NODEMETA_BENCH_EVICT_FIXTURES") != nullptr;
+  if (evict && !c.objects.contains(key)) c.objects.clear();
   std::shared_ptr<void>& slot = c.objects[key];
   if (!slot) slot = std::make_shared<F>(std::forward<Args>(args)...);
   return *static_cast<F*>(slot.get());
