@@ -83,36 +83,13 @@ class PassContext {
   std::atomic<std::size_t> rejected_{0};
 };
 
-namespace detail {
-// With a non-instrumented oneTBB under ThreadSanitizer (Debian's libtbb), parallel loops run
-// on std::threads instead of tbb::parallel_for: TSAN cannot see the happens-before edges
-// inside such a libtbb and would report every task hand-off as a race. Same chunks, same
-// concurrency, visible to TSAN. src/passes/CMakeLists.txt defines NODEMETA_PASSES_STD_THREADS
-// for that case only; with an instrumented oneTBB the real tbb::parallel_for is checked.
-#if defined(NODEMETA_PASSES_STD_THREADS)
-inline constexpr bool kThreadsInsteadOfTasks = true;
-#else
-inline constexpr bool kThreadsInsteadOfTasks = false;
-#endif
-// fn(begin, end) over [0, n) in chunks of `grain`, claimed by up to the current arena's
-// max_concurrency() std::threads (the caller among them).
-void run_chunks_on_threads(std::size_t n, std::size_t grain,
-                           const std::function<void(std::size_t, std::size_t)>& fn);
-}  // namespace detail
-
 // fn(std::size_t i) for every i in [0, n), in parallel (tbb::parallel_for, grain `grain`).
 template <class F>
 void parallel_indices(std::size_t n, std::size_t grain, F&& fn) {
-  if constexpr (detail::kThreadsInsteadOfTasks) {
-    detail::run_chunks_on_threads(n, grain, [&fn](std::size_t b, std::size_t e) {
-      for (std::size_t i = b; i != e; ++i) fn(i);
-    });
-  } else {
-    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, grain),
-                      [&fn](const tbb::blocked_range<std::size_t>& r) {
-                        for (std::size_t i = r.begin(); i != r.end(); ++i) fn(i);
-                      });
-  }
+  tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, grain),
+                    [&fn](const tbb::blocked_range<std::size_t>& r) {
+                      for (std::size_t i = r.begin(); i != r.end(); ++i) fn(i);
+                    });
 }
 
 // fn(std::size_t node_index) for every node, in parallel.
