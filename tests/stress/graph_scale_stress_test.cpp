@@ -28,28 +28,12 @@ namespace {
 
 const char* const kKeys[] = {"val", "stack_trace", "debug_handle", "dtype", "flops", "users", "frozen"};
 
-// fn(begin, end) over [0, n) in chunks of `grain`, in parallel: tbb::parallel_for, except
-// in a TSAN build against a non-instrumented libtbb (NODEMETA_TEST_STD_THREADS, set by
-// tests/stress/CMakeLists.txt). There TSAN cannot see the synchronisation of libtbb's task
-// queues and would report every hand-off of a task object (the range, the partitioner,
-// the body's captures) between worker threads as a race, and suppressing those would hide
-// real races under every parallel_for body. So the same chunks are claimed by std::threads
-// from an atomic counter, which TSAN sees completely: same workload, same concurrency.
+// fn(begin, end) over [0, n) in chunks of `grain`, with tbb::parallel_for (under the tsan
+// preset, an instrumented oneTBB: TSAN sees its task hand-offs too).
 template <class Fn>
 void parallel_chunks(std::size_t n, std::size_t grain, Fn fn) {
-#if defined(NODEMETA_TEST_STD_THREADS) && NODEMETA_TEST_STD_THREADS
-  std::atomic<std::size_t> next{0};
-  std::vector<std::thread> pool;
-  for (int t = 0; t < threads(); ++t) {
-    pool.emplace_back([&] {
-      for (std::size_t b; (b = next.fetch_add(grain)) < n;) fn(b, std::min(n, b + grain));
-    });
-  }
-  for (auto& th : pool) th.join();
-#else
   tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, grain),
                     [&](const tbb::blocked_range<std::size_t>& r) { fn(r.begin(), r.end()); });
-#endif
 }
 
 Op random_op(SplitMix64& rng) {
