@@ -1,12 +1,6 @@
 #include "nodemeta/passes/driver.h"
 
-#include <algorithm>
 #include <chrono>
-#include <exception>
-#include <mutex>
-#include <thread>
-
-#include <oneapi/tbb/task_arena.h>
 
 namespace nodemeta::passes {
 
