@@ -464,7 +464,10 @@ void register_all() {
 int main(int argc, char** argv) {
   // Debian's libabsl checks every absl::Mutex acquisition for deadlock cycles by default
   // (about 20x slower); a user who cares about speed turns that off.
-  absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  // NODEMETA_BENCH_ABSL_DEADLOCK_DETECTION=1 keeps Debian's default, to measure what it costs.
+  if (std::getenv("NODEMETA_BENCH_ABSL_DEADLOCK_DETECTION") == nullptr) {
+    absl::SetMutexDeadlockDetectionMode(absl::OnDeadlockCycle::kIgnore);
+  }
   nmbench::register_all();
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
