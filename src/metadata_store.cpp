@@ -95,9 +95,10 @@ void MetadataStore::check_not_in_callback() const {
 // --- node operations --------------------------------------------------------------------
 
 namespace {
-using ReadLock = tbb::spin_rw_mutex::scoped_lock;
-constexpr bool kShared = false;
-constexpr bool kExclusive = true;
+// Readers take the node's lock exclusively too: the critical sections are a few dozen
+// instructions, and a reader-writer lock costs readers a second atomic read-modify-write on
+// the same cache line (docs/design.md has the measurements).
+using NodeLock = tbb::spin_mutex::scoped_lock;
 }  // namespace
 
 NodeEntry* MetadataStore::insert(detail::Record record) {
@@ -116,7 +117,7 @@ NodeEntry* MetadataStore::clone(const NodeEntry& node) const {
   check_not_in_callback();
   detail::Record copy;
   {
-    ReadLock lock(node.second.mutex, kShared);
+    NodeLock lock(node.second.mutex);
     copy = detail::Record(node.second.record, node.second.record.size() + 1);  // + a spare slot
   }
   return const_cast<MetadataStore*>(this)->insert(std::move(copy));
@@ -130,19 +131,19 @@ void MetadataStore::remove(NodeId id) noexcept {
 
 std::optional<Value> MetadataStore::get(const NodeEntry& node, Key key) const {
   check_not_in_callback();
-  ReadLock lock(node.second.mutex, kShared);
+  NodeLock lock(node.second.mutex);
   return node.second.record.get(key.id());
 }
 
 bool MetadataStore::contains(const NodeEntry& node, Key key) const {
   check_not_in_callback();
-  ReadLock lock(node.second.mutex, kShared);
+  NodeLock lock(node.second.mutex);
   return node.second.record.find(key.id()) != nullptr;
 }
 
 std::size_t MetadataStore::size(const NodeEntry& node) const {
   check_not_in_callback();
-  ReadLock lock(node.second.mutex, kShared);
+  NodeLock lock(node.second.mutex);
   return node.second.record.size();
 }
 
@@ -163,7 +164,7 @@ Items MetadataStore::items(const NodeEntry& node) const {
   check_not_in_callback();
   detail::Record snapshot;
   {
-    ReadLock lock(node.second.mutex, kShared);
+    NodeLock lock(node.second.mutex);
     snapshot = node.second.record;  // copy under the lock; name and sort outside it
   }
   return named_sorted(snapshot);
@@ -173,7 +174,7 @@ WriteResult MetadataStore::write(NodeEntry& node, Key key, Value&& value) {
   check_not_in_callback();
   // Protection only ever goes from false to true, so a rejection needs no lock.
   if (is_protected(key)) return WriteResult::kRejectedProtected;
-  ReadLock lock(node.second.mutex, kExclusive);
+  NodeLock lock(node.second.mutex);
   // Checked again under the node's lock: a protect() that stored its set before this load
   // rejects us; one that stores it after cannot complete before any later reader of this
   // node, which must wait for our lock, sees this write.
@@ -184,7 +185,7 @@ WriteResult MetadataStore::write(NodeEntry& node, Key key, Value&& value) {
 
 bool MetadataStore::set_once(NodeEntry& node, Key key, Value&& value) {
   check_not_in_callback();
-  ReadLock lock(node.second.mutex, kExclusive);
+  NodeLock lock(node.second.mutex);
   if (node.second.record.find(key.id()) != nullptr) return false;
   node.second.record.append(key.id(), std::move(value));
   return true;
@@ -193,7 +194,7 @@ bool MetadataStore::set_once(NodeEntry& node, Key key, Value&& value) {
 bool MetadataStore::erase(NodeEntry& node, Key key) {
   check_not_in_callback();
   if (is_protected(key)) throw ProtectedKeyError(key.name());
-  ReadLock lock(node.second.mutex, kExclusive);
+  NodeLock lock(node.second.mutex);
   if (is_protected(key)) throw ProtectedKeyError(key.name());
   return node.second.record.erase(key.id());
 }
@@ -202,7 +203,7 @@ Value MetadataStore::update(NodeEntry& node, Key key,
                             detail::FunctionRef<Value(std::optional<Value>)> fn) {
   check_not_in_callback();
   if (is_protected(key)) throw ProtectedKeyError(key.name());
-  ReadLock lock(node.second.mutex, kExclusive);
+  NodeLock lock(node.second.mutex);
   if (is_protected(key)) throw ProtectedKeyError(key.name());
   Value next;
   {
@@ -215,7 +216,7 @@ Value MetadataStore::update(NodeEntry& node, Key key,
 
 void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)> fn) {
   check_not_in_callback();
-  ReadLock lock(node.second.mutex, kExclusive);
+  NodeLock lock(node.second.mutex);
   // A private working copy, and the protected set as of now: every protection check of
   // this edit sees the same instant, so the edit is linearized when it took the lock.
   NodeEditor editor(*protection(), node.second.record);

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include <oneapi/tbb/concurrent_hash_map.h>
-#include <oneapi/tbb/spin_rw_mutex.h>
+#include <oneapi/tbb/spin_mutex.h>
 
 #include "nodemeta/detail/config.h"
 #include "nodemeta/detail/protected_set.h"
@@ -26,9 +26,9 @@
 namespace nodemeta {
 
 namespace detail {
-// One node as the store's map holds it: its reader-writer lock and its record (24 bytes).
+// One node as the store's map holds it: its lock and its record (24 bytes).
 struct NodeState {
-  mutable tbb::spin_rw_mutex mutex;
+  mutable tbb::spin_mutex mutex;
   Record record;
 };
 }  // namespace detail
@@ -42,15 +42,15 @@ struct StoreOptions {
 
 // MetadataStore: the metadata of every node of one graph.
 //
-// Layout: one tbb::concurrent_hash_map from NodeId to the node's state: a
-//   tbb::spin_rw_mutex and a 16-byte record pointing at the node's slots (16 bytes per
-//   key). The map owns every node: creation and destruction are the map's concurrent
-//   insert and erase, and node_count() is its size. A node never moves while it exists, so
-//   its NodeMetadata handle keeps the node's address and reaches it without a hash lookup;
-//   every per-node operation holds the node's lock (shared to read, exclusive to write) for
-//   its whole duration, which is what makes protection checks, update(), edit() and
-//   snapshots atomic. No lock or reference ever leaves the library. See docs/design.md for
-//   the measurements behind the layout.
+// Layout: one tbb::concurrent_hash_map from NodeId to the node's state: a tbb::spin_mutex
+//   and a 16-byte record pointing at the node's slots (16 bytes per key). The map owns
+//   every node: creation and destruction are the map's concurrent insert and erase, and
+//   node_count() is its size. A node never moves while it exists, so its NodeMetadata
+//   handle keeps the node's address and reaches it without a hash lookup; every per-node
+//   operation holds the node's lock for its whole duration (a few dozen instructions for
+//   reads and single-key writes), which is what makes protection checks, update(), edit()
+//   and snapshots atomic. No lock or reference ever leaves the library. See docs/design.md
+//   for the measurements behind the layout.
 //
 // Thread safety: every member function is concurrent-safe, except construction and
 //   destruction. The store is neither copyable nor movable (its nodes point at it).
