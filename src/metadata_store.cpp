@@ -12,7 +12,7 @@ namespace {
 // A call into one of them from inside its own callback would wait on a lock this thread
 // holds, so check_not_in_callback() refuses it. Empty on the fast path: one TLS load.
 struct CallbackScope {
-  explicit CallbackScope(const MetadataStore* s) noexcept : store(s), outer(innermost) {
+  CallbackScope(const MetadataStore* s, NodeId n) noexcept : store(s), node(n), outer(innermost) {
     innermost = this;
   }
   ~CallbackScope() { innermost = outer; }
@@ -20,6 +20,7 @@ struct CallbackScope {
   CallbackScope& operator=(const CallbackScope&) = delete;
 
   const MetadataStore* store;
+  NodeId node;  // the node whose lock the callback runs under
   CallbackScope* outer;
   static thread_local CallbackScope* innermost;
 };
@@ -124,6 +125,17 @@ NodeEntry* MetadataStore::clone(const NodeEntry& node) const {
 }
 
 void MetadataStore::remove(NodeId id) noexcept {
+  // Destroying (or assigning to) the handle of the node whose callback is running would free
+  // the node under its own held lock. A destructor cannot throw: stop with a clear message
+  // (in every build) rather than corrupt memory.
+  for (const CallbackScope* s = CallbackScope::innermost; s != nullptr; s = s->outer) {
+    if (s->store == this && s->node == id) {
+      detail::assertion_failed("node is not the one whose update()/edit() callback is running",
+                               "a NodeMetadata was destroyed or assigned to inside its own "
+                               "update()/edit() callback",
+                               __FILE__, __LINE__);
+    }
+  }
   const bool erased = map_.erase(id);
   NODEMETA_ASSERT(erased, "a live NodeMetadata's node is in its store");
   (void)erased;
@@ -207,7 +219,7 @@ Value MetadataStore::update(NodeEntry& node, Key key,
   if (is_protected(key)) throw ProtectedKeyError(key.name());
   Value next;
   {
-    CallbackScope scope(this);
+    CallbackScope scope(this, node.first);
     next = fn(node.second.record.get(key.id()));  // may throw: nothing written yet
   }
   node.second.record.put(key.id(), Value(next));
@@ -221,7 +233,7 @@ void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)>
   // this edit sees the same instant, so the edit is linearized when it took the lock.
   NodeEditor editor(*protection(), node.second.record);
   {
-    CallbackScope scope(this);
+    CallbackScope scope(this, node.first);
     fn(editor);  // may throw: the node is untouched
   }
   node.second.record.swap(editor.record_);

@@ -63,8 +63,9 @@ using Items = std::vector<std::pair<std::string, Value>>;
 //   constructor) makes a new, independent node with a consistent snapshot of this one.
 // Callbacks: update() and edit() run the callback while holding this node's lock. A
 //   callback must not call into the same store (any node): such a call throws
-//   ReentrancyError instead of deadlocking. Keep callbacks short; they block every other
-//   operation on this node (only this node).
+//   ReentrancyError instead of deadlocking, and destroying or assigning to this handle
+//   inside its own callback stops the process with a message. Keep callbacks short; they
+//   block every other operation on this node (only this node).
 // Differences from std::unordered_map: no references or iterators into the node are ever
 //   handed out (values come back by copy, and Values are cheap to copy); operator[] is
 //   read-only and never inserts; items() is sorted by key name.

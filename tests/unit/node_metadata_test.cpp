@@ -324,6 +324,18 @@ TEST_F(NodeMetadataTest, ReenteringTheStoreFromACallbackThrowsInsteadOfDeadlocki
   EXPECT_TRUE(store_.is_protected("late"));
 }
 
+// Kind: regression. Without the check the node would be freed under its own held lock.
+TEST(NodeMetadataDeathTest, DestroyingANodeInsideItsOwnCallbackStopsWithAClearMessage) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(
+      {
+        MetadataStore store;
+        NodeMetadata md = store.create({{"a", 1}});
+        md.edit([&](NodeEditor&) { NodeMetadata taken = std::move(md); });  // frees md's node
+      },
+      "destroyed or assigned to inside its own update\\(\\)/edit\\(\\) callback");
+}
+
 // --- Handles --------------------------------------------------------------------------
 
 TEST_F(NodeMetadataTest, DestroyingTheHandleRemovesTheNode) {
