@@ -62,9 +62,9 @@ class BadValueCast : public std::bad_cast {
 };
 
 // A call into a MetadataStore from inside a callback that store is running
-// (NodeMetadata::update or NodeMetadata::edit). Such a call would wait on the lock the
-// callback's own thread holds (tbb::concurrent_hash_map does not support recursive
-// accessors), so nodemeta refuses it instead of deadlocking.
+// (NodeMetadata::update or NodeMetadata::edit). Such a call could wait on the node lock the
+// callback's own thread holds (the lock is not recursive), so nodemeta refuses it instead of
+// deadlocking.
 class ReentrancyError : public std::logic_error {
  public:
   using std::logic_error::logic_error;

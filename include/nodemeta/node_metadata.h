@@ -141,6 +141,7 @@ class NodeMetadata {
   friend class MetadataStore;
   NodeMetadata(MetadataStore* store, NodeEntry* node) noexcept : store_(store), node_(node) {}
 
+  MetadataStore& live() const;  // the store; throws std::logic_error if moved-from
   Value update_impl(Key key, detail::FunctionRef<Value(std::optional<Value>)> fn);
   void edit_impl(detail::FunctionRef<void(NodeEditor&)> fn);
 

@@ -40,5 +40,7 @@ ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1} \
 UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
   "$out/differential_fuzzer" "${seed_arg[@]}" -runs="$runs" -max_len=256 -timeout=10 \
     -max_total_time="${NODEMETA_FUZZ_MAX_TIME:-240}" -print_final_stats=1 \
-    -artifact_prefix="$out/artifacts/" "$out/corpus" tests/fuzz/corpus
-echo "=== tests/fuzz/run.sh: $runs runs passed in $((SECONDS - start)) s ==="
+    -artifact_prefix="$out/artifacts/" "$out/corpus" tests/fuzz/corpus 2>&1 | tee "$out/last_run.log"
+# -max_total_time may stop it before -runs: report what really ran.
+executed=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$out/last_run.log" | grep -o '[0-9]*$' || echo "?")
+echo "=== tests/fuzz/run.sh: $executed runs (of $runs asked) passed in $((SECONDS - start)) s ==="

@@ -1,5 +1,5 @@
 // Graph scale (issue 3, stress 6): a 100,000-node store (NODEMETA_STRESS_NODES) driven by
-// tbb::parallel_for (std::threads under TSAN with a non-instrumented libtbb, see parallel_chunks) through every operation (reads, set, try_set, set_once, erase, update,
+// tbb::parallel_for through every operation (reads, set, try_set, set_once, erase, update,
 // edit with and without throwing, copy, protect at run time between passes), then every
 // node is checked exactly against its own oracle: the reference model of
 // tests/support/node_ops.h fed the same operations. Several passes, each over a different
@@ -11,7 +11,6 @@
 #include <optional>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <oneapi/tbb/blocked_range.h>

@@ -56,7 +56,6 @@
 namespace nodemeta::test {
 
 inline constexpr bool kSanitized = NODEMETA_TEST_SANITIZED != 0;
-inline constexpr bool kThreadSanitizer = NODEMETA_TEST_TSAN != 0;
 
 // The value of a non-negative integer environment variable, or `fallback`.
 inline std::uint64_t env_u64(const char* name, std::uint64_t fallback) {

@@ -5,7 +5,7 @@
 // {key id, value kind, value bits}. Scalars sit in the slot itself; boxed values hold one
 // reference. Lookup is a linear scan over 32-bit key ids (nodes hold few keys: 5 to 10 in
 // real torch.fx graphs). A Record is not synchronised: the store only touches it while
-// holding the hash map's element lock.
+// holding its node's lock.
 #ifndef NODEMETA_DETAIL_RECORD_H_
 #define NODEMETA_DETAIL_RECORD_H_
 
