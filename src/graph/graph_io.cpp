@@ -442,11 +442,20 @@ std::string to_json(const Graph& graph) {
     nodes.push_back(std::move(node));
   }
   doc["nodes"] = std::move(nodes);
-  return doc.dump(-1, ' ', false, nlohmann::detail::error_handler_t::strict);
+  try {
+    return doc.dump(-1, ' ', false, nlohmann::detail::error_handler_t::strict);
+  } catch (const nlohmann::json::exception& e) {  // e.g. a string that is not UTF-8
+    throw GraphError(std::string("graph export: ") + e.what());
+  }
 }
 
 void save_graph(const Graph& graph, const std::string& path) {
-  const std::string text = to_json(graph);
+  std::string text;
+  try {
+    text = to_json(graph);
+  } catch (const GraphError& e) {
+    fail(path, e.what());
+  }
   const bool gz = path.size() >= 3 && path.compare(path.size() - 3, 3, ".gz") == 0;
   write_bytes(path, gz ? deflate_gzip(path, text) : text);
 }

@@ -77,8 +77,8 @@ class CostPass final : public Pass {
       ctx.write(m, pk().flops, int_or_unknown(c.flops));
       ctx.write(m, pk().bytes, int_or_unknown(c.bytes));
       ctx.write(m, pk().cost_rule, Value(std::move(c.rule)));
-      ctx.count_touched();
     });
+    ctx.count_touched(g.size());  // every node, counted once: no shared counter per node
     ctx.summary = "cost unknown for " + std::to_string(unknown.load()) + " of " + std::to_string(g.size()) + " nodes";
   }
 };
@@ -164,7 +164,7 @@ class FusePass final : public Pass {
         sources.push_back(SourceNode{n.name, n.op, n.target, &n.meta});
       }
       NodeMetadata& target = fused[f].node.meta;
-      transfer_provenance(sources, target, name());
+      ctx.count_rejected(transfer_provenance(sources, target, name()).rejected);
       ctx.write(target, pk().fused_pattern, Value(pattern[fused[f].head]));
       fuse_cost(ctx, g, members, target);
       ctx.count_touched();
@@ -299,8 +299,8 @@ class PropagatePass final : public Pass {
       ctx.write(n.meta, pk().depth, Value(depth));
       ctx.write(n.meta, pk().cp_flops, Value(longest + own));
       ctx.write(n.meta, pk().cp_complete, Value(complete));
-      ctx.count_touched();
     });
+    ctx.count_touched(g.size());
     std::int64_t critical = 0, depth = 0;
     for (const Node& n : g.nodes()) {
       critical = std::max(critical, n.meta.at(pk().cp_flops).as<std::int64_t>());
@@ -351,8 +351,8 @@ class VerifyPass final : public Pass {
     std::vector<std::vector<std::string>> covered(g.size());
     for_each_node(g, [&](std::size_t i) {
       check_node(g, *base, i, problems[i], covered[i]);
-      ctx.count_touched();
     });
+    ctx.count_touched(g.size());
     // Every loaded node is still here, or named by the chain of the node that replaced it.
     std::vector<char> seen(base->size(), 0);
     for (std::size_t i = 0; i < g.size(); ++i) {

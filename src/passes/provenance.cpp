@@ -73,7 +73,11 @@ TransferResult transfer_provenance(std::span<const SourceNode> sources, NodeMeta
   put_once(keys::stack_trace, std::move(trace));
   put_once(keys::nn_module_stack, merged_module_stack(sources));
   if (std::optional<Value> type = output.meta->get(type_key())) {
-    if (target.try_set(type_key(), std::move(*type)) != WriteResult::kRejectedProtected) ++result.copied;
+    if (target.try_set(type_key(), std::move(*type)) != WriteResult::kRejectedProtected) {
+      ++result.copied;
+    } else {
+      ++result.rejected;
+    }
   }
 
   Value::List entries;

@@ -226,3 +226,22 @@ TEST(DeterminismTest, BundledGraphSameResultWithOneTwoAndFourThreads) {
 
 }  // namespace
 }  // namespace nodemeta::passes
+
+namespace nodemeta::passes {
+namespace {
+
+// Kind: regression. A refused write inside the transfer is counted, never silently dropped.
+TEST(ProvenanceTest, RefusedTypeWriteIsCounted) {
+  MetadataStore store;
+  store.protect("type");
+  NodeMetadata conv = store.create({{"type", "torch.Tensor"}, {"debug_handle", 1}});
+  NodeMetadata fused = store.create();
+  const SourceNode sources[] = {{"conv", "call_module", "conv1", &conv}};
+  const TransferResult r = transfer_provenance(sources, fused, "test");
+  EXPECT_EQ(r.rejected, 1u);
+  EXPECT_FALSE(fused.contains("type"));
+  EXPECT_EQ(fused["debug_handle"].as<std::int64_t>(), 1);
+}
+
+}  // namespace
+}  // namespace nodemeta::passes

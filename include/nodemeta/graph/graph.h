@@ -95,7 +95,8 @@ class Graph {
   const MetadataStore& store() const noexcept { return *store_; }
 
   // A deep copy: same nodes, attrs and metadata snapshots, in a new store with the same
-  // protected keys. Not concurrent-safe with writers to this graph's metadata.
+  // protected keys. Race-free alongside writers to this graph's metadata (each node is copied
+  // atomically), but then not one consistent snapshot of the whole graph.
   Graph clone() const;
 
  private:

@@ -24,6 +24,10 @@
 
 namespace nodemeta::graph {
 
+// Thread safety: loading and parsing build independent graphs and may run concurrently.
+// to_json/save_graph only read the graph: race-free alongside metadata writers, each node
+// exported as its own atomic snapshot. Every failure is a GraphError naming the file.
+
 // Reads a graph file; gzip is detected by its magic bytes, not by the file name.
 Graph load_graph(const std::string& path, StoreOptions options = {});
 // Parses graph JSON held in memory; `source` names it in error messages.

@@ -46,11 +46,12 @@ struct PassStats {
   std::size_t nodes_after = 0;         // graph size when it finished
   double seconds = 0.0;
   std::string summary;                 // one short line ("16 chains fused", "clean", ...)
-  std::vector<std::string> problems;   // verify: what failed, sorted; empty when clean
+  std::vector<std::string> problems;   // verify: what failed, in node order; empty when clean
 };
 
 // The state a running pass shares between its threads: the graph, the baseline of loaded
-// protected values (may be null), and atomic counters. Concurrent-safe.
+// protected values (may be null), and atomic counters. Concurrent-safe, except `summary` and
+// `problems`, which only the pass's sequential part (outside its parallel loops) may touch.
 class PassContext {
  public:
   PassContext(graph::Graph& graph, const Baseline* baseline, std::string pass_name)

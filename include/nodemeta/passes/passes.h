@@ -46,6 +46,12 @@ class Baseline {
  public:
   static constexpr std::size_t kKeys = 5;
   explicit Baseline(const graph::Graph& graph);
+  // Its name index points into its own names: copying would leave it pointing into the
+  // original's. Moving keeps the strings where they are.
+  Baseline(const Baseline&) = delete;
+  Baseline& operator=(const Baseline&) = delete;
+  Baseline(Baseline&&) = default;
+  Baseline& operator=(Baseline&&) = default;
 
   // The five default protected keys, in the order values() uses.
   static const std::array<Key, kKeys>& protected_keys();

@@ -44,6 +44,7 @@ struct SourceNode {
 struct TransferResult {
   std::size_t copied = 0;  // keys written to the target
   std::size_t kept = 0;    // protected keys the target already held (left as they were)
+  std::size_t rejected = 0;  // writes refused because the key is protected (never applied)
 };
 
 // Applies the policy above. Concurrent-safe for distinct targets (sources may be shared).
