@@ -1,16 +1,25 @@
 #include "nodemeta/metadata_store.h"
 
 #include <algorithm>
+#include <memory>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
+
+#include <oneapi/tbb/task_arena.h>
+
+#include "nodemeta/detail/reclaim.h"
 
 namespace nodemeta {
 namespace {
 
-// The stores whose callbacks (update/edit) are running on this thread, innermost first.
-// A call into one of them from inside its own callback would wait on a lock this thread
-// holds, so check_not_in_callback() refuses it. Empty on the fast path: one TLS load.
+using detail::NodeState;
+using detail::Slot;
+
+// The nodes whose callbacks (update/edit) are running on this thread, innermost first.
+// Any write from inside a callback is refused (check_writable); destroying the node whose
+// callback runs is fatal (remove). Empty on the fast path: one TLS load.
 struct CallbackScope {
   CallbackScope(const MetadataStore* s, NodeId n) noexcept : store(s), node(n), outer(innermost) {
     innermost = this;
@@ -25,16 +34,237 @@ struct CallbackScope {
   static thread_local CallbackScope* innermost;
 };
 // initial-exec: one %fs-relative load instead of a __tls_get_addr call in -fPIC code (every
-// node operation reads it). 8 bytes of static TLS, which glibc reserves even for dlopen().
+// write reads it). 8 bytes of static TLS, which glibc reserves even for dlopen().
 __attribute__((tls_model("initial-exec"))) thread_local CallbackScope* CallbackScope::innermost =
     nullptr;
+
+// Runs a user callback under this node's scope, isolated from unrelated oneTBB work: while
+// the callback waits inside oneTBB (a task_group::wait, a nested parallel_for) this thread
+// may only run tasks the callback itself spawned, never an outer task of the caller's loop
+// (whose writes would be refused here, though nothing nested).
+template <class F>
+decltype(auto) run_callback(const MetadataStore* store, NodeId node, F&& f) {
+  CallbackScope scope(store, node);
+  return tbb::this_task_arena::isolate(std::forward<F>(f));
+}
+
+// Spins briefly with pause, then yields the processor: with more threads than cores, a
+// waiter must let a preempted lock holder (or window writer) run rather than burn its slice.
+class Backoff {
+ public:
+  void pause() noexcept {
+    if (count_ <= 32) {
+      for (int i = 0; i < count_; ++i) cpu_relax();
+      count_ *= 2;
+    } else {
+      std::this_thread::yield();
+    }
+  }
+
+ private:
+  static void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+  }
+  int count_ = 1;
+};
+
+// A node's write lock, and the write window inside it. Only the holder stores to ctl while
+// the lock is held, so it tracks the word itself and publishes with plain stores.
+class WriteLock {
+ public:
+  explicit WriteLock(NodeState& node) noexcept : node_(node) {
+    Backoff backoff;
+    std::uint64_t w = node.ctl.load(std::memory_order_relaxed);
+    for (;;) {
+      if ((w & NodeState::kLocked) == 0 &&
+          node.ctl.compare_exchange_weak(w, w | NodeState::kLocked, std::memory_order_acquire,
+                                         std::memory_order_relaxed)) {
+        word_ = w | NodeState::kLocked;
+        return;
+      }
+      backoff.pause();
+      w = node.ctl.load(std::memory_order_relaxed);
+    }
+  }
+  ~WriteLock() { node_.ctl.store(word_ & ~NodeState::kLocked, std::memory_order_release); }
+  WriteLock(const WriteLock&) = delete;
+  WriteLock& operator=(const WriteLock&) = delete;
+
+  // Opens the write window: readers that load ctl from now on retry until close(). The
+  // seq_cst fence orders the window's opening before the protection check that follows
+  // (and before every store of the window, as a release fence).
+  void open() noexcept {
+    node_.ctl.store(word_ | NodeState::kWriting, std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+  }
+  // Closes the window; `changed`: the node's contents changed (readers that overlapped the
+  // window fail their validation). Release: the window's stores happen before any read
+  // that sees the window closed.
+  void close(bool changed) noexcept {
+    if (changed) word_ += NodeState::kVersionStep;
+    node_.ctl.store(word_, std::memory_order_release);
+  }
+
+ private:
+  NodeState& node_;
+  std::uint64_t word_;
+};
+
+// Runs `read(slots, size)` on a consistent view of the node and returns its result.
+// `read` may only load (load_shared) and copy plain data out; it runs again if a write
+// window overlapped it. The caller is pinned (ReadGuard) if `read` dereferences slots.
+template <class F>
+auto optimistic_read(const NodeState& node, F&& read) {
+  Backoff backoff;
+  for (;;) {
+    const std::uint64_t w1 = node.ctl.load(std::memory_order_seq_cst);
+    if ((w1 & NodeState::kWriting) == 0) {
+      const std::uint32_t size = node.size.load(std::memory_order_seq_cst);
+      const Slot* slots = node.slots.load(std::memory_order_seq_cst);
+      auto result = read(slots, size);
+      std::atomic_thread_fence(std::memory_order_acquire);
+      const std::uint64_t w2 = node.ctl.load(std::memory_order_relaxed);
+      if (((w1 ^ w2) & ~NodeState::kLocked) == 0) return result;
+    }
+    backoff.pause();
+  }
+}
+
+constexpr std::uint32_t kAbsent = ~std::uint32_t{0};
+
+// The index of `key` among the first `size` slots, or kAbsent (concurrent loads).
+std::uint32_t find_shared(const Slot* slots, std::uint32_t size, std::uint32_t key) noexcept {
+  for (std::uint32_t i = 0; i < size; ++i) {
+    if (detail::load_shared(slots[i].key) == key) return i;
+  }
+  return kAbsent;
+}
+// The same, for the lock holder (no other thread stores to the node).
+std::uint32_t find_owned(const NodeState& node, std::uint32_t key) noexcept {
+  const Slot* slots = node.slots.load(std::memory_order_relaxed);
+  const std::uint32_t size = node.size.load(std::memory_order_relaxed);
+  for (std::uint32_t i = 0; i < size; ++i) {
+    if (slots[i].key == key) return i;
+  }
+  return kAbsent;
+}
+
+void release_box(void* box, std::size_t /*unused*/) noexcept {
+  static_cast<detail::ValueBox*>(box)->release();
+}
+void free_slots(void* slots, std::size_t capacity) noexcept {
+  detail::deallocate_slots(static_cast<Slot*>(slots), static_cast<std::uint32_t>(capacity));
+}
+// Queues the reference a slot held for release after the reads in flight.
+void retire_value(const Slot& old) noexcept {
+  if (old.boxed()) {
+    detail::retire(reinterpret_cast<void*>(old.bits), &release_box, 0);  // NOLINT
+  }
+}
+
+// A slot array allocated for growth; freed unless published.
+struct FreshSlots {
+  Slot* slots = nullptr;
+  std::uint32_t capacity = 0;
+  FreshSlots() = default;
+  FreshSlots(const FreshSlots&) = delete;
+  FreshSlots& operator=(const FreshSlots&) = delete;
+  ~FreshSlots() { detail::deallocate_slots(slots, capacity); }
+  Slot* take() noexcept { return std::exchange(slots, nullptr); }
+};
+
+// Before a write window: if appending one key needs a bigger array, allocate it (may throw;
+// nothing has changed yet) and copy the current slots into it.
+void prepare_append(const NodeState& node, FreshSlots& fresh) {
+  const std::uint32_t size = node.size.load(std::memory_order_relaxed);
+  if (size < node.capacity) return;
+  fresh.capacity = detail::grown_capacity(size);
+  fresh.slots = detail::allocate_slots(fresh.capacity);
+  if (size != 0) {
+    std::copy_n(node.slots.load(std::memory_order_relaxed), size, fresh.slots);
+  }
+}
+
+// Inside a write window: appends `slot`, publishing `fresh` (prepared by prepare_append)
+// if it holds an array, and retiring the outgrown one.
+void append_in_window(NodeState& node, const Slot& slot, FreshSlots& fresh) noexcept {
+  const std::uint32_t size = node.size.load(std::memory_order_relaxed);
+  if (fresh.slots != nullptr) {
+    Slot* old = node.slots.load(std::memory_order_relaxed);
+    fresh.slots[size] = slot;  // not yet visible to any reader
+    node.slots.store(fresh.take(), std::memory_order_release);
+    node.size.store(size + 1, std::memory_order_release);
+    if (old != nullptr) detail::retire(old, &free_slots, node.capacity);
+    node.capacity = fresh.capacity;
+  } else {
+    detail::store_slot(node.slots.load(std::memory_order_relaxed)[size], slot);
+    node.size.store(size + 1, std::memory_order_release);
+  }
+}
+
+// After a write has unlocked: stamps what it retired and releases what is safe.
+void after_write() noexcept {
+  detail::seal_retired();
+  detail::maybe_collect();
+}
+
+Items named_sorted(const detail::Record& record) {
+  Items items;
+  items.reserve(record.size());
+  for (const Slot& s : record) {
+    items.emplace_back(std::string(detail::key_name(s.key)), s.value());
+  }
+  std::sort(items.begin(), items.end(),
+            [](const auto& a, const auto& b) { return a.first < b.first; });
+  return items;
+}
+
+// A consistent copy of the node's slots, holding its own references.
+detail::Record snapshot(const NodeState& node, std::uint32_t spare) {
+  detail::ReadGuard guard;
+  // Small nodes are copied to the stack; larger ones to a heap buffer sized on the way.
+  constexpr std::uint32_t kInline = 16;
+  Slot inline_buf[kInline];
+  std::unique_ptr<Slot[]> heap;
+  std::uint32_t heap_size = 0;
+  const auto [slots, size] = optimistic_read(node, [&](const Slot* s, std::uint32_t n) {
+    Slot* out = inline_buf;
+    if (n > kInline) {
+      if (n > heap_size) {
+        heap = std::make_unique<Slot[]>(n);  // may throw: nothing taken yet
+        heap_size = n;
+      }
+      out = heap.get();
+    }
+    for (std::uint32_t i = 0; i < n; ++i) out[i] = detail::load_slot(s[i]);
+    return std::pair<const Slot*, std::uint32_t>(out, n);
+  });
+  // Validated while pinned: every box is still referenced by the node or awaits release.
+  for (std::uint32_t i = 0; i < size; ++i) {
+    detail::ValueAccess::add_ref(slots[i].bits, slots[i].kind);
+  }
+  try {
+    return detail::Record(slots, size, size + spare);
+  } catch (...) {
+    for (std::uint32_t i = 0; i < size; ++i) detail::ValueAccess::drop(slots[i].bits, slots[i].kind);
+    throw;
+  }
+}
 
 }  // namespace
 
 MetadataStore::MetadataStore(StoreOptions options) {
-  protection_versions_.push_back(std::make_unique<const detail::ProtectedSet>());
-  protection_.store(protection_versions_.back().get(), std::memory_order_seq_cst);
-  for (Key key : options.protected_keys) protect(key);
+  for (Key key : options.protected_keys) {
+    if (!key.valid()) {
+      throw std::invalid_argument("nodemeta: StoreOptions::protected_keys holds an invalid "
+                                  "(zero-initialised) Key");
+    }
+    protection_.add(key.id());
+  }
   if (options.expected_nodes != 0) map_.rehash(options.expected_nodes);
 }
 
@@ -54,11 +284,18 @@ NodeMetadata MetadataStore::create(std::initializer_list<KeyValue> items) {
 }
 
 NodeMetadata MetadataStore::create(std::span<const KeyValue> items) {
-  check_not_in_callback();
+  if (items.size() >= detail::kMaxSlots) {
+    throw std::length_error("nodemeta: a node cannot hold more than " +
+                            std::to_string(detail::kMaxSlots) + " keys");
+  }
   // One spare slot: the first key a pass adds to a built node (the commonest write) then
   // needs no reallocation. 16 bytes a node; docs/design.md has the measurements.
   detail::Record record(static_cast<std::uint32_t>(items.size()) + 1);
   for (const auto& [key, value] : items) {
+    if (!key.valid()) {
+      throw std::invalid_argument("nodemeta: an invalid (zero-initialised) Key in a node's "
+                                  "initial metadata");
+    }
     if (record.find(key.id()) != nullptr) {
       throw std::invalid_argument("nodemeta: duplicate key '" + std::string(key.name()) +
                                   "' in a node's initial metadata");
@@ -69,38 +306,35 @@ NodeMetadata MetadataStore::create(std::span<const KeyValue> items) {
 }
 
 void MetadataStore::protect(Key key) {
+  if (!key.valid()) throw std::invalid_argument("nodemeta: protect() of an invalid Key");
   std::lock_guard<std::mutex> lock(protect_mutex_);
-  const detail::ProtectedSet* current = protection();
-  if (current->contains(key.id())) return;
-  protection_versions_.push_back(std::make_unique<const detail::ProtectedSet>(current->with(key.id())));
-  protection_.store(protection_versions_.back().get(), std::memory_order_seq_cst);
+  protection_.add(key.id());
 }
 
 std::vector<std::string> MetadataStore::protected_keys() const {
   std::vector<std::string> names;
-  for (std::uint32_t id : protection()->ids()) names.emplace_back(detail::key_name(id));
+  for (std::uint32_t id : protection_.ids()) names.emplace_back(detail::key_name(id));
   std::sort(names.begin(), names.end());
   return names;
 }
 
-void MetadataStore::check_not_in_callback() const {
-  for (const CallbackScope* s = CallbackScope::innermost; s != nullptr; s = s->outer) {
-    if (s->store == this) {
-      throw ReentrancyError(
-          "nodemeta: call into a MetadataStore from inside its own update()/edit() callback "
-          "(it would deadlock); use the NodeEditor, or act after the callback returns");
-    }
+void MetadataStore::check_writable(Key key) {
+  check_not_in_callback();
+  if (!key.valid()) {
+    throw std::invalid_argument("nodemeta: write with an invalid (zero-initialised) Key");
+  }
+}
+
+void MetadataStore::check_not_in_callback() {
+  if (CallbackScope::innermost != nullptr) {
+    throw ReentrancyError(
+        "nodemeta: write to a node from inside an update()/edit() callback (a thread holding "
+        "one node's lock must not wait for another's: it could deadlock); use the NodeEditor, "
+        "or write after the callback returns. Reads are allowed");
   }
 }
 
 // --- node operations --------------------------------------------------------------------
-
-namespace {
-// Readers take the node's lock exclusively too: the critical sections are a few dozen
-// instructions, and a reader-writer lock costs readers a second atomic read-modify-write on
-// the same cache line (docs/design.md has the measurements).
-using NodeLock = tbb::spin_mutex::scoped_lock;
-}  // namespace
 
 NodeEntry* MetadataStore::insert(detail::Record record) {
   const NodeId id = next_id_.fetch_add(1, std::memory_order_relaxed);
@@ -108,138 +342,258 @@ NodeEntry* MetadataStore::insert(detail::Record record) {
   const bool inserted = map_.insert(acc, id);
   NODEMETA_ASSERT(inserted, "node ids are never reused");
   (void)inserted;
-  acc->second.record.swap(record);
-  // The element stays at this address until remove(id): the map relinks, never moves, its
-  // nodes when it grows.
+  NodeState& node = acc->second;
+  const std::uint32_t size = record.size();
+  node.capacity = record.capacity();
+  node.slots.store(record.release(), std::memory_order_relaxed);
+  node.size.store(size, std::memory_order_relaxed);
+  // The element stays at this address until remove(): the map relinks, never moves, its
+  // nodes when it grows. The accessor's release publishes the node to whoever gets the
+  // handle through the map; other threads get it through the caller's own synchronisation.
   return &*acc;
 }
 
 NodeEntry* MetadataStore::clone(const NodeEntry& node) const {
-  check_not_in_callback();
-  detail::Record copy;
-  {
-    NodeLock lock(node.second.mutex);
-    copy = detail::Record(node.second.record, node.second.record.size() + 1);  // + a spare slot
-  }
-  return const_cast<MetadataStore*>(this)->insert(std::move(copy));
+  return const_cast<MetadataStore*>(this)->insert(snapshot(node.second, 1));  // + a spare slot
 }
 
-void MetadataStore::remove(NodeId id) noexcept {
+void MetadataStore::remove(NodeEntry& node) noexcept {
   // Destroying (or assigning to) the handle of the node whose callback is running would free
   // the node under its own held lock. A destructor cannot throw: stop with a clear message
   // (in every build) rather than corrupt memory.
   for (const CallbackScope* s = CallbackScope::innermost; s != nullptr; s = s->outer) {
-    if (s->store == this && s->node == id) {
+    if (s->store == this && s->node == node.first) {
       detail::assertion_failed("node is not the one whose update()/edit() callback is running",
                                "a NodeMetadata was destroyed or assigned to inside its own "
                                "update()/edit() callback",
                                __FILE__, __LINE__);
     }
   }
-  const bool erased = map_.erase(id);
+  // Take the slots out first: the values are released after the node has left the map, so
+  // their destructors run under no lock of ours or of the map's, and may use this store.
+  NodeState& state = node.second;
+  const std::uint32_t size = state.size.load(std::memory_order_relaxed);
+  Slot* slots = state.slots.exchange(nullptr, std::memory_order_relaxed);
+  const std::uint32_t capacity = std::exchange(state.capacity, 0);
+  state.size.store(0, std::memory_order_relaxed);
+  const bool erased = map_.erase(node.first);
   NODEMETA_ASSERT(erased, "a live NodeMetadata's node is in its store");
   (void)erased;
+  for (std::uint32_t i = 0; i < size; ++i) detail::ValueAccess::drop(slots[i].bits, slots[i].kind);
+  detail::deallocate_slots(slots, capacity);
 }
 
 std::optional<Value> MetadataStore::get(const NodeEntry& node, Key key) const {
-  check_not_in_callback();
-  NodeLock lock(node.second.mutex);
-  return node.second.record.get(key.id());
+  detail::ReadGuard guard;
+  const auto found = optimistic_read(node.second, [id = key.id()](const Slot* s, std::uint32_t n) {
+    const std::uint32_t i = find_shared(s, n, id);
+    return i == kAbsent ? std::optional<Slot>() : std::optional<Slot>(detail::load_slot(s[i]));
+  });
+  if (!found) return std::nullopt;
+  return found->value();  // validated while pinned: a box's reference is still held
 }
 
 bool MetadataStore::contains(const NodeEntry& node, Key key) const {
-  check_not_in_callback();
-  NodeLock lock(node.second.mutex);
-  return node.second.record.find(key.id()) != nullptr;
+  detail::ReadGuard guard;
+  return optimistic_read(node.second, [id = key.id()](const Slot* s, std::uint32_t n) {
+    return find_shared(s, n, id) != kAbsent;
+  });
 }
 
 std::size_t MetadataStore::size(const NodeEntry& node) const {
-  check_not_in_callback();
-  NodeLock lock(node.second.mutex);
-  return node.second.record.size();
+  // One atomic load is a consistent view on its own, but a size read mid-window (an erase
+  // moves a slot, then shrinks) is still validated so size() agrees with items().
+  return optimistic_read(node.second, [](const Slot*, std::uint32_t n) { return n; });
 }
-
-namespace {
-Items named_sorted(const detail::Record& record) {
-  Items items;
-  items.reserve(record.size());
-  for (const detail::Slot& s : record) {
-    items.emplace_back(std::string(detail::key_name(s.key)), s.value());
-  }
-  std::sort(items.begin(), items.end(),
-            [](const auto& a, const auto& b) { return a.first < b.first; });
-  return items;
-}
-}  // namespace
 
 Items MetadataStore::items(const NodeEntry& node) const {
-  check_not_in_callback();
-  detail::Record snapshot;
-  {
-    NodeLock lock(node.second.mutex);
-    snapshot = node.second.record;  // copy under the lock; name and sort outside it
-  }
-  return named_sorted(snapshot);
+  return named_sorted(snapshot(node.second, 0));  // name and sort outside the read
 }
 
 WriteResult MetadataStore::write(NodeEntry& node, Key key, Value&& value) {
-  check_not_in_callback();
+  check_writable(key);
   // Protection only ever goes from false to true, so a rejection needs no lock.
   if (is_protected(key)) return WriteResult::kRejectedProtected;
-  NodeLock lock(node.second.mutex);
-  // Checked again under the node's lock: a protect() that stored its set before this load
-  // rejects us; one that stores it after cannot complete before any later reader of this
-  // node, which must wait for our lock, sees this write.
-  if (is_protected(key)) return WriteResult::kRejectedProtected;
-  return node.second.record.put(key.id(), std::move(value)) ? WriteResult::kInserted
-                                                            : WriteResult::kUpdated;
+  detail::reserve_retired(1);  // may throw: nothing changed yet
+  NodeState& state = node.second;
+  WriteResult result;
+  {
+    WriteLock lock(state);
+    const std::uint32_t i = find_owned(state, key.id());
+    FreshSlots fresh;
+    if (i == kAbsent) prepare_append(state, fresh);  // may throw: nothing changed yet
+    lock.open();
+    // Checked again inside the window: a protect() whose bit this load misses cannot have
+    // returned before a reader could see the window open (docs/design.md).
+    if (is_protected(key)) {
+      lock.close(false);
+      return WriteResult::kRejectedProtected;
+    }
+    const detail::ValueAccess::Rep rep = detail::ValueAccess::release(std::move(value));
+    if (i != kAbsent) {
+      Slot& slot = state.slots.load(std::memory_order_relaxed)[i];
+      const Slot old = slot;
+      detail::store_shared(slot.kind, rep.kind);
+      detail::store_shared(slot.bits, rep.bits);
+      retire_value(old);
+      result = WriteResult::kUpdated;
+    } else {
+      append_in_window(state, Slot{key.id(), rep.kind, rep.bits}, fresh);
+      result = WriteResult::kInserted;
+    }
+    lock.close(true);
+  }
+  after_write();
+  return result;
 }
 
 bool MetadataStore::set_once(NodeEntry& node, Key key, Value&& value) {
-  check_not_in_callback();
-  NodeLock lock(node.second.mutex);
-  if (node.second.record.find(key.id()) != nullptr) return false;
-  node.second.record.append(key.id(), std::move(value));
+  check_writable(key);
+  detail::reserve_retired(1);
+  NodeState& state = node.second;
+  {
+    WriteLock lock(state);
+    if (find_owned(state, key.id()) != kAbsent) return false;
+    FreshSlots fresh;
+    prepare_append(state, fresh);
+    lock.open();
+    const detail::ValueAccess::Rep rep = detail::ValueAccess::release(std::move(value));
+    append_in_window(state, Slot{key.id(), rep.kind, rep.bits}, fresh);
+    lock.close(true);
+  }
+  after_write();
   return true;
 }
 
 bool MetadataStore::erase(NodeEntry& node, Key key) {
-  check_not_in_callback();
+  check_writable(key);
   if (is_protected(key)) throw ProtectedKeyError(key.name());
-  NodeLock lock(node.second.mutex);
-  if (is_protected(key)) throw ProtectedKeyError(key.name());
-  return node.second.record.erase(key.id());
+  detail::reserve_retired(1);
+  NodeState& state = node.second;
+  {
+    WriteLock lock(state);
+    const std::uint32_t i = find_owned(state, key.id());
+    if (i == kAbsent) return false;  // nothing changes: linearized at the lookup
+    lock.open();
+    if (is_protected(key)) {
+      lock.close(false);
+      throw ProtectedKeyError(key.name());
+    }
+    Slot* slots = state.slots.load(std::memory_order_relaxed);
+    const std::uint32_t size = state.size.load(std::memory_order_relaxed);
+    const Slot old = slots[i];
+    if (i != size - 1) detail::store_slot(slots[i], slots[size - 1]);
+    state.size.store(size - 1, std::memory_order_release);
+    retire_value(old);
+    lock.close(true);
+  }
+  after_write();
+  return true;
 }
 
 Value MetadataStore::update(NodeEntry& node, Key key,
                             detail::FunctionRef<Value(std::optional<Value>)> fn) {
-  check_not_in_callback();
+  check_writable(key);
   if (is_protected(key)) throw ProtectedKeyError(key.name());
-  NodeLock lock(node.second.mutex);
-  if (is_protected(key)) throw ProtectedKeyError(key.name());
+  detail::reserve_retired(1);
+  NodeState& state = node.second;
+  // Declared before the lock: whatever of these dies on the way out dies after unlocking.
   Value next;
+  Value stored;
   {
-    CallbackScope scope(this, node.first);
-    next = fn(node.second.record.get(key.id()));  // may throw: nothing written yet
+    WriteLock lock(state);
+    const std::uint32_t i = find_owned(state, key.id());
+    std::optional<Value> old;
+    if (i != kAbsent) old = state.slots.load(std::memory_order_relaxed)[i].value();
+    next = run_callback(this, node.first, [&] { return fn(std::move(old)); });  // may throw
+    stored = next;
+    FreshSlots fresh;
+    if (i == kAbsent) prepare_append(state, fresh);
+    lock.open();
+    if (is_protected(key)) {  // protected while fn ran: linearized now, rejected
+      lock.close(false);
+      throw ProtectedKeyError(key.name());
+    }
+    const detail::ValueAccess::Rep rep = detail::ValueAccess::release(std::move(stored));
+    if (i != kAbsent) {
+      Slot& slot = state.slots.load(std::memory_order_relaxed)[i];
+      const Slot prev = slot;
+      detail::store_shared(slot.kind, rep.kind);
+      detail::store_shared(slot.bits, rep.bits);
+      retire_value(prev);
+    } else {
+      append_in_window(state, Slot{key.id(), rep.kind, rep.bits}, fresh);
+    }
+    lock.close(true);
   }
-  node.second.record.put(key.id(), Value(next));
+  after_write();
   return next;
 }
 
 void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)> fn) {
   check_not_in_callback();
-  NodeLock lock(node.second.mutex);
-  // A private working copy, and the protected set as of now: every protection check of
-  // this edit sees the same instant, so the edit is linearized when it took the lock.
-  NodeEditor editor(*protection(), node.second.record);
+  NodeState& state = node.second;
+  // Declared before the lock, so that the working copy (and every value it holds) dies
+  // after unlocking, whether the edit commits or throws.
+  NodeEditor editor(*this, detail::Record());
   {
-    CallbackScope scope(this, node.first);
-    fn(editor);  // may throw: the node is untouched
+    WriteLock lock(state);
+    const std::uint32_t size = state.size.load(std::memory_order_relaxed);
+    editor.record_ = detail::Record(state.slots.load(std::memory_order_relaxed), size, size);
+    for (const Slot& s : editor.record_) detail::ValueAccess::add_ref(s.bits, s.kind);
+    run_callback(this, node.first, [&] { fn(editor); });  // may throw: the node is untouched
+
+    // Commit: everything that may throw first.
+    detail::Record& next = editor.record_;
+    detail::reserve_retired(size + 1);
+    FreshSlots fresh;
+    if (next.size() > state.capacity) {
+      fresh.capacity = next.size();
+      fresh.slots = detail::allocate_slots(fresh.capacity);
+    }
+    lock.open();
+    // Linearized at this window: a key the edit set or erased that was protected while fn
+    // ran makes the whole edit fail, as a write of it would now.
+    for (std::uint32_t id : editor.touched_) {
+      if (protection_.contains(id)) {
+        lock.close(false);
+        throw ProtectedKeyError(detail::key_name(id));
+      }
+    }
+    Slot* slots = state.slots.load(std::memory_order_relaxed);
+    for (std::uint32_t j = 0; j < size; ++j) retire_value(slots[j]);
+    const std::uint32_t n = next.size();
+    if (fresh.slots != nullptr) {
+      std::copy_n(next.begin(), n, fresh.slots);
+      state.slots.store(fresh.take(), std::memory_order_release);
+      state.size.store(n, std::memory_order_release);
+      if (slots != nullptr) detail::retire(slots, &free_slots, state.capacity);
+      state.capacity = fresh.capacity;
+    } else {
+      for (std::uint32_t j = 0; j < n; ++j) detail::store_slot(slots[j], next.begin()[j]);
+      state.size.store(n, std::memory_order_release);
+    }
+    detail::deallocate_slots(next.release(), next.capacity());  // its references now the node's
+    lock.close(true);
   }
-  node.second.record.swap(editor.record_);
+  after_write();
+}
+
+std::size_t release_retired_values() {
+  if (CallbackScope::innermost != nullptr) {
+    throw ReentrancyError("nodemeta: release_retired_values() inside an update()/edit() "
+                          "callback (released values' destructors may write)");
+  }
+  return detail::release_retired();
 }
 
 // --- NodeEditor ----------------------------------------------------------------------------
+
+void NodeEditor::touch(Key key) {
+  if (std::find(touched_.begin(), touched_.end(), key.id()) == touched_.end()) {
+    touched_.push_back(key.id());
+  }
+}
 
 Value NodeEditor::at(Key key) const {
   if (std::optional<Value> v = get(key)) return std::move(*v);
@@ -249,23 +603,29 @@ Value NodeEditor::at(Key key) const {
 Items NodeEditor::items() const { return named_sorted(record_); }
 
 void NodeEditor::set(Key key, Value value) {
-  if (protection_.contains(key.id())) throw ProtectedKeyError(key.name());
+  if (!key.valid()) throw std::invalid_argument("nodemeta: write with an invalid (zero-initialised) Key");
+  if (store_.is_protected(key)) throw ProtectedKeyError(key.name());
+  touch(key);
   record_.put(key.id(), std::move(value));
 }
 
 WriteResult NodeEditor::try_set(Key key, Value value) {
-  if (protection_.contains(key.id())) return WriteResult::kRejectedProtected;
+  if (!key.valid()) throw std::invalid_argument("nodemeta: write with an invalid (zero-initialised) Key");
+  if (store_.is_protected(key)) return WriteResult::kRejectedProtected;
+  touch(key);
   return record_.put(key.id(), std::move(value)) ? WriteResult::kInserted : WriteResult::kUpdated;
 }
 
 bool NodeEditor::set_once(Key key, Value value) {
+  if (!key.valid()) throw std::invalid_argument("nodemeta: write with an invalid (zero-initialised) Key");
   if (record_.find(key.id()) != nullptr) return false;
   record_.append(key.id(), std::move(value));
   return true;
 }
 
 bool NodeEditor::erase(Key key) {
-  if (protection_.contains(key.id())) throw ProtectedKeyError(key.name());
+  if (store_.is_protected(key)) throw ProtectedKeyError(key.name());
+  touch(key);
   return record_.erase(key.id());
 }
 

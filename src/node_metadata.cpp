@@ -37,7 +37,7 @@ NodeMetadata& NodeMetadata::operator=(NodeMetadata&& other) noexcept {
 }
 
 NodeMetadata::~NodeMetadata() {
-  if (node_ != nullptr) store_->remove(node_->first);
+  if (node_ != nullptr) store_->remove(*node_);
 }
 
 NodeId NodeMetadata::id() const noexcept { return node_ != nullptr ? node_->first : 0; }

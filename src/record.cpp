@@ -2,8 +2,30 @@
 
 #include <cstring>
 #include <memory>
+#include <stdexcept>
+#include <string>
 
 namespace nodemeta::detail {
+
+Slot* allocate_slots(std::uint32_t capacity) {
+  Allocator<Slot> alloc;
+  return std::allocator_traits<Allocator<Slot>>::allocate(alloc, capacity);
+}
+
+void deallocate_slots(Slot* slots, std::uint32_t capacity) noexcept {
+  if (slots == nullptr) return;
+  Allocator<Slot> alloc;
+  std::allocator_traits<Allocator<Slot>>::deallocate(alloc, slots, capacity);
+}
+
+std::uint32_t grown_capacity(std::uint32_t size) {
+  if (size >= kMaxSlots) {
+    throw std::length_error("nodemeta: a node cannot hold more than " + std::to_string(kMaxSlots) +
+                            " keys");
+  }
+  const std::uint64_t grown = size < 4 ? 4 : std::uint64_t{size} + size / 2;
+  return static_cast<std::uint32_t>(grown < kMaxSlots ? grown : kMaxSlots);
+}
 
 Record::Record(const Record& other, std::uint32_t capacity) {
   reserve(capacity > other.size_ ? capacity : other.size_);
@@ -13,28 +35,35 @@ Record::Record(const Record& other, std::uint32_t capacity) {
   for (std::uint32_t i = 0; i < size_; ++i) ValueAccess::add_ref(slots_[i].bits, slots_[i].kind);
 }
 
+Record::Record(const Slot* slots, std::uint32_t size, std::uint32_t capacity) {
+  reserve(capacity > size ? capacity : size);
+  if (size == 0) return;
+  std::memcpy(static_cast<void*>(slots_), slots, sizeof(Slot) * size);
+  size_ = size;
+}
+
 Record::~Record() {
   for (std::uint32_t i = 0; i < size_; ++i) ValueAccess::drop(slots_[i].bits, slots_[i].kind);
-  if (slots_ != nullptr) {
-    SlotAllocator alloc;
-    std::allocator_traits<SlotAllocator>::deallocate(alloc, slots_, capacity_);
-  }
+  deallocate_slots(slots_, capacity_);
 }
 
 void Record::reserve(std::uint32_t capacity) {
   if (capacity <= capacity_) return;
-  SlotAllocator alloc;
-  Slot* fresh = std::allocator_traits<SlotAllocator>::allocate(alloc, capacity);
+  if (capacity > kMaxSlots) {
+    throw std::length_error("nodemeta: a node cannot hold more than " + std::to_string(kMaxSlots) +
+                            " keys");
+  }
+  Slot* fresh = allocate_slots(capacity);
   if (slots_ != nullptr) {
-    std::memcpy(static_cast<void*>(fresh), slots_, sizeof(Slot) * size_);
-    std::allocator_traits<SlotAllocator>::deallocate(alloc, slots_, capacity_);
+    if (size_ != 0) std::memcpy(static_cast<void*>(fresh), slots_, sizeof(Slot) * size_);
+    deallocate_slots(slots_, capacity_);
   }
   slots_ = fresh;
   capacity_ = capacity;
 }
 
 void Record::append(std::uint32_t key, Value&& value) {
-  if (size_ == capacity_) reserve(size_ < 4 ? 4 : size_ + size_ / 2);  // may throw: no change
+  if (size_ == capacity_) reserve(grown_capacity(size_));  // may throw: no change
   const ValueAccess::Rep rep = ValueAccess::release(std::move(value));
   slots_[size_++] = Slot{key, rep.kind, rep.bits};
 }
@@ -65,6 +94,14 @@ bool Record::erase(std::uint32_t key) noexcept {
     }
   }
   return false;
+}
+
+NodeState::~NodeState() {
+  // The node's owner destroys it; no reader can be looking (the handle is being destroyed).
+  Slot* s = slots.load(std::memory_order_relaxed);
+  const std::uint32_t n = size.load(std::memory_order_relaxed);
+  for (std::uint32_t i = 0; i < n; ++i) ValueAccess::drop(s[i].bits, s[i].kind);
+  deallocate_slots(s, capacity);
 }
 
 }  // namespace nodemeta::detail

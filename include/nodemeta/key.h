@@ -53,6 +53,8 @@ class Key {
   std::string_view name() const noexcept;
   // The id, dense from 0 in order of first use within this process.
   constexpr std::uint32_t id() const noexcept { return id_; }
+  // TEMPORARY until the key table reserves id 0 as invalid.
+  constexpr bool valid() const noexcept { return true; }
 
   friend constexpr bool operator==(Key a, Key b) noexcept { return a.id_ == b.id_; }
 

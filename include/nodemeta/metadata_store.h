@@ -14,7 +14,6 @@
 #include <vector>
 
 #include <oneapi/tbb/concurrent_hash_map.h>
-#include <oneapi/tbb/spin_mutex.h>
 
 #include "nodemeta/detail/config.h"
 #include "nodemeta/detail/protected_set.h"
@@ -25,14 +24,6 @@
 
 namespace nodemeta {
 
-namespace detail {
-// One node as the store's map holds it: its lock and its record (24 bytes).
-struct NodeState {
-  mutable tbb::spin_mutex mutex;
-  Record record;
-};
-}  // namespace detail
-
 struct StoreOptions {
   // Keys no write may change once present. Default: the PyTorch original's five.
   std::vector<Key> protected_keys = default_protected_keys();
@@ -42,25 +33,25 @@ struct StoreOptions {
 
 // MetadataStore: the metadata of every node of one graph.
 //
-// Layout: one tbb::concurrent_hash_map from NodeId to the node's state: a tbb::spin_mutex
-//   and a 16-byte record pointing at the node's slots (16 bytes per key). The map owns
-//   every node: creation and destruction are the map's concurrent insert and erase, and
-//   node_count() is its size. A node never moves while it exists, so its NodeMetadata
-//   handle keeps the node's address and reaches it without a hash lookup; every per-node
-//   operation holds the node's lock for its whole duration (a few dozen instructions for
-//   reads and single-key writes), which is what makes protection checks, update(), edit()
-//   and snapshots atomic. No lock or reference ever leaves the library. See docs/design.md
-//   for the measurements behind the layout.
+// Layout: one tbb::concurrent_hash_map from NodeId to the node's state: a 64-bit control
+//   word (lock bit, write-window bit, version) and the node's slot array (16 bytes per
+//   key). The map owns every node: creation and destruction are the map's concurrent
+//   insert and erase, and node_count() is its size. A node never moves while it exists, so
+//   its NodeMetadata handle keeps the node's address and reaches it without a hash lookup.
+//   Reads take no lock and write no shared memory: they read the node optimistically and
+//   validate its version (a seqlock), under epoch-based deferred reclamation of what
+//   writers replace. Writes take the node's lock and publish their change in a short write
+//   window. See docs/design.md for the protocol, its argument and the measurements.
 //
 // Thread safety: every member function is concurrent-safe, except construction and
 //   destruction. The store is neither copyable nor movable (its nodes point at it).
 // Protection: is_protected(k) only ever goes from false to true. After protect(k) returns,
 //   no write to k succeeds on any node of this store, including writes already in flight:
-//   a node write checks protection while holding the node's lock, so a write that raced
-//   protect() either completed before any later reader of that node can look, or is
-//   rejected.
+//   a write re-checks protection inside its write window, which readers cannot see past
+//   (docs/design.md has the argument).
 // Lifetime: the store must outlive its nodes; debug builds assert that no node is left
-//   when it is destroyed.
+//   when it is destroyed. Values that writes replaced or erased are released later (see
+//   release_retired_values()), on whichever thread next collects, never under a lock.
 class MetadataStore {
  public:
   MetadataStore() : MetadataStore(StoreOptions{}) {}
@@ -73,13 +64,15 @@ class MetadataStore {
   static MetadataStore& default_store();
 
   // A new node holding `items` (protected keys allowed). Throws std::invalid_argument
-  // naming the key if a key repeats, and ReentrancyError inside this store's callbacks.
+  // naming the key if a key repeats or is a zero-initialised Key, std::length_error past
+  // detail::kMaxSlots keys. Allowed inside update()/edit() callbacks (it takes no node lock).
   NodeMetadata create(std::initializer_list<KeyValue> items = {});
   NodeMetadata create(std::span<const KeyValue> items);
 
-  // Protects `key` on every node of this store, from now on. Idempotent.
+  // Protects `key` on every node of this store, from now on. Idempotent. Allowed inside
+  // update()/edit() callbacks (it takes no node lock).
   void protect(Key key);
-  bool is_protected(Key key) const noexcept { return protection()->contains(key.id()); }
+  bool is_protected(Key key) const noexcept { return protection_.contains(key.id()); }
   // The protected keys' names, sorted.
   std::vector<std::string> protected_keys() const;
 
@@ -101,7 +94,9 @@ class MetadataStore {
   // Node operations, called by NodeMetadata with the node its handle owns.
   NodeEntry* insert(detail::Record record);
   NodeEntry* clone(const NodeEntry& node) const;
-  void remove(NodeId id) noexcept;
+  // Destroys the node: its values are released after it has left the map, outside every
+  // lock (their destructors may use the store).
+  void remove(NodeEntry& node) noexcept;
   std::optional<Value> get(const NodeEntry& node, Key key) const;
   bool contains(const NodeEntry& node, Key key) const;
   std::size_t size(const NodeEntry& node) const;
@@ -112,21 +107,29 @@ class MetadataStore {
   Value update(NodeEntry& node, Key key, detail::FunctionRef<Value(std::optional<Value>)> fn);
   void edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)> fn);
 
-  void check_not_in_callback() const;
-  // The current protected set: one seq_cst load (a plain load on x86-64). protect()'s
-  // seq_cst store of a new set is its linearization point.
-  const detail::ProtectedSet* protection() const noexcept {
-    return protection_.load(std::memory_order_seq_cst);
-  }
+  // Writes lock a node: refused (ReentrancyError) inside any update()/edit() callback, so
+  // that a thread holding a node lock never waits for another one. Also rejects a
+  // zero-initialised Key.
+  static void check_writable(Key key);
+  static void check_not_in_callback();
 
   Map map_;
   std::atomic<NodeId> next_id_{1};
-  // The protected set, replaced whole by protect(); every version is kept until the store
-  // dies, so a reader never sees freed memory.
-  std::atomic<const detail::ProtectedSet*> protection_{nullptr};
   std::mutex protect_mutex_;  // serialises protect(); never held with a node lock
-  std::vector<std::unique_ptr<const detail::ProtectedSet>> protection_versions_;
+  detail::ProtectedSet protection_;
 };
+
+// Releases now every value and slot array that writes on this thread (and on threads that
+// have exited) replaced or erased, after waiting for the reads in flight that might still
+// be looking at them (it never waits for writes). Returns how many were released.
+//
+// Old values are otherwise released in batches, at the end of later writes on the thread
+// that replaced them, outside every lock: a value's destructor may read or write any node,
+// including the one that held it. Call this when a destructor's effect must happen now
+// (a test, a shutdown, releasing a large value). Throws ReentrancyError inside an
+// update()/edit() callback; must not be called while a read on this thread is in flight
+// (it is not: reads are not reentrant).
+std::size_t release_retired_values();
 
 }  // namespace nodemeta
 

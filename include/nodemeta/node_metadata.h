@@ -20,7 +20,6 @@
 #include <vector>
 
 #include "nodemeta/detail/function_ref.h"
-#include "nodemeta/detail/protected_set.h"
 #include "nodemeta/detail/record.h"
 #include "nodemeta/errors.h"
 #include "nodemeta/key.h"
@@ -51,6 +50,10 @@ using Items = std::vector<std::pair<std::string, Value>>;
 //   (get, operator[], contains, set, try_set, set_once, erase, update) is linearizable;
 //   size(), items(), copy() and edit() are atomic with respect to the whole node: they
 //   never observe (or leave) a half-applied edit().
+// Reads (get, at, operator[], contains, size, items, copy) take no lock and write no
+//   shared memory: they never wait for each other, nor for a writer's callback, only (for
+//   a few instructions) for a write being published. Copying a boxed value out (a string,
+//   list, dict or user object) increments the box's shared reference count.
 // Protection: keys the store protects (by default val, stack_trace, nn_module_stack,
 //   debug_handle, tensor_meta) may be given when the node is built and added once with
 //   set_once(); afterwards no interleaving of threads can change or remove them: set(),
@@ -59,13 +62,19 @@ using Items = std::vector<std::pair<std::string, Value>>;
 // Exception safety: every operation gives the strong guarantee: when it throws, the node
 //   is unchanged.
 // Lifetime: the store must outlive its nodes (asserted in debug builds). Destroying the
-//   handle removes the node from its store. Copying the handle (copy(), the copy
-//   constructor) makes a new, independent node with a consistent snapshot of this one.
-// Callbacks: update() and edit() run the callback while holding this node's lock. A
-//   callback must not call into the same store (any node): such a call throws
-//   ReentrancyError instead of deadlocking, and destroying or assigning to this handle
-//   inside its own callback stops the process with a message. Keep callbacks short; they
-//   block every other operation on this node (only this node).
+//   handle removes the node from its store and releases its values. Copying the handle
+//   (copy(), the copy constructor) makes a new, independent node with a consistent
+//   snapshot of this one. A value replaced or erased by a write is released later, outside
+//   every lock (release_retired_values() in metadata_store.h), so its destructor may use
+//   any node, this one included.
+// Callbacks: update() and edit() run the callback while holding this node's write lock,
+//   under tbb::this_task_arena::isolate (so a callback that waits in oneTBB never runs an
+//   unrelated task on this thread). Inside a callback, reads of any node of any store are
+//   allowed (they take no lock); every write (set, try_set, set_once, erase, update, edit),
+//   to any node of any store, throws ReentrancyError: a thread holding one node lock never
+//   waits for another, so no set of callbacks can deadlock. Destroying or assigning to this
+//   handle inside its own callback stops the process with a message. Keep callbacks short:
+//   they block other writers of this node (only this node; readers go on).
 // Differences from std::unordered_map: no references or iterators into the node are ever
 //   handed out (values come back by copy, and Values are cheap to copy); operator[] is
 //   read-only and never inserts; items() is sorted by key name.
@@ -113,7 +122,8 @@ class NodeMetadata {
   // Removes the key; true iff it was present. Protected key: throws ProtectedKeyError.
   bool erase(Key key);
   // Atomic read-modify-write of one key: stores and returns fn(old value or nullopt).
-  // Protected key: throws ProtectedKeyError. If fn throws, the node is unchanged.
+  // Protected key (also one protected while fn ran): throws ProtectedKeyError. If fn
+  // throws, the node is unchanged.
   template <class F>
     requires std::is_invocable_v<F&, std::optional<Value>>
   Value update(Key key, F&& fn) {
@@ -124,7 +134,9 @@ class NodeMetadata {
   // Atomic multi-key edit: fn(NodeEditor&) runs against a private working copy of the
   // node, committed only if fn returns normally: all or nothing. Other threads see the
   // node before or after the whole edit. Protection is enforced inside (NodeEditor::set on
-  // a protected key throws ProtectedKeyError, which aborts the edit unless fn catches it).
+  // a protected key throws ProtectedKeyError, which aborts the edit unless fn catches it),
+  // and again when the edit commits: if a key the edit set or erased was protected while
+  // fn ran, the edit throws ProtectedKeyError naming it and the node is unchanged.
   // Returns what fn returns.
   template <class F>
     requires std::is_invocable_v<F&, NodeEditor&>
@@ -152,7 +164,8 @@ class NodeMetadata {
 // NodeEditor: the working copy a NodeMetadata::edit() callback reads and writes. It only
 // exists during the callback, on the callback's thread (not concurrent-safe, and need not
 // be: no other thread can see it). Every member mirrors NodeMetadata's, with the same
-// protection rules; reads see the edit's own writes.
+// protection rules (checked against the store's protection as of each call, and again at
+// commit); reads see the edit's own writes.
 class NodeEditor {
  public:
   NodeEditor(const NodeEditor&) = delete;
@@ -172,11 +185,13 @@ class NodeEditor {
 
  private:
   friend class MetadataStore;
-  NodeEditor(const detail::ProtectedSet& protection, detail::Record record)
-      : protection_(protection), record_(std::move(record)) {}
+  NodeEditor(const MetadataStore& store, detail::Record record)
+      : store_(store), record_(std::move(record)) {}
+  void touch(Key key);  // remembers a key set or erased, for the commit's protection check
 
-  const detail::ProtectedSet& protection_;
+  const MetadataStore& store_;
   detail::Record record_;
+  std::vector<std::uint32_t> touched_;
 };
 
 template <class F>

@@ -25,7 +25,7 @@ enum class OpKind : std::uint8_t {
   kSet, kTrySet, kSetOnce, kErase,              // single-key writes
   kUpdateAdd,      // update(key, old int + delta, or delta when absent / not an int)
   kUpdateThrow,    // update(key, callback throws std::runtime_error)
-  kUpdateReenter,  // update(key, callback calls node.get: ReentrancyError escapes)
+  kUpdateReenter,  // update(key, callback reads, then writes the node: ReentrancyError escapes)
   kEdit,           // edit(steps...), optionally throwing at the end
   kProtect,        // store.protect(key)
   kIsProtected,    // store.is_protected(key)
@@ -206,7 +206,8 @@ inline std::string apply_real(MetadataStore& store, NodeMetadata& node, const Op
         return result_of(node.update(key, [](std::optional<Value>) -> Value { throw CallbackFailed(); }));
       case OpKind::kUpdateReenter:
         return result_of(node.update(key, [&](std::optional<Value> old) -> Value {
-          (void)node.get(key);  // must throw ReentrancyError, not deadlock
+          (void)node.get(key);  // reads take no lock: allowed
+          (void)node.try_set(key, old.value_or(Value()));  // must throw ReentrancyError
           return old.value_or(Value());
         }));
       case OpKind::kEdit:

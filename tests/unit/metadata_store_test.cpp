@@ -2,11 +2,15 @@
 
 #include <gtest/gtest.h>
 
+#include <malloc.h>
+
 #include <atomic>
 #include <barrier>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include "support/stress.h"
 
 namespace nodemeta {
 namespace {
@@ -79,6 +83,39 @@ TEST(MetadataStoreTest, ProtectWorksForKeysWithLargeIds) {
   const auto names = store.protected_keys();
   EXPECT_EQ(names.size(), 5u + (many.size() + 2) / 3);
   EXPECT_TRUE(std::is_sorted(names.begin(), names.end()));
+}
+
+// Issue 13 item 10: every intermediate protection set used to be kept, so protecting n keys
+// cost O(n^2) memory (40,000 keys in StoreOptions: 99 MiB; 100,000: 608 MiB). The set is
+// now one grow-only bitset: 100,000 keys (ids up to ~100,000) take about 12.5 KiB.
+TEST(MetadataStoreTest, ProtectingManyKeysCostsLinearMemory) {
+  std::vector<Key> many;
+  for (int i = 0; i < 100000; ++i) many.emplace_back("many_protected." + std::to_string(i));
+  const std::size_t before = mallinfo2().uordblks;
+  {
+    MetadataStore store(StoreOptions{.protected_keys = many});
+    const std::size_t after = mallinfo2().uordblks;
+    if (!test::kSanitized) {  // the sanitizers' allocators do not report through mallinfo2
+      EXPECT_LT(after - before, std::size_t{1} << 20) << "protection set of 100,000 keys";
+    }
+    for (Key k : {many.front(), many[50000], many.back()}) EXPECT_TRUE(store.is_protected(k));
+    EXPECT_FALSE(store.is_protected("many_protected.unprotected"));
+    EXPECT_EQ(store.protected_keys().size(), many.size());
+    NodeMetadata n = store.create({{many.back(), 1}});
+    EXPECT_THROW(n.set(many.back(), 2), ProtectedKeyError);
+    for (int i = 0; i < 1000; ++i) store.protect(Key("many_protected.late." + std::to_string(i)));
+    EXPECT_EQ(store.protected_keys().size(), many.size() + 1000);
+  }
+}
+
+// Issue 13 item 13: a node's slot count is 32-bit; growth is computed in 64 bits and
+// checked, so it can never wrap into a small allocation written past its end.
+TEST(MetadataStoreTest, NodeSizeLimitIsCheckedNotWrapped) {
+  EXPECT_EQ(detail::grown_capacity(0), 4u);
+  EXPECT_EQ(detail::grown_capacity(6), 9u);
+  EXPECT_EQ(detail::grown_capacity(detail::kMaxSlots - 1), detail::kMaxSlots);
+  EXPECT_THROW(detail::grown_capacity(detail::kMaxSlots), std::length_error);
+  EXPECT_THROW(detail::Record(detail::kMaxSlots + 1), std::length_error);
 }
 
 TEST(MetadataStoreTest, NodeCountTracksCreationAndDestruction) {

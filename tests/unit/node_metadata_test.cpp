@@ -279,17 +279,50 @@ TEST_F(NodeMetadataTest, ProtectionIsEnforcedInsideEdit) {
 // An edit checks every key against the protected set as of the moment it took the node's
 // lock, so it is linearized there: a protect() that completes during the callback comes
 // after the edit, which may still write that key; after the edit, the key is frozen.
-TEST_F(NodeMetadataTest, EditSeesProtectionAsOfItsStart) {
-  NodeMetadata md = store_.create({{"shape", 1}});
-  md.edit([&](NodeEditor& e) {
-    store_.protect("shape");
-    EXPECT_TRUE(store_.is_protected("shape"));
-    e.set("shape", 2);
-  });
-  EXPECT_EQ(as_int(md["shape"]), 2);
+// An edit is linearized when it commits: a key it set that was protected while its
+// callback ran makes the whole edit fail, as a write of that key would at that instant.
+TEST_F(NodeMetadataTest, EditCommitsOnlyIfTheKeysItWroteAreStillUnprotected) {
+  NodeMetadata md = store_.create({{"shape", 1}, {"other", 1}});
+  try {
+    md.edit([&](NodeEditor& e) {
+      e.set("other", 2);
+      e.set("shape", 2);
+      store_.protect("shape");  // allowed inside a callback: takes no node lock
+      EXPECT_TRUE(store_.is_protected("shape"));
+      EXPECT_THROW(e.set("shape", 3), ProtectedKeyError);  // checked as of each call
+    });
+    ADD_FAILURE() << "the edit committed a key protected before its commit";
+  } catch (const ProtectedKeyError& e) {
+    EXPECT_EQ(e.key(), "shape");
+    EXPECT_STREQ(e.what(), "Could not override node key: shape");
+  }
+  EXPECT_EQ(as_int(md["shape"]), 1);  // all or nothing: "other" unchanged too
+  EXPECT_EQ(as_int(md["other"]), 1);
   EXPECT_THROW(md.set("shape", 3), ProtectedKeyError);
-  EXPECT_THROW(md.edit([](NodeEditor& e) { e.set("shape", 3); }), ProtectedKeyError);
-  EXPECT_EQ(as_int(md["shape"]), 2);
+  // An edit that did not write the newly protected key commits.
+  md.edit([&](NodeEditor& e) {
+    store_.protect("late_unrelated");
+    e.set("other", 5);
+  });
+  EXPECT_EQ(as_int(md["other"]), 5);
+  // set_once of an absent key protected meanwhile still commits (clause 3).
+  md.edit([&](NodeEditor& e) {
+    store_.protect("fresh_protected");
+    EXPECT_TRUE(e.set_once("fresh_protected", 9));
+  });
+  EXPECT_EQ(as_int(md["fresh_protected"]), 9);
+}
+
+// update() likewise: fn ran while the key became protected; the write is refused.
+TEST_F(NodeMetadataTest, UpdateIsRefusedIfTheKeyWasProtectedWhileItsCallbackRan) {
+  NodeMetadata md = store_.create({{"count", 1}});
+  EXPECT_THROW(md.update("count",
+                         [&](std::optional<Value> old) {
+                           store_.protect("count");
+                           return Value(old->as<std::int64_t>() + 1);
+                         }),
+               ProtectedKeyError);
+  EXPECT_EQ(as_int(md["count"]), 1);
 }
 
 TEST_F(NodeMetadataTest, EditReturnsTheCallbacksResult) {
@@ -305,22 +338,43 @@ TEST_F(NodeMetadataTest, EditReturnsTheCallbacksResult) {
 
 // --- Callbacks must not re-enter the store ------------------------------------------------
 
-TEST_F(NodeMetadataTest, ReenteringTheStoreFromACallbackThrowsInsteadOfDeadlocking) {
+TEST_F(NodeMetadataTest, WritingFromACallbackThrowsInsteadOfDeadlocking) {
   NodeMetadata md = store_.create({{"a", 1}});
   NodeMetadata other = store_.create({{"b", 2}});
-  EXPECT_THROW(md.update("a", [&](std::optional<Value>) { return md["a"]; }), ReentrancyError);
-  EXPECT_THROW(md.edit([&](NodeEditor&) { (void)other.contains("b"); }), ReentrancyError);
-  EXPECT_THROW(md.edit([&](NodeEditor&) { (void)store_.create(); }), ReentrancyError);
-  EXPECT_EQ(as_int(md["a"]), 1);
-  EXPECT_EQ(store_.node_count(), 2u);
-  // Another store is fine, and so is protect() on this one (it takes no node lock).
   MetadataStore second;
   NodeMetadata elsewhere = second.create({{"c", 3}});
+  // Every write, to any node of any store, is refused inside a callback.
+  EXPECT_THROW(md.update("a", [&](std::optional<Value>) { md.set("a", 5); return Value(1); }),
+               ReentrancyError);
+  EXPECT_THROW(md.edit([&](NodeEditor&) { other.set("b", 5); }), ReentrancyError);
+  EXPECT_THROW(md.edit([&](NodeEditor&) { (void)elsewhere.try_set("c", 5); }), ReentrancyError);
+  EXPECT_THROW(md.edit([&](NodeEditor&) { elsewhere.set_once("d", 5); }), ReentrancyError);
+  EXPECT_THROW(md.edit([&](NodeEditor&) { elsewhere.erase("c"); }), ReentrancyError);
+  EXPECT_THROW(md.edit([&](NodeEditor&) { elsewhere.update("c", [](auto) { return 1; }); }),
+               ReentrancyError);
+  EXPECT_THROW(md.edit([&](NodeEditor&) { elsewhere.edit([](NodeEditor&) {}); }),
+               ReentrancyError);
+  EXPECT_THROW(md.edit([&](NodeEditor&) { release_retired_values(); }), ReentrancyError);
+  EXPECT_EQ(as_int(md["a"]), 1);
+  EXPECT_EQ(as_int(other["b"]), 2);
+  EXPECT_EQ(as_int(elsewhere["c"]), 3);
+  // Reads take no lock: allowed on any node, this one included; so are create(), copy()
+  // and protect().
+  const Value got = md.update("a", [&](std::optional<Value> old) {
+    return Value(old->as<std::int64_t>() + as_int(md["a"]) + as_int(other["b"]) +
+                 as_int(elsewhere["c"]) + static_cast<std::int64_t>(md.size()));
+  });
+  EXPECT_EQ(as_int(got), 1 + 1 + 2 + 3 + 1);
   md.edit([&](NodeEditor& e) {
+    NodeMetadata made = store_.create({{"x", 1}});
+    NodeMetadata copied = other.copy();
     e.set("a", elsewhere["c"]);
+    e.set("n", static_cast<std::int64_t>(store_.node_count()));
     store_.protect("late");
   });
   EXPECT_EQ(as_int(md["a"]), 3);
+  EXPECT_EQ(as_int(md["n"]), 4);
+  EXPECT_EQ(store_.node_count(), 2u);
   EXPECT_TRUE(store_.is_protected("late"));
 }
 

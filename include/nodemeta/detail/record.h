@@ -1,14 +1,21 @@
-// nodemeta/detail/record.h: the compact per-node record the store's hash map holds.
+// nodemeta/detail/record.h: a node's slots, as the store's hash map holds them, and the
+// private record a node is built from, copied into or edited in.
 // Internal: no stability promise.
 //
-// A Record is 16 bytes (pointer, size, capacity) pointing at an array of 16-byte slots:
-// {key id, value kind, value bits}. Scalars sit in the slot itself; boxed values hold one
-// reference. Lookup is a linear scan over 32-bit key ids (nodes hold few keys: 5 to 10 in
-// real torch.fx graphs). A Record is not synchronised: the store only touches it while
-// holding its node's lock.
+// A slot is 16 bytes: {key id, value kind, value bits}. Scalars sit in the slot itself; a
+// boxed value's slot holds one reference to the box. Lookup is a linear scan over 32-bit
+// key ids (nodes hold few keys: 5 to 10 in real torch.fx graphs).
+//
+// Record is single-owner and unsynchronised: a node's initial metadata, an edit()'s working
+// copy, a snapshot. NodeState is the live node: its control word (lock bit, write-window
+// bit, version), its slot array and size. Readers load a NodeState's fields and slots with
+// seq_cst atomic loads (std::atomic_ref; plain moves on x86-64) and validate the control
+// word; only the writer holding the lock stores to them, inside a write window.
 #ifndef NODEMETA_DETAIL_RECORD_H_
 #define NODEMETA_DETAIL_RECORD_H_
 
+#include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <utility>
@@ -24,9 +31,41 @@ struct Slot {
   Value::Kind kind;
   std::int64_t bits;
 
+  // A new Value (one more reference to a box). Only for slots this thread owns or has
+  // validated while pinned.
   Value value() const noexcept { return ValueAccess::copy(bits, kind); }
+  bool boxed() const noexcept { return kind >= Value::Kind::kString; }
 };
 static_assert(sizeof(Slot) == 16);
+static_assert(std::atomic_ref<std::uint32_t>::is_always_lock_free &&
+              std::atomic_ref<std::int64_t>::is_always_lock_free &&
+              std::atomic_ref<Value::Kind>::is_always_lock_free);
+
+// Concurrent access to the fields of a published slot.
+template <class T>
+T load_shared(const T& field) noexcept {
+  return std::atomic_ref<T>(const_cast<T&>(field)).load(std::memory_order_seq_cst);
+}
+template <class T>
+void store_shared(T& field, T value) noexcept {
+  std::atomic_ref<T>(field).store(value, std::memory_order_relaxed);
+}
+inline Slot load_slot(const Slot& s) noexcept {
+  return Slot{load_shared(s.key), load_shared(s.kind), load_shared(s.bits)};
+}
+inline void store_slot(Slot& s, const Slot& v) noexcept {
+  store_shared(s.key, v.key);
+  store_shared(s.kind, v.kind);
+  store_shared(s.bits, v.bits);
+}
+
+// The most keys one node can hold (a clear std::length_error beyond).
+inline constexpr std::uint32_t kMaxSlots = std::uint32_t{1} << 30;
+
+Slot* allocate_slots(std::uint32_t capacity);  // throws std::bad_alloc
+void deallocate_slots(Slot* slots, std::uint32_t capacity) noexcept;
+// Growth policy: the capacity for `size` slots after one more is added.
+std::uint32_t grown_capacity(std::uint32_t size);
 
 class Record {
  public:
@@ -35,6 +74,8 @@ class Record {
   Record(const Record& other) : Record(other, other.size_) {}
   // A copy of `other` with room for `capacity` slots (at least other.size()).
   Record(const Record& other, std::uint32_t capacity);
+  // Adopts `size` slots whose references the caller hands over (a validated snapshot).
+  Record(const Slot* slots, std::uint32_t size, std::uint32_t capacity);
   Record(Record&& other) noexcept
       : slots_(std::exchange(other.slots_, nullptr)),
         size_(std::exchange(other.size_, 0)),
@@ -52,6 +93,7 @@ class Record {
   }
 
   std::uint32_t size() const noexcept { return size_; }
+  std::uint32_t capacity() const noexcept { return capacity_; }
   const Slot* begin() const noexcept { return slots_; }
   const Slot* end() const noexcept { return slots_ + size_; }
 
@@ -65,7 +107,8 @@ class Record {
     if (const Slot* s = find(key)) return s->value();
     return std::nullopt;
   }
-  // Inserts or replaces; true iff the key was absent. Strong exception guarantee.
+  // Inserts or replaces; true iff the key was absent. Strong exception guarantee. The
+  // replaced value is released at once: only for records no other thread can see.
   bool put(std::uint32_t key, Value&& value);
   // Appends a key the caller knows is absent. Strong exception guarantee.
   void append(std::uint32_t key, Value&& value);
@@ -73,14 +116,41 @@ class Record {
   bool erase(std::uint32_t key) noexcept;
   void reserve(std::uint32_t capacity);
 
- private:
-  using SlotAllocator = Allocator<Slot>;
+  // Gives up the slot array and the references its slots hold, for a node to adopt.
+  Slot* release() noexcept {
+    size_ = capacity_ = 0;
+    return std::exchange(slots_, nullptr);
+  }
 
+ private:
   Slot* slots_ = nullptr;
   std::uint32_t size_ = 0;
   std::uint32_t capacity_ = 0;
 };
 static_assert(sizeof(Record) == 16);
+
+// One live node as the store's map holds it (24 bytes).
+//
+// ctl: bit 0 kWriting (a write window is open: readers retry), bit 1 kLocked (a writer owns
+// the node, possibly running an update()/edit() callback: readers go on), bits 2-63 the
+// version, advanced by every write window that changed something.
+struct NodeState {
+  static constexpr std::uint64_t kWriting = 1;
+  static constexpr std::uint64_t kLocked = 2;
+  static constexpr std::uint64_t kVersionStep = 4;
+
+  std::atomic<std::uint64_t> ctl{0};
+  // Writers store slots before size when both change; readers load size before slots, so
+  // a reader never indexes an array past the size it was published with.
+  std::atomic<Slot*> slots{nullptr};
+  std::atomic<std::uint32_t> size{0};
+  std::uint32_t capacity = 0;  // read and written only by the lock holder
+
+  NodeState() noexcept = default;
+  NodeState(const NodeState&) = delete;
+  NodeState& operator=(const NodeState&) = delete;
+  ~NodeState();  // releases the slots' references and the array (no reader may remain)
+};
 
 }  // namespace nodemeta::detail
 
