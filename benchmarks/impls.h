@@ -24,7 +24,6 @@
 #define NODEMETA_BENCHMARKS_IMPLS_H_
 
 #include <array>
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -45,7 +44,6 @@
 #include <absl/synchronization/mutex.h>
 #include <libcuckoo/cuckoohash_map.hh>
 #include <oneapi/tbb/concurrent_hash_map.h>
-#include <oneapi/tbb/spin_rw_mutex.h>
 
 #include <nodemeta/nodemeta.h>
 
@@ -106,7 +104,7 @@ class Nodemeta {
     });
   }
 
- protected:
+ private:
   static nodemeta::StoreOptions options(std::size_t expected) {
     nodemeta::StoreOptions o;
     o.expected_nodes = expected;
@@ -126,30 +124,6 @@ class Nodemeta {
 
   nodemeta::MetadataStore store_;  // declared first: outlives the handles
   std::vector<nodemeta::NodeMetadata> nodes_;
-};
-
-// Diagnostic (W1 only): nodemeta whose nodes are built with one spare slot (built with a
-// sixth, temporary key that is then erased; erase never shrinks a node's slot array). The
-// side-by-side W1 rows show what growing a node's slot array on the first new key costs.
-class NodemetaHeadroom : public Nodemeta {
- public:
-  static constexpr std::string_view kName = "nodemeta_spare_slot";
-  explicit NodemetaHeadroom(std::size_t nodes) : Nodemeta(nodes) {}
-  void push(const Init& init) {
-    Nodemeta::push(with_spare(init));
-    nodes_.back().erase(spare_);
-  }
-  void rebuild(std::size_t i, const Init& init) {
-    Nodemeta::rebuild(i, with_spare(init));
-    nodes_[i].erase(spare_);
-  }
-
- private:
-  static Init with_spare(Init init) {
-    init.add("spare_slot", Value());
-    return init;
-  }
-  nodemeta::Key spare_{"spare_slot"};
 };
 
 // nodemeta with StoreOptions::expected_nodes set (memory benchmark only).
@@ -483,77 +457,6 @@ class TbbGraphWide {
   mutable Map map_;  // oneTBB's transparent find() overloads are non-const
   std::size_t next_ = 0;
   std::vector<std::string> extra_keys_;
-};
-
-// --- diagnostic: nodemeta's record behind a direct per-node lock ---------------------------
-// Not a baseline and not a proposal's implementation: a what-if that keeps nodemeta's node
-// representation (interned key ids, detail::Record's 16-byte slots, linear scan, the same
-// protection bitmask check) but replaces the store's per-operation hash-map lookup (bucket
-// lock + element lock) with a direct reference to the node and one tbb::spin_rw_mutex (the
-// same lock type as the map's element lock). Side by side with nodemeta it measures what
-// that lookup costs. Default protected keys only; no protect() at run time.
-class ProtoDirectRecord {
- public:
-  static constexpr std::string_view kName = "proto_direct_record";
-  using KeyT = nodemeta::Key;
-  static KeyT key(const std::string& s) { return nodemeta::Key(s); }
-
-  explicit ProtoDirectRecord(std::size_t nodes) : nodes_(nodes) {
-    for (nodemeta::Key k : nodemeta::default_protected_keys()) protected_ |= std::uint64_t{1} << k.id();
-  }
-  void push(const Init& init) { fill(nodes_.next_++, init); }
-  void rebuild(std::size_t i, const Init& init) {
-    nodes_.renew(i);
-    fill(i, init);
-  }
-  std::optional<Value> get(std::size_t i, KeyT k) const {
-    Node& n = nodes_[i];
-    Lock lock(n.mutex, /*write=*/false);
-    return n.record.get(k.id());
-  }
-  bool contains(std::size_t i, KeyT k) const {
-    Node& n = nodes_[i];
-    Lock lock(n.mutex, /*write=*/false);
-    return n.record.find(k.id()) != nullptr;
-  }
-  void set(std::size_t i, KeyT k, Value v) {
-    if (is_protected(k)) throw nodemeta::ProtectedKeyError(k.name());
-    Node& n = nodes_[i];
-    Lock lock(n.mutex, /*write=*/true);
-    n.record.put(k.id(), std::move(v));
-  }
-  bool try_set(std::size_t i, KeyT k, Value v) {
-    if (is_protected(k)) return false;
-    Node& n = nodes_[i];
-    Lock lock(n.mutex, /*write=*/true);
-    n.record.put(k.id(), std::move(v));
-    return true;
-  }
-  void increment(std::size_t i, KeyT k) {
-    Node& n = nodes_[i];
-    Lock lock(n.mutex, /*write=*/true);
-    const std::optional<Value> old = n.record.get(k.id());
-    n.record.put(k.id(), incremented(old ? &*old : nullptr));
-  }
-
- private:
-  using Lock = tbb::spin_rw_mutex::scoped_lock;
-  struct Node {
-    tbb::spin_rw_mutex mutex;
-    nodemeta::detail::Record record;
-  };
-  bool is_protected(KeyT k) const noexcept {
-    return k.id() < 64 && ((protected_.load(std::memory_order_seq_cst) >> k.id()) & 1U);
-  }
-  void fill(std::size_t i, const Init& init) {
-    Node& n = nodes_[i];
-    n.record.reserve(static_cast<std::uint32_t>(init.count));
-    for (std::size_t j = 0; j < init.count; ++j) {
-      n.record.append(nodemeta::Key(init.items[j].first).id(), Value(init.items[j].second));
-    }
-  }
-  PerNodeArray<Node> nodes_;
-  std::atomic<std::uint64_t> protected_{0};
 };
 
 // Runs fn.template operator()<Impl>() for nodemeta and each baseline, in table order.

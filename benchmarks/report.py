@@ -370,39 +370,6 @@ def main():
         L.append(f"| `{op[3:]}` | {fmt_rate(a)} | {fmt_rate(b)} | {a / b:.2f}x |" if a and b else f"| {op} | n/a | n/a | |")
     L.append("")
 
-    # ---- diagnostics ---------------------------------------------------------------------------
-    known = {k for k, _ in IMPLS} | {"raw_tbb_map"}
-    diag = sorted(k for k in res if k[1] not in known)
-    if diag:
-        L.append("### Diagnostic rows (not goals)")
-        L.append("")
-        L.append("Variants run in the same process and interleaved with the rows above, to explain the results "
-                 "(see benchmarks/README.md):")
-        L.append("")
-        L.append("- `nodemeta_spare_slot`: nodemeta whose nodes are built with one spare slot (a sixth key added, then "
-                 "erased), so W1's new key needs no growth of the node's slot array.")
-        L.append("- `proto_direct_record`: a what-if, not a library: nodemeta's own node representation "
-                 "(`detail::Record`, interned key ids, the same protection check) with one "
-                 "`tbb::spin_rw_mutex` per node, the node states in one contiguous array instead of one "
-                 "`tbb::concurrent_hash_map` element each, and no re-entrancy check: what node placement "
-                 "is worth.")
-        L.append("")
-        L.append("| row | " + " | ".join(f"{t} thr" for t in threads) + " | "
-                 + " | ".join(f"/ nodemeta ({t} thr)" for t in threads) + " | "
-                 + " | ".join(f"/ fastest baseline ({t} thr)" for t in threads) + " |")
-        L.append("|---|" + "---:|" * (3 * len(threads)))
-        for wl, impl in diag:
-            cells = [fmt_rate(rate(res, wl, impl, t)) for t in threads]
-            vs_nm, vs_bb = [], []
-            for t in threads:
-                a, b = rate(res, wl, impl, t), rate(res, wl, "nodemeta", t)
-                vs_nm.append(f"{a / b:.2f}x" if a and b else "")
-                bb, _ = best_baseline(res, wl, t)
-                vs_bb.append(f"{a / bb:.2f}x" if a and bb else "")
-            L.append(f"| `{wl}/{impl}` | " + " | ".join(cells) + " | " + " | ".join(vs_nm) + " | "
-                     + " | ".join(vs_bb) + " |")
-        L.append("")
-
     # ---- memory --------------------------------------------------------------------------------
     L.append("## Memory")
     L.append("")

@@ -422,20 +422,6 @@ void register_all() {
   };
   // Workload-major order, so one workload's rows run close together in time.
   for_each_impl([&]<class I>() { reg("W1_fresh/" + std::string(I::kName), BM_W1Fresh<I>); });
-  // Diagnostic rows (not goals): see NodemetaHeadroom and ProtoDirectRecord in impls.h.
-  reg("W1_fresh/" + std::string(NodemetaHeadroom::kName), BM_W1Fresh<NodemetaHeadroom>);
-  {
-    using P = ProtoDirectRecord;
-    const std::string p(P::kName);
-    reg("W1_fresh/" + p, BM_W1Fresh<P>);
-    reg("W1o_overwrite/" + p, BM_W1Overwrite<P>);
-    reg("W2_hot_node/" + p, BM_W2HotNode<P>);
-    reg("W3_try_set/" + p, BM_W3Protected<P, W3Op::kTrySet>);
-    reg("W3_contains/" + p, BM_W3Protected<P, W3Op::kContains>);
-    reg("W4_random_slots/" + p, BM_W4RandomSlots<P>);
-    reg("W5_mixed_s0.01/" + p, BM_W5Mixed<P, 1>);
-    reg("W5_mixed_s0.99/" + p, BM_W5Mixed<P, 99>);
-  }
   for_each_impl([&]<class I>() { reg("W1o_overwrite/" + std::string(I::kName), BM_W1Overwrite<I>); });
   for_each_impl([&]<class I>() { reg("W2_hot_node/" + std::string(I::kName), BM_W2HotNode<I>); });
   for_each_impl([&]<class I>() {
