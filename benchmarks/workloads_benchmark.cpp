@@ -14,6 +14,7 @@
 #include <mutex>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -177,6 +178,59 @@ void BM_W1Overwrite(benchmark::State& st) {
   for (auto _ : st) {
     g.set(i, pass, Value(v++));
     benchmark::DoNotOptimize(g.get(i, val));
+    if (++i == s.end) i = s.begin;
+  }
+  st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations()));
+}
+
+// --- W1s / W1os: the same, with the keys written as string literals at the call site ----------
+// As the README shows it: md.set("pass_flops", i) and md.get("val"), no Key prepared outside
+// the loop, so every call turns the literal into the store's key (nodemeta: whatever its
+// NodeMetadata overloads do with a literal; a baseline: its get_str/set_str, see impls.h).
+// The literals below must stay equal to kPassKey and "val". W1s shares W1's graph (each
+// timed pass rebuilds its slice first), W1os shares W1o's (the pass key is present).
+template <class I>
+inline void set_pass_literal(I& g, std::size_t i, std::int64_t v) {
+  if constexpr (std::is_same_v<I, Nodemeta>) {
+    g.node(i).set("pass_flops", v);
+  } else {
+    g.set_str(i, "pass_flops", Value(v));
+  }
+}
+template <class I>
+inline std::optional<Value> get_val_literal(I& g, std::size_t i) {
+  if constexpr (std::is_same_v<I, Nodemeta>) {
+    return g.node(i).get("val");
+  } else {
+    return g.get_str(i, "val");
+  }
+}
+
+template <class I>
+void BM_W1FreshStrings(benchmark::State& st) {
+  auto& g = fixture<SeededGraph<I>>(fixture_key("W1", I::kName), false).impl;
+  const Slice s = slice_of(st, kNodes);
+  for (auto _ : st) {
+    st.PauseTiming();  // every node of this thread's slice back to 5 keys, freshly built
+    for (std::size_t i = s.begin; i < s.end; ++i) g.rebuild(i, seeded(i));
+    st.ResumeTiming();
+    for (std::size_t i = s.begin; i < s.end; ++i) {
+      set_pass_literal(g, i, static_cast<std::int64_t>(i));
+      benchmark::DoNotOptimize(get_val_literal(g, i));
+    }
+  }
+  st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations() * (s.end - s.begin)));
+}
+
+template <class I>
+void BM_W1OverwriteStrings(benchmark::State& st) {
+  auto& g = fixture<SeededGraph<I>>(fixture_key("W1o", I::kName), true).impl;
+  const Slice s = slice_of(st, kNodes);
+  std::size_t i = s.begin;
+  std::int64_t v = 0;
+  for (auto _ : st) {
+    set_pass_literal(g, i, v++);
+    benchmark::DoNotOptimize(get_val_literal(g, i));
     if (++i == s.end) i = s.begin;
   }
   st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations()));
@@ -422,7 +476,11 @@ void register_all() {
   };
   // Workload-major order, so one workload's rows run close together in time.
   for_each_impl([&]<class I>() { reg("W1_fresh/" + std::string(I::kName), BM_W1Fresh<I>); });
+  for_each_impl([&]<class I>() { reg("W1s_fresh_strings/" + std::string(I::kName), BM_W1FreshStrings<I>); });
   for_each_impl([&]<class I>() { reg("W1o_overwrite/" + std::string(I::kName), BM_W1Overwrite<I>); });
+  for_each_impl([&]<class I>() {
+    reg("W1os_overwrite_strings/" + std::string(I::kName), BM_W1OverwriteStrings<I>);
+  });
   for_each_impl([&]<class I>() { reg("W2_hot_node/" + std::string(I::kName), BM_W2HotNode<I>); });
   for_each_impl([&]<class I>() {
     reg("W3_set_throw/" + std::string(I::kName), BM_W3Protected<I, W3Op::kSetThrow>);
