@@ -287,9 +287,30 @@ const Streams& w2_streams() {
   return s;
 }
 
+// W2r_hot_read_boxed's node: the same 8 keys, every value boxed (a shared, reference-counted
+// box): 4 distinct stack-trace-like strings of about 200 characters and 4 small dicts.
+Init boxed_hot_keys() {
+  Init init;
+  for (std::size_t k = 0; k < kHotKeys.size(); ++k) {
+    const std::string n = std::to_string(k);
+    if (k % 2 == 0) {
+      init.add(kHotKeys[k], Value("File \"model_" + n + ".py\", line 42, in forward\n    x = self.block" + n +
+                                   "(x)\nFile \"torch/nn/modules/module.py\", line 1501, in _call_impl\n"
+                                   "    return forward_call(*args, **kwargs)\nFile \"torch/nn/modules/linear.py\", "
+                                   "line 114, in forward"));
+    } else {
+      init.add(kHotKeys[k], Value::dict({{"name", "block" + n}, {"type", "torch.nn.Linear"},
+                                         {"index", static_cast<std::int64_t>(k)}}));
+    }
+  }
+  return init;
+}
+
 template <class I>
 struct HotNode {
-  HotNode() : impl(1) { impl.push(with_keys(0, kHotKeys)); }
+  explicit HotNode(bool boxed = false) : impl(1) {
+    impl.push(boxed ? boxed_hot_keys() : with_keys(0, kHotKeys));
+  }
   I impl;
 };
 
@@ -307,6 +328,30 @@ void BM_W2HotNode(benchmark::State& st) {
     } else {
       benchmark::DoNotOptimize(g.get(0, keys[op.key]));
     }
+  }
+  st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations()));
+}
+
+// --- W2r hot node, read-only --------------------------------------------------------------------
+// Every thread only reads the hot node (its own copy of W2's node, kept apart from W2's), a
+// random one of its 8 keys per operation. kBoxed: the values are strings and dicts, so each
+// get() returns a Value that shares the node's box: one reference-count increment (and one
+// decrement when the copy dies), atomic writes to a line every reader shares.
+const Streams& w2r_streams() {
+  static const Streams s = make_streams(20, [](std::mt19937_64& rng) {
+    return Op{0, static_cast<std::uint8_t>(rng() % 8), OpKind::kGet};
+  });
+  return s;
+}
+
+template <class I, bool kBoxed>
+void BM_W2rHotRead(benchmark::State& st) {
+  auto& g = fixture<HotNode<I>>(fixture_key(kBoxed ? "W2r_boxed" : "W2r", I::kName), kBoxed).impl;
+  const auto keys = keys_of<I>(kHotKeys);
+  const std::vector<Op>& ops = w2r_streams()[static_cast<std::size_t>(st.thread_index())];
+  std::size_t j = 0;
+  for (auto _ : st) {
+    benchmark::DoNotOptimize(g.get(0, keys[ops[j++ & (kOpsPerThread - 1)].key]));
   }
   st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations()));
 }
@@ -482,6 +527,10 @@ void register_all() {
     reg("W1os_overwrite_strings/" + std::string(I::kName), BM_W1OverwriteStrings<I>);
   });
   for_each_impl([&]<class I>() { reg("W2_hot_node/" + std::string(I::kName), BM_W2HotNode<I>); });
+  for_each_impl([&]<class I>() { reg("W2r_hot_read/" + std::string(I::kName), BM_W2rHotRead<I, false>); });
+  for_each_impl([&]<class I>() {
+    reg("W2r_hot_read_boxed/" + std::string(I::kName), BM_W2rHotRead<I, true>);
+  });
   for_each_impl([&]<class I>() {
     reg("W3_set_throw/" + std::string(I::kName), BM_W3Protected<I, W3Op::kSetThrow>);
     reg("W3_try_set/" + std::string(I::kName), BM_W3Protected<I, W3Op::kTrySet>);
