@@ -509,25 +509,57 @@ int max_threads() {
   return std::clamp(n, 1, kMaxThreads);
 }
 
+// NODEMETA_BENCH_OVERSUB=M (scripts/bench sets 8): W1, W2, W2r and W4 also run with more
+// threads than NODEMETA_BENCH_THREADS, at every power of two above it up to M (at most 16):
+// with the defaults, 4 and 8 threads on a 2-core machine. Unset or 0: none.
+std::vector<int> oversub_threads(int n) {
+  const char* env = std::getenv("NODEMETA_BENCH_OVERSUB");
+  const int m = std::min(env != nullptr ? std::atoi(env) : 0, kMaxThreads);
+  std::vector<int> out;
+  for (int t = 1; t <= m; t *= 2) {
+    if (t > n) out.push_back(t);
+  }
+  return out;
+}
+
 void register_all() {
   const int n = max_threads();
+  const std::vector<int> over = oversub_threads(n);
   // NODEMETA_BENCH_ITERATIONS=k fixes every row's iteration count (for profiling under
   // callgrind, where two counts give the exact cost per item by difference).
   const char* iters = std::getenv("NODEMETA_BENCH_ITERATIONS");
   const benchmark::IterationCount fixed = iters != nullptr ? std::atoll(iters) : 0;
+  // NODEMETA_BENCH_OVERSUB_REPS / NODEMETA_BENCH_OVERSUB_MIN_TIME: the oversubscribed rows'
+  // repetitions and min time, overriding --benchmark_repetitions / --benchmark_min_time for
+  // those rows only (scripts/bench uses them to bound its run time).
+  const char* over_reps = std::getenv("NODEMETA_BENCH_OVERSUB_REPS");
+  const char* over_min_time = std::getenv("NODEMETA_BENCH_OVERSUB_MIN_TIME");
   auto reg = [n, fixed](const std::string& name, void (*fn)(benchmark::State&)) {
     auto* b = benchmark::RegisterBenchmark(name.c_str(), fn)->ThreadRange(1, n)->UseRealTime();
     if (fixed > 0) b->Iterations(fixed);
   };
+  // The same row (same name), also at the oversubscribed thread counts.
+  auto reg_over = [&](const std::string& name, void (*fn)(benchmark::State&)) {
+    reg(name, fn);
+    if (over.empty()) return;
+    auto* b = benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime();
+    for (int t : over) b->Threads(t);
+    if (fixed > 0) {
+      b->Iterations(fixed);
+    } else if (over_min_time != nullptr) {
+      b->MinTime(std::atof(over_min_time));
+    }
+    if (over_reps != nullptr) b->Repetitions(std::max(1, std::atoi(over_reps)));
+  };
   // Workload-major order, so one workload's rows run close together in time.
-  for_each_impl([&]<class I>() { reg("W1_fresh/" + std::string(I::kName), BM_W1Fresh<I>); });
+  for_each_impl([&]<class I>() { reg_over("W1_fresh/" + std::string(I::kName), BM_W1Fresh<I>); });
   for_each_impl([&]<class I>() { reg("W1s_fresh_strings/" + std::string(I::kName), BM_W1FreshStrings<I>); });
   for_each_impl([&]<class I>() { reg("W1o_overwrite/" + std::string(I::kName), BM_W1Overwrite<I>); });
   for_each_impl([&]<class I>() {
     reg("W1os_overwrite_strings/" + std::string(I::kName), BM_W1OverwriteStrings<I>);
   });
-  for_each_impl([&]<class I>() { reg("W2_hot_node/" + std::string(I::kName), BM_W2HotNode<I>); });
-  for_each_impl([&]<class I>() { reg("W2r_hot_read/" + std::string(I::kName), BM_W2rHotRead<I, false>); });
+  for_each_impl([&]<class I>() { reg_over("W2_hot_node/" + std::string(I::kName), BM_W2HotNode<I>); });
+  for_each_impl([&]<class I>() { reg_over("W2r_hot_read/" + std::string(I::kName), BM_W2rHotRead<I, false>); });
   for_each_impl([&]<class I>() {
     reg("W2r_hot_read_boxed/" + std::string(I::kName), BM_W2rHotRead<I, true>);
   });
@@ -536,7 +568,7 @@ void register_all() {
     reg("W3_try_set/" + std::string(I::kName), BM_W3Protected<I, W3Op::kTrySet>);
     reg("W3_contains/" + std::string(I::kName), BM_W3Protected<I, W3Op::kContains>);
   });
-  for_each_impl([&]<class I>() { reg("W4_random_slots/" + std::string(I::kName), BM_W4RandomSlots<I>); });
+  for_each_impl([&]<class I>() { reg_over("W4_random_slots/" + std::string(I::kName), BM_W4RandomSlots<I>); });
   for_each_impl([&]<class I>() { reg("W5_mixed_s0.01/" + std::string(I::kName), BM_W5Mixed<I, 1>); });
   for_each_impl([&]<class I>() { reg("W5_mixed_s0.99/" + std::string(I::kName), BM_W5Mixed<I, 99>); });
   auto single = [fixed](const char* name, void (*fn)(benchmark::State&)) {
@@ -548,6 +580,9 @@ void register_all() {
   single("ST_set/nodemeta", BM_SingleNodemeta<true>);
   single("ST_set/raw_tbb_map", BM_SingleRaw<true>);
   benchmark::AddCustomContext("nodemeta_bench_threads", std::to_string(n));
+  std::string over_list;
+  for (int t : over) over_list += (over_list.empty() ? "" : ",") + std::to_string(t);
+  benchmark::AddCustomContext("nodemeta_bench_oversub_threads", over_list.empty() ? "none" : over_list);
   benchmark::AddCustomContext("absl_mutex_deadlock_detection", "off (kIgnore)");
 }
 
