@@ -206,7 +206,9 @@ class TbbPerNode {
     acc->second = incremented(fresh ? nullptr : &acc->second);
   }
   // No heterogeneous lookup in the default HashCompare: a std::string per call.
-  std::optional<Value> get_str(std::size_t i, std::string_view k) const { return get(i, std::string(k)); }
+  std::optional<Value> get_str(std::size_t i, std::string_view k) const {
+    return get(i, std::string(k));
+  }
   void set_str(std::size_t i, std::string_view k, Value v) { set(i, std::string(k), std::move(v)); }
 
  private:
@@ -261,7 +263,9 @@ class LockedUnorderedMap {
     it->second = incremented(fresh ? nullptr : &it->second);
   }
   // std::hash<std::string> is not transparent: a std::string per call.
-  std::optional<Value> get_str(std::size_t i, std::string_view k) const { return get(i, std::string(k)); }
+  std::optional<Value> get_str(std::size_t i, std::string_view k) const {
+    return get(i, std::string(k));
+  }
   void set_str(std::size_t i, std::string_view k, Value v) { set(i, std::string(k), std::move(v)); }
 
  private:
@@ -401,7 +405,9 @@ class CuckooMap {
     nodes_[i].upsert(k, [](Value& v) { v = incremented(&v); }, Value(std::int64_t{1}));
   }
   // std::hash<std::string> is not transparent: a std::string per call.
-  std::optional<Value> get_str(std::size_t i, std::string_view k) const { return get(i, std::string(k)); }
+  std::optional<Value> get_str(std::size_t i, std::string_view k) const {
+    return get(i, std::string(k));
+  }
   void set_str(std::size_t i, std::string_view k, Value v) { set(i, std::string(k), std::move(v)); }
 
  private:

@@ -1,8 +1,10 @@
-// benchmarks/workloads_benchmark.cpp: workloads W1-W5 for nodemeta and six baselines, plus
-// single-thread get/set against a raw tbb::concurrent_hash_map. See benchmarks/README.md.
+// benchmarks/workloads_benchmark.cpp: workloads W1-W5 (and the W1s/W1os string-literal and
+// W2r read-only variants) for nodemeta and six baselines, plus single-thread get/set against a
+// raw tbb::concurrent_hash_map. See benchmarks/README.md.
 //
 // Every row is "<workload>/<implementation>", run with ->ThreadRange(1, N)->UseRealTime(),
-// N from NODEMETA_BENCH_THREADS (default 2, at most 16). Graphs and per-thread operation
+// N from NODEMETA_BENCH_THREADS (default 2, at most 16); W1, W2, W2r and W4 also at more
+// threads with NODEMETA_BENCH_OVERSUB (see oversub_threads()). Graphs and per-thread operation
 // streams are built outside the timed loops, once per (workload, implementation), and kept
 // for the whole run (every thread count, every repetition).
 #include <algorithm>
@@ -294,10 +296,11 @@ Init boxed_hot_keys() {
   for (std::size_t k = 0; k < kHotKeys.size(); ++k) {
     const std::string n = std::to_string(k);
     if (k % 2 == 0) {
-      init.add(kHotKeys[k], Value("File \"model_" + n + ".py\", line 42, in forward\n    x = self.block" + n +
-                                   "(x)\nFile \"torch/nn/modules/module.py\", line 1501, in _call_impl\n"
-                                   "    return forward_call(*args, **kwargs)\nFile \"torch/nn/modules/linear.py\", "
-                                   "line 114, in forward"));
+      init.add(kHotKeys[k],
+               Value("File \"model_" + n + ".py\", line 42, in forward\n    x = self.block" + n +
+                     "(x)\nFile \"torch/nn/modules/module.py\", line 1501, in _call_impl\n"
+                     "    return forward_call(*args, **kwargs)\n"
+                     "File \"torch/nn/modules/linear.py\", line 114, in forward"));
     } else {
       init.add(kHotKeys[k], Value::dict({{"name", "block" + n}, {"type", "torch.nn.Linear"},
                                          {"index", static_cast<std::int64_t>(k)}}));
@@ -553,13 +556,19 @@ void register_all() {
   };
   // Workload-major order, so one workload's rows run close together in time.
   for_each_impl([&]<class I>() { reg_over("W1_fresh/" + std::string(I::kName), BM_W1Fresh<I>); });
-  for_each_impl([&]<class I>() { reg("W1s_fresh_strings/" + std::string(I::kName), BM_W1FreshStrings<I>); });
+  for_each_impl([&]<class I>() {
+    reg("W1s_fresh_strings/" + std::string(I::kName), BM_W1FreshStrings<I>);
+  });
   for_each_impl([&]<class I>() { reg("W1o_overwrite/" + std::string(I::kName), BM_W1Overwrite<I>); });
   for_each_impl([&]<class I>() {
     reg("W1os_overwrite_strings/" + std::string(I::kName), BM_W1OverwriteStrings<I>);
   });
-  for_each_impl([&]<class I>() { reg_over("W2_hot_node/" + std::string(I::kName), BM_W2HotNode<I>); });
-  for_each_impl([&]<class I>() { reg_over("W2r_hot_read/" + std::string(I::kName), BM_W2rHotRead<I, false>); });
+  for_each_impl([&]<class I>() {
+    reg_over("W2_hot_node/" + std::string(I::kName), BM_W2HotNode<I>);
+  });
+  for_each_impl([&]<class I>() {
+    reg_over("W2r_hot_read/" + std::string(I::kName), BM_W2rHotRead<I, false>);
+  });
   for_each_impl([&]<class I>() {
     reg("W2r_hot_read_boxed/" + std::string(I::kName), BM_W2rHotRead<I, true>);
   });
@@ -568,7 +577,9 @@ void register_all() {
     reg("W3_try_set/" + std::string(I::kName), BM_W3Protected<I, W3Op::kTrySet>);
     reg("W3_contains/" + std::string(I::kName), BM_W3Protected<I, W3Op::kContains>);
   });
-  for_each_impl([&]<class I>() { reg_over("W4_random_slots/" + std::string(I::kName), BM_W4RandomSlots<I>); });
+  for_each_impl([&]<class I>() {
+    reg_over("W4_random_slots/" + std::string(I::kName), BM_W4RandomSlots<I>);
+  });
   for_each_impl([&]<class I>() { reg("W5_mixed_s0.01/" + std::string(I::kName), BM_W5Mixed<I, 1>); });
   for_each_impl([&]<class I>() { reg("W5_mixed_s0.99/" + std::string(I::kName), BM_W5Mixed<I, 99>); });
   auto single = [fixed](const char* name, void (*fn)(benchmark::State&)) {
@@ -582,7 +593,8 @@ void register_all() {
   benchmark::AddCustomContext("nodemeta_bench_threads", std::to_string(n));
   std::string over_list;
   for (int t : over) over_list += (over_list.empty() ? "" : ",") + std::to_string(t);
-  benchmark::AddCustomContext("nodemeta_bench_oversub_threads", over_list.empty() ? "none" : over_list);
+  benchmark::AddCustomContext("nodemeta_bench_oversub_threads",
+                              over_list.empty() ? "none" : over_list);
   benchmark::AddCustomContext("absl_mutex_deadlock_detection", "off (kIgnore)");
 }
 
