@@ -12,6 +12,15 @@
 //   void set(i, k, v);                        protected key -> std::runtime_error
 //   bool try_set(i, k, v);                    false if rejected as protected
 //   void increment(i, k);                     atomic read-modify-write (+1, or 1 if absent)
+// and, for the string-key rows (W1s, W1os), the same calls with the key written as a string
+// literal at the call site, as a user writes it (no key prepared outside the loop):
+//   std::optional<Value> get_str(i, std::string_view);  void set_str(i, std::string_view, v);
+// Each builds its lookup from the literal on every call, the way that container allows: (d)
+// and (f) look up a string_view (heterogeneous lookup; a new key is copied into a
+// std::string on insertion), (a), (b), (c), (e) build a std::string key per call (their
+// std::string-keyed containers have no heterogeneous lookup). nodemeta has no such wrapper:
+// the benchmark calls the NodeMetadata handle itself (node(i)) with the literal, so whatever
+// overload the library offers for a literal is the one that is measured.
 //
 // The baselines are what a user writes by hand instead of nodemeta: keyed by std::string
 // (keys built once, outside the loops, like the benchmark's nodemeta::Key objects), with the
@@ -24,7 +33,6 @@
 #define NODEMETA_BENCHMARKS_IMPLS_H_
 
 #include <array>
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -42,10 +50,10 @@
 #include <vector>
 
 #include <absl/container/flat_hash_map.h>
+#include <absl/strings/string_view.h>
 #include <absl/synchronization/mutex.h>
 #include <libcuckoo/cuckoohash_map.hh>
 #include <oneapi/tbb/concurrent_hash_map.h>
-#include <oneapi/tbb/spin_rw_mutex.h>
 
 #include <nodemeta/nodemeta.h>
 
@@ -73,8 +81,14 @@ inline bool is_protected_name(const std::string& key) noexcept {
   }
   return false;
 }
-[[noreturn]] inline void throw_protected(const std::string& key) {
-  throw std::runtime_error("Could not override node key: " + key);
+inline bool is_protected_name(std::string_view key) noexcept {
+  for (const std::string& p : protected_names()) {
+    if (key == p) return true;
+  }
+  return false;
+}
+[[noreturn]] inline void throw_protected(std::string_view key) {
+  throw std::runtime_error("Could not override node key: " + std::string(key));
 }
 inline Value incremented(const Value* old) {
   return Value(old != nullptr ? old->as<std::int64_t>() + 1 : std::int64_t{1});
@@ -105,8 +119,10 @@ class Nodemeta {
       return incremented(old ? &*old : nullptr);
     });
   }
+  // The handle itself, for rows that call the public API directly (string-literal keys).
+  nodemeta::NodeMetadata& node(std::size_t i) { return nodes_[i]; }
 
- protected:
+ private:
   static nodemeta::StoreOptions options(std::size_t expected) {
     nodemeta::StoreOptions o;
     o.expected_nodes = expected;
@@ -126,30 +142,6 @@ class Nodemeta {
 
   nodemeta::MetadataStore store_;  // declared first: outlives the handles
   std::vector<nodemeta::NodeMetadata> nodes_;
-};
-
-// Diagnostic (W1 only): nodemeta whose nodes are built with one spare slot (built with a
-// sixth, temporary key that is then erased; erase never shrinks a node's slot array). The
-// side-by-side W1 rows show what growing a node's slot array on the first new key costs.
-class NodemetaHeadroom : public Nodemeta {
- public:
-  static constexpr std::string_view kName = "nodemeta_spare_slot";
-  explicit NodemetaHeadroom(std::size_t nodes) : Nodemeta(nodes) {}
-  void push(const Init& init) {
-    Nodemeta::push(with_spare(init));
-    nodes_.back().erase(spare_);
-  }
-  void rebuild(std::size_t i, const Init& init) {
-    Nodemeta::rebuild(i, with_spare(init));
-    nodes_[i].erase(spare_);
-  }
-
- private:
-  static Init with_spare(Init init) {
-    init.add("spare_slot", Value());
-    return init;
-  }
-  nodemeta::Key spare_{"spare_slot"};
 };
 
 // nodemeta with StoreOptions::expected_nodes set (memory benchmark only).
@@ -213,6 +205,11 @@ class TbbPerNode {
     const bool fresh = nodes_[i].insert(acc, k);
     acc->second = incremented(fresh ? nullptr : &acc->second);
   }
+  // No heterogeneous lookup in the default HashCompare: a std::string per call.
+  std::optional<Value> get_str(std::size_t i, std::string_view k) const {
+    return get(i, std::string(k));
+  }
+  void set_str(std::size_t i, std::string_view k, Value v) { set(i, std::string(k), std::move(v)); }
 
  private:
   void fill(std::size_t i, const Init& init) {
@@ -265,6 +262,11 @@ class LockedUnorderedMap {
     auto [it, fresh] = n.map.try_emplace(k);
     it->second = incremented(fresh ? nullptr : &it->second);
   }
+  // std::hash<std::string> is not transparent: a std::string per call.
+  std::optional<Value> get_str(std::size_t i, std::string_view k) const {
+    return get(i, std::string(k));
+  }
+  void set_str(std::size_t i, std::string_view k, Value v) { set(i, std::string(k), std::move(v)); }
 
  private:
   using ReadLock = std::conditional_t<kShared, std::shared_lock<MutexT>, std::lock_guard<MutexT>>;
@@ -337,6 +339,22 @@ class AbslMap {
     auto [it, fresh] = n.map.try_emplace(k);
     it->second = incremented(fresh ? nullptr : &it->second);
   }
+  // Heterogeneous lookup (absl's string hash is transparent): the literal is hashed and
+  // compared as a string_view; insert_or_assign copies it into a std::string only when it
+  // inserts. Debian's Abseil has its own absl::string_view (not std::string_view).
+  std::optional<Value> get_str(std::size_t i, std::string_view k) const {
+    Node& n = nodes_[i];
+    absl::ReaderMutexLock lock(&n.mutex);
+    auto it = n.map.find(absl::string_view(k.data(), k.size()));
+    if (it == n.map.end()) return std::nullopt;
+    return it->second;
+  }
+  void set_str(std::size_t i, std::string_view k, Value v) {
+    if (is_protected_name(k)) throw_protected(k);
+    Node& n = nodes_[i];
+    absl::MutexLock lock(&n.mutex);
+    n.map.insert_or_assign(absl::string_view(k.data(), k.size()), std::move(v));
+  }
 
  private:
   struct Node {
@@ -386,6 +404,11 @@ class CuckooMap {
   void increment(std::size_t i, const KeyT& k) {
     nodes_[i].upsert(k, [](Value& v) { v = incremented(&v); }, Value(std::int64_t{1}));
   }
+  // std::hash<std::string> is not transparent: a std::string per call.
+  std::optional<Value> get_str(std::size_t i, std::string_view k) const {
+    return get(i, std::string(k));
+  }
+  void set_str(std::size_t i, std::string_view k, Value v) { set(i, std::string(k), std::move(v)); }
 
  private:
   void fill(std::size_t i, const Init& init) {
@@ -468,11 +491,21 @@ class TbbGraphWide {
     }
     acc->second = incremented(&acc->second);
   }
+  // Already transparent: the literal is looked up as a (node, string_view) probe.
+  std::optional<Value> get_str(std::size_t i, std::string_view k) const {
+    Map::const_accessor acc;
+    if (!map_.find(acc, SlotView{i, k})) return std::nullopt;
+    return acc->second;
+  }
+  void set_str(std::size_t i, std::string_view k, Value v) {
+    if (is_protected_name(k)) throw_protected(k);
+    write(i, k, std::move(v));
+  }
 
  private:
-  void write(std::size_t i, const std::string& k, Value v) {
+  void write(std::size_t i, std::string_view k, Value v) {
     Map::accessor acc;
-    if (!map_.find(acc, SlotView{i, k})) map_.insert(acc, SlotKey{i, k});
+    if (!map_.find(acc, SlotView{i, k})) map_.insert(acc, SlotKey{i, std::string(k)});
     acc->second = std::move(v);
   }
   void fill(std::size_t i, const Init& init) {
@@ -483,77 +516,6 @@ class TbbGraphWide {
   mutable Map map_;  // oneTBB's transparent find() overloads are non-const
   std::size_t next_ = 0;
   std::vector<std::string> extra_keys_;
-};
-
-// --- diagnostic: nodemeta's record behind a direct per-node lock ---------------------------
-// Not a baseline and not a proposal's implementation: a what-if that keeps nodemeta's node
-// representation (interned key ids, detail::Record's 16-byte slots, linear scan, the same
-// protection bitmask check) but replaces the store's per-operation hash-map lookup (bucket
-// lock + element lock) with a direct reference to the node and one tbb::spin_rw_mutex (the
-// same lock type as the map's element lock). Side by side with nodemeta it measures what
-// that lookup costs. Default protected keys only; no protect() at run time.
-class ProtoDirectRecord {
- public:
-  static constexpr std::string_view kName = "proto_direct_record";
-  using KeyT = nodemeta::Key;
-  static KeyT key(const std::string& s) { return nodemeta::Key(s); }
-
-  explicit ProtoDirectRecord(std::size_t nodes) : nodes_(nodes) {
-    for (nodemeta::Key k : nodemeta::default_protected_keys()) protected_ |= std::uint64_t{1} << k.id();
-  }
-  void push(const Init& init) { fill(nodes_.next_++, init); }
-  void rebuild(std::size_t i, const Init& init) {
-    nodes_.renew(i);
-    fill(i, init);
-  }
-  std::optional<Value> get(std::size_t i, KeyT k) const {
-    Node& n = nodes_[i];
-    Lock lock(n.mutex, /*write=*/false);
-    return n.record.get(k.id());
-  }
-  bool contains(std::size_t i, KeyT k) const {
-    Node& n = nodes_[i];
-    Lock lock(n.mutex, /*write=*/false);
-    return n.record.find(k.id()) != nullptr;
-  }
-  void set(std::size_t i, KeyT k, Value v) {
-    if (is_protected(k)) throw nodemeta::ProtectedKeyError(k.name());
-    Node& n = nodes_[i];
-    Lock lock(n.mutex, /*write=*/true);
-    n.record.put(k.id(), std::move(v));
-  }
-  bool try_set(std::size_t i, KeyT k, Value v) {
-    if (is_protected(k)) return false;
-    Node& n = nodes_[i];
-    Lock lock(n.mutex, /*write=*/true);
-    n.record.put(k.id(), std::move(v));
-    return true;
-  }
-  void increment(std::size_t i, KeyT k) {
-    Node& n = nodes_[i];
-    Lock lock(n.mutex, /*write=*/true);
-    const std::optional<Value> old = n.record.get(k.id());
-    n.record.put(k.id(), incremented(old ? &*old : nullptr));
-  }
-
- private:
-  using Lock = tbb::spin_rw_mutex::scoped_lock;
-  struct Node {
-    tbb::spin_rw_mutex mutex;
-    nodemeta::detail::Record record;
-  };
-  bool is_protected(KeyT k) const noexcept {
-    return k.id() < 64 && ((protected_.load(std::memory_order_seq_cst) >> k.id()) & 1U);
-  }
-  void fill(std::size_t i, const Init& init) {
-    Node& n = nodes_[i];
-    n.record.reserve(static_cast<std::uint32_t>(init.count));
-    for (std::size_t j = 0; j < init.count; ++j) {
-      n.record.append(nodemeta::Key(init.items[j].first).id(), Value(init.items[j].second));
-    }
-  }
-  PerNodeArray<Node> nodes_;
-  std::atomic<std::uint64_t> protected_{0};
 };
 
 // Runs fn.template operator()<Impl>() for nodemeta and each baseline, in table order.

@@ -1,8 +1,10 @@
-// benchmarks/workloads_benchmark.cpp: workloads W1-W5 for nodemeta and six baselines, plus
-// single-thread get/set against a raw tbb::concurrent_hash_map. See benchmarks/README.md.
+// benchmarks/workloads_benchmark.cpp: workloads W1-W5 (and the W1s/W1os string-literal and
+// W2r read-only variants) for nodemeta and six baselines, plus single-thread get/set against a
+// raw tbb::concurrent_hash_map. See benchmarks/README.md.
 //
 // Every row is "<workload>/<implementation>", run with ->ThreadRange(1, N)->UseRealTime(),
-// N from NODEMETA_BENCH_THREADS (default 2, at most 16). Graphs and per-thread operation
+// N from NODEMETA_BENCH_THREADS (default 2, at most 16); W1, W2, W2r and W4 also at more
+// threads with NODEMETA_BENCH_OVERSUB (see oversub_threads()). Graphs and per-thread operation
 // streams are built outside the timed loops, once per (workload, implementation), and kept
 // for the whole run (every thread count, every repetition).
 #include <algorithm>
@@ -14,6 +16,7 @@
 #include <mutex>
 #include <random>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -182,6 +185,59 @@ void BM_W1Overwrite(benchmark::State& st) {
   st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations()));
 }
 
+// --- W1s / W1os: the same, with the keys written as string literals at the call site ----------
+// As the README shows it: md.set("pass_flops", i) and md.get("val"), no Key prepared outside
+// the loop, so every call turns the literal into the store's key (nodemeta: whatever its
+// NodeMetadata overloads do with a literal; a baseline: its get_str/set_str, see impls.h).
+// The literals below must stay equal to kPassKey and "val". W1s shares W1's graph (each
+// timed pass rebuilds its slice first), W1os shares W1o's (the pass key is present).
+template <class I>
+inline void set_pass_literal(I& g, std::size_t i, std::int64_t v) {
+  if constexpr (std::is_same_v<I, Nodemeta>) {
+    g.node(i).set("pass_flops", v);
+  } else {
+    g.set_str(i, "pass_flops", Value(v));
+  }
+}
+template <class I>
+inline std::optional<Value> get_val_literal(I& g, std::size_t i) {
+  if constexpr (std::is_same_v<I, Nodemeta>) {
+    return g.node(i).get("val");
+  } else {
+    return g.get_str(i, "val");
+  }
+}
+
+template <class I>
+void BM_W1FreshStrings(benchmark::State& st) {
+  auto& g = fixture<SeededGraph<I>>(fixture_key("W1", I::kName), false).impl;
+  const Slice s = slice_of(st, kNodes);
+  for (auto _ : st) {
+    st.PauseTiming();  // every node of this thread's slice back to 5 keys, freshly built
+    for (std::size_t i = s.begin; i < s.end; ++i) g.rebuild(i, seeded(i));
+    st.ResumeTiming();
+    for (std::size_t i = s.begin; i < s.end; ++i) {
+      set_pass_literal(g, i, static_cast<std::int64_t>(i));
+      benchmark::DoNotOptimize(get_val_literal(g, i));
+    }
+  }
+  st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations() * (s.end - s.begin)));
+}
+
+template <class I>
+void BM_W1OverwriteStrings(benchmark::State& st) {
+  auto& g = fixture<SeededGraph<I>>(fixture_key("W1o", I::kName), true).impl;
+  const Slice s = slice_of(st, kNodes);
+  std::size_t i = s.begin;
+  std::int64_t v = 0;
+  for (auto _ : st) {
+    set_pass_literal(g, i, v++);
+    benchmark::DoNotOptimize(get_val_literal(g, i));
+    if (++i == s.end) i = s.begin;
+  }
+  st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations()));
+}
+
 // --- W3 protected rejections ------------------------------------------------------------------
 enum class W3Op { kSetThrow, kTrySet, kContains };
 
@@ -233,9 +289,31 @@ const Streams& w2_streams() {
   return s;
 }
 
+// W2r_hot_read_boxed's node: the same 8 keys, every value boxed (a shared, reference-counted
+// box): 4 distinct stack-trace-like strings of about 200 characters and 4 small dicts.
+Init boxed_hot_keys() {
+  Init init;
+  for (std::size_t k = 0; k < kHotKeys.size(); ++k) {
+    const std::string n = std::to_string(k);
+    if (k % 2 == 0) {
+      init.add(kHotKeys[k],
+               Value("File \"model_" + n + ".py\", line 42, in forward\n    x = self.block" + n +
+                     "(x)\nFile \"torch/nn/modules/module.py\", line 1501, in _call_impl\n"
+                     "    return forward_call(*args, **kwargs)\n"
+                     "File \"torch/nn/modules/linear.py\", line 114, in forward"));
+    } else {
+      init.add(kHotKeys[k], Value::dict({{"name", "block" + n}, {"type", "torch.nn.Linear"},
+                                         {"index", static_cast<std::int64_t>(k)}}));
+    }
+  }
+  return init;
+}
+
 template <class I>
 struct HotNode {
-  HotNode() : impl(1) { impl.push(with_keys(0, kHotKeys)); }
+  explicit HotNode(bool boxed = false) : impl(1) {
+    impl.push(boxed ? boxed_hot_keys() : with_keys(0, kHotKeys));
+  }
   I impl;
 };
 
@@ -253,6 +331,30 @@ void BM_W2HotNode(benchmark::State& st) {
     } else {
       benchmark::DoNotOptimize(g.get(0, keys[op.key]));
     }
+  }
+  st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations()));
+}
+
+// --- W2r hot node, read-only --------------------------------------------------------------------
+// Every thread only reads the hot node (its own copy of W2's node, kept apart from W2's), a
+// random one of its 8 keys per operation. kBoxed: the values are strings and dicts, so each
+// get() returns a Value that shares the node's box: one reference-count increment (and one
+// decrement when the copy dies), atomic writes to a line every reader shares.
+const Streams& w2r_streams() {
+  static const Streams s = make_streams(20, [](std::mt19937_64& rng) {
+    return Op{0, static_cast<std::uint8_t>(rng() % 8), OpKind::kGet};
+  });
+  return s;
+}
+
+template <class I, bool kBoxed>
+void BM_W2rHotRead(benchmark::State& st) {
+  auto& g = fixture<HotNode<I>>(fixture_key(kBoxed ? "W2r_boxed" : "W2r", I::kName), kBoxed).impl;
+  const auto keys = keys_of<I>(kHotKeys);
+  const std::vector<Op>& ops = w2r_streams()[static_cast<std::size_t>(st.thread_index())];
+  std::size_t j = 0;
+  for (auto _ : st) {
+    benchmark::DoNotOptimize(g.get(0, keys[ops[j++ & (kOpsPerThread - 1)].key]));
   }
   st.SetItemsProcessed(static_cast<std::int64_t>(st.iterations()));
 }
@@ -410,40 +512,74 @@ int max_threads() {
   return std::clamp(n, 1, kMaxThreads);
 }
 
+// NODEMETA_BENCH_OVERSUB=M (scripts/bench sets 8): W1, W2, W2r and W4 also run with more
+// threads than NODEMETA_BENCH_THREADS, at every power of two above it up to M (at most 16):
+// with the defaults, 4 and 8 threads on a 2-core machine. Unset or 0: none.
+std::vector<int> oversub_threads(int n) {
+  const char* env = std::getenv("NODEMETA_BENCH_OVERSUB");
+  const int m = std::min(env != nullptr ? std::atoi(env) : 0, kMaxThreads);
+  std::vector<int> out;
+  for (int t = 1; t <= m; t *= 2) {
+    if (t > n) out.push_back(t);
+  }
+  return out;
+}
+
 void register_all() {
   const int n = max_threads();
+  const std::vector<int> over = oversub_threads(n);
   // NODEMETA_BENCH_ITERATIONS=k fixes every row's iteration count (for profiling under
   // callgrind, where two counts give the exact cost per item by difference).
   const char* iters = std::getenv("NODEMETA_BENCH_ITERATIONS");
   const benchmark::IterationCount fixed = iters != nullptr ? std::atoll(iters) : 0;
+  // NODEMETA_BENCH_OVERSUB_REPS / NODEMETA_BENCH_OVERSUB_MIN_TIME: the oversubscribed rows'
+  // repetitions and min time, overriding --benchmark_repetitions / --benchmark_min_time for
+  // those rows only (scripts/bench uses them to bound its run time).
+  const char* over_reps = std::getenv("NODEMETA_BENCH_OVERSUB_REPS");
+  const char* over_min_time = std::getenv("NODEMETA_BENCH_OVERSUB_MIN_TIME");
   auto reg = [n, fixed](const std::string& name, void (*fn)(benchmark::State&)) {
     auto* b = benchmark::RegisterBenchmark(name.c_str(), fn)->ThreadRange(1, n)->UseRealTime();
     if (fixed > 0) b->Iterations(fixed);
   };
+  // The same row (same name), also at the oversubscribed thread counts.
+  auto reg_over = [&](const std::string& name, void (*fn)(benchmark::State&)) {
+    reg(name, fn);
+    if (over.empty()) return;
+    auto* b = benchmark::RegisterBenchmark(name.c_str(), fn)->UseRealTime();
+    for (int t : over) b->Threads(t);
+    if (fixed > 0) {
+      b->Iterations(fixed);
+    } else if (over_min_time != nullptr) {
+      b->MinTime(std::atof(over_min_time));
+    }
+    if (over_reps != nullptr) b->Repetitions(std::max(1, std::atoi(over_reps)));
+  };
   // Workload-major order, so one workload's rows run close together in time.
-  for_each_impl([&]<class I>() { reg("W1_fresh/" + std::string(I::kName), BM_W1Fresh<I>); });
-  // Diagnostic rows (not goals): see NodemetaHeadroom and ProtoDirectRecord in impls.h.
-  reg("W1_fresh/" + std::string(NodemetaHeadroom::kName), BM_W1Fresh<NodemetaHeadroom>);
-  {
-    using P = ProtoDirectRecord;
-    const std::string p(P::kName);
-    reg("W1_fresh/" + p, BM_W1Fresh<P>);
-    reg("W1o_overwrite/" + p, BM_W1Overwrite<P>);
-    reg("W2_hot_node/" + p, BM_W2HotNode<P>);
-    reg("W3_try_set/" + p, BM_W3Protected<P, W3Op::kTrySet>);
-    reg("W3_contains/" + p, BM_W3Protected<P, W3Op::kContains>);
-    reg("W4_random_slots/" + p, BM_W4RandomSlots<P>);
-    reg("W5_mixed_s0.01/" + p, BM_W5Mixed<P, 1>);
-    reg("W5_mixed_s0.99/" + p, BM_W5Mixed<P, 99>);
-  }
+  for_each_impl([&]<class I>() { reg_over("W1_fresh/" + std::string(I::kName), BM_W1Fresh<I>); });
+  for_each_impl([&]<class I>() {
+    reg("W1s_fresh_strings/" + std::string(I::kName), BM_W1FreshStrings<I>);
+  });
   for_each_impl([&]<class I>() { reg("W1o_overwrite/" + std::string(I::kName), BM_W1Overwrite<I>); });
-  for_each_impl([&]<class I>() { reg("W2_hot_node/" + std::string(I::kName), BM_W2HotNode<I>); });
+  for_each_impl([&]<class I>() {
+    reg("W1os_overwrite_strings/" + std::string(I::kName), BM_W1OverwriteStrings<I>);
+  });
+  for_each_impl([&]<class I>() {
+    reg_over("W2_hot_node/" + std::string(I::kName), BM_W2HotNode<I>);
+  });
+  for_each_impl([&]<class I>() {
+    reg_over("W2r_hot_read/" + std::string(I::kName), BM_W2rHotRead<I, false>);
+  });
+  for_each_impl([&]<class I>() {
+    reg("W2r_hot_read_boxed/" + std::string(I::kName), BM_W2rHotRead<I, true>);
+  });
   for_each_impl([&]<class I>() {
     reg("W3_set_throw/" + std::string(I::kName), BM_W3Protected<I, W3Op::kSetThrow>);
     reg("W3_try_set/" + std::string(I::kName), BM_W3Protected<I, W3Op::kTrySet>);
     reg("W3_contains/" + std::string(I::kName), BM_W3Protected<I, W3Op::kContains>);
   });
-  for_each_impl([&]<class I>() { reg("W4_random_slots/" + std::string(I::kName), BM_W4RandomSlots<I>); });
+  for_each_impl([&]<class I>() {
+    reg_over("W4_random_slots/" + std::string(I::kName), BM_W4RandomSlots<I>);
+  });
   for_each_impl([&]<class I>() { reg("W5_mixed_s0.01/" + std::string(I::kName), BM_W5Mixed<I, 1>); });
   for_each_impl([&]<class I>() { reg("W5_mixed_s0.99/" + std::string(I::kName), BM_W5Mixed<I, 99>); });
   auto single = [fixed](const char* name, void (*fn)(benchmark::State&)) {
@@ -455,6 +591,10 @@ void register_all() {
   single("ST_set/nodemeta", BM_SingleNodemeta<true>);
   single("ST_set/raw_tbb_map", BM_SingleRaw<true>);
   benchmark::AddCustomContext("nodemeta_bench_threads", std::to_string(n));
+  std::string over_list;
+  for (int t : over) over_list += (over_list.empty() ? "" : ",") + std::to_string(t);
+  benchmark::AddCustomContext("nodemeta_bench_oversub_threads",
+                              over_list.empty() ? "none" : over_list);
   benchmark::AddCustomContext("absl_mutex_deadlock_detection", "off (kIgnore)");
 }
 
