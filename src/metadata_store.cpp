@@ -9,7 +9,7 @@
 
 #include <oneapi/tbb/task_arena.h>
 
-#include "nodemeta/detail/reclaim.h"
+#include "reclaim.h"
 
 namespace nodemeta {
 namespace {
@@ -573,7 +573,8 @@ void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)>
       for (std::uint32_t j = 0; j < n; ++j) detail::store_slot(slots[j], next.begin()[j]);
       state.size.store(n, std::memory_order_release);
     }
-    detail::deallocate_slots(next.release(), next.capacity());  // its references now the node's
+    const std::uint32_t next_capacity = next.capacity();
+    detail::deallocate_slots(next.release(), next_capacity);  // its references are the node's now
     lock.close(true);
   }
   after_write();

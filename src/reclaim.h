@@ -1,0 +1,137 @@
+// src/reclaim.h: epoch-based deferred reclamation for the store's read path. Private to the
+// core library (never installed, never inlined into user code). docs/design.md ("Reads that write nothing") has the
+// argument; tests/stress/reclaim_stress_test.cpp aims at its race.
+//
+// Readers of a node take no lock: they pin the calling thread (ReadGuard) and read the
+// node's slots optimistically. A writer that replaces or removes something a reader may
+// still be looking at (a slot array outgrown by its node, the reference a slot held to a
+// boxed value) does not free it: it retires it, and the retired object is released once
+// every thread that was pinned when it was retired has unpinned.
+//
+// The scheme is the classic three-epoch EBR (Fraser 2004; crossbeam-epoch's formulation),
+// with the pin's fence made asymmetric (as liburcu's memb flavour and folly's hazard
+// pointers do): the rare epoch advance issues membarrier(PRIVATE_EXPEDITED), which puts a
+// full barrier in every running thread of the process, so a pin is two plain stores on the
+// thread's own cache line and no fence:
+//   pin:    e = epoch (seq_cst load); my.state.store(pinned(e), release)
+//           (without membarrier: my.state.exchange(pinned(e), seq_cst), one xchg)
+//   read:   every load of a slot array pointer or slot field is seq_cst (a plain mov on x86)
+//   unpin:  my.state.store(0, release)
+//   retire: seq_cst fence; r = epoch (seq_cst load); queue (object, r) on this thread
+//   advance e -> e+1: load e; membarrier (or a seq_cst fence); only if every pinned thread
+//           is pinned at e (acquire loads), CAS the epoch
+//   release: an object retired at r once epoch >= r + 2 (acquire load)
+// Every access is a std::atomic one, so ThreadSanitizer sees each happens-before edge
+// (pin and unpin are release stores read by the advancer's acquire scan, whose epoch CAS
+// the releasing thread's load reads); nothing is annotated. docs/design.md has the argument.
+#ifndef NODEMETA_SRC_RECLAIM_H_
+#define NODEMETA_SRC_RECLAIM_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace nodemeta::detail {
+
+// What a retired object becomes once it is safe: fn(object, arg). Must not throw.
+using RetireFn = void (*)(void* object, std::size_t arg) noexcept;
+
+struct RetiredObject {
+  void* object;
+  RetireFn fn;
+  std::size_t arg;
+  std::uint64_t epoch;
+};
+
+struct ThreadRecord;  // a registered thread's shared state word (reclaim.cpp)
+
+// The calling thread's private state (a cache line of its own: `pins` changes on every read).
+struct alignas(64) ReclaimThread {
+  std::atomic<std::uint64_t>* state;  // its ThreadRecord's word: 0, or (epoch << 1) | 1
+  ThreadRecord* record;
+  unsigned pins = 0;
+  bool collecting = false;
+  std::size_t head = 0;    // bag[0, head) already released
+  std::size_t sealed = 0;  // bag[head, sealed) carry an epoch; the rest are unsealed
+  std::vector<RetiredObject> bag;
+
+  std::size_t release_upto(std::uint64_t safe) noexcept;
+};
+
+// The global epoch; starts at 2 so that "retired at r, safe at r + 2" never underflows.
+// Every pin loads it and only an advance writes it: it gets a cache line to itself.
+struct alignas(64) Epoch {
+  std::atomic<std::uint64_t> value{2};
+  char pad[64 - sizeof(std::atomic<std::uint64_t>)];
+};
+extern Epoch g_epoch_line;
+inline std::atomic<std::uint64_t>& g_epoch = g_epoch_line.value;
+// Whether the epoch advance issues membarrier() (decided before any thread pins).
+extern bool g_asymmetric_pin;
+// At most 8 bytes of initial-exec TLS (cheap in dlopen()ed modules too): the heap state.
+extern thread_local ReclaimThread* tls_thread __attribute__((tls_model("initial-exec")));
+
+ReclaimThread* create_thread();
+inline ReclaimThread& reclaim_thread() {
+  ReclaimThread* t = tls_thread;
+  return t != nullptr ? *t : *create_thread();
+}
+
+// Pins/unpins the calling thread (nested pins are counted; only the outermost pair
+// touches the state word).
+inline void pin(ReclaimThread& t) noexcept {
+  if (t.pins++ != 0) return;
+  const std::uint64_t pinned = (g_epoch.load(std::memory_order_seq_cst) << 1) | 1;
+  if (g_asymmetric_pin) {
+    t.state->store(pinned, std::memory_order_release);
+    std::atomic_signal_fence(std::memory_order_seq_cst);  // the compiler's half of the fence
+  } else {
+    t.state->exchange(pinned, std::memory_order_seq_cst);
+  }
+}
+inline void unpin(ReclaimThread& t) noexcept {
+  if (--t.pins != 0) return;
+  t.state->store(0, std::memory_order_release);
+}
+
+// RAII pin: while a ReadGuard lives on this thread, nothing retired after it was created
+// is released.
+class ReadGuard {
+ public:
+  ReadGuard() : thread_(reclaim_thread()) { pin(thread_); }
+  ~ReadGuard() { unpin(thread_); }
+  ReadGuard(const ReadGuard&) = delete;
+  ReadGuard& operator=(const ReadGuard&) = delete;
+
+ private:
+  ReclaimThread& thread_;
+};
+
+// Retirement, in two steps so that a write keeps the strong exception guarantee:
+// reserve_retired(n) may throw std::bad_alloc before the write changes anything;
+// retire() of up to n objects afterwards cannot fail. retire() only after the object is
+// unreachable from every node.
+void reserve_retired(std::size_t n);
+inline void retire(void* object, RetireFn fn, std::size_t arg) noexcept {
+  // reserve_retired() created the state and made room.
+  tls_thread->bag.push_back(RetiredObject{object, fn, arg, ~std::uint64_t{0}});
+}
+// Stamps every object retired since the last call with the current epoch. One fence; call
+// once per write, after the write's last unlink.
+void seal_retired() noexcept;
+// Releases what is safe of this thread's retired objects when it has accumulated enough.
+// Runs destructors of user values: call only with no node lock held.
+void maybe_collect() noexcept;
+
+// Waits until every read in flight has finished, then releases every object retired so far
+// by this thread and by threads that have exited. Returns how many were released. Must not
+// be called while this thread is pinned.
+std::size_t release_retired();
+
+// Diagnostics: objects retired and not yet released, on this thread.
+std::size_t retired_pending() noexcept;
+
+}  // namespace nodemeta::detail
+
+#endif  // NODEMETA_SRC_RECLAIM_H_
