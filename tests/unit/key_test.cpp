@@ -145,6 +145,56 @@ TEST(KeyTest, NameWithNulIsRejectedWithTheNameEscaped) {
   EXPECT_EQ(Key::interned_count(), before);  // a rejected name takes no id
 }
 
+TEST(KeyTest, CStringsAndCharArraysEndAtTheirFirstNul) {
+  // As in C: the name is the bytes before the first NUL.
+  EXPECT_EQ(Key("key_test.cut\0tail").name(), "key_test.cut");
+  const char* p = "key_test.cut\0tail";
+  EXPECT_EQ(Key(p), Key("key_test.cut"));
+  char buf[32] = "abc";  // 28 NULs after "abc"
+  EXPECT_EQ(Key(buf).name(), "abc");
+  EXPECT_EQ(Key(buf), Key("abc"));
+  // An array without a NUL is read to its end and no further (a `const char*` would overrun).
+  const char raw[3] = {'x', 'y', 'z'};
+  EXPECT_EQ(Key(raw).name(), "xyz");
+}
+
+TEST(KeyTest, LiteralPointerAndStringAgree) {
+  const Key from_literal("key_test.agree");
+  const char* pointer = "key_test.agree";
+  char* mutable_pointer = const_cast<char*>(pointer);
+  const std::string str = "key_test.agree";
+  EXPECT_EQ(Key(pointer), from_literal);
+  EXPECT_EQ(Key(mutable_pointer), from_literal);
+  EXPECT_EQ(Key(str), from_literal);
+  EXPECT_EQ(Key(std::string_view(str)), from_literal);
+  EXPECT_EQ(Key(str.c_str()), from_literal);
+  EXPECT_EQ(Key(std::string(str)), from_literal);
+}
+
+TEST(KeyTest, ChangingBufferGivesTheCurrentName) {
+  // The same array, and the same pointer, with different contents: the Key follows the
+  // contents, never the address.
+  char buf[16];
+  std::strcpy(buf, "key_test.buf1");
+  const Key a(buf);
+  std::strcpy(buf, "key_test.buf2");
+  const Key b(buf);
+  EXPECT_FALSE(a == b);
+  EXPECT_EQ(a.name(), "key_test.buf1");
+  EXPECT_EQ(b.name(), "key_test.buf2");
+
+  const char* p = buf;
+  std::strcpy(buf, "a");
+  const Key c(p);
+  std::strcpy(buf, "b");
+  const Key d(p);
+  EXPECT_EQ(c.name(), "a");
+  EXPECT_EQ(d.name(), "b");
+  std::strcpy(buf, "a");
+  EXPECT_EQ(Key(buf), c);
+  EXPECT_EQ(Key(p), c);
+}
+
 TEST(KeyTest, NullNameThrows) {
   const char* null_name = nullptr;
   EXPECT_THROW(Key{null_name}, std::invalid_argument);
@@ -157,31 +207,95 @@ TEST(KeyTest, HashIsTheId) {
   EXPECT_EQ(std::hash<Key>{}(k), k.id());
 }
 
-// Many threads interning the same fresh names at once must agree on one id per name.
-TEST(KeyTest, ConcurrentInterningAgrees) {
-  constexpr int kThreads = 4;
-  constexpr int kNames = 500;
+TEST(KeyTest, LongNamesAndNamesOfEveryShortLength) {
+  // Every length the hash and the comparison treat differently (0-3, 4-7, 8-16, > 16), with
+  // names that differ only in their last or first byte.
+  std::vector<Key> made;
+  std::vector<std::string> names;
+  for (std::size_t len = 1; len <= 70; ++len) {
+    for (char last : {'a', 'b'}) {
+      std::string name(len, 'k');
+      name.back() = last;
+      names.push_back(name);
+      name.front() = static_cast<char>(last + 2);
+      names.push_back(name);
+    }
+  }
+  names.push_back(std::string(100'000, 'L'));
+  for (const std::string& n : names) made.emplace_back(n);
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    EXPECT_EQ(made[i].name(), names[i]);
+    EXPECT_EQ(Key(names[i]), made[i]);
+    for (std::size_t j = i + 1; j < names.size() && j < i + 8; ++j) {
+      if (names[i] != names[j]) {
+        EXPECT_FALSE(made[i] == made[j]) << names[i] << " vs " << names[j];
+      }
+    }
+  }
+}
+
+// Many threads interning the same fresh names at once, each through a different
+// constructor, must agree on one id per name; the table grows many times meanwhile, and
+// names read before the growth stay valid (same bytes, same address).
+TEST(KeyTest, ConcurrentInterningThroughEveryConstructorAgreesWhileTheTableGrows) {
+  constexpr int kThreads = 8;
+  constexpr int kNames = 6000;  // enough to double the table several times
+  static int run = 0;  // fresh names on every run, --gtest_repeat included
+  const std::string prefix = "key_test.concurrent." + std::to_string(run++) + ".";
+  const Key early("key_test.concurrent.early");
+  const std::string_view early_name = early.name();
+  const std::size_t count_before = Key::interned_count();
+
+  std::vector<std::string> names;
+  for (int n = 0; n < kNames; ++n) names.push_back(prefix + std::to_string(n));
   std::vector<std::vector<std::uint32_t>> ids(kThreads, std::vector<std::uint32_t>(kNames));
+  std::vector<std::uint32_t> literal_ids(kThreads);
   std::barrier start(kThreads);
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
+      char buf[64];
       start.arrive_and_wait();
+      // A fresh name through the literal fast path, from every thread at once.
+      literal_ids[t] = Key("key_test.concurrent.fresh_literal").id();
       for (int i = 0; i < kNames; ++i) {
         // Threads walk the names in different orders to collide on first sightings.
         const int n = (t % 2 == 0) ? i : kNames - 1 - i;
-        ids[t][n] = Key("key_test.concurrent." + std::to_string(n)).id();
+        const std::string& name = names[n];
+        std::uint32_t id = 0;
+        switch ((t + i) % 4) {
+          case 0: id = Key(name).id(); break;
+          case 1: id = Key(std::string_view(name)).id(); break;
+          case 2: id = Key(name.c_str()).id(); break;
+          case 3:
+            std::memcpy(buf, name.c_str(), name.size() + 1);
+            id = Key(buf).id();
+            break;
+        }
+        ids[t][n] = id;
+        // Lookups of older names while the table grows under them.
+        if (i % 64 == 0) {
+          EXPECT_EQ(Key("key_test.concurrent.early"), early);
+          EXPECT_EQ(Key("val"), keys::val);
+        }
       }
     });
   }
   for (auto& th : threads) th.join();
+  const bool literal_was_fresh = literal_ids[0] >= count_before + 1;  // first run only
+  for (int t = 1; t < kThreads; ++t) EXPECT_EQ(literal_ids[t], literal_ids[0]);
+  EXPECT_EQ(detail::key_name(literal_ids[0]), "key_test.concurrent.fresh_literal");
   for (int n = 0; n < kNames; ++n) {
-    for (int t = 1; t < kThreads; ++t) EXPECT_EQ(ids[t][n], ids[0][n]) << "name " << n;
-    const std::string name = "key_test.concurrent." + std::to_string(n);
-    EXPECT_EQ(Key(name).id(), ids[0][n]);
-    EXPECT_EQ(Key(name).name(), name);
+    for (int t = 1; t < kThreads; ++t) ASSERT_EQ(ids[t][n], ids[0][n]) << "name " << n;
+    EXPECT_TRUE(Key(names[n]).valid());
+    EXPECT_EQ(Key(names[n]).id(), ids[0][n]);
+    EXPECT_EQ(detail::key_name(ids[0][n]), names[n]);
   }
-  EXPECT_GE(Key::interned_count(), static_cast<std::size_t>(kNames));
+  // One id per name, none lost, none doubled.
+  EXPECT_EQ(Key::interned_count(), count_before + kNames + (literal_was_fresh ? 1 : 0));
+  EXPECT_EQ(early.name().data(), early_name.data());
+  EXPECT_EQ(early.name(), "key_test.concurrent.early");
+  EXPECT_EQ(early_name, "key_test.concurrent.early");
 }
 
 }  // namespace
