@@ -533,49 +533,59 @@ Value MetadataStore::update(NodeEntry& node, Key key,
 void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)> fn) {
   check_not_in_callback();
   NodeState& state = node.second;
-  // Declared before the lock, so that the working copy (and every value it holds) dies
-  // after unlocking, whether the edit commits or throws.
+  // Declared before the lock, so that every working copy (and every value it holds) dies
+  // after unlocking, whether the edit commits, retries or throws.
   NodeEditor editor(*this, detail::Record());
+  std::vector<detail::Record> discarded;
   {
     WriteLock lock(state);
     const std::uint32_t size = state.size.load(std::memory_order_relaxed);
-    editor.record_ = detail::Record(state.slots.load(std::memory_order_relaxed), size, size);
-    for (const Slot& s : editor.record_) detail::ValueAccess::add_ref(s.bits, s.kind);
-    run_callback(this, node.first, [&] { fn(editor); });  // may throw: the node is untouched
+    for (;;) {
+      // No other writer can change the node while we hold its lock: every attempt starts
+      // from the same state.
+      if (editor.record_.capacity() != 0) discarded.push_back(std::move(editor.record_));
+      editor.record_ = detail::Record(state.slots.load(std::memory_order_relaxed), size, size);
+      for (const Slot& s : editor.record_) detail::ValueAccess::add_ref(s.bits, s.kind);
+      editor.checked_.clear();
+      run_callback(this, node.first, [&] { fn(editor); });  // may throw: the node is untouched
 
-    // Commit: everything that may throw first.
-    detail::Record& next = editor.record_;
-    detail::reserve_retired(size + 1);
-    FreshSlots fresh;
-    if (next.size() > state.capacity) {
-      fresh.capacity = next.size();
-      fresh.slots = detail::allocate_slots(fresh.capacity);
-    }
-    lock.open();
-    // Linearized at this window: a key the edit set or erased that was protected while fn
-    // ran makes the whole edit fail, as a write of it would now.
-    for (std::uint32_t id : editor.touched_) {
-      if (protection_.contains(id)) {
-        lock.close(false);
-        throw ProtectedKeyError(detail::key_name(id));
+      // Commit: everything that may throw first.
+      detail::Record& next = editor.record_;
+      detail::reserve_retired(size + 1);
+      discarded.reserve(discarded.size() + 1);
+      FreshSlots fresh;
+      if (next.size() > state.capacity) {
+        fresh.capacity = next.size();
+        fresh.slots = detail::allocate_slots(fresh.capacity);
       }
+      lock.open();
+      // Linearized at this window. Every NodeEditor write found its key unprotected when it
+      // was called; if one of those keys was protected since, the callback saw an instant
+      // that is not this one: run it again (protection only grows, so this ends).
+      const bool stale = std::any_of(editor.checked_.begin(), editor.checked_.end(),
+                                     [this](std::uint32_t id) { return protection_.contains(id); });
+      if (stale) {
+        lock.close(false);
+        continue;
+      }
+      Slot* slots = state.slots.load(std::memory_order_relaxed);
+      for (std::uint32_t j = 0; j < size; ++j) retire_value(slots[j]);
+      const std::uint32_t n = next.size();
+      if (fresh.slots != nullptr) {
+        std::copy_n(next.begin(), n, fresh.slots);
+        state.slots.store(fresh.take(), std::memory_order_release);
+        state.size.store(n, std::memory_order_release);
+        if (slots != nullptr) detail::retire(slots, &free_slots, state.capacity);
+        state.capacity = fresh.capacity;
+      } else {
+        for (std::uint32_t j = 0; j < n; ++j) detail::store_slot(slots[j], next.begin()[j]);
+        state.size.store(n, std::memory_order_release);
+      }
+      const std::uint32_t next_capacity = next.capacity();
+      detail::deallocate_slots(next.release(), next_capacity);  // its references are the node's now
+      lock.close(true);
+      break;
     }
-    Slot* slots = state.slots.load(std::memory_order_relaxed);
-    for (std::uint32_t j = 0; j < size; ++j) retire_value(slots[j]);
-    const std::uint32_t n = next.size();
-    if (fresh.slots != nullptr) {
-      std::copy_n(next.begin(), n, fresh.slots);
-      state.slots.store(fresh.take(), std::memory_order_release);
-      state.size.store(n, std::memory_order_release);
-      if (slots != nullptr) detail::retire(slots, &free_slots, state.capacity);
-      state.capacity = fresh.capacity;
-    } else {
-      for (std::uint32_t j = 0; j < n; ++j) detail::store_slot(slots[j], next.begin()[j]);
-      state.size.store(n, std::memory_order_release);
-    }
-    const std::uint32_t next_capacity = next.capacity();
-    detail::deallocate_slots(next.release(), next_capacity);  // its references are the node's now
-    lock.close(true);
   }
   after_write();
 }
@@ -590,9 +600,9 @@ std::size_t release_retired_values() {
 
 // --- NodeEditor ----------------------------------------------------------------------------
 
-void NodeEditor::touch(Key key) {
-  if (std::find(touched_.begin(), touched_.end(), key.id()) == touched_.end()) {
-    touched_.push_back(key.id());
+void NodeEditor::checked_unprotected(Key key) {
+  if (std::find(checked_.begin(), checked_.end(), key.id()) == checked_.end()) {
+    checked_.push_back(key.id());
   }
 }
 
@@ -606,14 +616,14 @@ Items NodeEditor::items() const { return named_sorted(record_); }
 void NodeEditor::set(Key key, Value value) {
   if (!key.valid()) throw std::invalid_argument("nodemeta: write with an invalid (zero-initialised) Key");
   if (store_.is_protected(key)) throw ProtectedKeyError(key.name());
-  touch(key);
+  checked_unprotected(key);
   record_.put(key.id(), std::move(value));
 }
 
 WriteResult NodeEditor::try_set(Key key, Value value) {
   if (!key.valid()) throw std::invalid_argument("nodemeta: write with an invalid (zero-initialised) Key");
   if (store_.is_protected(key)) return WriteResult::kRejectedProtected;
-  touch(key);
+  checked_unprotected(key);
   return record_.put(key.id(), std::move(value)) ? WriteResult::kInserted : WriteResult::kUpdated;
 }
 
@@ -626,7 +636,7 @@ bool NodeEditor::set_once(Key key, Value value) {
 
 bool NodeEditor::erase(Key key) {
   if (store_.is_protected(key)) throw ProtectedKeyError(key.name());
-  touch(key);
+  checked_unprotected(key);
   return record_.erase(key.id());
 }
 

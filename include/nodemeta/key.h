@@ -184,8 +184,6 @@ class Key {
   // The id: 1 to 5 for the predefined keys below, then dense from 6 in order of first use
   // within this process; 0 only for an invalid Key.
   constexpr std::uint32_t id() const noexcept { return id_; }
-  // TEMPORARY until the key table reserves id 0 as invalid.
-  constexpr bool valid() const noexcept { return true; }
 
   friend constexpr bool operator==(Key a, Key b) noexcept { return a.id_ == b.id_; }
 

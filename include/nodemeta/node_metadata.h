@@ -134,10 +134,12 @@ class NodeMetadata {
   // Atomic multi-key edit: fn(NodeEditor&) runs against a private working copy of the
   // node, committed only if fn returns normally: all or nothing. Other threads see the
   // node before or after the whole edit. Protection is enforced inside (NodeEditor::set on
-  // a protected key throws ProtectedKeyError, which aborts the edit unless fn catches it),
-  // and again when the edit commits: if a key the edit set or erased was protected while
-  // fn ran, the edit throws ProtectedKeyError naming it and the node is unchanged.
-  // Returns what fn returns.
+  // a protected key throws ProtectedKeyError, which aborts the edit unless fn catches it).
+  // fn may run more than once: if a key that one of its NodeEditor writes found
+  // unprotected is protected (store.protect(), by any thread) before the edit commits, the
+  // edit discards its working copy and runs fn again on the node, which no other write can
+  // have changed meanwhile. So every committed edit saw protection as of its commit.
+  // Returns what the last run of fn returns.
   template <class F>
     requires std::is_invocable_v<F&, NodeEditor&>
   std::invoke_result_t<F&, NodeEditor&> edit(F&& fn);
@@ -187,11 +189,12 @@ class NodeEditor {
   friend class MetadataStore;
   NodeEditor(const MetadataStore& store, detail::Record record)
       : store_(store), record_(std::move(record)) {}
-  void touch(Key key);  // remembers a key set or erased, for the commit's protection check
+  // Remembers a key a write found unprotected: the commit re-checks them.
+  void checked_unprotected(Key key);
 
   const MetadataStore& store_;
   detail::Record record_;
-  std::vector<std::uint32_t> touched_;
+  std::vector<std::uint32_t> checked_;
 };
 
 template <class F>

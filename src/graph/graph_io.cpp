@@ -338,7 +338,14 @@ class SchemaReader {
             typed<std::string>(type, wk + "['" + path + "']" + node, "a string (the module type)");
           }
         }
-        kv.emplace_back(Key(k), v);
+        const Key key = [&] {
+          try {
+            return Key(k);
+          } catch (const std::exception& e) {  // a name nodemeta refuses (an embedded NUL)
+            fail_at(w, e.what());
+          }
+        }();
+        kv.emplace_back(key, v);
       }
       try {
         graph.add_node(name, op, target, inputs, kv);

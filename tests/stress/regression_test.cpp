@@ -5,10 +5,10 @@
 // Kind: regression. Found by linearizability_stress_test: an edit() that overlapped a
 // store.protect(k) could see k unprotected in one NodeEditor call and protected in the
 // next (set(p) succeeded, then erase(p) threw), an outcome no sequential order explains.
-// Since reads take no lock, an edit is linearized at its commit: it checks every key it set
-// or erased against protection as of the commit and fails as a whole if one of them was
-// protected meanwhile, so no committed edit mixes two instants. Deterministic: the edit
-// waits, via an atomic, until protect() returned.
+// Since reads take no lock, an edit is linearized at its commit: it re-checks every key its
+// writes found unprotected, and if one was protected meanwhile, runs the callback again on
+// the unchanged node, so no committed edit mixes two instants. Deterministic: the edit's
+// first run waits, via an atomic, until protect() returned.
 #include <atomic>
 #include <cstdint>
 #include <thread>
@@ -30,8 +30,10 @@ TEST(EditProtectRegression, OneEditSeesProtectionAsOfOneInstant) {
     phase.store(2);
     phase.notify_all();
   });
+  int runs = 0;
   EXPECT_THROW(node.edit([&](NodeEditor& e) {
-                 e.set(p, 1);
+                 ++runs;
+                 e.set(p, 1);  // the second run throws here: p is protected by then
                  phase.store(1);
                  phase.notify_all();
                  phase.wait(1);
@@ -39,9 +41,10 @@ TEST(EditProtectRegression, OneEditSeesProtectionAsOfOneInstant) {
                  // Each call sees protection as of that call...
                  EXPECT_THROW(e.erase(p), ProtectedKeyError);
                  EXPECT_EQ(e.try_set(p, 2), WriteResult::kRejectedProtected);
-               }),  // ...and the commit refuses the set(p) made before protect() returned.
+               }),  // ...and the commit reruns the edit, whose set(p) now throws.
                ProtectedKeyError);
   protector.join();
+  EXPECT_EQ(runs, 2);
   EXPECT_FALSE(node.get(p).has_value());
   // A later edit starts after protect() returned: p is protected for all of it.
   EXPECT_THROW(node.edit([&](NodeEditor& e) { e.set(p, 3); }), ProtectedKeyError);

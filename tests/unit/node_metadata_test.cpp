@@ -279,38 +279,53 @@ TEST_F(NodeMetadataTest, ProtectionIsEnforcedInsideEdit) {
 // An edit checks every key against the protected set as of the moment it took the node's
 // lock, so it is linearized there: a protect() that completes during the callback comes
 // after the edit, which may still write that key; after the edit, the key is frozen.
-// An edit is linearized when it commits: a key it set that was protected while its
-// callback ran makes the whole edit fail, as a write of that key would at that instant.
-TEST_F(NodeMetadataTest, EditCommitsOnlyIfTheKeysItWroteAreStillUnprotected) {
+// An edit is linearized when it commits. If a key one of its NodeEditor writes found
+// unprotected is protected before the commit, the callback saw an instant that is not the
+// commit's: it runs again on the unchanged node, and this time sees the key protected.
+TEST_F(NodeMetadataTest, EditRerunsWhenAKeyItWroteIsProtectedBeforeItCommits) {
   NodeMetadata md = store_.create({{"shape", 1}, {"other", 1}});
-  try {
-    md.edit([&](NodeEditor& e) {
-      e.set("other", 2);
-      e.set("shape", 2);
-      store_.protect("shape");  // allowed inside a callback: takes no node lock
-      EXPECT_TRUE(store_.is_protected("shape"));
-      EXPECT_THROW(e.set("shape", 3), ProtectedKeyError);  // checked as of each call
-    });
-    ADD_FAILURE() << "the edit committed a key protected before its commit";
-  } catch (const ProtectedKeyError& e) {
-    EXPECT_EQ(e.key(), "shape");
-    EXPECT_STREQ(e.what(), "Could not override node key: shape");
-  }
-  EXPECT_EQ(as_int(md["shape"]), 1);  // all or nothing: "other" unchanged too
-  EXPECT_EQ(as_int(md["other"]), 1);
-  EXPECT_THROW(md.set("shape", 3), ProtectedKeyError);
-  // An edit that did not write the newly protected key commits.
+  int runs = 0;
+  std::vector<std::string> seen;
   md.edit([&](NodeEditor& e) {
+    ++runs;
+    e.set("other", 2);
+    seen.push_back(e.try_set("shape", 2) == WriteResult::kRejectedProtected ? "rejected" : "written");
+    store_.protect("shape");  // allowed inside a callback: takes no node lock (idempotent)
+    EXPECT_THROW(e.set("shape", 3), ProtectedKeyError);  // checked as of each call
+  });
+  EXPECT_EQ(runs, 2);
+  EXPECT_EQ(seen, (std::vector<std::string>{"written", "rejected"}));
+  EXPECT_EQ(as_int(md["shape"]), 1);  // the committed run saw "shape" protected
+  EXPECT_EQ(as_int(md["other"]), 2);
+  EXPECT_THROW(md.set("shape", 3), ProtectedKeyError);
+  // A run whose writes stay unprotected commits at once, even if other keys get protected.
+  runs = 0;
+  md.edit([&](NodeEditor& e) {
+    ++runs;
     store_.protect("late_unrelated");
     e.set("other", 5);
   });
+  EXPECT_EQ(runs, 1);
   EXPECT_EQ(as_int(md["other"]), 5);
-  // set_once of an absent key protected meanwhile still commits (clause 3).
+  // set_once does not depend on protection (clause 3): an absent key protected meanwhile
+  // is still added, once.
+  runs = 0;
   md.edit([&](NodeEditor& e) {
+    ++runs;
     store_.protect("fresh_protected");
     EXPECT_TRUE(e.set_once("fresh_protected", 9));
   });
+  EXPECT_EQ(runs, 1);
   EXPECT_EQ(as_int(md["fresh_protected"]), 9);
+  // An uncaught rejection in the second run aborts the edit as a whole.
+  EXPECT_THROW(md.edit([&](NodeEditor& e) {
+                 e.set("other", 7);
+                 e.set("rerun_key", 1);
+                 store_.protect("rerun_key");
+               }),
+               ProtectedKeyError);
+  EXPECT_EQ(as_int(md["other"]), 5);
+  EXPECT_FALSE(md.contains("rerun_key"));
 }
 
 // update() likewise: fn ran while the key became protected; the write is refused.
