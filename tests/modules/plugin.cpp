@@ -58,8 +58,8 @@ const NodemetaTestPlugin kPlugin{
     },
     [](const char* key) -> std::uint32_t { return Key(key).id(); },
     [](std::uint32_t id, char* out) -> bool {
-      // The table only grows, so an id below the count is one this module handed out.
-      if (id >= Key::interned_count()) return false;
+      // Ids run from 1 (0 is the invalid Key) to interned_count(): the table only grows.
+      if (id == 0 || id > Key::interned_count()) return false;
       copy_name(nodemeta::detail::key_name(id), out);
       return true;
     },
