@@ -17,8 +17,9 @@
 // across runs. Id 0 is never handed out: a Key whose storage is still zero (a namespace-scope
 // `const Key kFlops{"flops"};` read from another translation unit's static initialiser before
 // its own constructor ran) is invalid (`valid()` is false, `name()` is "<invalid nodemeta::Key>")
-// rather than silently `keys::val`. Every MetadataStore/NodeMetadata operation rejects an
-// invalid Key instead of reading or writing under it.
+// rather than silently `keys::val`. No store operation reads or writes under an invalid
+// Key: writes (and create(), protect()) throw std::invalid_argument, reads find nothing
+// (get() is nullopt, at() and operator[] throw KeyError naming "<invalid nodemeta::Key>").
 //
 // Names: any bytes except NUL, up to 2^32 - 1 bytes; at most 2^32 - 2 distinct names per
 // process (std::length_error beyond either, never a wrap). A std::string/std::string_view

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -326,6 +327,33 @@ TEST_F(NodeMetadataTest, EditRerunsWhenAKeyItWroteIsProtectedBeforeItCommits) {
                ProtectedKeyError);
   EXPECT_EQ(as_int(md["other"]), 5);
   EXPECT_FALSE(md.contains("rerun_key"));
+}
+
+// Issue 13 item 9: a zero-initialised Key (read before its constructor ran) used to be
+// `val`; now no operation reads or writes under it.
+TEST_F(NodeMetadataTest, InvalidKeyIsRejectedByEveryOperation) {
+  Key zero = keys::val;
+  std::memset(static_cast<void*>(&zero), 0, sizeof zero);
+  ASSERT_FALSE(zero.valid());
+  NodeMetadata md = store_.create({{"val", 1}});
+  EXPECT_THROW(md.set(zero, 2), std::invalid_argument);
+  EXPECT_THROW((void)md.try_set(zero, 2), std::invalid_argument);
+  EXPECT_THROW(md.set_once(zero, 2), std::invalid_argument);
+  EXPECT_THROW(md.erase(zero), std::invalid_argument);
+  EXPECT_THROW(md.update(zero, [](auto) { return 2; }), std::invalid_argument);
+  EXPECT_THROW(md.edit([&](NodeEditor& e) { e.set(zero, 2); }), std::invalid_argument);
+  EXPECT_THROW(store_.create({{zero, 1}}), std::invalid_argument);
+  EXPECT_THROW(store_.protect(zero), std::invalid_argument);
+  EXPECT_FALSE(md.get(zero).has_value());
+  EXPECT_FALSE(md.contains(zero));
+  try {
+    (void)md[zero];
+    ADD_FAILURE() << "operator[] of an invalid Key";
+  } catch (const KeyError& e) {
+    EXPECT_EQ(e.key(), "<invalid nodemeta::Key>");
+  }
+  EXPECT_EQ(md.size(), 1u);
+  EXPECT_EQ(as_int(md["val"]), 1);
 }
 
 // update() likewise: fn ran while the key became protected; the write is refused.
