@@ -164,7 +164,7 @@ std::size_t Value::size() const noexcept {
   return 0;
 }
 
-const Value& Value::at(std::size_t index) const {
+const Value& Value::at(std::size_t index) const& {
   const List& l = as<List>();
   if (index >= l.size()) {
     throw std::out_of_range("nodemeta::Value: list index " + std::to_string(index) +
@@ -173,7 +173,7 @@ const Value& Value::at(std::size_t index) const {
   return l[index];
 }
 
-const Value& Value::at(std::string_view key) const {
+const Value& Value::at(std::string_view key) const& {
   const Dict& d = as<Dict>();
   for (const auto& [k, v] : d) {
     if (k == key) return v;
@@ -181,13 +181,22 @@ const Value& Value::at(std::string_view key) const {
   throw KeyError(key);
 }
 
-const Value* Value::find(std::string_view key) const noexcept {
+const Value* Value::find(std::string_view key) const& noexcept {
   if (const Dict* d = get_if<Dict>()) {
     for (const auto& [k, v] : *d) {
       if (k == key) return &v;
     }
   }
   return nullptr;
+}
+
+// The rvalue overloads copy out of the box before the temporary (and maybe the box) dies;
+// inside them *this is an lvalue, so these calls reach the const& overloads.
+Value Value::at(std::size_t index) const&& { return at(index); }
+Value Value::at(std::string_view key) const&& { return at(key); }
+std::optional<Value> Value::find(std::string_view key) const&& noexcept {
+  if (const Value* v = find(key)) return *v;
+  return std::nullopt;
 }
 
 std::string Value::repr() const {

@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <iosfwd>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -131,23 +132,36 @@ class Value {
 
   // A pointer to the held T, or nullptr if the Value holds something else. T is one of
   // bool, std::int64_t, double, std::string, List, Dict, or a user type given to make<T>.
+  // Deleted on an rvalue: the pointer would outlive the temporary's box. Name the Value
+  // first (`const Value v = node["k"]; v.get_if<T>()`), or use as<T>() on the rvalue.
   template <class T>
-  const T* get_if() const noexcept;
+  const T* get_if() const& noexcept;
+  template <class T>
+  const T* get_if() const&& = delete;
   // The held T; throws BadValueCast naming the held and the requested type. On an rvalue
-  // it returns a copy, so `const auto& s = node["k"].as<std::string>();` does not dangle.
+  // (const or not) it returns a copy, so `const auto& s = node["k"].as<std::string>();`
+  // does not dangle.
   template <class T>
   const T& as() const&;
   template <class T>
-  T as() &&;
+  T as() const&&;
 
   // Containers. size(): elements of a list, entries of a dict, 0 otherwise.
   std::size_t size() const noexcept;
   // List element; std::out_of_range naming the index and size; BadValueCast if not a list.
-  const Value& at(std::size_t index) const;
-  // Dict entry; KeyError naming the key if absent; BadValueCast if not a dict.
-  const Value& at(std::string_view key) const;
-  // Dict entry or nullptr (also nullptr when this is not a dict).
-  const Value* find(std::string_view key) const noexcept;
+  // On an rvalue it returns a copy (the box may die with the temporary), so
+  // `const Value& e = node["shape"].at(0);` does not dangle.
+  const Value& at(std::size_t index) const&;
+  Value at(std::size_t index) const&&;
+  // Dict entry; KeyError naming the key if absent; BadValueCast if not a dict. On an rvalue
+  // it returns a copy, as at(index) does.
+  const Value& at(std::string_view key) const&;
+  Value at(std::string_view key) const&&;
+  // Dict entry or nullptr (also nullptr when this is not a dict). On an rvalue it returns a
+  // copy in a std::optional (empty where the lvalue overload returns nullptr), so
+  // `if (auto e = node["attrs"].find("k")) use(*e);` reads the same and does not dangle.
+  const Value* find(std::string_view key) const& noexcept;
+  std::optional<Value> find(std::string_view key) const&& noexcept;
 
   // Python-like text: None, True, 3, 2.5, 'text', [1, 2], {'k': 1}, <T object>.
   std::string repr() const;
@@ -241,7 +255,7 @@ Value Value::make(Args&&... args) {
 }
 
 template <class T>
-const T* Value::get_if() const noexcept {
+const T* Value::get_if() const& noexcept {
   static_assert(!std::is_reference_v<T> && !std::is_const_v<T>, "get_if<T>: T must be a plain type");
   static_assert(!(std::is_arithmetic_v<T> && !kIsBuiltinScalar<T>),
                 "get_if<T>/as<T>: integers are held as std::int64_t and floating point as double");
@@ -270,7 +284,7 @@ const T& Value::as() const& {
 }
 
 template <class T>
-T Value::as() && {
+T Value::as() const&& {
   if (const T* p = get_if<T>()) return *p;
   throw_bad_cast(detail::type_name_of<T>());
 }

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -19,6 +20,14 @@ struct Shape {
 struct Opaque {
   int x = 0;
 };
+
+// A string long enough to live on the heap, so a read through a dangling reference into a
+// freed box is a heap-use-after-free that AddressSanitizer reports.
+constexpr const char* kLong = "a string long enough to defeat the small-string buffer";
+
+Value make_list() { return Value::list({kLong, 2}); }
+Value make_dict() { return Value::dict({{"shape", Value::list({1, 3})}, {"name", kLong}}); }
+const Value make_const_list() { return make_list(); }  // NOLINT(readability-const-return-type)
 
 TEST(ValueTest, DefaultIsNone) {
   const Value v;
@@ -174,6 +183,65 @@ TEST(ValueTest, AsOnRvalueReturnsACopy) {
                                const std::string&>);
   const std::string& s = Value("kept alive").as<std::string>();  // lifetime-extended copy
   EXPECT_EQ(s, "kept alive");
+  const std::string& from_const = make_const_list().at(0).as<std::string>();
+  EXPECT_EQ(from_const, kLong);
+  const Value::List& list = make_const_list().as<Value::List>();  // a const rvalue copies too
+  ASSERT_EQ(list.size(), 2u);
+  EXPECT_EQ(list[0].as<std::string>(), kLong);
+}
+
+// Accessors that would hand out a reference or pointer into a temporary's box return copies
+// (at, find, as) or do not compile (get_if).
+template <class V>
+using AtIndex = decltype(std::declval<V>().at(std::size_t{0}));
+template <class V>
+using AtKey = decltype(std::declval<V>().at(std::string_view("k")));
+template <class V>
+using Find = decltype(std::declval<V>().find("k"));
+static_assert(std::is_same_v<AtIndex<const Value&>, const Value&>);
+static_assert(std::is_same_v<AtIndex<Value&>, const Value&>);
+static_assert(std::is_same_v<AtIndex<Value>, Value>);
+static_assert(std::is_same_v<AtIndex<const Value>, Value>);
+static_assert(std::is_same_v<AtKey<const Value&>, const Value&>);
+static_assert(std::is_same_v<AtKey<Value>, Value>);
+static_assert(std::is_same_v<AtKey<const Value>, Value>);
+static_assert(std::is_same_v<Find<const Value&>, const Value*>);
+static_assert(std::is_same_v<Find<Value>, std::optional<Value>>);
+static_assert(std::is_same_v<Find<const Value>, std::optional<Value>>);
+template <class V>
+using AsString = decltype(std::declval<V>().template as<std::string>());
+static_assert(std::is_same_v<AsString<const Value&>, const std::string&>);
+static_assert(std::is_same_v<AsString<Value>, std::string>);
+static_assert(std::is_same_v<AsString<const Value>, std::string>);
+
+template <class V, class T>
+concept CanGetIf = requires(V&& v) { std::forward<V>(v).template get_if<T>(); };
+static_assert(CanGetIf<const Value&, std::int64_t>);
+static_assert(CanGetIf<Value&, std::string>);
+static_assert(!CanGetIf<Value, std::int64_t>);
+static_assert(!CanGetIf<Value, std::string>);
+static_assert(!CanGetIf<const Value, Value::List>);
+
+// n["shape"].at(0) with n["shape"] returning a Value by copy, as NodeMetadata's operator[] does.
+TEST(ValueTest, AtOnAnRvalueReturnsACopy) {
+  const Value& first = make_list().at(0);  // a lifetime-extended copy, not into a dead box
+  EXPECT_EQ(first.as<std::string>(), kLong);
+  const Value& shape = make_dict().at("shape");
+  EXPECT_EQ(shape, Value::list({1, 3}));
+  const Value& from_const = make_const_list().at(0);  // a const rvalue is a temporary too
+  EXPECT_EQ(from_const.as<std::string>(), kLong);
+  const std::string& name = make_dict().at("name").as<std::string>();
+  EXPECT_EQ(name, kLong);
+  const Value& nested = Value::list({make_list()}).at(0).at(0);
+  EXPECT_EQ(nested.as<std::string>(), kLong);
+}
+
+TEST(ValueTest, FindOnAnRvalueReturnsACopy) {
+  auto name = make_dict().find("name");
+  ASSERT_TRUE(name);
+  EXPECT_EQ(name->as<std::string>(), kLong);
+  EXPECT_FALSE(make_dict().find("missing"));
+  EXPECT_FALSE(make_list().find("name"));  // not a dict
 }
 
 TEST(ValueTest, ReprIsPythonLike) {
