@@ -70,6 +70,30 @@ class ObjectBox;
 
 struct ValueAccess;  // the store's access to a Value's representation
 
+// The argument types (after decay) that Value's converting constructors take. Every other
+// type meets the deleted catch-all constructor instead of a standard conversion to bool.
+template <class T>
+inline constexpr bool kValueInteger =
+    std::is_same_v<T, short> || std::is_same_v<T, unsigned short> || std::is_same_v<T, int> ||
+    std::is_same_v<T, unsigned> || std::is_same_v<T, long> || std::is_same_v<T, unsigned long> ||
+    std::is_same_v<T, long long> || std::is_same_v<T, unsigned long long>;
+template <class T>
+inline constexpr bool kValueFloat =
+    std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, long double>;
+// A class type that converts to std::string_view or std::string (std::pmr::string, a user
+// string class) reaches the string constructors.
+template <class T>
+struct ConvertsToString
+    : std::bool_constant<std::is_class_v<T> && (std::is_convertible_v<T, std::string_view> ||
+                                                std::is_convertible_v<T, std::string>)> {};
+// (std::disjunction: ConvertsToString<Value> is never asked, Value may still be incomplete.)
+template <class T>
+inline constexpr bool kValueArgument = std::disjunction_v<
+    std::bool_constant<std::is_same_v<T, Value> || std::is_same_v<T, bool> || kValueInteger<T> ||
+                       kValueFloat<T> || std::is_same_v<T, const char*> ||
+                       std::is_same_v<T, char*>>,
+    ConvertsToString<T>>;
+
 }  // namespace detail
 
 class Value {
@@ -78,18 +102,33 @@ class Value {
   using List = std::vector<Value>;
   using Dict = std::vector<std::pair<std::string, Value>>;  // insertion-ordered, unique keys
 
-  // Construction. None by default.
+  // Construction. None by default. Implicit from bool, from the standard integer types
+  // (short to unsigned long long; an unsigned value above INT64_MAX throws
+  // std::overflow_error), from float, double and long double (held as double), and from
+  // strings: const char* (nullptr throws std::invalid_argument), string literals,
+  // std::string, std::string_view, or a class type that converts to one of the last two.
+  // Lists and dicts come from list() and dict(), user types from make<T>().
   constexpr Value() noexcept : int_(0), kind_(Kind::kNone) {}
   Value(bool b) noexcept : int_(0), kind_(Kind::kBool) { bool_ = b; }  // NOLINT
-  template <std::integral T>
-    requires(!std::same_as<T, bool> && !std::same_as<T, char>)
+  template <class T>
+    requires detail::kValueInteger<T>
   Value(T i) : int_(checked_int(i)), kind_(Kind::kInt) {}  // NOLINT
-  template <std::floating_point T>
+  template <class T>
+    requires detail::kValueFloat<T>
   Value(T d) noexcept : double_(static_cast<double>(d)), kind_(Kind::kDouble) {}  // NOLINT
   Value(const char* s);         // NOLINT; throws std::invalid_argument on nullptr
   Value(std::string_view s);    // NOLINT
   Value(const std::string& s);  // NOLINT
   Value(std::string&& s);       // NOLINT
+  // Everything else does not compile (as in Abseil, a deleted catch-all), where it would
+  // otherwise become a bool through a standard conversion: char and the other character
+  // types (also signed/unsigned char, so std::int8_t/std::uint8_t: write Value(int{c})),
+  // pointers other than char* (Value(&x) was true), std::nullptr_t (use Value() for None),
+  // enums (Value(kGreen) was true: convert to an integer or a name), __int128, proxies
+  // such as std::vector<bool>::reference (write Value(bool(bits[i]))), List and Dict.
+  template <class T>
+    requires(!detail::kValueArgument<std::decay_t<T>>)
+  Value(T) = delete;  // NOLINT
 
   static Value none() noexcept { return Value(); }
   static Value list(std::initializer_list<Value> items);

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <memory_resource>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -60,6 +61,61 @@ TEST(ValueTest, UnsignedAboveInt64MaxThrows) {
   }
 }
 
+// Only bool, the standard integer types (not the character types), floating point and
+// strings convert; everything that used to slip into bool through a standard conversion is
+// a compile error.
+enum UnscopedColor { kRed, kGreen };
+enum class ScopedColor { kRed, kGreen };
+struct Member {
+  int x;
+};
+template <class T>
+constexpr bool kConverts = std::is_convertible_v<T, Value> && std::is_constructible_v<Value, T>;
+template <class T>
+constexpr bool kRejected = !std::is_convertible_v<T, Value> && !std::is_constructible_v<Value, T>;
+
+static_assert(kConverts<bool>);
+static_assert(kConverts<short> && kConverts<unsigned short>);
+static_assert(kConverts<int> && kConverts<unsigned>);
+static_assert(kConverts<long> && kConverts<unsigned long>);
+static_assert(kConverts<long long> && kConverts<unsigned long long>);
+static_assert(kConverts<std::int16_t> && kConverts<std::int32_t> && kConverts<std::int64_t>);
+static_assert(kConverts<std::uint16_t> && kConverts<std::uint32_t> && kConverts<std::uint64_t>);
+static_assert(kConverts<std::size_t> && kConverts<std::ptrdiff_t>);
+static_assert(kConverts<const int&> && kConverts<int&>);
+static_assert(kConverts<float> && kConverts<double> && kConverts<long double>);
+static_assert(kConverts<const char*> && kConverts<char*>);
+static_assert(kConverts<const char (&)[5]> && kConverts<char (&)[5]>);  // literals, buffers
+static_assert(kConverts<std::string> && kConverts<const std::string&> && kConverts<std::string&>);
+static_assert(kConverts<std::string_view>);
+static_assert(kConverts<Value> && kConverts<const Value&>);
+// What NodeMetadata::set(Key, Value) is called with: md.set("k", 1), md.set("k", 2.5),
+// md.set("k", "text"), md.set("k", true), md.set("k", std::string(...)).
+static_assert(std::is_convertible_v<int, Value>);
+static_assert(std::is_convertible_v<double, Value>);
+static_assert(std::is_convertible_v<const char (&)[5], Value>);
+static_assert(std::is_convertible_v<bool, Value>);
+static_assert(std::is_convertible_v<std::string, Value>);
+
+static_assert(kRejected<char> && kRejected<const char&>);  // Value(',') was Value(true)
+static_assert(kRejected<signed char> && kRejected<unsigned char>);
+static_assert(kRejected<std::int8_t> && kRejected<std::uint8_t>);
+static_assert(kRejected<wchar_t> && kRejected<char8_t>);
+static_assert(kRejected<char16_t> && kRejected<char32_t>);
+static_assert(kRejected<int*> && kRejected<const int*> && kRejected<void*>);  // Value(&x) was true
+static_assert(kRejected<const void*> && kRejected<const Value*>);
+static_assert(kRejected<const char8_t*> && kRejected<const wchar_t*> && kRejected<const char16_t*>);
+static_assert(kRejected<const char8_t (&)[3]>);  // u8"ab"
+static_assert(kRejected<void (*)()> && kRejected<int Member::*>);
+static_assert(kRejected<std::nullptr_t>);  // not bool, not a null const char* that throws
+static_assert(kRejected<UnscopedColor> && kRejected<ScopedColor>);  // Value(kGreen) was true
+__extension__ typedef __int128 Int128;  // __extension__: no -Wpedantic warning
+__extension__ typedef unsigned __int128 UInt128;
+static_assert(kRejected<Int128> && kRejected<UInt128>);  // under -std=c++20, 1 << 70 was True
+static_assert(kRejected<Value::List> && kRejected<Value::Dict>);    // list() and dict()
+static_assert(kRejected<std::vector<bool>::reference>);  // a proxy: write Value(bool(bits[i]))
+static_assert(kRejected<Member> && kRejected<std::optional<Value>>);
+
 TEST(ValueTest, ScalarsRoundTrip) {
   EXPECT_EQ(Value(true).as<bool>(), true);
   EXPECT_EQ(Value(false).as<bool>(), false);
@@ -68,6 +124,10 @@ TEST(ValueTest, ScalarsRoundTrip) {
   EXPECT_EQ(Value("abc").as<std::string>(), "abc");
   EXPECT_EQ(Value(std::string("xyz")).as<std::string>(), "xyz");
   EXPECT_EQ(Value(std::string_view("sv")).as<std::string>(), "sv");
+  char buffer[] = "buf";
+  EXPECT_EQ(Value(buffer).as<std::string>(), "buf");
+  EXPECT_EQ(Value(std::pmr::string("pmr")).as<std::string>(), "pmr");  // via std::string_view
+  EXPECT_EQ(Value(static_cast<long double>(0.5)).as<double>(), 0.5);
 }
 
 TEST(ValueTest, NullCStringThrows) {
