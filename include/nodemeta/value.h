@@ -86,6 +86,40 @@ template <class T>
 struct ConvertsToString
     : std::bool_constant<std::is_class_v<T> && (std::is_convertible_v<T, std::string_view> ||
                                                 std::is_convertible_v<T, std::string>)> {};
+// The kinds a Value holds without make<T>: inline scalars, and the boxed built-ins.
+template <class T>
+inline constexpr bool kBuiltinScalar =
+    std::is_same_v<T, bool> || std::is_same_v<T, std::int64_t> || std::is_same_v<T, double>;
+template <class T>
+inline constexpr bool kBuiltinBoxed =
+    std::is_same_v<T, std::string> || std::is_same_v<T, std::vector<Value>> ||
+    std::is_same_v<T, std::vector<std::pair<std::string, Value>>>;
+
+#ifdef __SIZEOF_INT128__
+__extension__ typedef __int128 Int128;  // __extension__: no -Wpedantic warning
+__extension__ typedef unsigned __int128 UInt128;
+template <class T>
+inline constexpr bool kInt128 = std::is_same_v<T, Int128> || std::is_same_v<T, UInt128>;
+#else
+template <class T>
+inline constexpr bool kInt128 = false;
+#endif
+
+// The parts of Value::kCanMake, one per static_assert message in make<T>.
+template <class T>
+inline constexpr bool kPlainType =
+    !std::is_reference_v<T> && !std::is_const_v<T> && !std::is_volatile_v<T>;
+template <class T>
+inline constexpr bool kNumberOrChar = std::is_arithmetic_v<T> || kInt128<T>;
+template <class T>
+inline constexpr bool kRawPointer =
+    std::is_pointer_v<T> || std::is_member_pointer_v<T> || std::is_null_pointer_v<T>;
+template <class T>
+inline constexpr bool kMakeable =
+    kPlainType<T> && std::is_object_v<T> && !kNumberOrChar<T> && !std::is_enum_v<T> &&
+    !kRawPointer<T> && !std::is_array_v<T> && !std::is_same_v<T, std::string_view> &&
+    !kBuiltinScalar<T> && !kBuiltinBoxed<T> && !std::is_same_v<T, Value>;
+
 // (std::disjunction: ConvertsToString<Value> is never asked, Value may still be incomplete.)
 template <class T>
 inline constexpr bool kValueArgument = std::disjunction_v<
@@ -136,9 +170,20 @@ class Value {
   // Throws std::invalid_argument naming the key if a key repeats.
   static Value dict(std::initializer_list<std::pair<std::string, Value>> items);
   static Value dict(Dict items);
-  // Any copy- or move-constructible T, built in place.
+  // A user object: T built in place from args (T need not be copyable or movable), read
+  // back with get_if<T>/as<T>. T is a class type (or a union), not cv-qualified; make<T>
+  // is a compile error, with a static_assert saying what to do instead, for types a Value
+  // holds on its own (bool, integers, floating point, std::string, List, Dict, Value) or
+  // could not hand back as that T, and for types it should not own: the other arithmetic
+  // and character types (make<int> could never be read as an int or compare equal to
+  // Value(1)), enums (store the integer or the name), raw pointers, std::nullptr_t and
+  // member pointers (wrap them in a struct, or use std::shared_ptr), built-in arrays (use
+  // std::array) and std::string_view (it would not own its characters).
   template <class T, class... Args>
   static Value make(Args&&... args);
+  // Whether make<T> compiles, for generic code.
+  template <class T>
+  static constexpr bool kCanMake = detail::kMakeable<T>;
 
   Value(const Value& other) noexcept : int_(other.int_), kind_(other.kind_) {
     if (boxed()) box_->add_ref();
@@ -212,13 +257,6 @@ class Value {
  private:
   friend struct detail::ValueAccess;
 
-  template <class T>
-  static constexpr bool kIsBuiltinScalar =
-      std::is_same_v<T, bool> || std::is_same_v<T, std::int64_t> || std::is_same_v<T, double>;
-  template <class T>
-  static constexpr bool kIsBuiltinBoxed = std::is_same_v<T, std::string> ||
-                                          std::is_same_v<T, List> || std::is_same_v<T, Dict>;
-
   template <std::integral T>
   static std::int64_t checked_int(T i) {
     if constexpr (std::is_unsigned_v<T> && sizeof(T) >= sizeof(std::int64_t)) {
@@ -287,17 +325,46 @@ std::string ObjectBox<std::vector<std::pair<std::string, Value>>>::repr() const;
 
 template <class T, class... Args>
 Value Value::make(Args&&... args) {
-  static_assert(!std::is_reference_v<T> && !std::is_const_v<T>, "make<T>: T must be a plain type");
-  static_assert(!kIsBuiltinScalar<T> && !kIsBuiltinBoxed<T> && !std::is_same_v<T, Value>,
-                "make<T>: build built-in kinds with Value's constructors, list() or dict()");
-  return Value(Kind::kObject, new detail::ObjectBox<T>(std::forward<Args>(args)...));
+  static_assert(detail::kPlainType<T>,
+                "make<T>: T must be a plain type (no reference, const or volatile)");
+  static_assert(!detail::kPlainType<T> || std::is_object_v<T>,
+                "make<T>: T must be an object type");
+  static_assert(!detail::kNumberOrChar<T> || detail::kBuiltinScalar<T>,
+                "make<T>: bool, integers, floating point and characters are built with Value(x) "
+                "(held as bool, std::int64_t or double; a character as a string): make<int> "
+                "could never be read back as an int. Wrap the number in a struct to keep its "
+                "type.");
+  static_assert(!std::is_enum_v<T>,
+                "make<T>: an enum is stored as its integer "
+                "(Value(static_cast<std::int64_t>(e))) or its name (Value(\"kGreen\")); wrap "
+                "it in a struct to keep its type.");
+  static_assert(!detail::kRawPointer<T>,
+                "make<T>: a raw pointer (or nullptr_t, or member pointer) is not stored: the "
+                "Value cannot keep the pointee alive, and every reader would share it mutably. "
+                "Wrap it in a struct that states who owns the pointee, or store a "
+                "std::shared_ptr<const U>.");
+  static_assert(!std::is_array_v<T>,
+                "make<T>: a built-in array is not stored: use std::array<U, N>");
+  static_assert(!std::is_same_v<T, std::string_view>,
+                "make<T>: std::string_view does not own its characters: use Value(sv), a string");
+  static_assert(
+      !detail::kBuiltinScalar<T> && !detail::kBuiltinBoxed<T> && !std::is_same_v<T, Value>,
+      "make<T>: build built-in kinds with Value's constructors, list() or dict()");
+  if constexpr (kCanMake<T>) {
+    return Value(Kind::kObject, new detail::ObjectBox<T>(std::forward<Args>(args)...));
+  } else {
+    return Value();  // unreachable: a static_assert above failed
+  }
 }
 
 template <class T>
 const T* Value::get_if() const& noexcept {
   static_assert(!std::is_reference_v<T> && !std::is_const_v<T>, "get_if<T>: T must be a plain type");
-  static_assert(!(std::is_arithmetic_v<T> && !kIsBuiltinScalar<T>),
+  static_assert(!(std::is_arithmetic_v<T> && !detail::kBuiltinScalar<T>),
                 "get_if<T>/as<T>: integers are held as std::int64_t and floating point as double");
+  static_assert(std::is_reference_v<T> || std::is_const_v<T> || std::is_arithmetic_v<T> ||
+                    detail::kBuiltinScalar<T> || detail::kBuiltinBoxed<T> || kCanMake<T>,
+                "get_if<T>/as<T>: no Value holds a T (make<T> rejects it)");
   if constexpr (std::is_same_v<T, bool>) {
     return kind_ == Kind::kBool ? &bool_ : nullptr;
   } else if constexpr (std::is_same_v<T, std::int64_t>) {

@@ -2,14 +2,18 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <memory_resource>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 namespace nodemeta {
 namespace {
@@ -218,6 +222,29 @@ TEST(ValueTest, CopiesShareTheBox) {
   EXPECT_TRUE(c.is_none());  // NOLINT(bugprone-use-after-move): moved-from is none
   EXPECT_EQ(d, a);
 }
+
+// make<T> takes user types only: anything a Value could not hand back as that T (make<int>
+// was accepted, but as<int> did not compile, as<std::int64_t> threw, and it was != Value(1))
+// is a static_assert with a message (tests/unit/value_compile_fail.cmake checks them);
+// Value::kCanMake<T> says which, for generic code.
+static_assert(Value::kCanMake<Shape> && Value::kCanMake<Opaque>);
+static_assert(Value::kCanMake<std::vector<int>> && Value::kCanMake<std::vector<double>>);
+static_assert(Value::kCanMake<std::unique_ptr<int>> && Value::kCanMake<std::shared_ptr<int>>);
+static_assert(Value::kCanMake<std::array<int, 3>> && Value::kCanMake<std::optional<int>>);
+static_assert(!Value::kCanMake<int> && !Value::kCanMake<long long> && !Value::kCanMake<unsigned>);
+static_assert(!Value::kCanMake<float> && !Value::kCanMake<long double>);
+static_assert(!Value::kCanMake<bool> && !Value::kCanMake<char> && !Value::kCanMake<char8_t>);
+static_assert(!Value::kCanMake<Int128> && !Value::kCanMake<UInt128>);
+static_assert(!Value::kCanMake<UnscopedColor> && !Value::kCanMake<ScopedColor>);
+static_assert(!Value::kCanMake<int*> && !Value::kCanMake<const Shape*> && !Value::kCanMake<void*>);
+static_assert(!Value::kCanMake<void (*)()> && !Value::kCanMake<int Member::*>);
+static_assert(!Value::kCanMake<std::nullptr_t>);
+static_assert(!Value::kCanMake<int[3]> && !Value::kCanMake<std::string_view>);
+static_assert(!Value::kCanMake<std::int64_t> && !Value::kCanMake<double>);  // built-in kinds
+static_assert(!Value::kCanMake<std::string> && !Value::kCanMake<Value::List>);
+static_assert(!Value::kCanMake<Value::Dict> && !Value::kCanMake<Value>);
+static_assert(!Value::kCanMake<const Shape> && !Value::kCanMake<Shape&>);
+static_assert(!Value::kCanMake<volatile Shape> && !Value::kCanMake<void>);
 
 TEST(ValueTest, UserTypesViaMake) {
   const Value v = Value::make<Shape>(Shape{{1, 3, 224, 224}});
