@@ -49,8 +49,8 @@ class ValueBox {
 
   virtual const std::type_info& type() const noexcept = 0;
   virtual std::string type_name() const = 0;
-  // Deep equality for built-in kinds; operator== of T for user types that have one,
-  // identity otherwise.
+  // Deep equality for built-in kinds; operator== of T for user types that have a usable one
+  // (kDeepEqualityComparable), identity otherwise.
   virtual bool equals(const ValueBox& other) const = 0;
   virtual std::string repr() const = 0;
 
@@ -224,11 +224,17 @@ class Value {
   const T* get_if() const&& = delete;
   // The held T; throws BadValueCast naming the held and the requested type. On an rvalue
   // (const or not) it returns a copy, so `const auto& s = node["k"].as<std::string>();`
-  // does not dangle.
+  // does not dangle. For a T that cannot be copied (std::unique_ptr<U>, std::mutex) the
+  // rvalue overload is deleted: name the Value first (`const Value v = node["k"];`) and
+  // read it through `v.as<T>()`, a const T&.
   template <class T>
   const T& as() const&;
   template <class T>
+    requires std::copy_constructible<T>
   T as() const&&;
+  template <class T>
+    requires(!std::copy_constructible<T>)
+  T as() const&& = delete;
 
   // Containers. size(): elements of a list, entries of a dict, 0 otherwise.
   std::size_t size() const noexcept;
@@ -284,6 +290,60 @@ std::ostream& operator<<(std::ostream& os, const Value& v);
 
 namespace detail {
 
+// Whether ObjectBox<T>::equals may call T's operator==. std::equality_comparable is not
+// enough: the standard library's element-wise comparisons (vector, map, pair, tuple,
+// optional, variant, ...) declare an operator== for any element type, which fails to compile
+// only when instantiated. So look through them: a range (value_type), a container adaptor
+// (container_type), a tuple-like type (pair, tuple, array), an optional-like type
+// (value_type, has_value()) or a variant-like type (index(), valueless_by_exception())
+// compares by value only if its elements do. A user type of one of these shapes whose own
+// operator== ignores such elements compares by identity: conservative, never an error.
+template <class T>
+consteval bool deep_equality_comparable();
+template <class T>
+inline constexpr bool kDeepEqualityComparable = deep_equality_comparable<std::remove_cv_t<T>>();
+
+template <class T>
+struct AlternativesEqualityComparable : std::true_type {};
+template <template <class...> class V, class... Ts>
+struct AlternativesEqualityComparable<V<Ts...>>
+    : std::bool_constant<(kDeepEqualityComparable<Ts> && ...)> {};
+
+template <class T>
+consteval bool deep_equality_comparable() {
+  if constexpr (!std::equality_comparable<T>) {
+    return false;
+  } else if constexpr (requires { typename T::container_type; }) {
+    return kDeepEqualityComparable<typename T::container_type>;
+  } else if constexpr (requires(const T& t) {
+                         typename T::value_type;
+                         t.begin();
+                         t.end();
+                       }) {
+    if constexpr (std::is_same_v<std::remove_cv_t<typename T::value_type>, T>) {
+      return true;  // a range of itself (a JSON value type): nothing more to look through
+    } else {
+      return kDeepEqualityComparable<typename T::value_type>;
+    }
+  } else if constexpr (requires { std::tuple_size<T>::value; }) {
+    return []<std::size_t... I>(std::index_sequence<I...>) {
+      return (kDeepEqualityComparable<std::tuple_element_t<I, T>> && ...);
+    }(std::make_index_sequence<std::tuple_size<T>::value>{});
+  } else if constexpr (requires(const T& t) {
+                         typename T::value_type;
+                         t.has_value();
+                       }) {
+    return kDeepEqualityComparable<typename T::value_type>;
+  } else if constexpr (requires(const T& t) {
+                         t.index();
+                         t.valueless_by_exception();
+                       }) {
+    return AlternativesEqualityComparable<T>::value;
+  } else {
+    return true;
+  }
+}
+
 template <class T>
 class ObjectBox final : public ValueBox {
  public:
@@ -293,7 +353,7 @@ class ObjectBox final : public ValueBox {
   std::string type_name() const override;
   bool equals(const ValueBox& other) const override {
     if (other.type() != typeid(T)) return false;
-    if constexpr (std::equality_comparable<T>) {
+    if constexpr (kDeepEqualityComparable<T>) {
       return value == static_cast<const ObjectBox&>(other).value;
     } else {
       return this == &other;
@@ -390,6 +450,7 @@ const T& Value::as() const& {
 }
 
 template <class T>
+  requires std::copy_constructible<T>
 T Value::as() const&& {
   if (const T* p = get_if<T>()) return *p;
   throw_bad_cast(detail::type_name_of<T>());

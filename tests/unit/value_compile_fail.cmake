@@ -26,6 +26,7 @@ set(prologue [=[
 #include "nodemeta/value.h"
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -68,6 +69,8 @@ compile_case(control ok
 compile_case(control_move_only ok
   "const Value v = Value::make<std::unique_ptr<int>>(new int(1)) ;
    (void)*v.as<std::unique_ptr<int>>()")
+compile_case(control_no_equality ok
+  "(void)(Value::make<std::vector<Opaque>>() == Value::make<std::map<int, Opaque>>())")
 
 # make<T> of a type a Value could never hand back as that T (item: make rejects).
 compile_case(make_int "make<T>: bool, integers, floating point and characters"
@@ -107,6 +110,8 @@ compile_case(char_to_value "${deleted_ctor}" "Value v(',')")
 compile_case(pointer_to_value "${deleted_ctor}" "int x = 0 ; Value v(&x)")
 compile_case(nullptr_to_value "${deleted_ctor}" "Value v(nullptr)")
 compile_case(enum_to_value "${deleted_ctor}" "Value v = kUnscoped")
+compile_case(as_move_only_on_rvalue "deleted (member )?function[^\n]*(::|')as[(']"
+  "(void)Value::make<std::unique_ptr<int>>(new int(1)).as<std::unique_ptr<int>>()")
 compile_case(get_if_on_rvalue "deleted (member )?function[^\n]*(::|')get_if[(']"
   "(void)Value(1).get_if<std::int64_t>()")
 

@@ -4,15 +4,23 @@
 
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <limits>
+#include <list>
+#include <map>
 #include <memory>
 #include <memory_resource>
+#include <mutex>
 #include <optional>
 #include <sstream>
+#include <stack>
 #include <stdexcept>
 #include <string>
+#include <tuple>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
+#include <variant>
 #include <vector>
 
 namespace nodemeta {
@@ -262,6 +270,84 @@ TEST(ValueTest, UserTypesViaMake) {
   EXPECT_NE(o, Value::make<Opaque>(Opaque{5}));  // no operator==: identity only
   EXPECT_EQ(o.as<Opaque>().x, 5);
   EXPECT_NE(o.repr().find("Opaque"), std::string::npos);
+}
+
+// "operator== of T when it has one, identity otherwise" also for the standard library's
+// element-wise comparisons, whose operator== exists (std::equality_comparable says yes) even
+// when the elements have none, and fails to compile only once instantiated.
+struct NoEq {
+  int x = 0;
+};
+static_assert(std::equality_comparable<std::vector<NoEq>>);  // the trap
+
+// Two separately built objects holding the same T{args} compare like T's operator==; a
+// type without a usable one compares by identity (only copies of one Value are equal).
+template <class T, class... Args>
+bool equal_when_built_twice(Args... args) {
+  const Value a = Value::make<T>(args...);
+  const Value a_copy = a;  // NOLINT(performance-unnecessary-copy-initialization)
+  EXPECT_EQ(a, a_copy) << "a Value always equals its copies";
+  EXPECT_NE(a, Value::make<NoEq>()) << "different types never compare equal";
+  return a == Value::make<T>(args...);
+}
+
+TEST(ValueTest, StdTypesOfElementsWithoutEqualityCompareByIdentity) {
+  EXPECT_FALSE(equal_when_built_twice<std::vector<NoEq>>(std::size_t{2}));
+  EXPECT_FALSE(equal_when_built_twice<std::vector<std::vector<NoEq>>>(std::size_t{2}));
+  EXPECT_FALSE((equal_when_built_twice<std::array<NoEq, 2>>()));
+  EXPECT_FALSE(equal_when_built_twice<std::deque<NoEq>>(std::size_t{1}));
+  EXPECT_FALSE(equal_when_built_twice<std::list<NoEq>>(std::size_t{1}));
+  EXPECT_FALSE((equal_when_built_twice<std::map<std::string, NoEq>>()));
+  EXPECT_FALSE((equal_when_built_twice<std::unordered_map<int, std::vector<NoEq>>>()));
+  EXPECT_FALSE((equal_when_built_twice<std::pair<int, NoEq>>()));
+  EXPECT_FALSE((equal_when_built_twice<std::tuple<int, std::string, NoEq>>()));
+  EXPECT_FALSE(equal_when_built_twice<std::optional<std::vector<NoEq>>>());
+  EXPECT_FALSE((equal_when_built_twice<std::variant<int, NoEq>>()));
+  EXPECT_FALSE(equal_when_built_twice<std::stack<NoEq>>());
+  EXPECT_FALSE(equal_when_built_twice<std::mutex>());  // neither ==, nor copyable, nor movable
+}
+
+// A range of itself (as a JSON library's value type is): the look-through stops there.
+struct Tree {
+  using value_type = Tree;
+  std::vector<Tree> children;
+  auto begin() const { return children.begin(); }
+  auto end() const { return children.end(); }
+  bool operator==(const Tree&) const = default;
+};
+
+TEST(ValueTest, StdTypesOfComparableElementsCompareByValue) {
+  EXPECT_TRUE(equal_when_built_twice<Tree>());
+  EXPECT_TRUE(equal_when_built_twice<std::vector<int>>(std::size_t{2}));
+  EXPECT_TRUE(equal_when_built_twice<std::vector<Shape>>(std::size_t{2}));
+  EXPECT_TRUE((equal_when_built_twice<std::array<std::string, 2>>()));
+  EXPECT_TRUE((equal_when_built_twice<std::map<std::string, std::vector<int>>>()));
+  EXPECT_TRUE((equal_when_built_twice<std::pair<int, std::string>>()));
+  EXPECT_TRUE((equal_when_built_twice<std::tuple<int, Shape>>()));
+  EXPECT_TRUE(equal_when_built_twice<std::optional<Shape>>());
+  EXPECT_TRUE((equal_when_built_twice<std::variant<int, std::string>>()));
+  EXPECT_TRUE(equal_when_built_twice<std::stack<int>>());
+  EXPECT_NE(Value::make<std::vector<int>>(std::vector<int>{1, 2}),
+            Value::make<std::vector<int>>(std::vector<int>{1, 3}));
+}
+
+// A move-only (or immovable) T is stored in place and read through const T&; on an rvalue,
+// as<T>() would have to copy, so it does not compile (it is deleted) rather than dangle.
+template <class V, class T>
+concept CanAs = requires(V&& v) { std::forward<V>(v).template as<T>(); };
+static_assert(CanAs<const Value&, std::unique_ptr<int>> && CanAs<Value&, std::unique_ptr<int>>);
+static_assert(!CanAs<Value, std::unique_ptr<int>> && !CanAs<const Value, std::unique_ptr<int>>);
+static_assert(CanAs<const Value&, std::mutex> && !CanAs<Value, std::mutex>);
+static_assert(CanAs<Value, std::shared_ptr<int>> && CanAs<Value, Shape>);
+
+TEST(ValueTest, MoveOnlyUserTypesAreReadThroughConstRef) {
+  const Value v = Value::make<std::unique_ptr<int>>(std::make_unique<int>(7));
+  EXPECT_EQ(*v.as<std::unique_ptr<int>>(), 7);
+  ASSERT_NE(v.get_if<std::unique_ptr<int>>(), nullptr);
+  const Value copy = v;  // NOLINT(performance-unnecessary-copy-initialization)
+  EXPECT_EQ(copy.as<std::unique_ptr<int>>().get(), v.as<std::unique_ptr<int>>().get());
+  EXPECT_EQ(v, copy);
+  EXPECT_NE(v, Value::make<std::unique_ptr<int>>(std::make_unique<int>(7)));  // unique_ptr's ==
 }
 
 TEST(ValueTest, AsOnRvalueReturnsACopy) {
