@@ -3,6 +3,7 @@
 #include <cxxabi.h>
 
 #include <algorithm>
+#include <bit>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -225,7 +226,13 @@ bool operator==(const Value& a, const Value& b) {
     case Value::Kind::kNone: return true;
     case Value::Kind::kBool: return a.bool_ == b.bool_;
     case Value::Kind::kInt: return a.int_ == b.int_;
-    case Value::Kind::kDouble: return a.double_ == b.double_;
+    case Value::Kind::kDouble: {
+      // Bitwise, so 0.0 != -0.0, after making every NaN the one NaN (the constructor did;
+      // doing it again here covers bits that reached a Value through detail::ValueAccess).
+      const double x = Value::canonical_double(a.double_);
+      const double y = Value::canonical_double(b.double_);
+      return std::bit_cast<std::uint64_t>(x) == std::bit_cast<std::uint64_t>(y);
+    }
     default: return a.box_ == b.box_ || a.box_->equals(*b.box_);
   }
 }

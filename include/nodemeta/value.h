@@ -12,12 +12,14 @@
 // functions must be safe to call concurrently.
 //
 // Differences from Python values: kinds never compare equal across kinds (1 != 1.0 != True),
-// integers are 64-bit (building a Value from an unsigned integer above INT64_MAX throws
+// == is an equivalence relation (NaN == NaN, 0.0 != -0.0: see operator==), integers are
+// 64-bit (building a Value from an unsigned integer above INT64_MAX throws
 // std::overflow_error), and dicts are keyed by strings only.
 #ifndef NODEMETA_VALUE_H_
 #define NODEMETA_VALUE_H_
 
 #include <atomic>
+#include <bit>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -149,7 +151,8 @@ class Value {
   Value(T i) : int_(checked_int(i)), kind_(Kind::kInt) {}  // NOLINT
   template <class T>
     requires detail::kValueFloat<T>
-  Value(T d) noexcept : double_(static_cast<double>(d)), kind_(Kind::kDouble) {}  // NOLINT
+  Value(T d) noexcept  // NOLINT
+      : double_(canonical_double(static_cast<double>(d))), kind_(Kind::kDouble) {}
   Value(const char* s);         // NOLINT; throws std::invalid_argument on nullptr
   Value(std::string_view s);    // NOLINT
   Value(const std::string& s);  // NOLINT
@@ -256,8 +259,19 @@ class Value {
   // Python-like text: None, True, 3, 2.5, 'text', [1, 2], {'k': 1}, <T object>.
   std::string repr() const;
 
-  // Deep equality for built-in kinds (dict equality ignores insertion order, as Python's
-  // does); user objects compare with T's operator== when it exists, by identity otherwise.
+  // Equality: two Values are equal iff they are indistinguishable, so == is an equivalence
+  // relation (reflexive, symmetric, transitive), as snapshots and round trips need:
+  // - kinds never compare equal across kinds (1 != 1.0 != True, 0 != None);
+  // - doubles compare by bit pattern after every NaN became the one NaN (see Value(T d)):
+  //   NaN == NaN, and 0.0 != -0.0 (their reprs differ); unlike Python's float ==;
+  // - strings, lists, dicts compare deeply by these rules, dicts ignoring insertion order
+  //   (as Python's do), whether or not the two sides share boxes;
+  // - user objects compare with T's operator== where it is usable (see
+  //   detail::kDeepEqualityComparable), by identity (the same make<T> call) otherwise.
+  //   T's operator== must be an equivalence relation, as std::equality_comparable requires:
+  //   a Value compares equal to its copies (the same box) without calling it, so a T whose
+  //   == is not reflexive (std::vector<double> holding a NaN) gets answers that depend on
+  //   sharing.
   friend bool operator==(const Value& a, const Value& b);
 
  private:
@@ -269,6 +283,14 @@ class Value {
       if (i > static_cast<T>(INT64_MAX)) throw_int_overflow(static_cast<std::uint64_t>(i));
     }
     return static_cast<std::int64_t>(i);
+  }
+  // Every NaN (any sign, payload, quiet or signalling) becomes the one quiet NaN, so equal
+  // doubles have equal bits. Bitwise, so that -ffast-math cannot fold the test away.
+  static constexpr double canonical_double(double d) noexcept {
+    constexpr std::uint64_t kExponent = 0x7ff0000000000000;
+    constexpr std::uint64_t kQuietNaN = 0x7ff8000000000000;
+    const std::uint64_t magnitude = std::bit_cast<std::uint64_t>(d) & ~(std::uint64_t{1} << 63);
+    return magnitude > kExponent ? std::bit_cast<double>(kQuietNaN) : d;
   }
   [[noreturn]] static void throw_int_overflow(std::uint64_t i);
   [[noreturn]] void throw_bad_cast(std::string requested) const;

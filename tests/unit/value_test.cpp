@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <bit>
 #include <cstdint>
 #include <deque>
 #include <limits>
@@ -415,6 +416,64 @@ TEST(ValueTest, FindOnAnRvalueReturnsACopy) {
   EXPECT_EQ(name->as<std::string>(), kLong);
   EXPECT_FALSE(make_dict().find("missing"));
   EXPECT_FALSE(make_list().find("name"));  // not a dict
+}
+
+// Values are equal iff they are indistinguishable: doubles compare by bit pattern, with
+// every NaN the same NaN, so == is an equivalence relation (v == v even for NaN) and
+// 0.0 != -0.0 (their reprs differ), in lists and dicts too, shared box or not.
+const double kNaN = std::numeric_limits<double>::quiet_NaN();
+const double kInf = std::numeric_limits<double>::infinity();
+
+TEST(ValueTest, DoublesCompareAsIndistinguishableNaNEqualsNaNAndSignedZerosDiffer) {
+  const Value nan(kNaN);
+  EXPECT_EQ(nan, nan);
+  EXPECT_EQ(nan, Value(kNaN));
+  EXPECT_EQ(nan, Value(-kNaN));
+  EXPECT_EQ(nan, Value(std::numeric_limits<double>::signaling_NaN()));
+  EXPECT_EQ(nan, Value(std::numeric_limits<float>::quiet_NaN()));
+  EXPECT_EQ(nan, Value(std::bit_cast<double>(std::uint64_t{0x7ff0000000000123})));  // payload
+  EXPECT_NE(nan, Value(kInf));
+  EXPECT_NE(Value(0.0), Value(-0.0));
+  EXPECT_EQ(Value(-0.0), Value(-0.0));
+  EXPECT_NE(Value(kInf), Value(-kInf));
+  EXPECT_EQ(Value(0.1 + 0.2), Value(0.1 + 0.2));
+  EXPECT_NE(Value(0.1 + 0.2), Value(0.3));
+  // Every NaN is held as the one quiet NaN, so for the inline kinds, equal Values have equal
+  // representations (what a store comparing detail::ValueAccess::Rep bits relies on).
+  EXPECT_EQ(std::bit_cast<std::uint64_t>(Value(-kNaN).as<double>()),
+            std::bit_cast<std::uint64_t>(kNaN));
+  EXPECT_EQ(detail::ValueAccess::release(Value(-kNaN)).bits,
+            detail::ValueAccess::release(Value(std::numeric_limits<double>::signaling_NaN())).bits);
+}
+
+TEST(ValueTest, EqualityOfDoublesHoldsInListsAndDictsWithOrWithoutSharedBoxes) {
+  const Value list = Value::list({kNaN, -0.0, Value::list({kNaN})});
+  EXPECT_EQ(list, list);                                             // the same box
+  EXPECT_EQ(list, Value::list({-kNaN, -0.0, Value::list({kNaN})}));  // built separately
+  EXPECT_EQ(list, Value::list(list.as<Value::List>()));  // a new box sharing the elements
+  EXPECT_NE(list, Value::list({kNaN, 0.0, Value::list({kNaN})}));
+
+  const Value dict = Value::dict({{"x", kNaN}, {"z", -0.0}, {"l", list}});
+  EXPECT_EQ(dict, dict);
+  EXPECT_EQ(dict, Value::dict({{"l", Value::list({kNaN, -0.0, Value::list({kNaN})})},
+                               {"z", -0.0},
+                               {"x", kNaN}}));
+  EXPECT_EQ(dict, Value::dict(dict.as<Value::Dict>()));  // items() round trip
+  EXPECT_NE(dict, Value::dict({{"x", kNaN}, {"z", 0.0}, {"l", list}}));
+}
+
+TEST(ValueTest, EqualValuesHaveEqualReprsAndUnequalOnesDiffer) {
+  const std::vector<Value> values = {
+      Value(0.0), Value(-0.0), Value(kNaN), Value(-kNaN), Value(kInf), Value(-kInf), Value(1.0),
+      Value(1), Value(true), Value(), Value("nan"), Value::list({kNaN}), Value::list({-kNaN}),
+      Value::list({0.0}), Value::list({-0.0}), Value::dict({{"k", -0.0}}),
+      Value::dict({{"k", 0.0}}), Value::dict({{"k", kNaN}})};
+  for (const Value& a : values) {
+    for (const Value& b : values) {
+      const bool same_text = a.repr() == b.repr() && a.type_name() == b.type_name();
+      EXPECT_EQ(a == b, same_text) << a << " vs " << b;
+    }
+  }
 }
 
 TEST(ValueTest, ReprIsPythonLike) {
