@@ -1,15 +1,36 @@
 // nodemeta/value.h: Value, the immutable, cheaply copied value of one metadata key.
 //
 // A Value holds one of: none, bool, a 64-bit integer, a double, a string, a list of
-// Values, an insertion-ordered dict from string to Value, or any copyable user type
-// (Value::make<T>). Scalars live inline (16 bytes, no allocation); strings, lists, dicts
-// and user objects live in one shared, reference-counted, immutable box, so copying a
-// Value never copies its contents.
+// Values, an insertion-ordered dict from string to Value, or a user object (a class type T,
+// built in place by Value::make<T>). Scalars live inline (16 bytes, no allocation);
+// strings, lists, dicts and user objects live in one shared, reference-counted, immutable
+// box, so copying a Value never copies its contents.
+//
+// References: at(), find(), get_if() and as() on an lvalue Value return references and
+// pointers into its box, valid while that Value (or a copy sharing the box) lives. On an
+// rvalue, such as the copy NodeMetadata's operator[] returns, at() and as() return copies,
+// find() a std::optional<Value>, and get_if() does not compile. Through a pointer the Value
+// is an lvalue: `node.get(k)->at(0)` refers into the std::optional that dies at the end of
+// the full expression; write `*node.get(k)` (an rvalue: copies) or name the optional.
 //
 // Thread safety: a Value is immutable, so any number of threads may read the same Value,
 // and copy or destroy their own copies, at once (the reference count is atomic). A user
 // type stored with make<T> is read through `const T&` from many threads: its const member
 // functions must be safe to call concurrently.
+//
+// Limits:
+// - integers are std::int64_t: every standard integer type converts, but an unsigned value
+//   above INT64_MAX throws std::overflow_error, and __int128 does not compile;
+// - doubles are IEEE binary64: float converts exactly, long double is rounded (to +-inf
+//   beyond double's range); every NaN is held as the one quiet NaN;
+// - strings, lists and dicts hold as much as std::string and std::vector do (max_size();
+//   beyond it, or out of memory, the standard library's std::length_error or
+//   std::bad_alloc); dict() checks key uniqueness in O(n^2) and at(key)/find() scan
+//   linearly: dicts are for small records, not large maps;
+// - nesting: destruction, == and repr() recurse once per level, so nesting is bounded by
+//   the thread's stack: 10,000 levels are fine on an 8 MiB stack, some tens of thousands
+//   overflow it (fewer on small thread stacks or in sanitizer builds);
+// - a box is shared by any number of Values: its reference count is 64-bit and cannot wrap.
 //
 // Differences from Python values: kinds never compare equal across kinds (1 != 1.0 != True),
 // == is an equivalence relation (NaN == NaN, 0.0 != -0.0: see operator==), integers are
@@ -56,13 +77,16 @@ class ValueBox {
   virtual bool equals(const ValueBox& other) const = 0;
   virtual std::string repr() const = 0;
 
+  // 64-bit, so the count cannot wrap: 2^64 references cannot exist at once (2^32 could, in
+  // 64 GiB of Values). On 64-bit targets the box header stays 16 bytes (vptr + count).
+  using RefCount = std::uint64_t;
   void add_ref() const noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
   void release() const noexcept {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
   }
 
  private:
-  mutable std::atomic<std::uint32_t> refs_{1};
+  mutable std::atomic<RefCount> refs_{1};
 };
 
 std::string demangle(const std::type_info& type);

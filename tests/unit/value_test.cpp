@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <atomic>
 #include <bit>
 #include <cstdint>
 #include <deque>
@@ -42,6 +43,13 @@ constexpr const char* kLong = "a string long enough to defeat the small-string b
 Value make_list() { return Value::list({kLong, 2}); }
 Value make_dict() { return Value::dict({{"shape", Value::list({1, 3})}, {"name", kLong}}); }
 const Value make_const_list() { return make_list(); }  // NOLINT(readability-const-return-type)
+
+// The representation the store packs (detail::ValueAccess) and the stated limits.
+static_assert(sizeof(Value) == 16);
+// A box's reference count cannot wrap: 2^64 copies cannot exist at once (each takes 16
+// bytes), while 2^32 could (64 GiB).
+static_assert(std::is_same_v<detail::ValueBox::RefCount, std::uint64_t>);
+static_assert(std::atomic<detail::ValueBox::RefCount>::is_always_lock_free);
 
 TEST(ValueTest, DefaultIsNone) {
   const Value v;
