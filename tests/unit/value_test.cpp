@@ -74,6 +74,10 @@ TEST(ValueTest, IntegersAreInt64) {
 
 TEST(ValueTest, UnsignedAboveInt64MaxThrows) {
   EXPECT_EQ(Value(std::uint64_t{INT64_MAX}).as<std::int64_t>(), INT64_MAX);
+  EXPECT_EQ(Value(static_cast<unsigned long long>(INT64_MAX)).as<std::int64_t>(), INT64_MAX);
+  EXPECT_THROW(Value(static_cast<unsigned long long>(INT64_MAX) + 1), std::overflow_error);
+  EXPECT_THROW(Value(std::numeric_limits<std::size_t>::max()), std::overflow_error);
+  EXPECT_EQ(Value(std::numeric_limits<std::uint32_t>::max()).as<std::int64_t>(), 4294967295);
   try {
     Value v(std::numeric_limits<std::uint64_t>::max());
     FAIL() << "expected std::overflow_error";
@@ -416,6 +420,12 @@ TEST(ValueTest, AtOnAnRvalueReturnsACopy) {
   EXPECT_EQ(name, kLong);
   const Value& nested = Value::list({make_list()}).at(0).at(0);
   EXPECT_EQ(nested.as<std::string>(), kLong);
+  // Through a std::optional such as NodeMetadata::get returns: operator* on the temporary
+  // optional is an rvalue, so this copies too; operator-> is not (see value.h).
+  const Value& through_optional = (*std::optional<Value>(make_list())).at(0);
+  EXPECT_EQ(through_optional.as<std::string>(), kLong);
+  static_assert(
+      std::is_same_v<decltype(std::declval<std::optional<Value>>()->at(0)), const Value&>);
 }
 
 TEST(ValueTest, FindOnAnRvalueReturnsACopy) {
