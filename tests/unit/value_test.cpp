@@ -75,8 +75,8 @@ TEST(ValueTest, IntegersAreInt64) {
 TEST(ValueTest, UnsignedAboveInt64MaxThrows) {
   EXPECT_EQ(Value(std::uint64_t{INT64_MAX}).as<std::int64_t>(), INT64_MAX);
   EXPECT_EQ(Value(static_cast<unsigned long long>(INT64_MAX)).as<std::int64_t>(), INT64_MAX);
-  EXPECT_THROW(Value(static_cast<unsigned long long>(INT64_MAX) + 1), std::overflow_error);
-  EXPECT_THROW(Value(std::numeric_limits<std::size_t>::max()), std::overflow_error);
+  EXPECT_THROW((void)Value(static_cast<unsigned long long>(INT64_MAX) + 1), std::overflow_error);
+  EXPECT_THROW((void)Value(std::numeric_limits<std::size_t>::max()), std::overflow_error);
   EXPECT_EQ(Value(std::numeric_limits<std::uint32_t>::max()).as<std::int64_t>(), 4294967295);
   try {
     Value v(std::numeric_limits<std::uint64_t>::max());
