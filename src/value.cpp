@@ -3,6 +3,7 @@
 #include <cxxabi.h>
 
 #include <algorithm>
+#include <bit>
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
@@ -164,7 +165,7 @@ std::size_t Value::size() const noexcept {
   return 0;
 }
 
-const Value& Value::at(std::size_t index) const {
+const Value& Value::at(std::size_t index) const& {
   const List& l = as<List>();
   if (index >= l.size()) {
     throw std::out_of_range("nodemeta::Value: list index " + std::to_string(index) +
@@ -173,7 +174,7 @@ const Value& Value::at(std::size_t index) const {
   return l[index];
 }
 
-const Value& Value::at(std::string_view key) const {
+const Value& Value::at(std::string_view key) const& {
   const Dict& d = as<Dict>();
   for (const auto& [k, v] : d) {
     if (k == key) return v;
@@ -181,13 +182,22 @@ const Value& Value::at(std::string_view key) const {
   throw KeyError(key);
 }
 
-const Value* Value::find(std::string_view key) const noexcept {
+const Value* Value::find(std::string_view key) const& noexcept {
   if (const Dict* d = get_if<Dict>()) {
     for (const auto& [k, v] : *d) {
       if (k == key) return &v;
     }
   }
   return nullptr;
+}
+
+// The rvalue overloads copy out of the box before the temporary (and maybe the box) dies;
+// inside them *this is an lvalue, so these calls reach the const& overloads.
+Value Value::at(std::size_t index) const&& { return at(index); }
+Value Value::at(std::string_view key) const&& { return at(key); }
+std::optional<Value> Value::find(std::string_view key) const&& noexcept {
+  if (const Value* v = find(key)) return *v;
+  return std::nullopt;
 }
 
 std::string Value::repr() const {
@@ -216,7 +226,13 @@ bool operator==(const Value& a, const Value& b) {
     case Value::Kind::kNone: return true;
     case Value::Kind::kBool: return a.bool_ == b.bool_;
     case Value::Kind::kInt: return a.int_ == b.int_;
-    case Value::Kind::kDouble: return a.double_ == b.double_;
+    case Value::Kind::kDouble: {
+      // Bitwise, so 0.0 != -0.0, after making every NaN the one NaN (the constructor did;
+      // doing it again here covers bits that reached a Value through detail::ValueAccess).
+      const double x = Value::canonical_double(a.double_);
+      const double y = Value::canonical_double(b.double_);
+      return std::bit_cast<std::uint64_t>(x) == std::bit_cast<std::uint64_t>(y);
+    }
     default: return a.box_ == b.box_ || a.box_->equals(*b.box_);
   }
 }
