@@ -76,14 +76,20 @@ class Backoff {
 // the lock is held, so it tracks the word itself and publishes with plain stores.
 class WriteLock {
  public:
-  explicit WriteLock(NodeState& node) noexcept : node_(node) {
+  // `open`: take the lock with the write window already open, in the same CAS (a seq_cst
+  // read-modify-write, which also serves as the window's fence). For writes that need no
+  // allocation before their stores, which is nearly all of them.
+  WriteLock(NodeState& node, bool open) noexcept : node_(node) {
     Backoff backoff;
+    const std::uint64_t bits = NodeState::kLocked | (open ? NodeState::kWriting : 0);
     std::uint64_t w = node.ctl.load(std::memory_order_relaxed);
     for (;;) {
       if ((w & NodeState::kLocked) == 0 &&
-          node.ctl.compare_exchange_weak(w, w | NodeState::kLocked, std::memory_order_acquire,
+          node.ctl.compare_exchange_weak(w, w | bits, std::memory_order_seq_cst,
                                          std::memory_order_relaxed)) {
         word_ = w | NodeState::kLocked;
+        open_ = open;
+        if (open) std::atomic_thread_fence(std::memory_order_release);  // (seqlock writer)
         return;
       }
       backoff.pause();
@@ -94,25 +100,37 @@ class WriteLock {
   WriteLock(const WriteLock&) = delete;
   WriteLock& operator=(const WriteLock&) = delete;
 
-  // Opens the write window: readers that load ctl from now on retry until close(). The
-  // seq_cst fence orders the window's opening before the protection check that follows
-  // (and before every store of the window, as a release fence).
+  // Opens the write window if the lock did not: readers that load ctl from now on retry
+  // until close(). The seq_cst fence orders the opening before the protection check that
+  // follows (and, as a release fence, before every store of the window).
   void open() noexcept {
+    if (open_) return;
+    open_ = true;
     node_.ctl.store(word_ | NodeState::kWriting, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_seq_cst);
   }
+  bool is_open() const noexcept { return open_; }
   // Closes the window; `changed`: the node's contents changed (readers that overlapped the
   // window fail their validation). Release: the window's stores happen before any read
   // that sees the window closed.
   void close(bool changed) noexcept {
     if (changed) word_ += NodeState::kVersionStep;
+    open_ = false;
     node_.ctl.store(word_, std::memory_order_release);
   }
 
  private:
   NodeState& node_;
   std::uint64_t word_;
+  bool open_ = false;
 };
+
+// Whether a write should open its window with the lock: not when the node's array looks
+// full (a hint read without the lock: an append may then need to allocate, which it does
+// before opening, so readers never wait on the allocator).
+bool open_with_lock(const NodeState& node) noexcept {
+  return node.size.load(std::memory_order_relaxed) < node.capacity.load(std::memory_order_relaxed);
+}
 
 // Runs `read(slots, size)` on a consistent view of the node and returns its result.
 // `read` may only load (load_shared) and copy plain data out; it runs again if a write
@@ -181,7 +199,7 @@ struct FreshSlots {
 // nothing has changed yet) and copy the current slots into it.
 void prepare_append(const NodeState& node, FreshSlots& fresh) {
   const std::uint32_t size = node.size.load(std::memory_order_relaxed);
-  if (size < node.capacity) return;
+  if (size < node.capacity.load(std::memory_order_relaxed)) return;
   fresh.capacity = detail::grown_capacity(size);
   fresh.slots = detail::allocate_slots(fresh.capacity);
   if (size != 0) {
@@ -198,8 +216,8 @@ void append_in_window(NodeState& node, const Slot& slot, FreshSlots& fresh) noex
     fresh.slots[size] = slot;  // not yet visible to any reader
     node.slots.store(fresh.take(), std::memory_order_release);
     node.size.store(size + 1, std::memory_order_release);
-    if (old != nullptr) detail::retire(old, &free_slots, node.capacity);
-    node.capacity = fresh.capacity;
+    if (old != nullptr) detail::retire(old, &free_slots, node.capacity.load(std::memory_order_relaxed));
+    node.capacity.store(fresh.capacity, std::memory_order_relaxed);
   } else {
     detail::store_slot(node.slots.load(std::memory_order_relaxed)[size], slot);
     node.size.store(size + 1, std::memory_order_release);
@@ -344,7 +362,7 @@ NodeEntry* MetadataStore::insert(detail::Record record) {
   (void)inserted;
   NodeState& node = acc->second;
   const std::uint32_t size = record.size();
-  node.capacity = record.capacity();
+  node.capacity.store(record.capacity(), std::memory_order_relaxed);
   node.slots.store(record.release(), std::memory_order_relaxed);
   node.size.store(size, std::memory_order_relaxed);
   // The element stays at this address until remove(): the map relinks, never moves, its
@@ -374,7 +392,7 @@ void MetadataStore::remove(NodeEntry& node) noexcept {
   NodeState& state = node.second;
   const std::uint32_t size = state.size.load(std::memory_order_relaxed);
   Slot* slots = state.slots.exchange(nullptr, std::memory_order_relaxed);
-  const std::uint32_t capacity = std::exchange(state.capacity, 0);
+  const std::uint32_t capacity = state.capacity.exchange(0, std::memory_order_relaxed);
   state.size.store(0, std::memory_order_relaxed);
   const bool erased = map_.erase(node.first);
   NODEMETA_ASSERT(erased, "a live NodeMetadata's node is in its store");
@@ -418,7 +436,7 @@ WriteResult MetadataStore::write(NodeEntry& node, Key key, Value&& value) {
   NodeState& state = node.second;
   WriteResult result;
   {
-    WriteLock lock(state);
+    WriteLock lock(state, open_with_lock(state));
     const std::uint32_t i = find_owned(state, key.id());
     FreshSlots fresh;
     if (i == kAbsent) prepare_append(state, fresh);  // may throw: nothing changed yet
@@ -452,10 +470,13 @@ bool MetadataStore::set_once(NodeEntry& node, Key key, Value&& value) {
   detail::reserve_retired(1);
   NodeState& state = node.second;
   {
-    WriteLock lock(state);
-    if (find_owned(state, key.id()) != kAbsent) return false;
+    WriteLock lock(state, open_with_lock(state));
+    if (find_owned(state, key.id()) != kAbsent) {
+      if (lock.is_open()) lock.close(false);
+      return false;
+    }
     FreshSlots fresh;
-    prepare_append(state, fresh);
+    prepare_append(state, fresh);  // may throw: nothing changed yet (a window closes unchanged)
     lock.open();
     const detail::ValueAccess::Rep rep = detail::ValueAccess::release(std::move(value));
     append_in_window(state, Slot{key.id(), rep.kind, rep.bits}, fresh);
@@ -471,10 +492,12 @@ bool MetadataStore::erase(NodeEntry& node, Key key) {
   detail::reserve_retired(1);
   NodeState& state = node.second;
   {
-    WriteLock lock(state);
+    WriteLock lock(state, true);
     const std::uint32_t i = find_owned(state, key.id());
-    if (i == kAbsent) return false;  // nothing changes: linearized at the lookup
-    lock.open();
+    if (i == kAbsent) {  // nothing changes: linearized at the lookup
+      lock.close(false);
+      return false;
+    }
     if (is_protected(key)) {
       lock.close(false);
       throw ProtectedKeyError(key.name());
@@ -501,7 +524,7 @@ Value MetadataStore::update(NodeEntry& node, Key key,
   Value next;
   Value stored;
   {
-    WriteLock lock(state);
+    WriteLock lock(state, false);  // the window opens after the callback
     const std::uint32_t i = find_owned(state, key.id());
     std::optional<Value> old;
     if (i != kAbsent) old = state.slots.load(std::memory_order_relaxed)[i].value();
@@ -538,7 +561,7 @@ void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)>
   NodeEditor editor(*this, detail::Record());
   std::vector<detail::Record> discarded;
   {
-    WriteLock lock(state);
+    WriteLock lock(state, false);  // the window opens after the callback
     const std::uint32_t size = state.size.load(std::memory_order_relaxed);
     for (;;) {
       // No other writer can change the node while we hold its lock: every attempt starts
@@ -554,7 +577,7 @@ void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)>
       detail::reserve_retired(size + 1);
       discarded.reserve(discarded.size() + 1);
       FreshSlots fresh;
-      if (next.size() > state.capacity) {
+      if (next.size() > state.capacity.load(std::memory_order_relaxed)) {
         fresh.capacity = next.size();
         fresh.slots = detail::allocate_slots(fresh.capacity);
       }
@@ -575,8 +598,10 @@ void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)>
         std::copy_n(next.begin(), n, fresh.slots);
         state.slots.store(fresh.take(), std::memory_order_release);
         state.size.store(n, std::memory_order_release);
-        if (slots != nullptr) detail::retire(slots, &free_slots, state.capacity);
-        state.capacity = fresh.capacity;
+        if (slots != nullptr) {
+          detail::retire(slots, &free_slots, state.capacity.load(std::memory_order_relaxed));
+        }
+        state.capacity.store(fresh.capacity, std::memory_order_relaxed);
       } else {
         for (std::uint32_t j = 0; j < n; ++j) detail::store_slot(slots[j], next.begin()[j]);
         state.size.store(n, std::memory_order_release);

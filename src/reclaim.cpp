@@ -34,8 +34,6 @@ thread_local ReclaimThread* tls_thread __attribute__((tls_model("initial-exec"))
 namespace {
 
 constexpr std::uint64_t kUnsealed = ~std::uint64_t{0};
-// A thread tries to release what it retired once this many objects are waiting.
-constexpr std::size_t kCollectThreshold = 128;
 
 // membarrier(PRIVATE_EXPEDITED): a full memory barrier in every running thread of this
 // process (threads not running pass one when they are scheduled). Registered once; where
@@ -195,23 +193,18 @@ ReclaimThread* create_thread() {
   return t;
 }
 
-void reserve_retired(std::size_t n) {
+void reserve_retired_slow(std::size_t n) {
   ReclaimThread& t = reclaim_thread();
   if (t.bag.capacity() - t.bag.size() < n) t.bag.reserve(t.bag.size() + n + kCollectThreshold);
 }
 
-void seal_retired() noexcept {
-  if (ReclaimThread* t = tls_thread) seal_into(*t);
-}
+void seal_retired_slow(ReclaimThread& t) noexcept { seal_into(t); }
 
-void maybe_collect() noexcept {
-  ReclaimThread* t = tls_thread;
-  if (t == nullptr || t->collecting || t->pins != 0) return;
-  if (t->sealed - t->head < kCollectThreshold) return;
+void collect(ReclaimThread& t) noexcept {
   const std::uint64_t e = domain().try_advance();
   // Releases only what became safe: a thread pinned for long holds back only the objects
   // retired while it was pinned, never a writer.
-  t->release_upto(e - 2);
+  t.release_upto(e - 2);
   release_orphans(e - 2);
 }
 

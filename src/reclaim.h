@@ -112,17 +112,33 @@ class ReadGuard {
 // reserve_retired(n) may throw std::bad_alloc before the write changes anything;
 // retire() of up to n objects afterwards cannot fail. retire() only after the object is
 // unreachable from every node.
-void reserve_retired(std::size_t n);
+void reserve_retired_slow(std::size_t n);
+inline void reserve_retired(std::size_t n) {
+  const ReclaimThread* t = tls_thread;
+  if (t != nullptr && t->bag.capacity() - t->bag.size() >= n) return;
+  reserve_retired_slow(n);
+}
 inline void retire(void* object, RetireFn fn, std::size_t arg) noexcept {
   // reserve_retired() created the state and made room.
   tls_thread->bag.push_back(RetiredObject{object, fn, arg, ~std::uint64_t{0}});
 }
 // Stamps every object retired since the last call with the current epoch. One fence; call
 // once per write, after the write's last unlink.
-void seal_retired() noexcept;
+void seal_retired_slow(ReclaimThread& t) noexcept;
+inline void seal_retired() noexcept {
+  ReclaimThread* t = tls_thread;
+  if (t != nullptr && t->sealed != t->bag.size()) seal_retired_slow(*t);
+}
 // Releases what is safe of this thread's retired objects when it has accumulated enough.
 // Runs destructors of user values: call only with no node lock held.
-void maybe_collect() noexcept;
+inline constexpr std::size_t kCollectThreshold = 128;
+void collect(ReclaimThread& t) noexcept;
+inline void maybe_collect() noexcept {
+  ReclaimThread* t = tls_thread;
+  if (t != nullptr && t->sealed - t->head >= kCollectThreshold && !t->collecting && t->pins == 0) {
+    collect(*t);
+  }
+}
 
 // Waits until every read in flight has finished, then releases every object retired so far
 // by this thread and by threads that have exited. Returns how many were released. Must not

@@ -101,7 +101,7 @@ NodeState::~NodeState() {
   Slot* s = slots.load(std::memory_order_relaxed);
   const std::uint32_t n = size.load(std::memory_order_relaxed);
   for (std::uint32_t i = 0; i < n; ++i) ValueAccess::drop(s[i].bits, s[i].kind);
-  deallocate_slots(s, capacity);
+  deallocate_slots(s, capacity.load(std::memory_order_relaxed));
 }
 
 }  // namespace nodemeta::detail

@@ -144,7 +144,8 @@ struct NodeState {
   // a reader never indexes an array past the size it was published with.
   std::atomic<Slot*> slots{nullptr};
   std::atomic<std::uint32_t> size{0};
-  std::uint32_t capacity = 0;  // read and written only by the lock holder
+  // Written only by the lock holder; others read it only as a hint (relaxed).
+  std::atomic<std::uint32_t> capacity{0};
 
   NodeState() noexcept = default;
   NodeState(const NodeState&) = delete;
