@@ -638,18 +638,26 @@ Value NodeEditor::at(Key key) const {
 
 Items NodeEditor::items() const { return named_sorted(record_); }
 
+WriteResult NodeEditor::replace(Key key, Value&& value) {
+  graveyard_.reserve(graveyard_.size() + 1);  // may throw: nothing changed yet
+  Value replaced;
+  const bool inserted = record_.put(key.id(), std::move(value), replaced);
+  if (!inserted) graveyard_.push_back(std::move(replaced));
+  return inserted ? WriteResult::kInserted : WriteResult::kUpdated;
+}
+
 void NodeEditor::set(Key key, Value value) {
   if (!key.valid()) throw std::invalid_argument("nodemeta: write with an invalid (zero-initialised) Key");
   if (store_.is_protected(key)) throw ProtectedKeyError(key.name());
   checked_unprotected(key);
-  record_.put(key.id(), std::move(value));
+  (void)replace(key, std::move(value));
 }
 
 WriteResult NodeEditor::try_set(Key key, Value value) {
   if (!key.valid()) throw std::invalid_argument("nodemeta: write with an invalid (zero-initialised) Key");
   if (store_.is_protected(key)) return WriteResult::kRejectedProtected;
   checked_unprotected(key);
-  return record_.put(key.id(), std::move(value)) ? WriteResult::kInserted : WriteResult::kUpdated;
+  return replace(key, std::move(value));
 }
 
 bool NodeEditor::set_once(Key key, Value value) {
@@ -660,9 +668,14 @@ bool NodeEditor::set_once(Key key, Value value) {
 }
 
 bool NodeEditor::erase(Key key) {
+  if (!key.valid()) throw std::invalid_argument("nodemeta: write with an invalid (zero-initialised) Key");
   if (store_.is_protected(key)) throw ProtectedKeyError(key.name());
   checked_unprotected(key);
-  return record_.erase(key.id());
+  graveyard_.reserve(graveyard_.size() + 1);
+  Value erased;
+  if (!record_.erase(key.id(), erased)) return false;
+  graveyard_.push_back(std::move(erased));
+  return true;
 }
 
 }  // namespace nodemeta

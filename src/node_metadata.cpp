@@ -37,7 +37,13 @@ NodeMetadata& NodeMetadata::operator=(NodeMetadata&& other) noexcept {
 }
 
 NodeMetadata::~NodeMetadata() {
-  if (node_ != nullptr) store_->remove(*node_);
+  // The handle is emptied first: a value whose destructor (run by remove(), after the node
+  // left its store) reaches back through this handle gets "use of a moved-from
+  // NodeMetadata" instead of reading freed memory.
+  if (node_ == nullptr) return;
+  NodeEntry* node = std::exchange(node_, nullptr);
+  MetadataStore* store = std::exchange(store_, nullptr);
+  store->remove(*node);
 }
 
 NodeId NodeMetadata::id() const noexcept { return node_ != nullptr ? node_->first : 0; }

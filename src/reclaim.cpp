@@ -1,10 +1,11 @@
 #include "reclaim.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -20,11 +21,26 @@
 namespace nodemeta::detail {
 
 // One registered thread. Records are never freed: a thread that exits leaves its record
-// for the next thread to take (in_use), so the list only grows to the peak thread count.
+// (and whatever it retired that is not yet safe) for the next thread to take, so the list
+// only grows to the peak number of threads alive at once.
 struct alignas(64) ThreadRecord {
   std::atomic<std::uint64_t> state{0};
   std::atomic<bool> in_use{true};
   ThreadRecord* next = nullptr;  // immutable once the record is published
+
+  // Objects its threads' completed writes retired, in epoch order. Guarded by list_lock:
+  // the owner appends at the end of a write that retired something; any thread collecting
+  // takes what has become safe (release_retired_values() takes from every record).
+  std::atomic<bool> list_lock{false};
+  std::vector<RetiredObject> list;
+
+  void lock() noexcept {
+    for (unsigned spins = 0; list_lock.exchange(true, std::memory_order_acquire); ++spins) {
+      if (spins > 16) std::this_thread::yield();
+    }
+  }
+  bool try_lock() noexcept { return !list_lock.exchange(true, std::memory_order_acquire); }
+  void unlock() noexcept { list_lock.store(false, std::memory_order_release); }
 };
 
 constinit Epoch g_epoch_line{};
@@ -32,8 +48,6 @@ constinit bool g_asymmetric_pin = false;
 thread_local ReclaimThread* tls_thread __attribute__((tls_model("initial-exec"))) = nullptr;
 
 namespace {
-
-constexpr std::uint64_t kUnsealed = ~std::uint64_t{0};
 
 // membarrier(PRIVATE_EXPEDITED): a full memory barrier in every running thread of this
 // process (threads not running pass one when they are scheduled). Registered once; where
@@ -62,12 +76,25 @@ void heavy_fence() noexcept {
   std::atomic_thread_fence(std::memory_order_seq_cst);
 }
 
+void thread_exit(void* state) noexcept;
+void after_fork_in_child() noexcept;
+
 class Domain {
  public:
-  Domain() { g_asymmetric_pin = register_membarrier(); }
+  Domain() {
+    g_asymmetric_pin = register_membarrier();
+    // A pthread key's destructor runs after the thread's C++ thread_local destructors (and
+    // again if one of those made nodemeta calls that set it anew), so a thread_local whose
+    // destructor writes a node still has its retirements handed on.
+    if (pthread_key_create(&exit_key, [](void* p) { thread_exit(p); }) != 0) {
+      assertion_failed("pthread_key_create == 0", "no pthread key for nodemeta's thread exit",
+                       __FILE__, __LINE__);
+    }
+    pthread_atfork(nullptr, nullptr, &after_fork_in_child);
+  }
 
   ThreadRecord* acquire_record() {
-    for (ThreadRecord* r = records_.load(std::memory_order_acquire); r != nullptr; r = r->next) {
+    for (ThreadRecord* r = records(); r != nullptr; r = r->next) {
       bool free = false;
       if (!r->in_use.load(std::memory_order_relaxed) &&
           r->in_use.compare_exchange_strong(free, true, std::memory_order_acquire)) {
@@ -82,13 +109,14 @@ class Domain {
                                              std::memory_order_relaxed));
     return r;
   }
+  ThreadRecord* records() const noexcept { return records_.load(std::memory_order_acquire); }
 
   // Advances the epoch if every pinned thread is pinned in the current one. Returns the
   // epoch as this call leaves it.
   std::uint64_t try_advance() noexcept {
     std::uint64_t e = g_epoch.load(std::memory_order_seq_cst);
     heavy_fence();  // the other half of every pin's fence
-    for (ThreadRecord* r = records_.load(std::memory_order_acquire); r != nullptr; r = r->next) {
+    for (ThreadRecord* r = records(); r != nullptr; r = r->next) {
       const std::uint64_t s = r->state.load(std::memory_order_acquire);
       if ((s & 1) != 0 && (s >> 1) != e) return e;
     }
@@ -96,9 +124,7 @@ class Domain {
     return e;  // another thread advanced it (e now holds the newer value)
   }
 
-  // Objects of threads that exited before they were safe to release.
-  std::mutex orphan_mutex;
-  std::vector<RetiredObject> orphans;
+  pthread_key_t exit_key{};
 
  private:
   std::atomic<ThreadRecord*> records_{nullptr};
@@ -109,103 +135,119 @@ Domain& domain() {
   return *d;
 }
 
-std::size_t release_orphans(std::uint64_t safe) noexcept {
-  Domain& d = domain();
-  std::vector<RetiredObject> ready;
-  {
-    std::unique_lock<std::mutex> lock(d.orphan_mutex, std::try_to_lock);
-    if (!lock.owns_lock() || d.orphans.empty()) return 0;
-    // Orphans are in no particular epoch order (several threads' lists): move the safe ones
-    // to the back, then out.
-    const auto split = std::partition(d.orphans.begin(), d.orphans.end(),
-                                      [safe](const RetiredObject& o) { return o.epoch > safe; });
-    try {
-      ready.assign(split, d.orphans.end());
-    } catch (...) {
-      return 0;  // out of memory: keep them for a later call
-    }
-    d.orphans.erase(split, d.orphans.end());
-  }
-  for (const RetiredObject& o : ready) o.fn(o.object, o.arg);
-  return ready.size();
-}
-
+// Stamps the thread's bag with the current epoch and moves it to its record's list.
 void seal_into(ReclaimThread& t) noexcept {
-  if (t.sealed == t.bag.size()) return;
+  if (t.bag.empty()) return;
   // Orders this write's unlinks before the epoch load (docs/design.md: r >= e).
   std::atomic_thread_fence(std::memory_order_seq_cst);
   const std::uint64_t e = g_epoch.load(std::memory_order_seq_cst);
-  for (std::size_t i = t.sealed; i < t.bag.size(); ++i) t.bag[i].epoch = e;
-  t.sealed = t.bag.size();
+  for (RetiredObject& o : t.bag) o.epoch = e;
+  ThreadRecord& r = *t.record;
+  r.lock();
+  try {
+    r.list.insert(r.list.end(), t.bag.begin(), t.bag.end());
+  } catch (...) {
+    // Out of memory: the objects stay in the bag, stamped; the next seal stamps them again
+    // with a later epoch, which only delays their release.
+    r.unlock();
+    return;
+  }
+  r.unlock();
+  t.since_collect += t.bag.size();
+  t.bag.clear();
 }
 
-// Hands the calling thread's state back when it exits. Only touched when the state is
-// created (a thread_local with a destructor costs a guard check on every access).
-struct ThreadExit {
-  ~ThreadExit() {
-    ReclaimThread* t = tls_thread;
-    if (t == nullptr) return;
-    tls_thread = nullptr;
-    seal_into(*t);
-    if (t->head < t->bag.size()) {
-      Domain& d = domain();
-      std::lock_guard<std::mutex> lock(d.orphan_mutex);
-      d.orphans.insert(d.orphans.end(), t->bag.begin() + static_cast<std::ptrdiff_t>(t->head),
-                       t->bag.end());
+// Takes out of `r` the objects retired at epoch <= safe (a prefix: the list is in epoch
+// order) and releases them, outside the lock. `wait`: block for the lock, else skip a
+// record another thread holds.
+std::size_t release_from(ThreadRecord& r, std::uint64_t safe, bool wait) noexcept {
+  if (wait) {
+    r.lock();
+  } else if (!r.try_lock()) {
+    return 0;
+  }
+  std::vector<RetiredObject> ready;
+  const auto end = std::find_if(r.list.begin(), r.list.end(),
+                                [safe](const RetiredObject& o) { return o.epoch > safe; });
+  if (end == r.list.end()) {
+    ready.swap(r.list);  // no allocation
+  } else if (end != r.list.begin()) {
+    try {
+      ready.assign(r.list.begin(), end);
+      r.list.erase(r.list.begin(), end);
+    } catch (...) {
+      ready.clear();  // out of memory: leave them for a later call
     }
-    t->state->store(0, std::memory_order_release);
-    t->record->in_use.store(false, std::memory_order_release);
-    delete t;
   }
-};
-thread_local ThreadExit thread_exit;
+  r.unlock();
+  for (const RetiredObject& o : ready) o.fn(o.object, o.arg);  // may retire more: appends
+  return ready.size();
+}
 
-}  // namespace
-
-std::size_t ReclaimThread::release_upto(std::uint64_t safe) noexcept {
+std::size_t release_all(ReclaimThread& t, std::uint64_t safe, bool wait) noexcept {
   std::size_t n = 0;
-  collecting = true;
-  while (head < sealed && bag[head].epoch <= safe) {
-    const RetiredObject o = bag[head++];
-    o.fn(o.object, o.arg);  // may run a user destructor, which may retire more (appends)
-    ++n;
+  t.collecting = true;
+  for (ThreadRecord* r = domain().records(); r != nullptr; r = r->next) {
+    n += release_from(*r, safe, wait);
   }
-  collecting = false;
-  if (head == bag.size()) {
-    bag.clear();
-    head = sealed = 0;
-  } else if (head > 0 && head * 2 >= bag.size()) {
-    bag.erase(bag.begin(), bag.begin() + static_cast<std::ptrdiff_t>(head));
-    sealed -= head;
-    head = 0;
-  }
+  t.collecting = false;
   return n;
 }
+
+void thread_exit(void* state) noexcept {
+  auto* t = static_cast<ReclaimThread*>(state);
+  tls_thread = nullptr;
+  seal_into(*t);  // what it retired stays with its record, released by later collections
+  t->state->store(0, std::memory_order_release);
+  t->record->in_use.store(false, std::memory_order_release);
+  delete t;
+}
+
+// After fork(), only the forking thread exists in the child: every other record would stay
+// pinned, or locked, forever. Released objects stay where they are, to be released later.
+void after_fork_in_child() noexcept {
+  ThreadRecord* mine = tls_thread != nullptr ? tls_thread->record : nullptr;
+  for (ThreadRecord* r = domain().records(); r != nullptr; r = r->next) {
+    r->list_lock.store(false, std::memory_order_relaxed);
+    if (r == mine) continue;
+    r->state.store(0, std::memory_order_relaxed);
+    r->in_use.store(false, std::memory_order_relaxed);
+  }
+}
+
+}  // namespace
 
 ReclaimThread* create_thread() {
   Domain& d = domain();  // decides g_asymmetric_pin before this thread's first pin
   auto* t = new ReclaimThread();
   t->record = d.acquire_record();
   t->state = &t->record->state;
-  t->bag.reserve(kCollectThreshold * 2);
+  try {
+    t->bag.reserve(16);
+  } catch (...) {
+    t->record->in_use.store(false, std::memory_order_release);
+    delete t;
+    throw;
+  }
   tls_thread = t;
-  (void)&thread_exit;  // odr-use: registers the thread-exit destructor
+  pthread_setspecific(d.exit_key, t);
   return t;
 }
 
 void reserve_retired_slow(std::size_t n) {
   ReclaimThread& t = reclaim_thread();
-  if (t.bag.capacity() - t.bag.size() < n) t.bag.reserve(t.bag.size() + n + kCollectThreshold);
+  if (t.bag.capacity() - t.bag.size() < n) t.bag.reserve(t.bag.size() + n + 16);
 }
 
 void seal_retired_slow(ReclaimThread& t) noexcept { seal_into(t); }
 
 void collect(ReclaimThread& t) noexcept {
+  t.since_collect = 0;
   const std::uint64_t e = domain().try_advance();
-  // Releases only what became safe: a thread pinned for long holds back only the objects
-  // retired while it was pinned, never a writer.
-  t.release_upto(e - 2);
-  release_orphans(e - 2);
+  // Releases only what became safe, from every record nobody else is collecting: a thread
+  // pinned for long holds back only the objects retired while it was pinned, never a
+  // writer, and an idle thread's retirements are released by whoever collects.
+  release_all(t, e - 2, /*wait=*/false);
 }
 
 std::size_t release_retired() {
@@ -217,15 +259,16 @@ std::size_t release_retired() {
   std::uint64_t target = g_epoch.load(std::memory_order_seq_cst) + 2;
   std::uint64_t e = d.try_advance();
   std::size_t n = 0;
-  for (;;) {
+  // Everything retired before the call has an epoch below the first target. Released
+  // destructors may retire more (a value owning a node): a few more passes take those.
+  for (int pass = 0; pass < 4; ++pass) {
     for (unsigned spins = 0; e < target; ++spins) {
       if (spins > 16) std::this_thread::yield();
       e = d.try_advance();
     }
-    // Released destructors may retire more (a value owning a node): loop until quiet.
-    const std::size_t released = t.release_upto(e - 2) + release_orphans(e - 2);
+    const std::size_t released = release_all(t, e - 2, /*wait=*/true);
     n += released;
-    if (released == 0 || t.head == t.bag.size()) break;
+    if (released == 0) break;
     seal_into(t);
     target = e + 2;
   }
@@ -233,8 +276,14 @@ std::size_t release_retired() {
 }
 
 std::size_t retired_pending() noexcept {
-  ReclaimThread* t = tls_thread;
-  return t == nullptr ? 0 : t->bag.size() - t->head;
+  std::size_t n = 0;
+  for (ThreadRecord* r = domain().records(); r != nullptr; r = r->next) {
+    r->lock();
+    n += r->list.size();
+    r->unlock();
+  }
+  const ReclaimThread* t = tls_thread;
+  return n + (t == nullptr ? 0 : t->bag.size());
 }
 
 }  // namespace nodemeta::detail

@@ -44,7 +44,7 @@ struct RetiredObject {
   std::uint64_t epoch;
 };
 
-struct ThreadRecord;  // a registered thread's shared state word (reclaim.cpp)
+struct ThreadRecord;  // a registered thread's shared state (reclaim.cpp)
 
 // The calling thread's private state (a cache line of its own: `pins` changes on every read).
 struct alignas(64) ReclaimThread {
@@ -52,11 +52,8 @@ struct alignas(64) ReclaimThread {
   ThreadRecord* record;
   unsigned pins = 0;
   bool collecting = false;
-  std::size_t head = 0;    // bag[0, head) already released
-  std::size_t sealed = 0;  // bag[head, sealed) carry an epoch; the rest are unsealed
-  std::vector<RetiredObject> bag;
-
-  std::size_t release_upto(std::uint64_t safe) noexcept;
+  std::size_t since_collect = 0;   // objects sealed since this thread last collected
+  std::vector<RetiredObject> bag;  // retired by the write in progress, not yet sealed
 };
 
 // The global epoch; starts at 2 so that "retired at r, safe at r + 2" never underflows.
@@ -127,22 +124,23 @@ inline void retire(void* object, RetireFn fn, std::size_t arg) noexcept {
 void seal_retired_slow(ReclaimThread& t) noexcept;
 inline void seal_retired() noexcept {
   ReclaimThread* t = tls_thread;
-  if (t != nullptr && t->sealed != t->bag.size()) seal_retired_slow(*t);
+  if (t != nullptr && !t->bag.empty()) seal_retired_slow(*t);
 }
-// Releases what is safe of this thread's retired objects when it has accumulated enough.
-// Runs destructors of user values: call only with no node lock held.
+// Releases what is safe of the retired objects when this thread has sealed enough since it
+// last did. Runs destructors of user values: call only with no node lock held.
 inline constexpr std::size_t kCollectThreshold = 128;
 void collect(ReclaimThread& t) noexcept;
 inline void maybe_collect() noexcept {
   ReclaimThread* t = tls_thread;
-  if (t != nullptr && t->sealed - t->head >= kCollectThreshold && !t->collecting && t->pins == 0) {
+  if (t != nullptr && t->since_collect >= kCollectThreshold && !t->collecting && t->pins == 0) {
     collect(*t);
   }
 }
 
-// Waits until every read in flight has finished, then releases every object retired so far
-// by this thread and by threads that have exited. Returns how many were released. Must not
-// be called while this thread is pinned.
+// Waits until every read in flight has finished, then releases every object that any
+// thread's completed writes retired before the call (live threads, oneTBB workers and
+// threads that have exited alike). Returns how many it released. Must not be called while
+// this thread is pinned.
 std::size_t release_retired();
 
 // Diagnostics: objects retired and not yet released, on this thread.

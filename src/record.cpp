@@ -83,6 +83,32 @@ bool Record::put(std::uint32_t key, Value&& value) {
   return true;
 }
 
+bool Record::put(std::uint32_t key, Value&& value, Value& replaced) {
+  for (std::uint32_t i = 0; i < size_; ++i) {
+    if (slots_[i].key == key) {
+      const ValueAccess::Rep rep = ValueAccess::release(std::move(value));
+      replaced = ValueAccess::adopt(slots_[i].bits, slots_[i].kind);
+      slots_[i].kind = rep.kind;
+      slots_[i].bits = rep.bits;
+      return false;
+    }
+  }
+  append(key, std::move(value));
+  return true;
+}
+
+bool Record::erase(std::uint32_t key, Value& erased) noexcept {
+  for (std::uint32_t i = 0; i < size_; ++i) {
+    if (slots_[i].key == key) {
+      erased = ValueAccess::adopt(slots_[i].bits, slots_[i].kind);
+      slots_[i] = slots_[size_ - 1];
+      --size_;
+      return true;
+    }
+  }
+  return false;
+}
+
 bool Record::erase(std::uint32_t key) noexcept {
   for (std::uint32_t i = 0; i < size_; ++i) {
     if (slots_[i].key == key) {

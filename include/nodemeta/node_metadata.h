@@ -192,15 +192,23 @@ class NodeEditor {
   // Remembers a key a write found unprotected: the commit re-checks them.
   void checked_unprotected(Key key);
 
+  // Replaces/erases in the working copy; the old value goes to the graveyard, which dies
+  // with the editor, after the node's lock is released and outside the callback.
+  WriteResult replace(Key key, Value&& value);
+
   const MetadataStore& store_;
   detail::Record record_;
   std::vector<std::uint32_t> checked_;
+  std::vector<Value> graveyard_;
 };
 
 template <class F>
   requires std::is_invocable_v<F&, NodeEditor&>
 std::invoke_result_t<F&, NodeEditor&> NodeMetadata::edit(F&& fn) {
   using R = std::invoke_result_t<F&, NodeEditor&>;
+  static_assert(!std::is_reference_v<R>,
+                "edit(): the callback must return by value (a reference would outlive the "
+                "working copy it refers into)");
   if constexpr (std::is_void_v<R>) {
     edit_impl([&fn](NodeEditor& e) { std::invoke(fn, e); });
   } else {

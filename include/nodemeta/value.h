@@ -435,6 +435,9 @@ Value Value::make(Args&&... args) {
                 "make<T>: T must be a plain type (no reference, const or volatile)");
   static_assert(!detail::kPlainType<T> || std::is_object_v<T>,
                 "make<T>: T must be an object type");
+  static_assert(!std::is_object_v<T> || std::is_nothrow_destructible_v<T>,
+                "make<T>: T's destructor must not throw (values are released by whichever "
+                "thread collects them, where an exception could not be reported)");
   static_assert(!detail::kNumberOrChar<T> || detail::kBuiltinScalar<T>,
                 "make<T>: bool, integers, floating point and characters are built with Value(x) "
                 "(held as bool, std::int64_t or double; a character as a string): make<int> "
@@ -550,6 +553,13 @@ struct ValueAccess {
     v.int_ = bits;
     v.kind_ = kind;
     if (v.boxed()) v.box_->add_ref();
+    return v;
+  }
+  // A Value that takes over the reference the representation holds (no count change).
+  static Value adopt(std::int64_t bits, Value::Kind kind) noexcept {
+    Value v;
+    v.int_ = bits;
+    v.kind_ = kind;
     return v;
   }
   static void add_ref(std::int64_t bits, Value::Kind kind) noexcept {

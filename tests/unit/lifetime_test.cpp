@@ -4,7 +4,11 @@
 // unrelated oneTBB work; callbacks on two stores reading each other cannot deadlock.
 #include <gtest/gtest.h>
 
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
+#include <csignal>
 #include <memory>
 #include <optional>
 #include <thread>
@@ -154,6 +158,113 @@ TEST(LifetimeTest, CallbacksOnTwoStoresReadingEachOtherDoNotDeadlock) {
   t2.join();
   EXPECT_EQ(a["v"].as<std::int64_t>(), kRounds);
   EXPECT_EQ(b["v"].as<std::int64_t>(), kRounds);
+}
+
+// Review finding: a value a NodeEditor replaced was destroyed inside the callback, under
+// the node's lock, where its destructor's write was refused (terminate).
+struct WritesOnDestruction {
+  NodeMetadata* target;
+  ~WritesOnDestruction() {
+    if (target != nullptr) target->set("written_by_destructor", true);
+  }
+};
+
+TEST(LifetimeTest, ValuesANodeEditorReplacesDieAfterTheLock) {
+  MetadataStore store;
+  NodeMetadata other = store.create();
+  NodeMetadata node = store.create();
+  node.edit([&](NodeEditor& e) {
+    e.set("obj", Value::make<WritesOnDestruction>(&other));
+    e.set("obj", 3);  // replaces it inside the callback
+    e.set("gone", Value::make<WritesOnDestruction>(&other));
+    EXPECT_TRUE(e.erase("gone"));
+  });
+  EXPECT_TRUE(other["written_by_destructor"].as<bool>());
+  EXPECT_EQ(node["obj"].as<std::int64_t>(), 3);
+}
+
+std::atomic<int> g_plugins{0};
+struct PluginValue {
+  PluginValue() { g_plugins.fetch_add(1); }
+  ~PluginValue() { g_plugins.fetch_sub(1); }
+};
+
+// Review finding: release_retired_values() released only the calling thread's (and exited
+// threads') retirements, so values replaced on a live worker outlived it (a dlclose of the
+// module defining them would leave dangling vtables).
+TEST(LifetimeTest, ReleaseRetiredValuesTakesLiveThreadsRetirementsToo) {
+  MetadataStore store;
+  NodeMetadata node = store.create();
+  std::atomic<int> phase{0};
+  std::thread worker([&] {
+    for (int i = 0; i < 40; ++i) node.set("p", Value::make<PluginValue>());  // fewer than a batch
+    phase.store(1);
+    phase.notify_all();
+    phase.wait(1);  // stays alive, idle, while the main thread releases
+  });
+  phase.wait(0);
+  release_retired_values();
+  EXPECT_EQ(g_plugins.load(), 1);  // only the node's current value
+  phase.store(2);
+  phase.notify_all();
+  worker.join();
+}
+
+// Review finding: a thread_local destructor that writes a node after nodemeta's own
+// thread-exit hook ran leaked the thread's state and what it retired (LeakSanitizer).
+std::atomic<int> g_tls_written{0};
+struct TlsWriter {
+  NodeMetadata* node = nullptr;
+  ~TlsWriter() {
+    if (node == nullptr) return;
+    node->set("tls", Value::make<PluginValue>());
+    node->set("tls", Value::make<PluginValue>());
+    g_tls_written.fetch_add(1);
+  }
+};
+thread_local TlsWriter t_writer;
+
+TEST(LifetimeTest, ThreadLocalDestructorsMayWriteAfterTheThreadsFirstWrites) {
+  MetadataStore store;
+  NodeMetadata node = store.create();
+  for (int t = 0; t < 4; ++t) {
+    std::thread th([&] {
+      t_writer.node = &node;  // constructed before the thread's first nodemeta call
+      node.set("first", t);
+    });
+    th.join();
+  }
+  EXPECT_EQ(g_tls_written.load(), 4);
+  release_retired_values();
+  EXPECT_EQ(g_plugins.load(), 1);
+  EXPECT_TRUE(node.erase("tls"));
+  release_retired_values();
+  EXPECT_EQ(g_plugins.load(), 0);
+}
+
+// Review finding: after fork(), the record of a thread that was mid-read in the parent
+// stayed pinned in the child, so reclamation never advanced there (release hung).
+TEST(LifetimeTest, AForkedChildStillReclaims) {
+  MetadataStore store;
+  NodeMetadata node = store.create({{"s", "x"}});
+  std::atomic<bool> stop{false};
+  std::thread reader([&] {
+    while (!stop.load(std::memory_order_relaxed)) (void)node.items();
+  });
+  const pid_t pid = fork();
+  if (pid == 0) {
+    alarm(10);  // a hang fails the test instead of blocking it
+    for (int i = 0; i < 1000; ++i) node.set("s", std::string(40, static_cast<char>('a' + i % 26)));
+    release_retired_values();
+    _exit(node["s"].as<std::string>().size() == 40 ? 0 : 1);
+  }
+  stop = true;
+  reader.join();
+  ASSERT_GT(pid, 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status)) << "child killed by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  EXPECT_EQ(WIFEXITED(status) ? WEXITSTATUS(status) : -1, 0);
 }
 
 }  // namespace

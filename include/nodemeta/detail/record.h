@@ -110,10 +110,14 @@ class Record {
   // Inserts or replaces; true iff the key was absent. Strong exception guarantee. The
   // replaced value is released at once: only for records no other thread can see.
   bool put(std::uint32_t key, Value&& value);
+  // The same, handing the replaced value (if any) to `replaced` instead of releasing it.
+  bool put(std::uint32_t key, Value&& value, Value& replaced);
   // Appends a key the caller knows is absent. Strong exception guarantee.
   void append(std::uint32_t key, Value&& value);
   // True iff the key was present. Does not keep slot order.
   bool erase(std::uint32_t key) noexcept;
+  // The same, handing the erased value to `erased` instead of releasing it.
+  bool erase(std::uint32_t key, Value& erased) noexcept;
   void reserve(std::uint32_t capacity);
 
   // Gives up the slot array and the references its slots hold, for a node to adopt.
