@@ -224,6 +224,23 @@ void append_in_window(NodeState& node, const Slot& slot, FreshSlots& fresh) noex
   }
 }
 
+// Inside a write window: stores `value` into slot `i` (retiring the value it held), or
+// appends it when i is kAbsent. True iff it appended.
+bool store_in_window(NodeState& node, std::uint32_t i, Key key, Value&& value,
+                     FreshSlots& fresh) noexcept {
+  const detail::ValueAccess::Rep rep = detail::ValueAccess::release(std::move(value));
+  if (i == kAbsent) {
+    append_in_window(node, Slot{key.id(), rep.kind, rep.bits}, fresh);
+    return true;
+  }
+  Slot& slot = node.slots.load(std::memory_order_relaxed)[i];
+  const Slot old = slot;
+  detail::store_shared(slot.kind, rep.kind);
+  detail::store_shared(slot.bits, rep.bits);
+  retire_value(old);
+  return false;
+}
+
 // After a write has unlocked: stamps what it retired and releases what is safe.
 void after_write() noexcept {
   detail::seal_retired();
@@ -447,18 +464,8 @@ WriteResult MetadataStore::write(NodeEntry& node, Key key, Value&& value) {
       lock.close(false);
       return WriteResult::kRejectedProtected;
     }
-    const detail::ValueAccess::Rep rep = detail::ValueAccess::release(std::move(value));
-    if (i != kAbsent) {
-      Slot& slot = state.slots.load(std::memory_order_relaxed)[i];
-      const Slot old = slot;
-      detail::store_shared(slot.kind, rep.kind);
-      detail::store_shared(slot.bits, rep.bits);
-      retire_value(old);
-      result = WriteResult::kUpdated;
-    } else {
-      append_in_window(state, Slot{key.id(), rep.kind, rep.bits}, fresh);
-      result = WriteResult::kInserted;
-    }
+    result = store_in_window(state, i, key, std::move(value), fresh) ? WriteResult::kInserted
+                                                                     : WriteResult::kUpdated;
     lock.close(true);
   }
   after_write();
@@ -537,16 +544,7 @@ Value MetadataStore::update(NodeEntry& node, Key key,
       lock.close(false);
       throw ProtectedKeyError(key.name());
     }
-    const detail::ValueAccess::Rep rep = detail::ValueAccess::release(std::move(stored));
-    if (i != kAbsent) {
-      Slot& slot = state.slots.load(std::memory_order_relaxed)[i];
-      const Slot prev = slot;
-      detail::store_shared(slot.kind, rep.kind);
-      detail::store_shared(slot.bits, rep.bits);
-      retire_value(prev);
-    } else {
-      append_in_window(state, Slot{key.id(), rep.kind, rep.bits}, fresh);
-    }
+    (void)store_in_window(state, i, key, std::move(stored), fresh);
     lock.close(true);
   }
   after_write();
