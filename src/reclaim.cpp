@@ -275,15 +275,4 @@ std::size_t release_retired() {
   return n;
 }
 
-std::size_t retired_pending() noexcept {
-  std::size_t n = 0;
-  for (ThreadRecord* r = domain().records(); r != nullptr; r = r->next) {
-    r->lock();
-    n += r->list.size();
-    r->unlock();
-  }
-  const ReclaimThread* t = tls_thread;
-  return n + (t == nullptr ? 0 : t->bag.size());
-}
-
 }  // namespace nodemeta::detail

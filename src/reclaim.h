@@ -143,9 +143,6 @@ inline void maybe_collect() noexcept {
 // this thread is pinned.
 std::size_t release_retired();
 
-// Diagnostics: objects retired and not yet released, on this thread.
-std::size_t retired_pending() noexcept;
-
 }  // namespace nodemeta::detail
 
 #endif  // NODEMETA_SRC_RECLAIM_H_

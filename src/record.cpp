@@ -68,21 +68,6 @@ void Record::append(std::uint32_t key, Value&& value) {
   slots_[size_++] = Slot{key, rep.kind, rep.bits};
 }
 
-bool Record::put(std::uint32_t key, Value&& value) {
-  for (std::uint32_t i = 0; i < size_; ++i) {
-    if (slots_[i].key == key) {
-      const ValueAccess::Rep rep = ValueAccess::release(std::move(value));
-      const Slot old = slots_[i];
-      slots_[i].kind = rep.kind;
-      slots_[i].bits = rep.bits;
-      ValueAccess::drop(old.bits, old.kind);
-      return false;
-    }
-  }
-  append(key, std::move(value));
-  return true;
-}
-
 bool Record::put(std::uint32_t key, Value&& value, Value& replaced) {
   for (std::uint32_t i = 0; i < size_; ++i) {
     if (slots_[i].key == key) {
@@ -103,19 +88,6 @@ bool Record::erase(std::uint32_t key, Value& erased) noexcept {
       erased = ValueAccess::adopt(slots_[i].bits, slots_[i].kind);
       slots_[i] = slots_[size_ - 1];
       --size_;
-      return true;
-    }
-  }
-  return false;
-}
-
-bool Record::erase(std::uint32_t key) noexcept {
-  for (std::uint32_t i = 0; i < size_; ++i) {
-    if (slots_[i].key == key) {
-      const Slot old = slots_[i];
-      slots_[i] = slots_[size_ - 1];
-      --size_;
-      ValueAccess::drop(old.bits, old.kind);
       return true;
     }
   }

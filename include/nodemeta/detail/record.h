@@ -108,15 +108,11 @@ class Record {
     return std::nullopt;
   }
   // Inserts or replaces; true iff the key was absent. Strong exception guarantee. The
-  // replaced value is released at once: only for records no other thread can see.
-  bool put(std::uint32_t key, Value&& value);
-  // The same, handing the replaced value (if any) to `replaced` instead of releasing it.
+  // replaced value (if any) goes to `replaced`, for the caller to release where it may.
   bool put(std::uint32_t key, Value&& value, Value& replaced);
   // Appends a key the caller knows is absent. Strong exception guarantee.
   void append(std::uint32_t key, Value&& value);
-  // True iff the key was present. Does not keep slot order.
-  bool erase(std::uint32_t key) noexcept;
-  // The same, handing the erased value to `erased` instead of releasing it.
+  // True iff the key was present; its value goes to `erased`. Does not keep slot order.
   bool erase(std::uint32_t key, Value& erased) noexcept;
   void reserve(std::uint32_t capacity);
 
