@@ -1,111 +1,572 @@
+// Graph files: reading (bounded input, simdjson DOM, values shared by content) and writing
+// (a direct serializer). See graph_io.h for the contract and docs/design.md ("Graph files").
 #include "nodemeta/graph/graph_io.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cerrno>
+#include <charconv>
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
+#include <deque>
 #include <limits>
-#include <optional>
-#include <sstream>
+#include <memory>
+#include <new>
+#include <span>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+// GCC 12 warns inside simdjson's inline functions (false positives at -O2).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdangling-pointer"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+#include <simdjson.h>
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 
 namespace nodemeta::graph {
 namespace {
-
-// ---- files and gzip --------------------------------------------------------------------
 
 [[noreturn]] void fail(std::string_view source, std::string_view message) {
   throw GraphError(std::string(source) + ": " + std::string(message));
 }
 
-bool has_gzip_magic(const std::string& bytes) {
-  return bytes.size() >= 2 && static_cast<unsigned char>(bytes[0]) == 0x1f &&
-         static_cast<unsigned char>(bytes[1]) == 0x8b;
+std::string limit_advice() {
+  return "raise it with --max-input-bytes, or LoadOptions::max_input_bytes";
 }
 
-std::string read_bytes(const std::string& path) {
-  std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) fail(path, "cannot read: is a directory");
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(path, std::string("cannot open: ") + std::strerror(errno));
-  std::ostringstream buf;
-  buf << in.rdbuf();
-  if (in.bad()) fail(path, "cannot read: I/O error");
-  return std::move(buf).str();
+void check_options(std::string_view source, const LoadOptions& load) {
+  if (load.max_input_bytes > LoadOptions::kMaxInputBytesCeiling) {
+    fail(source, "max_input_bytes " + std::to_string(load.max_input_bytes) +
+                     " is over the parser's ceiling of " +
+                     std::to_string(LoadOptions::kMaxInputBytesCeiling) + " bytes");
+  }
+  if (load.max_depth < 5 || load.max_depth > LoadOptions::kMaxDepthCeiling) {
+    fail(source, "max_depth " + std::to_string(load.max_depth) + " is outside 5.." +
+                     std::to_string(LoadOptions::kMaxDepthCeiling) +
+                     " (a node's metadata value sits at depth 5)");
+  }
 }
 
-std::string inflate_gzip(const std::string& path, const std::string& bytes) {
-  z_stream zs{};
-  if (inflateInit2(&zs, 15 + 32) != Z_OK) fail(path, "gzip: cannot initialise zlib");
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(bytes.data()));
-  zs.avail_in = static_cast<uInt>(bytes.size());
-  std::string out;
-  std::array<char, 1 << 16> chunk{};
-  int ret = Z_OK;
+// ---- input: JSON text followed by simdjson's padding ------------------------------------
+
+// A growable byte buffer from malloc/realloc. Large blocks are mmap'ed by glibc and grown by
+// mremap, so growth neither copies nor momentarily doubles the resident size: while a
+// gzip stream is inflated, resident memory is what was inflated so far.
+class Input {
+ public:
+  Input() = default;
+  Input(const Input&) = delete;
+  Input& operator=(const Input&) = delete;
+  ~Input() { std::free(data_); }
+
+  const char* data() const noexcept { return data_; }
+  std::size_t size() const noexcept { return size_; }
+
+  // Room for `n` more bytes (and the padding after them); returns where they go.
+  char* tail(std::size_t n) {
+    if (n > kMaxBytes - size_) throw std::bad_alloc();
+    const std::size_t need = size_ + n + simdjson::SIMDJSON_PADDING;
+    if (need > capacity_) {
+      std::size_t cap = std::max(need, capacity_ + capacity_ / 2);
+      void* p = std::realloc(data_, cap);
+      if (p == nullptr) throw std::bad_alloc();
+      data_ = static_cast<char*>(p);
+      capacity_ = cap;
+    }
+    return data_ + size_;
+  }
+  void reserve(std::size_t n) { (void)tail(n); }
+  void grow(std::size_t n) noexcept { size_ += n; }
+  void append(const char* p, std::size_t n) {
+    if (n > kMaxBytes) throw std::bad_alloc();
+    std::memcpy(tail(n), p, n);
+    size_ += n;
+  }
+  // Zeroes the padding (simdjson reads it; it must be initialised for the sanitizers).
+  void finish() {
+    std::memset(tail(0) + 0, 0, simdjson::SIMDJSON_PADDING);
+  }
+  void release() noexcept {
+    std::free(data_);
+    data_ = nullptr;
+    size_ = capacity_ = 0;
+  }
+
+ private:
+  static constexpr std::size_t kMaxBytes = std::size_t{1} << 40;
+  char* data_ = nullptr;
+  std::size_t size_ = 0;
+  std::size_t capacity_ = 0;
+};
+
+class File {
+ public:
+  explicit File(const std::string& path) : fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    if (fd_ < 0) fail(path, std::string("cannot open: ") + std::strerror(errno));
+  }
+  File(const File&) = delete;
+  File& operator=(const File&) = delete;
+  ~File() { ::close(fd_); }
+  int fd() const noexcept { return fd_; }
+
+ private:
+  int fd_;
+};
+
+constexpr std::size_t kChunk = std::size_t{1} << 18;  // 256 KiB reads and inflate steps
+
+// Reads up to n bytes; 0 at end of file. Retries EINTR; throws on an I/O error.
+std::size_t read_some(const std::string& path, int fd, char* p, std::size_t n) {
   for (;;) {
-    zs.next_out = reinterpret_cast<Bytef*>(chunk.data());
-    zs.avail_out = static_cast<uInt>(chunk.size());
-    ret = inflate(&zs, Z_NO_FLUSH);
-    out.append(chunk.data(), chunk.size() - zs.avail_out);
+    const ssize_t r = ::read(fd, p, n);
+    if (r >= 0) return static_cast<std::size_t>(r);
+    if (errno == EINTR) continue;
+    if (errno == EISDIR) fail(path, "cannot read: is a directory");
+    fail(path, std::string("cannot read: ") + std::strerror(errno));
+  }
+}
+
+[[noreturn]] void fail_too_large(const std::string& path, std::uint64_t limit, bool inflated) {
+  fail(path, std::string(inflated ? "inflates to more than " : "is larger than ") +
+                 std::to_string(limit) + " bytes, the input limit (" + limit_advice() + ")");
+}
+
+class ProgressReporter {
+ public:
+  explicit ProgressReporter(const LoadOptions& load) : fn_(load.progress) {}
+  void operator()(LoadProgress::Phase phase, std::uint64_t done, std::uint64_t total) const {
+    if (fn_) fn_(LoadProgress{phase, done, total});
+  }
+  explicit operator bool() const noexcept { return static_cast<bool>(fn_); }
+
+ private:
+  const std::function<void(const LoadProgress&)>& fn_;
+};
+
+void inflate_into(const std::string& path, int fd, const char* first, std::size_t first_size,
+                  std::uint64_t file_size, const LoadOptions& load, Input& out) {
+  const ProgressReporter progress(load);
+  const std::uint64_t limit = load.max_input_bytes;
+  z_stream zs{};
+  if (inflateInit2(&zs, 15 + 16) != Z_OK) fail(path, "gzip: cannot initialise zlib");
+  struct End {
+    z_stream* zs;
+    ~End() { inflateEnd(zs); }
+  } end{&zs};
+  auto in = std::make_unique<char[]>(kChunk);
+  std::memcpy(in.get(), first, first_size);
+  zs.next_in = reinterpret_cast<Bytef*>(in.get());
+  zs.avail_in = static_cast<uInt>(first_size);
+  std::uint64_t read_total = first_size;
+  std::uint64_t next_report = 0;
+  bool eof = false;
+  bool member_done = false;
+  for (;;) {
+    if (zs.avail_in == 0 && !eof) {
+      const std::size_t n = read_some(path, fd, in.get(), kChunk);
+      eof = n == 0;
+      read_total += n;
+      zs.next_in = reinterpret_cast<Bytef*>(in.get());
+      zs.avail_in = static_cast<uInt>(n);
+      if (progress && read_total >= next_report) {
+        progress(LoadProgress::Phase::kRead, read_total, file_size);
+        next_report = read_total + (std::uint64_t{1} << 22);
+      }
+    }
+    if (zs.avail_in == 0 && eof) {
+      if (member_done) return;
+      fail(path, "truncated gzip data: the stream ends after " + std::to_string(read_total) +
+                     " of its compressed bytes without its end marker");
+    }
+    if (member_done) {  // a further gzip member follows
+      if (inflateReset(&zs) != Z_OK) fail(path, "gzip: cannot reset zlib");
+      member_done = false;
+    }
+    // One byte over the limit is allowed in, to tell "exactly the limit" from "over it".
+    const std::uint64_t room = std::min<std::uint64_t>(kChunk, limit + 1 - out.size());
+    char* dst = out.tail(static_cast<std::size_t>(room));
+    zs.next_out = reinterpret_cast<Bytef*>(dst);
+    zs.avail_out = static_cast<uInt>(room);
+    const int ret = inflate(&zs, Z_NO_FLUSH);
+    out.grow(static_cast<std::size_t>(room - zs.avail_out));
+    if (out.size() > limit) fail_too_large(path, limit, true);
     if (ret == Z_STREAM_END) {
-      if (zs.avail_in == 0) break;
-      inflateReset(&zs);  // a further gzip member follows
+      member_done = true;
       continue;
     }
     if (ret == Z_OK) continue;
-    if (ret == Z_BUF_ERROR && zs.avail_in == 0) {
-      const auto used = static_cast<unsigned long>(zs.total_in);  // NOLINT
-      inflateEnd(&zs);
-      fail(path, "truncated gzip data: the stream ends after " + std::to_string(used) +
-                     " of its compressed bytes without its end marker");
+    if (ret == Z_BUF_ERROR && zs.avail_in == 0) continue;  // needs more input
+    fail(path, std::string("corrupt gzip data: ") + (zs.msg ? zs.msg : "error " + std::to_string(ret)));
+  }
+}
+
+// Reads `path` whole (inflating gzip) into `out`, within load.max_input_bytes.
+void read_input(const std::string& path, const LoadOptions& load, Input& out) {
+  File file(path);
+  struct stat st{};
+  if (::fstat(file.fd(), &st) != 0) fail(path, std::string("cannot stat: ") + std::strerror(errno));
+  if (S_ISDIR(st.st_mode)) fail(path, "cannot read: is a directory");
+  const bool regular = S_ISREG(st.st_mode);
+  const std::uint64_t file_size = regular ? static_cast<std::uint64_t>(st.st_size) : 0;
+  // The first bytes decide between plain and gzip.
+  std::array<char, 2> head{};
+  std::size_t got = 0;
+  while (got < head.size()) {
+    const std::size_t n = read_some(path, file.fd(), head.data() + got, head.size() - got);
+    if (n == 0) break;
+    got += n;
+  }
+  const bool gzip = got == 2 && static_cast<unsigned char>(head[0]) == 0x1f &&
+                    static_cast<unsigned char>(head[1]) == 0x8b;
+  if (gzip) {
+    // The trailer's ISIZE (the inflated size mod 2^32) sizes the buffer once when it is
+    // honest; growth covers the rest.
+    if (regular && file_size >= 18) {
+      unsigned char tail[4];
+      if (::pread(file.fd(), tail, 4, static_cast<off_t>(file_size - 4)) == 4) {
+        const std::uint64_t isize = tail[0] | (tail[1] << 8) | (tail[2] << 16) |
+                                    (static_cast<std::uint64_t>(tail[3]) << 24);
+        out.reserve(static_cast<std::size_t>(std::min(isize, load.max_input_bytes) + 1));
+      }
     }
-    const std::string msg = zs.msg ? zs.msg : "error " + std::to_string(ret);
-    inflateEnd(&zs);
-    fail(path, "corrupt gzip data: " + msg);
+    inflate_into(path, file.fd(), head.data(), got, file_size, load, out);
+  } else {
+    if (file_size > load.max_input_bytes) fail_too_large(path, load.max_input_bytes, false);
+    out.reserve(regular ? static_cast<std::size_t>(file_size) + 1 : kChunk);
+    out.append(head.data(), got);
+    const ProgressReporter progress(load);
+    std::uint64_t next_report = 0;
+    for (;;) {
+      const std::uint64_t room = std::min<std::uint64_t>(kChunk, load.max_input_bytes + 1 - out.size());
+      const std::size_t n = read_some(path, file.fd(), out.tail(static_cast<std::size_t>(room)),
+                                      static_cast<std::size_t>(room));
+      if (n == 0) break;
+      out.grow(n);
+      if (out.size() > load.max_input_bytes) fail_too_large(path, load.max_input_bytes, false);
+      if (progress && out.size() >= next_report) {
+        progress(LoadProgress::Phase::kRead, out.size(), file_size);
+        next_report = out.size() + (std::uint64_t{1} << 24);
+      }
+    }
   }
-  inflateEnd(&zs);
-  return out;
+  out.finish();
 }
 
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) fail(path, std::string("cannot open for writing: ") + std::strerror(errno));
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  out.close();
-  if (!out) fail(path, "cannot write: I/O error");
-}
+// ---- diagnosis of a document simdjson refused ------------------------------------------
 
-std::string deflate_gzip(const std::string& path, const std::string& text) {
-  z_stream zs{};
-  if (deflateInit2(&zs, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
-    fail(path, "gzip: cannot initialise zlib");
+// The JSON path of the place being read, rendered for messages. Long paths (deep nesting)
+// keep their first and last steps.
+std::string render_path(const std::vector<std::string>& steps) {
+  std::string p;
+  auto add = [&p](const std::string& s) {
+    if (!p.empty() && s[0] != '[') p += '.';
+    p += s;
+  };
+  if (steps.size() <= 12) {
+    for (const auto& s : steps) add(s);
+  } else {
+    for (std::size_t i = 0; i < 6; ++i) add(steps[i]);
+    p += "...(" + std::to_string(steps.size() - 9) + " more levels)...";
+    for (std::size_t i = steps.size() - 3; i < steps.size(); ++i) add(steps[i]);
   }
-  std::string out;
-  out.resize(deflateBound(&zs, static_cast<uLong>(text.size())));
-  zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(text.data()));
-  zs.avail_in = static_cast<uInt>(text.size());
-  zs.next_out = reinterpret_cast<Bytef*>(out.data());
-  zs.avail_out = static_cast<uInt>(out.size());
-  const int ret = deflate(&zs, Z_FINISH);
-  out.resize(zs.total_out);
-  deflateEnd(&zs);
-  if (ret != Z_STREAM_END) fail(path, "gzip: compression failed");
-  return out;
+  return p.empty() ? "(top level)" : p;
 }
 
-// ---- JSON -> Value, with paths --------------------------------------------------------
+std::string depth_message(std::size_t max_depth) {
+  return "nested deeper than " + std::to_string(max_depth) +
+         " arrays/objects, the depth limit (raise it with --max-depth, or LoadOptions::max_depth)";
+}
 
-using Json = nlohmann::json;
+// nlohmann's SAX parser (iterative) re-reads a document simdjson refused, keeping the path,
+// to say where and why. It builds nothing.
+class Diagnoser {
+ public:
+  using Json = nlohmann::json;
+  explicit Diagnoser(std::size_t max_depth) : max_depth_(max_depth) {}
+
+  bool null() { return value(); }
+  bool boolean(bool) { return value(); }
+  bool number_integer(Json::number_integer_t) { return value(); }
+  bool number_unsigned(Json::number_unsigned_t u) {
+    if (u > static_cast<Json::number_unsigned_t>(std::numeric_limits<std::int64_t>::max())) {
+      return error("integer " + std::to_string(u) + " does not fit a 64-bit signed integer");
+    }
+    return value();
+  }
+  bool number_float(Json::number_float_t, const std::string& text) {
+    if (text.find_first_of(".eE") == std::string::npos) {
+      return error("integer " + text + " does not fit a 64-bit signed integer");
+    }
+    return value();
+  }
+  bool string(std::string& s) {
+    if (frames_.size() == 3 && frames_[0].key == "nodes" && frames_[2].object &&
+        frames_[2].key == "name") {
+      node_name_ = s;
+    }
+    return value();
+  }
+  bool binary(Json::binary_t&) { return error("binary values are not JSON"); }
+  bool start_object(std::size_t) { return open(true); }
+  bool key(std::string& k) {
+    frames_.back().key = std::move(k);
+    return true;
+  }
+  bool end_object() { return close(); }
+  bool start_array(std::size_t) { return open(false); }
+  bool end_array() { return close(); }
+  bool parse_error(std::size_t position, const std::string&, const nlohmann::detail::exception& ex) {
+    std::string what = ex.what();
+    if (auto p = what.find("] "); what.rfind("[json.exception", 0) == 0 && p != std::string::npos) {
+      what.erase(0, p + 2);
+    }
+    message_ = "invalid JSON at byte " + std::to_string(position) +
+               (frames_.empty() ? "" : " (in " + path() + ")") + ": " + what;
+    return false;
+  }
+  const std::string& message() const { return message_; }
+
+ private:
+  struct Frame {
+    bool object;
+    std::size_t count = 0;
+    std::string key{};
+  };
+  bool open(bool object) {
+    if (frames_.size() >= max_depth_) return error(depth_message(max_depth_));
+    frames_.push_back(Frame{object});
+    if (frames_.size() == 3 && frames_[0].key == "nodes") node_name_.clear();
+    return true;
+  }
+  bool close() {
+    frames_.pop_back();
+    return value();
+  }
+  bool value() {
+    if (!frames_.empty() && !frames_.back().object) ++frames_.back().count;
+    return true;
+  }
+  std::string path() const {
+    std::vector<std::string> steps;
+    for (const Frame& f : frames_) {
+      steps.push_back(f.object ? f.key : "[" + std::to_string(f.count) + "]");
+    }
+    std::string p = render_path(steps);
+    if (frames_.size() >= 3 && frames_[0].key == "nodes" && !node_name_.empty()) {
+      p += " (node '" + node_name_ + "')";
+    }
+    return p;
+  }
+  bool error(const std::string& what) {
+    message_ = path() + ": " + what;
+    return false;
+  }
+
+  std::size_t max_depth_;
+  std::vector<Frame> frames_;
+  std::string node_name_;
+  std::string message_;
+};
+
+[[noreturn]] void fail_parse(std::string_view source, const Input& input, std::size_t max_depth,
+                             simdjson::error_code code) {
+  if (code == simdjson::MEMALLOC) {
+    fail(source, "not enough memory to parse " + std::to_string(input.size()) + " bytes of JSON");
+  }
+  Diagnoser d(max_depth);
+  const char* p = input.data() != nullptr ? input.data() : "";
+  nlohmann::json::sax_parse(p, p + input.size(), &d, nlohmann::detail::input_format_t::json, true,
+                            false);
+  if (!d.message().empty()) fail(source, d.message());
+  if (code == simdjson::DEPTH_ERROR) fail(source, depth_message(max_depth));
+  fail(source, std::string("invalid JSON: ") + simdjson::error_message(code));
+}
+
+// ---- values shared by content -----------------------------------------------------------
+
+// Hash-consing: every string, list and dict the loader builds goes through one table, so
+// equal ones share one immutable box. Children are shared before their parent, so a
+// parent's equality and hash only look at its children's identities (box addresses).
+// A value being built: a shared (interned) box by reference, or an inline scalar. Passing
+// references instead of Values spares an atomic reference-count update per element.
+struct Item {
+  const Value* shared = nullptr;
+  Value scalar;
+  const Value& get() const noexcept { return shared != nullptr ? *shared : scalar; }
+};
+
+class Interner {
+ public:
+  Interner() : slots_(1024) {}
+
+  const Value& string(std::string_view s) {
+    const std::uint64_t h = string_hash(s);
+    return find_or_add(h, [&](const Value& v) {
+      const std::string* p = v.get_if<std::string>();
+      return p != nullptr && *p == s;
+    }, [&] { return Value(std::string(s)); });
+  }
+
+  // The shared list of `items`; builds one only if no equal list was seen before.
+  const Value& list(std::span<const Item> items) {
+    std::uint64_t h = mix(0x11, items.size());
+    for (const Item& v : items) h = mix(h, identity(v.get()));
+    return find_or_add(h, [&](const Value& v) {
+      const Value::List* p = v.get_if<Value::List>();
+      if (p == nullptr || p->size() != items.size()) return false;
+      for (std::size_t i = 0; i < items.size(); ++i) {
+        if (!same((*p)[i], items[i].get())) return false;
+      }
+      return true;
+    }, [&] {
+      Value::List l;
+      l.reserve(items.size());
+      for (const Item& v : items) l.push_back(v.get());
+      return Value::list(std::move(l));
+    });
+  }
+
+  // The shared dict of `items` (keys unique, in order); builds one only if it is new.
+  const Value& dict(std::span<const std::pair<std::string_view, Item>> items) {
+    std::uint64_t h = mix(0x22, items.size());
+    for (const auto& [k, v] : items) {
+      h = mix(mix(h, nodemeta::detail::key_hash(k.data(), k.size())), identity(v.get()));
+    }
+    return find_or_add(h, [&](const Value& v) {
+      const Value::Dict* p = v.get_if<Value::Dict>();
+      if (p == nullptr || p->size() != items.size()) return false;
+      for (std::size_t i = 0; i < items.size(); ++i) {
+        if ((*p)[i].first != items[i].first || !same((*p)[i].second, items[i].second.get())) return false;
+      }
+      return true;
+    }, [&] {
+      Value::Dict d;
+      d.reserve(items.size());
+      for (const auto& [k, v] : items) d.emplace_back(std::string(k), v.get());
+      return Value::dict(std::move(d));
+    });
+  }
+
+ private:
+  struct Slot {
+    std::uint64_t hash = 0;
+    const Value* value = nullptr;  // into pool_; null: empty
+  };
+
+  static std::uint64_t mix(std::uint64_t a, std::uint64_t b) noexcept {
+    return nodemeta::detail::key_hash_mix(a ^ 0x2d358dccaa6c78a5ull, b ^ 0x8bb84b93962eacc9ull);
+  }
+
+  // What identifies a Value among the shared ones: its scalar bits, or its box's address.
+  static std::uint64_t identity(const Value& v) noexcept {
+    switch (v.kind()) {
+      case Value::Kind::kNone: return 0x9e37;
+      case Value::Kind::kBool: return v.as<bool>() ? 0x7f4a : 0x6c8e;
+      case Value::Kind::kInt: return static_cast<std::uint64_t>(v.as<std::int64_t>()) * 3 + 1;
+      case Value::Kind::kDouble: return std::bit_cast<std::uint64_t>(v.as<double>()) * 5 + 2;
+      case Value::Kind::kString: return reinterpret_cast<std::uintptr_t>(v.get_if<std::string>());
+      case Value::Kind::kList: return reinterpret_cast<std::uintptr_t>(v.get_if<Value::List>());
+      case Value::Kind::kDict: return reinterpret_cast<std::uintptr_t>(v.get_if<Value::Dict>());
+      case Value::Kind::kObject: break;
+    }
+    return 0;
+  }
+  static bool same(const Value& a, const Value& b) noexcept {
+    if (a.kind() != b.kind()) return false;
+    if (a.kind() == Value::Kind::kDouble) {
+      return std::bit_cast<std::uint64_t>(a.as<double>()) == std::bit_cast<std::uint64_t>(b.as<double>());
+    }
+    return identity(a) == identity(b);
+  }
+
+  // A long string is hashed from its length and 16 samples of 16 bytes (its ends and 14
+  // evenly spaced places): hashing every byte of every stack trace cost more than parsing
+  // them. Equal hashes are confirmed by comparing the whole strings.
+  static std::uint64_t string_hash(std::string_view s) noexcept {
+    constexpr std::size_t kWhole = 512;
+    if (s.size() <= kWhole) return nodemeta::detail::key_hash(s.data(), s.size()) ^ 0x5a17;
+    std::uint64_t h = mix(0x33, s.size());
+    const std::size_t step = (s.size() - 16) / 15;
+    for (std::size_t k = 0; k < 16; ++k) {
+      const char* p = s.data() + (k == 15 ? s.size() - 16 : k * step);
+      h = mix(h, nodemeta::detail::key_hash(p, 16));
+    }
+    return h;
+  }
+
+  template <class Eq, class Make>
+  const Value& find_or_add(std::uint64_t h, Eq&& eq, Make&& make) {
+    const std::size_t mask = slots_.size() - 1;
+    std::size_t i = static_cast<std::size_t>(h) & mask;
+    int compared = 0;
+    for (;; i = (i + 1) & mask) {
+      Slot& s = slots_[i];
+      if (s.value == nullptr) break;
+      if (s.hash == h) {
+        if (eq(*s.value)) return *s.value;
+        // Many different values with one hash (sampled strings built to collide): stop
+        // sharing this one rather than compare against all of them.
+        if (++compared == kMaxCompares) return pool_.emplace_back(make());
+      }
+    }
+    const Value& v = pool_.emplace_back(make());
+    slots_[i] = Slot{h, &v};
+    if (++used_ * 2 > slots_.size()) grow();
+    return v;
+  }
+  void grow() {
+    std::vector<Slot> old(slots_.size() * 2);
+    old.swap(slots_);
+    const std::size_t mask = slots_.size() - 1;
+    for (const Slot& s : old) {
+      if (s.value == nullptr) continue;
+      std::size_t i = static_cast<std::size_t>(s.hash) & mask;
+      while (slots_[i].value != nullptr) i = (i + 1) & mask;
+      slots_[i] = s;
+    }
+  }
+
+  static constexpr int kMaxCompares = 4;
+  std::deque<Value> pool_;  // every shared value, at a stable address
+  std::vector<Slot> slots_;
+  std::size_t used_ = 0;
+};
+
+// ---- DOM -> Graph ------------------------------------------------------------------------
+
+using simdjson::dom::element;
+using simdjson::dom::element_type;
+
+std::string kind_word(element e) {
+  switch (e.type()) {
+    case element_type::ARRAY: return "an array";
+    case element_type::OBJECT: return "an object";
+    case element_type::INT64:
+    case element_type::UINT64: return "an integer";
+    case element_type::DOUBLE: return "a float";
+    case element_type::STRING: return "a string";
+    case element_type::BOOL: return "a bool";
+    case element_type::NULL_VALUE: return "null";
+  }
+  return "?";
+}
 
 std::string kind_word(const Value& v) {
   switch (v.kind()) {
@@ -121,270 +582,540 @@ std::string kind_word(const Value& v) {
   return "?";
 }
 
-// Builds a Value tree from nlohmann's SAX events, keeping the JSON path of the value being
-// read so every error can name its place. Repeated object keys are kept once if their
-// values are equal and rejected otherwise.
-class ValueBuilder {
- public:
-  explicit ValueBuilder(std::vector<std::string> protected_names)
-      : protected_(std::move(protected_names)) {}
+// Typed views of an element whose type() was checked (simdjson_result temporaries upset
+// GCC 12's dangling-pointer analysis).
+simdjson::dom::array array_of(element e) noexcept { return simdjson::dom::array(e); }
+simdjson::dom::object object_of(element e) noexcept { return simdjson::dom::object(e); }
+std::string_view string_of(element e) noexcept { return std::string_view(e); }
 
-  bool null() { return put(Value()); }
-  bool boolean(bool b) { return put(Value(b)); }
-  bool number_integer(Json::number_integer_t i) { return put(Value(static_cast<std::int64_t>(i))); }
-  bool number_unsigned(Json::number_unsigned_t u) {
-    if (u > static_cast<Json::number_unsigned_t>(std::numeric_limits<std::int64_t>::max())) {
-      return error(path() + ": integer " + std::to_string(u) + " does not fit a 64-bit signed integer");
-    }
-    return put(Value(static_cast<std::int64_t>(u)));
-  }
-  bool number_float(Json::number_float_t d, const std::string& /*text*/) { return put(Value(d)); }
-  bool string(std::string& s) {
-    if (in_node_field("name")) node_name_ = s;
-    return put(Value(std::move(s)));
-  }
-  bool binary(Json::binary_t& /*b*/) { return error(path() + ": binary values are not JSON"); }
-  bool start_object(std::size_t /*n*/) {
-    if (stack_.size() == 2 && stack_[0].key == "nodes") node_name_.clear();
-    stack_.push_back(Frame{true});
-    return true;
-  }
-  bool key(std::string& k) {
-    Frame& f = stack_.back();
-    f.duplicate.reset();
-    for (std::size_t i = 0; i < f.dict.size(); ++i) {
-      if (f.dict[i].first == k) f.duplicate = i;
-    }
-    f.key = std::move(k);
-    return true;
-  }
-  bool end_object() {
-    Frame f = std::move(stack_.back());
-    stack_.pop_back();
-    return put(Value::dict(std::move(f.dict)));
-  }
-  bool start_array(std::size_t /*n*/) {
-    stack_.push_back(Frame{false});
-    return true;
-  }
-  bool end_array() {
-    Frame f = std::move(stack_.back());
-    stack_.pop_back();
-    return put(Value::list(std::move(f.list)));
-  }
-  bool parse_error(std::size_t position, const std::string& /*last_token*/,
-                   const nlohmann::detail::exception& ex) {
-    std::string what = ex.what();
-    if (auto p = what.find("] "); what.rfind("[json.exception", 0) == 0 && p != std::string::npos) {
-      what.erase(0, p + 2);
-    }
-    return error("invalid JSON at byte " + std::to_string(position) +
-                 (stack_.empty() ? "" : " (in " + path() + ")") + ": " + what);
-  }
-
-  Value take_root() { return std::move(root_); }
-  const std::string& error_message() const { return error_; }
-
- private:
-  struct Frame {
-    bool object;
-    Value::List list{};
-    Value::Dict dict{};
-    std::string key{};
-    std::optional<std::size_t> duplicate{};
-  };
-
-  bool in_node_field(std::string_view field) const {
-    return stack_.size() == 3 && stack_[0].key == "nodes" && stack_[2].object &&
-           stack_[2].key == field;
-  }
-  bool in_meta() const {
-    return stack_.size() == 4 && stack_[0].key == "nodes" && stack_[2].key == "meta" &&
-           stack_[3].object;
-  }
-
-  std::string path() const {
-    std::string p;
-    for (const Frame& f : stack_) {
-      if (f.object) {
-        if (!p.empty()) p += '.';
-        p += f.key;
-      } else {
-        p += '[' + std::to_string(f.list.size()) + ']';
-      }
-    }
-    if (p.empty()) p = "(top level)";
-    if (stack_.size() >= 3 && stack_[0].key == "nodes" && !node_name_.empty()) {
-      p += " (node '" + node_name_ + "')";
-    }
-    return p;
-  }
-
-  bool put(Value v) {
-    if (stack_.empty()) {
-      root_ = std::move(v);
-      return true;
-    }
-    Frame& f = stack_.back();
-    if (!f.object) {
-      f.list.push_back(std::move(v));
-      return true;
-    }
-    if (f.duplicate) {
-      if (f.dict[*f.duplicate].second == v) return true;  // the same value again: harmless
-      const bool prot = in_meta() && std::find(protected_.begin(), protected_.end(), f.key) !=
-                                         protected_.end();
-      return error(path() + ": " + (prot ? "protected key '" : "key '") + f.key +
-                   "' given twice with different values");
-    }
-    f.dict.emplace_back(f.key, std::move(v));
-    return true;
-  }
-
-  bool error(std::string message) {
-    if (error_.empty()) error_ = std::move(message);
-    return false;
-  }
-
-  std::vector<std::string> protected_;
-  std::vector<Frame> stack_;
-  Value root_;
-  std::string node_name_;
-  std::string error_;
+// A step of the JSON path below a place the schema reader names; rendered only on error.
+struct Step {
+  const Step* parent;
+  std::string_view key;  // object member, or empty for an array element
+  std::size_t index;
+  bool is_index;
 };
 
-// ---- schema ------------------------------------------------------------------------------
-
-class SchemaReader {
+// Finds repeated keys in one object in linear time: a linear scan for small objects, a hash
+// set for large ones.
+class KeyIndex {
  public:
-  explicit SchemaReader(std::string_view source) : source_(source) {}
-
-  [[noreturn]] void fail_at(const std::string& where, std::string_view message) const {
-    fail(source_, where + ": " + std::string(message));
-  }
-
-  const Value& field(const Value::Dict& obj, std::string_view name, const std::string& where) const {
-    for (const auto& [k, v] : obj) {
-      if (k == name) return v;
+  // Returns the position of an earlier `key`, or npos; remembers `key` at `pos`.
+  template <class KeyOf>
+  std::size_t seen(std::string_view key, std::size_t pos, KeyOf&& key_of) {
+    if (pos < kLinear) {
+      for (std::size_t i = 0; i < pos; ++i) {
+        if (key_of(i) == key) return i;
+      }
+      if (pos + 1 == kLinear) {
+        map_ = std::make_unique<std::unordered_map<std::string_view, std::size_t>>();
+        for (std::size_t i = 0; i < kLinear; ++i) map_->emplace(key_of(i), i);
+      }
+      return npos;
     }
-    fail_at(where, "missing field '" + std::string(name) + "'");
+    auto [it, added] = map_->emplace(key, pos);
+    return added ? npos : it->second;
+  }
+  static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+
+ private:
+  static constexpr std::size_t kLinear = 16;
+  std::unique_ptr<std::unordered_map<std::string_view, std::size_t>> map_;  // past kLinear keys
+};
+
+class GraphBuilder {
+ public:
+  GraphBuilder(std::string_view source, const StoreOptions& options, const LoadOptions& load)
+      : source_(source), load_(load) {
+    for (Key k : options.protected_keys) protected_.emplace_back(k.name());
   }
 
-  template <class T>
-  const T& typed(const Value& v, const std::string& where, std::string_view expected) const {
-    if (const T* p = v.get_if<T>()) return *p;
-    fail_at(where, "expected " + std::string(expected) + ", got " + kind_word(v));
-  }
-
-  Graph build(const Value& root, StoreOptions options) const {
-    const auto& top = typed<Value::Dict>(root, "(top level)", "an object");
-    const auto& nodes = typed<Value::List>(field(top, "nodes", "(top level)"), "nodes", "an array");
-    options.expected_nodes = nodes.size();
+  Graph build(element root, StoreOptions options) {
+    if (root.type() != element_type::OBJECT) fail_at("(top level)", "expected an object, got " + kind_word(root));
+    simdjson::dom::object top = object_of(root);
+    element nodes_el;
+    bool have_nodes = false;
+    Value::Dict attrs;
+    KeyIndex attr_index;
+    for (auto field : top) {
+      if (field.key == "nodes") {
+        if (have_nodes && !same_json(nodes_el, field.value)) {
+          fail_at("nodes", "key 'nodes' given twice with different values");
+        }
+        nodes_el = field.value;
+        have_nodes = true;
+        continue;
+      }
+      base_ = "";
+      node_.clear();
+      const Step step{nullptr, field.key, 0, false};
+      Value v = value(field.value, &step);
+      const std::size_t prev = attr_index.seen(field.key, attrs.size(),
+                                               [&](std::size_t i) { return std::string_view(attrs[i].first); });
+      if (prev != KeyIndex::npos) {
+        if (attrs[prev].second != v) fail_at(std::string(field.key), "key '" + std::string(field.key) + "' given twice with different values");
+        continue;
+      }
+      attrs.emplace_back(std::string(field.key), std::move(v));
+    }
+    if (!have_nodes) fail_at("(top level)", "missing field 'nodes'");
+    if (nodes_el.type() != element_type::ARRAY) fail_at("nodes", "expected an array, got " + kind_word(nodes_el));
+    simdjson::dom::array nodes = array_of(nodes_el);
+    std::size_t count = nodes.size();  // saturates at 0xFFFFFF: then count them
+    if (count >= 0xFFFFFF) {
+      count = 0;
+      for ([[maybe_unused]] element e : nodes) ++count;
+    }
+    options.expected_nodes = count;
     Graph graph(std::move(options));
-    for (const auto& [k, v] : top) {
-      if (k != "nodes") graph.attrs().emplace_back(k, v);
-    }
-    std::vector<KeyValue> kv;
-    std::vector<std::size_t> inputs;
-    for (std::size_t i = 0; i < nodes.size(); ++i) {
-      std::string where = "nodes[" + std::to_string(i) + "]";
-      const auto& obj = typed<Value::Dict>(nodes[i], where, "an object");
-      for (const auto& [k, v] : obj) {
-        if (k != "id" && k != "name" && k != "op" && k != "target" && k != "inputs" && k != "meta") {
-          fail_at(where + "." + k, "unexpected field (a node has id, name, op, target, inputs, meta)");
-        }
-      }
-      const std::string& name = typed<std::string>(field(obj, "name", where), where + ".name", "a string");
-      const std::string node = " (node '" + name + "')";
-      if (name.empty()) fail_at(where + ".name", "empty node name");
-      const auto id = typed<std::int64_t>(field(obj, "id", where + node), where + ".id" + node, "an integer");
-      if (id != static_cast<std::int64_t>(i)) {
-        fail_at(where + ".id" + node, "expected " + std::to_string(i) + " (the node's position), got " +
-                                          std::to_string(id));
-      }
-      if (auto prev = graph.find(name)) {
-        fail_at(where + ".name", "duplicate node name '" + name + "' (first at nodes[" +
-                                     std::to_string(*prev) + "])");
-      }
-      const std::string& op = typed<std::string>(field(obj, "op", where + node), where + ".op" + node, "a string");
-      if (!is_known_op(op)) {
-        fail_at(where + ".op" + node, "unknown op '" + op +
-                                          "' (expected placeholder, get_attr, call_function, "
-                                          "call_module, call_method or output)");
-      }
-      const std::string& target =
-          typed<std::string>(field(obj, "target", where + node), where + ".target" + node, "a string");
-      const auto& ins =
-          typed<Value::List>(field(obj, "inputs", where + node), where + ".inputs" + node, "an array");
-      inputs.clear();
-      for (std::size_t k = 0; k < ins.size(); ++k) {
-        const std::string w = where + ".inputs[" + std::to_string(k) + "]" + node;
-        const auto in = typed<std::int64_t>(ins[k], w, "an integer node id");
-        if (in < 0 || in >= static_cast<std::int64_t>(i)) {
-          fail_at(w, "input id " + std::to_string(in) + " is not an earlier node (ids must be < " +
-                         std::to_string(i) + ")");
-        }
-        inputs.push_back(static_cast<std::size_t>(in));
-      }
-      const auto& meta = typed<Value::Dict>(field(obj, "meta", where + node), where + ".meta" + node, "an object");
-      kv.clear();
-      for (const auto& [k, v] : meta) {
-        const std::string wk = where + ".meta." + k;
-        const std::string w = wk + node;
-        if (k == "stack_trace" && !v.is_none()) typed<std::string>(v, w, "a string or null");
-        if (k == "debug_handle" && !v.is_none()) typed<std::int64_t>(v, w, "an integer or null");
-        if (k == "nn_module_stack" && !v.is_none()) {
-          for (const auto& [path, type] : typed<Value::Dict>(v, w, "an object or null")) {
-            typed<std::string>(type, wk + "['" + path + "']" + node, "a string (the module type)");
-          }
-        }
-        const Key key = [&] {
-          try {
-            return Key(k);
-          } catch (const std::exception& e) {  // a name nodemeta refuses (an embedded NUL)
-            fail_at(w, e.what());
-          }
-        }();
-        kv.emplace_back(key, v);
-      }
-      try {
-        graph.add_node(name, op, target, inputs, kv);
-      } catch (const std::exception& e) {  // not expected after the checks above
-        fail_at(where + node, e.what());
-      }
+    graph.attrs() = std::move(attrs);
+    const ProgressReporter progress(load_);
+    std::size_t i = 0;
+    for (element n : nodes) {
+      add_node(graph, n, i);
+      ++i;
+      if (progress && (i % 4096 == 0 || i == count)) progress(LoadProgress::Phase::kBuild, i, count);
     }
     return graph;
   }
 
  private:
+  [[noreturn]] void fail_at(const std::string& where, std::string_view message) const {
+    fail(source_, where + ": " + std::string(message));
+  }
+
+  std::string where(const Step* s) const {
+    std::vector<std::string> steps;
+    if (!base_.empty()) steps.push_back(base_);
+    std::vector<const Step*> chain;
+    for (; s != nullptr; s = s->parent) chain.push_back(s);
+    for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
+      const Step* st = *it;
+      steps.push_back(st->is_index ? "[" + std::to_string(st->index) + "]" : std::string(st->key));
+    }
+    return render_path(steps) + node_;
+  }
+
+  // Two JSON values equal as Values (only for a key given twice: a rare, slow path).
+  bool same_json(element a, element b) {
+    const Step s{nullptr, "", 0, true};
+    return value(a, &s) == value(b, &s);
+  }
+
+  // The Value of a JSON element; recursion is bounded by the parser's depth limit.
+  Value value(element e, const Step* at) { return item(e, at).get(); }
+
+  Item item(element e, const Step* at) {
+    switch (e.type()) {
+      case element_type::NULL_VALUE: return {};
+      case element_type::BOOL: return {nullptr, Value(bool(e))};
+      case element_type::INT64: return {nullptr, Value(std::int64_t(e))};
+      case element_type::UINT64:
+        fail_at(where(at), "integer " + std::to_string(std::uint64_t(e)) +
+                               " does not fit a 64-bit signed integer");
+      case element_type::DOUBLE: return {nullptr, Value(double(e))};
+      case element_type::STRING: return {&interner_.string(string_of(e)), {}};
+      case element_type::ARRAY: {
+        // Children go on a stack shared by every level; the list is built from its slice
+        // only if no equal list exists yet.
+        const std::size_t base = values_.size();
+        std::size_t k = 0;
+        for (element c : array_of(e)) {
+          const Step step{at, {}, k++, true};
+          Item v = item(c, &step);
+          values_.push_back(std::move(v));
+        }
+        const Value& r = interner_.list(std::span<const Item>(values_.data() + base, values_.size() - base));
+        values_.resize(base);
+        return {&r, {}};
+      }
+      case element_type::OBJECT: {
+        const std::size_t base = fields_.size();
+        KeyIndex index;
+        for (auto field : object_of(e)) {
+          const Step step{at, field.key, 0, false};
+          Item v = item(field.value, &step);
+          const std::size_t prev = index.seen(field.key, fields_.size() - base,
+                                              [&](std::size_t i) { return fields_[base + i].first; });
+          if (prev != KeyIndex::npos) {
+            if (fields_[base + prev].second.get() == v.get()) continue;  // the same value again: harmless
+            fail_at(where(&step), "key '" + std::string(field.key) + "' given twice with different values");
+          }
+          fields_.emplace_back(field.key, std::move(v));
+        }
+        const Value& r = interner_.dict(
+            std::span<const std::pair<std::string_view, Item>>(fields_.data() + base, fields_.size() - base));
+        fields_.resize(base);
+        return {&r, {}};
+      }
+    }
+    fail_at(where(at), "unexpected JSON element");
+  }
+
+  template <class T>
+  static const T* as(const Value& v) { return v.get_if<T>(); }
+
+  void add_node(Graph& graph, element n, std::size_t i) {
+    const std::string at = "nodes[" + std::to_string(i) + "]";
+    if (n.type() != element_type::OBJECT) fail_at(at, "expected an object, got " + kind_word(n));
+    simdjson::dom::object obj = object_of(n);
+    // Fields, each kept once (a repeat must be identical).
+    enum Field { kId, kName, kOp, kTarget, kInputs, kMeta, kFields };
+    static constexpr std::array<std::string_view, kFields> kNames = {"id", "name", "op", "target", "inputs", "meta"};
+    std::array<element, kFields> fields{};
+    std::array<bool, kFields> have{};
+    for (auto field : obj) {
+      const auto it = std::find(kNames.begin(), kNames.end(), field.key);
+      if (it == kNames.end()) {
+        fail_at(at + "." + std::string(field.key), "unexpected field (a node has id, name, op, target, inputs, meta)");
+      }
+      const auto f = static_cast<std::size_t>(it - kNames.begin());
+      if (have[f] && !same_json(fields[f], field.value)) {
+        fail_at(at + "." + std::string(field.key), "key '" + std::string(field.key) + "' given twice with different values");
+      }
+      fields[f] = field.value;
+      have[f] = true;
+    }
+    auto need = [&](Field f, const std::string& where) -> element {
+      if (!have[f]) fail_at(where, "missing field '" + std::string(kNames[f]) + "'");
+      return fields[f];
+    };
+    auto string_field = [&](Field f, const std::string& where, const std::string& node) -> std::string_view {
+      element e = need(f, where + node);
+      if (e.type() != element_type::STRING) {
+        fail_at(where + "." + std::string(kNames[f]) + node, "expected a string, got " + kind_word(e));
+      }
+      return string_of(e);
+    };
+    const std::string_view name = string_field(kName, at, "");
+    const std::string node = " (node '" + std::string(name) + "')";
+    if (name.empty()) fail_at(at + ".name", "empty node name");
+    {
+      element e = need(kId, at + node);
+      if (e.type() != element_type::INT64 && e.type() != element_type::UINT64) {
+        fail_at(at + ".id" + node, "expected an integer, got " + kind_word(e));
+      }
+      const bool ok = e.type() == element_type::INT64 && e.get_int64().value_unsafe() == static_cast<std::int64_t>(i);
+      if (!ok) {
+        const std::string got = e.type() == element_type::INT64 ? std::to_string(e.get_int64().value_unsafe())
+                                                                 : std::to_string(e.get_uint64().value_unsafe());
+        fail_at(at + ".id" + node, "expected " + std::to_string(i) + " (the node's position), got " + got);
+      }
+    }
+    if (auto prev = graph.find(name)) {
+      fail_at(at + ".name", "duplicate node name '" + std::string(name) + "' (first at nodes[" +
+                                std::to_string(*prev) + "])");
+    }
+    const std::string_view op = string_field(kOp, at, node);
+    if (!is_known_op(op)) {
+      fail_at(at + ".op" + node, "unknown op '" + std::string(op) +
+                                     "' (expected placeholder, get_attr, call_function, "
+                                     "call_module, call_method or output)");
+    }
+    const std::string_view target = string_field(kTarget, at, node);
+    inputs_.clear();
+    {
+      element e = need(kInputs, at + node);
+      if (e.type() != element_type::ARRAY) fail_at(at + ".inputs" + node, "expected an array, got " + kind_word(e));
+      std::size_t k = 0;
+      for (element in : array_of(e)) {
+        const auto w = [&] { return at + ".inputs[" + std::to_string(k) + "]" + node; };
+        if (in.type() != element_type::INT64) {
+          if (in.type() == element_type::UINT64) {
+            fail_at(w(), "integer " + std::to_string(in.get_uint64().value_unsafe()) +
+                             " does not fit a 64-bit signed integer");
+          }
+          fail_at(w(), "expected an integer node id, got " + kind_word(in));
+        }
+        const std::int64_t id = in.get_int64().value_unsafe();
+        if (id < 0 || id >= static_cast<std::int64_t>(i)) {
+          fail_at(w(), "input id " + std::to_string(id) + " is not an earlier node (ids must be < " +
+                           std::to_string(i) + ")");
+        }
+        const auto u = static_cast<std::size_t>(id);
+        const bool repeated = inputs_.size() < 16
+                                  ? std::find(inputs_.begin(), inputs_.end(), u) != inputs_.end()
+                                  : !input_set_.insert(u).second;
+        if (repeated) {
+          fail_at(w(), "input id " + std::to_string(id) +
+                           " given twice (a node lists each input once, in order of first use)");
+        }
+        inputs_.push_back(u);
+        if (inputs_.size() == 16) input_set_ = {inputs_.begin(), inputs_.end()};
+        ++k;
+      }
+      input_set_.clear();
+    }
+    element meta_el = need(kMeta, at + node);
+    if (meta_el.type() != element_type::OBJECT) fail_at(at + ".meta" + node, "expected an object, got " + kind_word(meta_el));
+    kv_.clear();
+    meta_names_.clear();
+    base_ = at + ".meta";
+    node_ = node;
+    KeyIndex index;
+    for (auto field : object_of(meta_el)) {
+      const Step step{nullptr, field.key, 0, false};
+      Value v = value(field.value, &step);
+      const std::size_t prev = index.seen(field.key, meta_names_.size(),
+                                          [&](std::size_t j) { return meta_names_[j]; });
+      if (prev != KeyIndex::npos) {
+        if (kv_[prev].second == v) continue;
+        const bool prot = std::find(protected_.begin(), protected_.end(), field.key) != protected_.end();
+        fail_at(where(&step), std::string(prot ? "protected key '" : "key '") + std::string(field.key) +
+                                  "' given twice with different values");
+      }
+      check_meta(field.key, v, &step);
+      const Key key = [&] {
+        try {
+          return Key(field.key);
+        } catch (const std::exception& e) {  // a name nodemeta refuses (an embedded NUL)
+          fail_at(where(&step), e.what());
+        }
+      }();
+      meta_names_.push_back(field.key);
+      kv_.emplace_back(key, std::move(v));
+    }
+    base_.clear();
+    node_.clear();
+    try {
+      graph.add_node(std::string(name), std::string(op), std::string(target), inputs_, kv_);
+    } catch (const std::exception& e) {  // not expected after the checks above
+      fail_at(at + node, e.what());
+    }
+  }
+
+  // The schema's types for the standard keys (null allowed for each).
+  void check_meta(std::string_view k, const Value& v, const Step* at) const {
+    if (v.is_none()) return;
+    if (k == "stack_trace" && v.kind() != Value::Kind::kString) {
+      fail_at(where(at), "expected a string or null, got " + kind_word(v));
+    }
+    if (k == "debug_handle" && v.kind() != Value::Kind::kInt) {
+      fail_at(where(at), "expected an integer or null, got " + kind_word(v));
+    }
+    if (k == "nn_module_stack") {
+      const Value::Dict* d = v.get_if<Value::Dict>();
+      if (d == nullptr) fail_at(where(at), "expected an object or null, got " + kind_word(v));
+      for (const auto& [path, type] : *d) {
+        if (type.kind() != Value::Kind::kString) {
+          fail_at(where(at).insert(base_.size() + 1 + k.size(), "['" + path + "']"),
+                  "expected a string (the module type), got " + kind_word(type));
+        }
+      }
+    }
+  }
+
   std::string_view source_;
+  const LoadOptions& load_;
+  std::vector<std::string> protected_;
+  Interner interner_;
+  std::string base_;  // the schema place the current Steps hang from, e.g. nodes[3].meta
+  std::string node_;  // " (node 'name')" while inside a node
+  std::vector<std::size_t> inputs_;
+  std::unordered_set<std::size_t> input_set_;
+  std::vector<KeyValue> kv_;
+  std::vector<std::string_view> meta_names_;
+  std::vector<Item> values_;                                // open lists' elements
+  std::vector<std::pair<std::string_view, Item>> fields_;   // open dicts' fields
 };
 
-// ---- Value -> JSON -------------------------------------------------------------------
-
-using OrderedJson = nlohmann::ordered_json;
-
-OrderedJson to_json_value(const Value& v, const std::string& where) {
-  switch (v.kind()) {
-    case Value::Kind::kNone: return nullptr;
-    case Value::Kind::kBool: return v.as<bool>();
-    case Value::Kind::kInt: return v.as<std::int64_t>();
-    case Value::Kind::kDouble: return v.as<double>();
-    case Value::Kind::kString: return v.as<std::string>();
-    case Value::Kind::kList: {
-      OrderedJson arr = OrderedJson::array();
-      for (const Value& e : v.as<Value::List>()) arr.push_back(to_json_value(e, where));
-      return arr;
-    }
-    case Value::Kind::kDict: {
-      OrderedJson obj = OrderedJson::object();
-      for (const auto& [k, e] : v.as<Value::Dict>()) obj[k] = to_json_value(e, where);
-      return obj;
-    }
-    case Value::Kind::kObject: break;
+Graph parse_input(Input& input, std::string_view source, StoreOptions options, const LoadOptions& load) {
+  simdjson::dom::parser parser;
+  // simdjson counts depth from 0 at the top and refuses at depth >= its max: max_depth + 1
+  // lets the document nest exactly max_depth deep.
+  if (parser.allocate(std::max<std::size_t>(input.size(), 64), load.max_depth + 1) != simdjson::SUCCESS) {
+    fail(source, "not enough memory to parse " + std::to_string(input.size()) + " bytes of JSON");
   }
-  throw GraphError(where + ": cannot export a value of user type " + v.type_name() + " to JSON");
+  element root;
+  const simdjson::error_code code =
+      parser.parse(reinterpret_cast<const std::uint8_t*>(input.data()), input.size(), false).get(root);
+  if (code != simdjson::SUCCESS) fail_parse(source, input, load.max_depth, code);
+  ProgressReporter{load}(LoadProgress::Phase::kParse, 1, 1);
+  input.release();  // the document's strings live in the parser: the text is not needed
+  GraphBuilder builder(source, options, load);
+  return builder.build(root, std::move(options));
 }
+
+// ---- Graph -> JSON ------------------------------------------------------------------------
+
+// Writes JSON text directly (no intermediate tree). Long strings shared by many nodes
+// (stack traces) are escaped once and copied from the first occurrence's output after that.
+class Writer {
+ public:
+  enum class Mode { kSave, kDisplay };
+  explicit Writer(Mode mode) : mode_(mode) {}
+
+  std::string out;
+
+  void value(const Value& v, const std::string& where, std::size_t depth) {
+    switch (v.kind()) {
+      case Value::Kind::kNone: out += "null"; return;
+      case Value::Kind::kBool: out += v.as<bool>() ? "true" : "false"; return;
+      case Value::Kind::kInt: integer(v.as<std::int64_t>()); return;
+      case Value::Kind::kDouble: real(v.as<double>(), where); return;
+      case Value::Kind::kString: string(v.as<std::string>(), where); return;
+      case Value::Kind::kList: {
+        nest(depth, where);
+        out += '[';
+        bool first = true;
+        for (const Value& e : v.as<Value::List>()) {
+          if (!first) out += ',';
+          first = false;
+          value(e, where, depth + 1);
+        }
+        out += ']';
+        return;
+      }
+      case Value::Kind::kDict: {
+        nest(depth, where);
+        out += '{';
+        bool first = true;
+        for (const auto& [k, e] : v.as<Value::Dict>()) {
+          if (!first) out += ',';
+          first = false;
+          string(k, where);
+          out += ':';
+          value(e, where, depth + 1);
+        }
+        out += '}';
+        return;
+      }
+      case Value::Kind::kObject: break;
+    }
+    throw GraphError(where + ": cannot export a value of user type " + v.type_name() + " to JSON");
+  }
+
+  void integer(std::int64_t i) {
+    char buf[24];
+    auto r = std::to_chars(buf, buf + sizeof buf, i);
+    out.append(buf, r.ptr);
+  }
+  void integer(std::uint64_t i) {
+    char buf[24];
+    auto r = std::to_chars(buf, buf + sizeof buf, i);
+    out.append(buf, r.ptr);
+  }
+
+  void real(double d, const std::string& where) {
+    if (!std::isfinite(d)) {
+      if (mode_ == Mode::kDisplay) {
+        out += "null";
+        return;
+      }
+      throw GraphError(where + ": cannot save " + (std::isnan(d) ? std::string("NaN") : d > 0 ? "inf" : "-inf") +
+                       ": JSON has no such number");
+    }
+    char buf[32];
+    auto r = std::to_chars(buf, buf + sizeof buf, d);  // shortest text that reads back exactly
+    const std::string_view text(buf, static_cast<std::size_t>(r.ptr - buf));
+    out += text;
+    if (text.find_first_of(".e") == std::string_view::npos) out += ".0";  // stays a float
+  }
+
+  void string(const std::string& s, const std::string& where) {
+    if (s.size() >= kMemoMin) {
+      auto it = memo_.find(&s);
+      if (it != memo_.end()) {
+        out.reserve(out.size() + it->second.second);
+        out.append(out.data() + it->second.first, it->second.second);
+        return;
+      }
+      const std::size_t start = out.size();
+      escaped(s, where);
+      memo_.emplace(&s, std::make_pair(start, out.size() - start));
+      return;
+    }
+    escaped(s, where);
+  }
+
+ private:
+  static constexpr std::size_t kMemoMin = 64;
+
+  void nest(std::size_t depth, const std::string& where) const {
+    if (depth >= LoadOptions::kMaxDepthCeiling) {
+      throw GraphError(where + ": nested deeper than " + std::to_string(LoadOptions::kMaxDepthCeiling) +
+                       " arrays/objects, more than any graph file may");
+    }
+  }
+
+  void escaped(std::string_view s, const std::string& where) {
+    if (!simdjson::validate_utf8(s.data(), s.size())) {
+      if (mode_ == Mode::kSave) throw GraphError(where + ": a string is not valid UTF-8, which JSON requires");
+      const std::string fixed = replace_invalid_utf8(s);
+      escaped_valid(fixed);
+      return;
+    }
+    escaped_valid(s);
+  }
+
+  void escaped_valid(std::string_view s) {
+    out.reserve(out.size() + s.size() + 2);
+    out += '"';
+    std::size_t run = 0;  // start of the bytes not yet copied
+    const std::size_t n = s.size();
+    std::size_t i = 0;
+    while (i < n) {
+      // Eight bytes at a time while none needs escaping (< 0x20, '"' or '\\').
+      if (i + 8 <= n) {
+        std::uint64_t w;
+        std::memcpy(&w, s.data() + i, 8);
+        constexpr std::uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+        const std::uint64_t lt20 = (w - ones * 0x20) & ~w & highs;
+        const std::uint64_t q = w ^ (ones * '"');
+        const std::uint64_t bs = w ^ (ones * '\\');
+        const std::uint64_t eq = ((q - ones) & ~q & highs) | ((bs - ones) & ~bs & highs);
+        if ((lt20 | eq) == 0) {
+          i += 8;
+          continue;
+        }
+      }
+      const auto c = static_cast<unsigned char>(s[i]);
+      if (c >= 0x20 && c != '"' && c != '\\') {
+        ++i;
+        continue;
+      }
+      out.append(s.data() + run, i - run);
+      switch (c) {
+        case '"': out += "\\\""; break;
+        case '\\': out += "\\\\"; break;
+        case '\b': out += "\\b"; break;
+        case '\f': out += "\\f"; break;
+        case '\n': out += "\\n"; break;
+        case '\r': out += "\\r"; break;
+        case '\t': out += "\\t"; break;
+        default: {
+          static constexpr char kHex[] = "0123456789abcdef";
+          const char u[6] = {'\\', 'u', '0', '0', kHex[c >> 4], kHex[c & 15]};
+          out.append(u, 6);
+        }
+      }
+      run = ++i;
+    }
+    out.append(s.data() + run, n - run);
+    out += '"';
+  }
+
+  // Invalid UTF-8 sequences replaced by U+FFFD (display only).
+  static std::string replace_invalid_utf8(std::string_view s) {
+    std::string r;
+    std::size_t i = 0;
+    while (i < s.size()) {
+      const auto c = static_cast<unsigned char>(s[i]);
+      std::size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+      if (len > 0 && i + len <= s.size() && simdjson::validate_utf8(s.data() + i, len)) {
+        r.append(s.data() + i, len);
+        i += len;
+      } else {
+        r += "\xEF\xBF\xBD";
+        ++i;
+      }
+    }
+    return r;
+  }
+
+  Mode mode_;
+  std::unordered_map<const std::string*, std::pair<std::size_t, std::size_t>> memo_;
+};
 
 int schema_rank(std::string_view key) {
   static constexpr std::array<std::string_view, 7> kOrder = {
@@ -393,67 +1124,164 @@ int schema_rank(std::string_view key) {
   return static_cast<int>(it - kOrder.begin());
 }
 
-std::vector<std::string> protected_names(const StoreOptions& options) {
-  std::vector<std::string> names;
-  for (Key k : options.protected_keys) names.emplace_back(k.name());
-  return names;
-}
-
-}  // namespace
-
-std::string read_file_text(const std::string& path) {
-  std::string bytes = read_bytes(path);
-  if (has_gzip_magic(bytes)) return inflate_gzip(path, bytes);
-  return bytes;
-}
-
-Graph parse_graph(std::string_view json, std::string_view source, StoreOptions options) {
-  Value root;
-  {
-    ValueBuilder builder(protected_names(options));
-    const bool ok = Json::sax_parse(json.data(), json.data() + json.size(), &builder,
-                                    nlohmann::detail::input_format_t::json, true, false);
-    if (!ok) {
-      fail(source, builder.error_message().empty() ? "invalid JSON" : builder.error_message());
-    }
-    root = builder.take_root();
+void write_graph(Writer& w, const Graph& graph) {
+  w.out += '{';
+  for (const auto& [k, v] : graph.attrs()) {
+    w.string(k, k);
+    w.out += ':';
+    w.value(v, k, 1);
+    w.out += ',';
   }
-  return SchemaReader(source).build(root, std::move(options));
-}
-
-Graph load_graph(const std::string& path, StoreOptions options) {
-  const std::string text = read_file_text(path);
-  return parse_graph(text, path, std::move(options));
-}
-
-std::string to_json(const Graph& graph) {
-  OrderedJson doc = OrderedJson::object();
-  for (const auto& [k, v] : graph.attrs()) doc[k] = to_json_value(v, k);
-  OrderedJson nodes = OrderedJson::array();
+  w.out += "\"nodes\":[";
   for (std::size_t i = 0; i < graph.size(); ++i) {
     const Node& n = graph.node(i);
     const std::string where = "nodes[" + std::to_string(i) + "] (node '" + n.name + "')";
-    OrderedJson node = OrderedJson::object();
-    node["id"] = i;
-    node["name"] = n.name;
-    node["op"] = n.op;
-    node["target"] = n.target;
-    node["inputs"] = n.inputs;
+    if (i != 0) w.out += ',';
+    w.out += "{\"id\":";
+    w.integer(static_cast<std::uint64_t>(i));
+    w.out += ",\"name\":";
+    w.string(n.name, where + ".name");
+    w.out += ",\"op\":";
+    w.string(n.op, where + ".op");
+    w.out += ",\"target\":";
+    w.string(n.target, where + ".target");
+    w.out += ",\"inputs\":[";
+    for (std::size_t k = 0; k < n.inputs.size(); ++k) {
+      if (k != 0) w.out += ',';
+      w.integer(static_cast<std::uint64_t>(n.inputs[k]));
+    }
+    w.out += "],\"meta\":{";
     Items items = n.meta.items();
     std::stable_sort(items.begin(), items.end(), [](const auto& a, const auto& b) {
       return schema_rank(a.first) < schema_rank(b.first);
     });
-    OrderedJson meta = OrderedJson::object();
-    for (const auto& [k, v] : items) meta[k] = to_json_value(v, where + ".meta." + k);
-    node["meta"] = std::move(meta);
-    nodes.push_back(std::move(node));
+    bool first = true;
+    for (const auto& [k, v] : items) {
+      if (!first) w.out += ',';
+      first = false;
+      const std::string wk = where + ".meta." + k;
+      w.string(k, wk);
+      w.out += ':';
+      w.value(v, wk, 4);
+    }
+    w.out += "}}";
   }
-  doc["nodes"] = std::move(nodes);
-  try {
-    return doc.dump(-1, ' ', false, nlohmann::detail::error_handler_t::strict);
-  } catch (const nlohmann::json::exception& e) {  // e.g. a string that is not UTF-8
-    throw GraphError(std::string("graph export: ") + e.what());
+  w.out += "]}";
+}
+
+// Writes `text` to `path`, gzip-compressed when asked, in pieces zlib's 32-bit sizes take.
+void write_file(const std::string& path, std::string_view text, bool gz) {
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "wb"), &std::fclose);
+  if (!f) fail(path, std::string("cannot open for writing: ") + std::strerror(errno));
+  auto put = [&](const void* p, std::size_t n) {
+    if (n != 0 && std::fwrite(p, 1, n, f.get()) != n) fail(path, std::string("cannot write: ") + std::strerror(errno));
+  };
+  if (!gz) {
+    put(text.data(), text.size());
+  } else {
+    z_stream zs{};
+    if (deflateInit2(&zs, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
+      fail(path, "gzip: cannot initialise zlib");
+    }
+    struct End {
+      z_stream* zs;
+      ~End() { deflateEnd(zs); }
+    } end{&zs};
+    auto buf = std::make_unique<unsigned char[]>(kChunk);
+    std::size_t pos = 0;
+    int ret = Z_OK;
+    do {
+      const std::size_t n = std::min(text.size() - pos, kChunk);
+      zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(text.data() + pos));
+      zs.avail_in = static_cast<uInt>(n);
+      pos += n;
+      const int flush = pos == text.size() ? Z_FINISH : Z_NO_FLUSH;
+      do {
+        zs.next_out = buf.get();
+        zs.avail_out = static_cast<uInt>(kChunk);
+        ret = deflate(&zs, flush);
+        if (ret == Z_STREAM_ERROR) fail(path, "gzip: compression failed");
+        put(buf.get(), kChunk - zs.avail_out);
+      } while (zs.avail_out == 0);
+    } while (ret != Z_STREAM_END);
   }
+  if (std::fflush(f.get()) != 0) fail(path, std::string("cannot write: ") + std::strerror(errno));
+  std::FILE* raw = f.release();
+  if (std::fclose(raw) != 0) fail(path, std::string("cannot write: ") + std::strerror(errno));
+}
+
+}  // namespace
+
+std::string read_file_text(const std::string& path, const LoadOptions& load) {
+  check_options(path, load);
+  Input input;
+  read_input(path, load, input);
+  return std::string(input.data(), input.size());
+}
+
+Graph parse_graph(std::string_view json, std::string_view source, StoreOptions options,
+                  const LoadOptions& load) {
+  check_options(source, load);
+  if (json.size() > load.max_input_bytes) {
+    fail(source, "is larger than " + std::to_string(load.max_input_bytes) + " bytes, the input limit (" +
+                     limit_advice() + ")");
+  }
+  Input input;
+  input.append(json.data(), json.size());
+  input.finish();
+  return parse_input(input, source, std::move(options), load);
+}
+
+Graph load_graph(const std::string& path, StoreOptions options, const LoadOptions& load) {
+  check_options(path, load);
+  Input input;
+  read_input(path, load, input);
+  return parse_input(input, path, std::move(options), load);
+}
+
+namespace detail {
+namespace {
+std::size_t walk(element e) {
+  std::size_t n = 1;
+  switch (e.type()) {
+    case element_type::ARRAY:
+      for (element c : array_of(e)) n += walk(c);
+      break;
+    case element_type::OBJECT:
+      for (auto field : object_of(e)) n += walk(field.value) + (field.key.size() != 0 ? 0 : 0);
+      break;
+    case element_type::STRING: {
+      const std::string_view s = string_of(e);
+      n += s.empty() ? 0 : static_cast<unsigned char>(s[0]) >> 8;  // read it, count nothing
+      break;
+    }
+    default: break;
+  }
+  return n;
+}
+}  // namespace
+
+std::size_t parse_only(const std::string& path, const LoadOptions& load) {
+  check_options(path, load);
+  Input input;
+  read_input(path, load, input);
+  simdjson::dom::parser parser;
+  if (parser.allocate(std::max<std::size_t>(input.size(), 64), load.max_depth + 1) != simdjson::SUCCESS) {
+    fail(path, "not enough memory to parse " + std::to_string(input.size()) + " bytes of JSON");
+  }
+  element root;
+  const simdjson::error_code code =
+      parser.parse(reinterpret_cast<const std::uint8_t*>(input.data()), input.size(), false).get(root);
+  if (code != simdjson::SUCCESS) fail_parse(path, input, load.max_depth, code);
+  input.release();
+  return walk(root);
+}
+}  // namespace detail
+
+std::string to_json(const Graph& graph) {
+  Writer w(Writer::Mode::kSave);
+  write_graph(w, graph);
+  return std::move(w.out);
 }
 
 void save_graph(const Graph& graph, const std::string& path) {
@@ -464,11 +1292,13 @@ void save_graph(const Graph& graph, const std::string& path) {
     fail(path, e.what());
   }
   const bool gz = path.size() >= 3 && path.compare(path.size() - 3, 3, ".gz") == 0;
-  write_bytes(path, gz ? deflate_gzip(path, text) : text);
+  write_file(path, text, gz);
 }
 
 std::string value_to_json(const Value& value) {
-  return to_json_value(value, "value").dump(-1, ' ', false, nlohmann::detail::error_handler_t::replace);
+  Writer w(Writer::Mode::kDisplay);
+  w.value(value, "value", 0);
+  return std::move(w.out);
 }
 
 }  // namespace nodemeta::graph

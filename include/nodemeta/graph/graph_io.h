@@ -8,8 +8,11 @@
 //
 // Errors: every failure throws GraphError with one line naming the file and the place:
 // a JSON path such as nodes[12].meta.val, plus the node's name once it is known. Covered:
+// inputs over the size limit or nested past the depth limit (naming the limit and how to
+// raise it),
 // a missing or unreadable file, truncated or corrupt gzip, invalid JSON, wrong schema
-// (missing fields, wrong types, unknown fields), an input that is not an earlier node,
+// (missing fields, wrong types, unknown fields), an input that is not an earlier node or
+// is given twice,
 // duplicate node names, and a key given twice for one node with different values (for a
 // protected key: "protected key 'val' given twice with different values"). A repeated key
 // with an identical value is accepted once. Loading is all or nothing: on error no graph
@@ -17,6 +20,9 @@
 #ifndef NODEMETA_GRAPH_GRAPH_IO_H_
 #define NODEMETA_GRAPH_GRAPH_IO_H_
 
+#include <cstddef>
+#include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -24,15 +30,57 @@
 
 namespace nodemeta::graph {
 
+// Limits and progress of one load (load_graph, parse_graph). Memory is bounded by the
+// input's size limit, not by what the input contains:
+// - max_input_bytes: the most bytes the JSON text may have, after inflating a gzip file.
+//   A plain file larger than it is refused before it is read; a gzip stream is refused as
+//   soon as its inflated size passes it (a small "bomb" costs at most the limit in memory).
+//   Default 1 GiB; at most kMaxInputBytesCeiling (the JSON parser's own limit, 4 GiB).
+// - max_depth: the most arrays/objects open at once anywhere in the document, counting the
+//   top-level object as 1 (a node's metadata value sits at depth 5, so the default leaves
+//   its values 251 levels). Checked while parsing; every later step that walks a loaded
+//   value (building, comparing, saving, destroying) recurses at most this deep.
+// - progress: if set, called on the loading thread with the phase and how far it is
+//   (read: bytes of the file read; parse: 0 then 1 of 1; build: nodes built of all).
+//   An exception it throws aborts the load (nothing is left half-built).
+struct LoadProgress {
+  enum class Phase { kRead, kParse, kBuild };
+  Phase phase;
+  std::uint64_t done;
+  std::uint64_t total;  // 0 when unknown (a gzip stream's inflated size)
+};
+
+struct LoadOptions {
+  static constexpr std::uint64_t kDefaultMaxInputBytes = std::uint64_t{1} << 30;
+  static constexpr std::uint64_t kMaxInputBytesCeiling = 0xFFFFFFFFull - 4096;
+  static constexpr std::size_t kDefaultMaxDepth = 256;
+  static constexpr std::size_t kMaxDepthCeiling = 4096;
+
+  std::uint64_t max_input_bytes = kDefaultMaxInputBytes;
+  std::size_t max_depth = kDefaultMaxDepth;
+  std::function<void(const LoadProgress&)> progress{};
+};
+
 // Thread safety: loading and parsing build independent graphs and may run concurrently.
 // to_json/save_graph only read the graph: race-free alongside metadata writers, each node
 // exported as its own atomic snapshot. Every failure is a GraphError naming the file.
+//
+// Memory: identical strings, lists and dicts in one file are loaded once and shared by every
+// node that holds them (Values are immutable, so sharing is invisible to readers), which is
+// what makes repeated stack traces, module stacks, dtype names and shapes cheap.
+//
+// Strings are UTF-8. Load refuses invalid UTF-8 (and lone surrogate escapes) as invalid
+// JSON; save refuses a string that is not valid UTF-8, naming the node and key;
+// value_to_json (for display) replaces invalid sequences with U+FFFD.
+// Numbers: integer literals outside int64 are refused on load (never turned into doubles);
+// NaN and infinities, which JSON cannot write, are refused on save.
 
-// Reads a graph file; gzip is detected by its magic bytes, not by the file name.
-Graph load_graph(const std::string& path, StoreOptions options = {});
+// Reads a graph file; gzip is detected by its magic bytes, not by the file name. Refuses a
+// file whose JSON text passes load.max_input_bytes or nests deeper than load.max_depth.
+Graph load_graph(const std::string& path, StoreOptions options = {}, const LoadOptions& load = {});
 // Parses graph JSON held in memory; `source` names it in error messages.
 Graph parse_graph(std::string_view json, std::string_view source = "<memory>",
-                  StoreOptions options = {});
+                  StoreOptions options = {}, const LoadOptions& load = {});
 
 // The graph as compact JSON. Meta keys come in schema order (stack_trace, nn_module_stack,
 // tensor_meta, val, debug_handle, is_wrapped, type), then the others sorted by name.
@@ -41,11 +89,20 @@ std::string to_json(const Graph& graph);
 // GraphError naming the path if it cannot be written.
 void save_graph(const Graph& graph, const std::string& path);
 
-// Reads a whole file, inflating it if it starts with the gzip magic. Throws GraphError.
-std::string read_file_text(const std::string& path);
+// Reads a whole file, inflating it if it starts with the gzip magic, within
+// load.max_input_bytes. Throws GraphError.
+std::string read_file_text(const std::string& path, const LoadOptions& load = {});
 
-// The JSON text of one Value (compact), e.g. for --json output. Strings are UTF-8.
+// The JSON text of one Value (compact), e.g. for --json output: invalid UTF-8 is replaced
+// with U+FFFD and NaN/infinities are written as null (display, not a round trip).
 std::string value_to_json(const Value& value);
+
+namespace detail {
+// For benchmarks: what load_graph does before it builds anything (read, inflate, parse with
+// the same parser and limits), then a walk over every JSON value. Returns how many values
+// the document holds. Throws GraphError as load_graph does for unreadable or invalid input.
+std::size_t parse_only(const std::string& path, const LoadOptions& load = {});
+}  // namespace detail
 
 }  // namespace nodemeta::graph
 
