@@ -607,9 +607,10 @@ class KeyIndex {
       for (std::size_t i = 0; i < pos; ++i) {
         if (key_of(i) == key) return i;
       }
-      if (pos + 1 == kLinear) {
+      if (pos + 1 == kLinear) {  // key_of(pos) is not stored yet: `key` is it
         map_ = std::make_unique<std::unordered_map<std::string_view, std::size_t>>();
-        for (std::size_t i = 0; i < kLinear; ++i) map_->emplace(key_of(i), i);
+        for (std::size_t i = 0; i < pos; ++i) map_->emplace(key_of(i), i);
+        map_->emplace(key, pos);
       }
       return npos;
     }
@@ -921,9 +922,8 @@ class GraphBuilder {
 
 Graph parse_input(Input& input, std::string_view source, StoreOptions options, const LoadOptions& load) {
   simdjson::dom::parser parser;
-  // simdjson counts depth from 0 at the top and refuses at depth >= its max: max_depth + 1
-  // lets the document nest exactly max_depth deep.
-  if (parser.allocate(std::max<std::size_t>(input.size(), 64), load.max_depth + 1) != simdjson::SUCCESS) {
+  // simdjson refuses a document nested deeper than its max_depth (tested at the edge).
+  if (parser.allocate(std::max<std::size_t>(input.size(), 64), load.max_depth) != simdjson::SUCCESS) {
     fail(source, "not enough memory to parse " + std::to_string(input.size()) + " bytes of JSON");
   }
   element root;
@@ -1266,7 +1266,7 @@ std::size_t parse_only(const std::string& path, const LoadOptions& load) {
   Input input;
   read_input(path, load, input);
   simdjson::dom::parser parser;
-  if (parser.allocate(std::max<std::size_t>(input.size(), 64), load.max_depth + 1) != simdjson::SUCCESS) {
+  if (parser.allocate(std::max<std::size_t>(input.size(), 64), load.max_depth) != simdjson::SUCCESS) {
     fail(path, "not enough memory to parse " + std::to_string(input.size()) + " bytes of JSON");
   }
   element root;

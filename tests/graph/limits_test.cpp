@@ -1,0 +1,361 @@
+// Graph files that try to exhaust memory or the stack, and the loader's edges: the input
+// size limit (plain and gzip, checked while inflating), the depth limit, huge strings,
+// integers outside int64, NaN on save, duplicate inputs, objects with many keys, shared
+// values and progress reports.
+#include <gtest/gtest.h>
+#include <zlib.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <functional>
+#include <iterator>
+#include <stdexcept>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "nodemeta/graph/graph_io.h"
+
+namespace nodemeta::graph {
+namespace {
+
+namespace fs = std::filesystem;
+
+class LimitsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() /
+           ("nodemeta_limits_" + std::to_string(::getpid()) + "_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  std::string write(const std::string& name, const std::string& text) const {
+    const std::string p = path(name);
+    std::ofstream(p, std::ios::binary) << text;
+    return p;
+  }
+  // A gzip file of `members` members, each `piece` repeated `repeats` times.
+  std::string write_gz(const std::string& name, const std::string& piece, std::size_t repeats,
+                       int members = 1) const {
+    const std::string p = path(name);
+    std::remove(p.c_str());
+    for (int m = 0; m < members; ++m) {
+      gzFile f = gzopen(p.c_str(), "ab9");
+      EXPECT_NE(f, nullptr);
+      for (std::size_t i = 0; i < repeats; ++i) {
+        gzwrite(f, piece.data(), static_cast<unsigned>(piece.size()));
+      }
+      gzclose(f);
+    }
+    return p;
+  }
+
+  fs::path dir_;
+};
+
+// A one-node graph whose node's metadata holds `meta_json`.
+std::string graph_json(const std::string& meta_json) {
+  return R"({"model":"m","nodes":[{"id":0,"name":"x","op":"placeholder","target":"x","inputs":[],"meta":)" +
+         meta_json + "}]}";
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const GraphError& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+TEST_F(LimitsTest, GzipBombIsRefusedAsSoonAsItPassesTheLimit) {
+  // 1,024 gzip members of 1 MiB of spaces each (about 1 KiB compressed): 1 GiB inflated
+  // from a 1 MiB file; the limit is 1 MiB.
+  const std::string member = write_gz("member.gz", std::string(1 << 20, ' '), 1);
+  std::string member_bytes;
+  {
+    std::ifstream in(member, std::ios::binary);
+    member_bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  std::string bomb_bytes;
+  for (int i = 0; i < 1024; ++i) bomb_bytes += member_bytes;
+  const std::string bomb = write("bomb.json.gz", bomb_bytes);
+  ASSERT_LT(fs::file_size(bomb), 2u << 20);
+  LoadOptions load;
+  load.max_input_bytes = 1 << 20;
+  std::uint64_t read_max = 0;
+  load.progress = [&](const LoadProgress& p) {
+    if (p.phase == LoadProgress::Phase::kRead) read_max = std::max(read_max, p.done);
+  };
+  const std::string what = error_of([&] { load_graph(bomb, {}, load); });
+  EXPECT_EQ(what.rfind(bomb + ": ", 0), 0u) << what;
+  EXPECT_NE(what.find("inflates to more than 1048576 bytes, the input limit"), std::string::npos) << what;
+  EXPECT_NE(what.find("--max-input-bytes"), std::string::npos) << what;
+  EXPECT_NE(what.find("LoadOptions::max_input_bytes"), std::string::npos) << what;
+  // Refused while inflating: far less than the whole compressed file was read.
+  EXPECT_LT(read_max, fs::file_size(bomb));
+}
+
+TEST_F(LimitsTest, PlainFileOverTheLimitIsRefusedBeforeReading) {
+  const std::string big = write("big.json", std::string(3 << 20, ' '));
+  LoadOptions load;
+  load.max_input_bytes = 1 << 20;
+  bool read_any = false;
+  load.progress = [&](const LoadProgress&) { read_any = true; };
+  const std::string what = error_of([&] { load_graph(big, {}, load); });
+  EXPECT_NE(what.find(big + ": is larger than 1048576 bytes, the input limit"), std::string::npos) << what;
+  EXPECT_FALSE(read_any);
+  EXPECT_NE(error_of([&] { parse_graph(std::string(3 << 20, ' '), "mem", {}, load); })
+                .find("mem: is larger than 1048576 bytes"),
+            std::string::npos);
+}
+
+TEST_F(LimitsTest, InputOfExactlyTheLimitLoadsOneByteMoreDoesNot) {
+  const std::string text = graph_json(R"({"val":1})");
+  const std::string plain = write("g.json", text);
+  const std::string gz = write_gz("g.json.gz", text, 1);
+  for (const std::string& p : {plain, gz}) {
+    LoadOptions load;
+    load.max_input_bytes = text.size();
+    EXPECT_EQ(load_graph(p, {}, load).size(), 1u) << p;
+    load.max_input_bytes = text.size() - 1;
+    EXPECT_NE(error_of([&] { load_graph(p, {}, load); }).find("the input limit"), std::string::npos) << p;
+  }
+}
+
+TEST_F(LimitsTest, OptionsOutsideTheirRangeAreRefused) {
+  const std::string p = write("g.json", graph_json("{}"));
+  LoadOptions load;
+  load.max_input_bytes = LoadOptions::kMaxInputBytesCeiling + 1;
+  EXPECT_NE(error_of([&] { load_graph(p, {}, load); }).find("over the parser's ceiling"), std::string::npos);
+  load = {};
+  load.max_depth = 4;
+  EXPECT_NE(error_of([&] { load_graph(p, {}, load); }).find("max_depth 4 is outside"), std::string::npos);
+}
+
+TEST_F(LimitsTest, AMillionDeepListIsRefusedWithoutCrashing) {
+  const std::size_t deep = 1'000'000;
+  const std::string text = graph_json(R"({"val":)" + std::string(deep, '[') + std::string(deep, ']') + "}");
+  const std::string p = write("deep.json", text);
+  const std::string what = error_of([&] { load_graph(p, {}); });
+  EXPECT_EQ(what.rfind(p + ": ", 0), 0u) << what;
+  EXPECT_NE(what.find("nested deeper than 256 arrays/objects, the depth limit"), std::string::npos) << what;
+  EXPECT_NE(what.find("--max-depth"), std::string::npos) << what;
+  EXPECT_NE(what.find("nodes[0].meta.val[0]"), std::string::npos) << what;  // the place, elided
+  EXPECT_LT(what.size(), 400u) << what;
+  // The same unterminated: still the depth error, not a crash.
+  const std::string open = write("open.json", graph_json(R"({"val":)" + std::string(deep, '[')));
+  EXPECT_NE(error_of([&] { load_graph(open, {}); }).find("nested deeper than"), std::string::npos);
+}
+
+TEST_F(LimitsTest, DepthLimitIsExactAndCanBeRaised) {
+  // The top object, "nodes", the node and "meta" are depth 1-4: a value of depth d makes the
+  // document 4 + d deep.
+  auto nested = [](std::size_t d) { return std::string(d, '[') + std::string(d, ']'); };
+  const std::size_t limit = LoadOptions::kDefaultMaxDepth;
+  const std::string ok = write("ok.json", graph_json(R"({"val":)" + nested(limit - 4) + "}"));
+  const std::string over = write("over.json", graph_json(R"({"val":)" + nested(limit - 3) + "}"));
+  const Graph g = load_graph(ok);
+  EXPECT_EQ(g.size(), 1u);
+  EXPECT_NE(error_of([&] { load_graph(over); }).find("nested deeper than 256"), std::string::npos);
+  // Raised: loads, saves, loads back, compares and is destroyed without trouble.
+  LoadOptions load;
+  load.max_depth = 1000;
+  const std::string deep = write("deep.json", graph_json(R"({"val":)" + nested(990) + "}"));
+  Graph d = load_graph(deep, {}, load);
+  const std::string saved = path("deep_saved.json");
+  save_graph(d, saved);
+  Graph back = load_graph(saved, {}, load);
+  EXPECT_EQ(first_difference(d, back), "");
+}
+
+TEST_F(LimitsTest, HugeStringsLoadWithinTheLimitAndAreRefusedPastIt) {
+  const std::string big(8 << 20, 'x');
+  const std::string p = write("str.json", graph_json(R"({"stack_trace":")" + big + R"("})"));
+  const Graph g = load_graph(p);
+  EXPECT_EQ(g.node(0).meta.get("stack_trace")->as<std::string>().size(), big.size());
+  const std::string out = path("str_out.json.gz");
+  save_graph(g, out);
+  EXPECT_EQ(first_difference(g, load_graph(out)), "");
+  LoadOptions load;
+  load.max_input_bytes = 4 << 20;
+  EXPECT_NE(error_of([&] { load_graph(p, {}, load); }).find("the input limit"), std::string::npos);
+  // An unterminated huge string is invalid JSON, with its place.
+  const std::string open = write("open.json", graph_json(R"({"stack_trace":")" + big));
+  const std::string what = error_of([&] { load_graph(open); });
+  EXPECT_NE(what.find("invalid JSON"), std::string::npos) << what.substr(0, 300);
+}
+
+TEST_F(LimitsTest, IntegersOutsideInt64AreRefusedNeverTurnedIntoDoubles) {
+  for (const char* n : {"9223372036854775808", "18446744073709551617", "-9223372036854775809",
+                        "100000000000000000000000000000"}) {
+    const std::string what = error_of([&] { parse_graph(graph_json(std::string(R"({"x":[1,)") + n + "]}"), "g"); });
+    EXPECT_NE(what.find("does not fit a 64-bit signed integer"), std::string::npos) << n << ": " << what;
+    EXPECT_NE(what.find("nodes[0].meta.x[1]"), std::string::npos) << n << ": " << what;
+  }
+  const Graph g = parse_graph(graph_json(R"({"a":9223372036854775807,"b":-9223372036854775808})"));
+  EXPECT_EQ(g.node(0).meta.get("a")->as<std::int64_t>(), std::numeric_limits<std::int64_t>::max());
+  EXPECT_EQ(g.node(0).meta.get("b")->as<std::int64_t>(), std::numeric_limits<std::int64_t>::min());
+}
+
+TEST_F(LimitsTest, NaNAndInfinitiesAreRefusedOnSaveNamingTheKey) {
+  for (double d : {std::nan(""), std::numeric_limits<double>::infinity(), -std::numeric_limits<double>::infinity()}) {
+    Graph g = parse_graph(graph_json("{}"));
+    g.node(0).meta.set("neg_inf", d);
+    const std::string out = path("nan.json");
+    const std::string what = error_of([&] { save_graph(g, out); });
+    EXPECT_NE(what.find("nodes[0] (node 'x').meta.neg_inf: cannot save"), std::string::npos) << what;
+    EXPECT_NE(what.find("JSON has no such number"), std::string::npos) << what;
+    EXPECT_EQ(value_to_json(Value(d)), "null");  // display only
+  }
+  // Finite doubles keep every bit, and stay doubles.
+  Graph g = parse_graph(graph_json("{}"));
+  g.node(0).meta.set("a", 0.1);
+  g.node(0).meta.set("b", 1.0);
+  g.node(0).meta.set("c", -0.0);
+  g.node(0).meta.set("d", 1e300);
+  g.node(0).meta.set("e", 5e-324);
+  const Graph back = parse_graph(to_json(g));
+  EXPECT_EQ(first_difference(g, back), "");
+  EXPECT_EQ(back.node(0).meta.get("b")->kind(), Value::Kind::kDouble);
+  EXPECT_TRUE(std::signbit(back.node(0).meta.get("c")->as<double>()));
+}
+
+TEST_F(LimitsTest, DuplicateInputsAreRefused) {
+  const std::string text =
+      R"({"nodes":[{"id":0,"name":"a","op":"placeholder","target":"a","inputs":[],"meta":{}},)"
+      R"({"id":1,"name":"m","op":"call_function","target":"mul","inputs":[0,0],"meta":{}}]})";
+  const std::string what = error_of([&] { parse_graph(text, "g"); });
+  EXPECT_NE(what.find("nodes[1].inputs[1] (node 'm'): input id 0 given twice"), std::string::npos) << what;
+  // Past the linear scan's 16 inputs too.
+  std::string many = R"({"nodes":[)";
+  for (int i = 0; i < 40; ++i) {
+    many += R"({"id":)" + std::to_string(i) + R"(,"name":"n)" + std::to_string(i) +
+            R"(","op":"placeholder","target":"t","inputs":[],"meta":{}},)";
+  }
+  many += R"({"id":40,"name":"cat","op":"call_function","target":"cat","inputs":[)";
+  for (int i = 0; i < 40; ++i) many += std::to_string(i) + ",";
+  many += R"(3]}]})";
+  EXPECT_NE(error_of([&] { parse_graph(many, "g"); }).find("input id 3 given twice"), std::string::npos);
+}
+
+TEST_F(LimitsTest, ObjectsWithManyKeysLoadAndRepeatsAreFound) {
+  // Quadratic duplicate detection took seconds at 40,000 keys; this is 200,000.
+  std::string obj = "{";
+  for (int i = 0; i < 200'000; ++i) obj += (i ? ",\"k" : "\"k") + std::to_string(i) + "\":" + std::to_string(i);
+  const Graph g = parse_graph(graph_json(R"({"big":)" + obj + "}}"));
+  EXPECT_EQ(g.node(0).meta.get("big")->as<Value::Dict>().size(), 200'000u);
+  const std::string what = error_of([&] { parse_graph(graph_json(R"({"big":)" + obj + R"(,"k77":1}})"), "g"); });
+  EXPECT_NE(what.find("nodes[0].meta.big.k77 (node 'x'): key 'k77' given twice with different values"),
+            std::string::npos)
+      << what;
+  // The same value again is accepted once.
+  EXPECT_EQ(parse_graph(graph_json(R"({"big":)" + obj + R"(,"k77":77}})")).node(0).meta.get("big")->as<Value::Dict>().size(),
+            200'000u);
+}
+
+TEST_F(LimitsTest, EqualValuesAreSharedAcrossNodes) {
+  const std::string meta = R"({"stack_trace":"  File \"m.py\", line 1, in f\n    y = g(x)\n",)"
+                           R"("tensor_meta":{"shape":[1,2],"dtype":"torch.float32"},"val":[1,2]})";
+  const std::string text = R"({"nodes":[{"id":0,"name":"a","op":"placeholder","target":"a","inputs":[],"meta":)" +
+                           meta + R"(},{"id":1,"name":"b","op":"placeholder","target":"b","inputs":[],"meta":)" +
+                           meta + "}]}";
+  const Graph g = parse_graph(text);
+  const Value a_st = *g.node(0).meta.get("stack_trace"), b_st = *g.node(1).meta.get("stack_trace");
+  EXPECT_EQ(&a_st.as<std::string>(), &b_st.as<std::string>());
+  const Value a_tm = *g.node(0).meta.get("tensor_meta"), b_tm = *g.node(1).meta.get("tensor_meta");
+  EXPECT_EQ(&a_tm.as<Value::Dict>(), &b_tm.as<Value::Dict>());
+  // tensor_meta.shape and val are equal lists: one box.
+  const Value a_val = *g.node(0).meta.get("val");
+  EXPECT_EQ(&a_tm.as<Value::Dict>()[0].second.as<Value::List>(), &a_val.as<Value::List>());
+  // Different values stay different.
+  const Graph h = parse_graph(graph_json(R"({"p":[1,2],"q":[1,3],"r":[1.0,2],"s":"1"})"));
+  EXPECT_NE(*h.node(0).meta.get("p"), *h.node(0).meta.get("q"));
+  EXPECT_NE(*h.node(0).meta.get("p"), *h.node(0).meta.get("r"));
+  EXPECT_EQ(h.node(0).meta.get("r")->as<Value::List>()[0].kind(), Value::Kind::kDouble);
+}
+
+TEST_F(LimitsTest, StringsThatCollideOnTheSampledHashStayDistinct) {
+  // Long strings equal except in the middle: the sampled hash may collide; content decides.
+  std::string text = R"({"nodes":[)";
+  for (int i = 0; i < 64; ++i) {
+    std::string st(4000, 'a');
+    st[1000 + 37 * i] = 'b';
+    text += std::string(i ? "," : "") + R"({"id":)" + std::to_string(i) + R"(,"name":"n)" + std::to_string(i) +
+            R"(","op":"placeholder","target":"t","inputs":[],"meta":{"stack_trace":")" + st + R"("}})";
+  }
+  text += "]}";
+  const Graph g = parse_graph(text);
+  for (int i = 0; i < 64; ++i) {
+    const std::string s = g.node(i).meta.get("stack_trace")->as<std::string>();
+    EXPECT_EQ(s[1000 + 37 * i], 'b') << i;
+    EXPECT_EQ(std::count(s.begin(), s.end(), 'b'), 1) << i;
+  }
+}
+
+TEST_F(LimitsTest, InvalidUtf8IsRefusedOnLoadAndSaveAndReplacedForDisplay) {
+  const std::string what = error_of([&] { parse_graph(graph_json("{\"s\":\"a\xff\"}"), "g"); });
+  EXPECT_NE(what.find("g: invalid JSON"), std::string::npos) << what;
+  Graph g = parse_graph(graph_json("{}"));
+  g.node(0).meta.set("s", std::string("a\xff"));
+  EXPECT_NE(error_of([&] { save_graph(g, path("u.json")); }).find("meta.s: a string is not valid UTF-8"),
+            std::string::npos);
+  EXPECT_EQ(value_to_json(Value(std::string("a\xff"))), "\"a\xEF\xBF\xBD\"");
+}
+
+TEST_F(LimitsTest, ProgressReportsEachPhaseAndCanAbortTheLoad) {
+  std::string text = R"({"nodes":[)";
+  for (int i = 0; i < 10'000; ++i) {
+    text += std::string(i ? "," : "") + R"({"id":)" + std::to_string(i) + R"(,"name":"n)" + std::to_string(i) +
+            R"(","op":"placeholder","target":"t","inputs":[],"meta":{"val":)" + std::to_string(i) + "}}";
+  }
+  text += "]}";
+  const std::string p = write_gz("many.json.gz", text, 1);
+  std::vector<LoadProgress> seen;
+  LoadOptions load;
+  load.progress = [&](const LoadProgress& pr) { seen.push_back(pr); };
+  EXPECT_EQ(load_graph(p, {}, load).size(), 10'000u);
+  ASSERT_FALSE(seen.empty());
+  EXPECT_EQ(seen.front().phase, LoadProgress::Phase::kRead);
+  EXPECT_EQ(seen.back().phase, LoadProgress::Phase::kBuild);
+  EXPECT_EQ(seen.back().done, 10'000u);
+  EXPECT_EQ(seen.back().total, 10'000u);
+  for (std::size_t i = 1; i < seen.size(); ++i) {
+    EXPECT_GE(static_cast<int>(seen[i].phase), static_cast<int>(seen[i - 1].phase));
+  }
+  // A callback that throws aborts the load with its exception.
+  load.progress = [](const LoadProgress& pr) {
+    if (pr.phase == LoadProgress::Phase::kBuild) throw std::runtime_error("cancelled");
+  };
+  EXPECT_THROW(load_graph(p, {}, load), std::runtime_error);
+}
+
+TEST_F(LimitsTest, ConcatenatedGzipMembersAndTruncationAreHandled) {
+  const std::string text = graph_json(R"({"val":1})");
+  // Two members whose concatenation is the document.
+  const std::string p = path("two.json.gz");
+  {
+    gzFile f = gzopen(p.c_str(), "wb");
+    gzwrite(f, text.data(), 10);
+    gzclose(f);
+    f = gzopen(p.c_str(), "ab");
+    gzwrite(f, text.data() + 10, static_cast<unsigned>(text.size() - 10));
+    gzclose(f);
+  }
+  EXPECT_EQ(load_graph(p).size(), 1u);
+  // Cut inside the second member.
+  fs::resize_file(p, fs::file_size(p) - 6);
+  EXPECT_NE(error_of([&] { load_graph(p); }).find("truncated gzip data"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace nodemeta::graph
