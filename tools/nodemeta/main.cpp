@@ -9,6 +9,9 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstdint>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -44,6 +47,12 @@ struct UsageError : std::runtime_error {
   std::string command;
 };
 
+#define LOAD_OPTIONS_HELP                                                                   \
+  "  --max-input-bytes N  refuse a graph file whose JSON text (after inflating a .gz) is\n"   \
+  "                   longer than N bytes (suffixes K, M, G: KiB, MiB, GiB; default 1G)\n"     \
+  "  --max-depth D    refuse a graph file that nests arrays/objects deeper than D\n"        \
+  "                   (default 256)\n"
+
 const char* const kMainHelp =
     "usage: nodemeta <command> [options]\n"
     "\n"
@@ -58,6 +67,7 @@ const char* const kMainHelp =
 
 const char* const kRunHelp =
     "usage: nodemeta run [GRAPH] [--threads N] [--passes LIST] [--repeat R] [--json FILE]\n"
+    "                    [--max-input-bytes N] [--max-depth D]\n"
     "\n"
     "Loads GRAPH (a graph file, .json or .json.gz; default: the bundled mlp_mixer_s16 graph),\n"
     "runs the passes in order, verifies, and prints per pass the nodes touched, the time\n"
@@ -71,12 +81,13 @@ const char* const kRunHelp =
     "  --repeat R       run the pipeline R times, each on a fresh copy of the loaded graph\n"
     "                   (default 1); times are medians\n"
     "  --json FILE      write the results as JSON to FILE ('-' for stdout) and print nothing else\n"
+    LOAD_OPTIONS_HELP
     "  -h, --help       show this help\n"
     "\n"
     "exit status: 0 verified clean, 1 load failure or verification problems, 2 bad arguments\n";
 
 const char* const kInspectHelp =
-    "usage: nodemeta inspect GRAPH [--node NAME]\n"
+    "usage: nodemeta inspect GRAPH [--node NAME] [--max-input-bytes N] [--max-depth D]\n"
     "\n"
     "Without --node: the graph's attributes and one line per node (index, name, op, target,\n"
     "inputs, number of metadata keys). With --node: every metadata key of node NAME, values\n"
@@ -84,6 +95,7 @@ const char* const kInspectHelp =
     "\n"
     "options:\n"
     "  --node NAME      the node to show\n"
+    LOAD_OPTIONS_HELP
     "  -h, --help       show this help\n";
 
 // ---- where the bundled graph is ---------------------------------------------------------
@@ -126,6 +138,47 @@ std::string take_value(const std::vector<std::string>& args, std::size_t& i, con
   const std::string& opt = args[i];
   if (i + 1 >= args.size()) throw UsageError(opt + " needs a value", cmd);
   return args[++i];
+}
+
+// A byte count: digits, then optionally K, M or G (KiB, MiB, GiB; "KiB", "MB" ... accepted).
+std::uint64_t parse_bytes(const std::string& opt, const std::string& text, const std::string& cmd,
+                          std::uint64_t max) {
+  std::size_t digits = 0;
+  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+  std::string unit = text.substr(digits);
+  for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  const std::uint64_t scale = unit.empty() || unit == "B"                  ? 1
+                              : unit == "K" || unit == "KB" || unit == "KIB" ? std::uint64_t{1} << 10
+                              : unit == "M" || unit == "MB" || unit == "MIB" ? std::uint64_t{1} << 20
+                              : unit == "G" || unit == "GB" || unit == "GIB" ? std::uint64_t{1} << 30
+                                                                             : 0;
+  errno = 0;
+  char* end = nullptr;
+  const unsigned long long v = digits ? std::strtoull(text.substr(0, digits).c_str(), &end, 10) : 0;
+  if (digits == 0 || scale == 0 || errno != 0 || v == 0 || v > max / scale) {
+    throw UsageError(opt + " expects a size from 1 to " + std::to_string(max) +
+                         " bytes (a number, optionally with K, M or G), got '" + text + "'",
+                     cmd);
+  }
+  return v * scale;
+}
+
+// --max-input-bytes and --max-depth; true if args[i] was one of them.
+bool take_load_option(const std::vector<std::string>& args, std::size_t& i, const std::string& cmd,
+                      nodemeta::graph::LoadOptions& load) {
+  using nodemeta::graph::LoadOptions;
+  const std::string& a = args[i];
+  if (a == "--max-input-bytes") {
+    load.max_input_bytes = parse_bytes(a, take_value(args, i, cmd), cmd, LoadOptions::kMaxInputBytesCeiling);
+    return true;
+  }
+  if (a == "--max-depth") {
+    const long d = parse_count(a, take_value(args, i, cmd), cmd, static_cast<long>(LoadOptions::kMaxDepthCeiling));
+    if (d < 5) throw UsageError(a + " must be at least 5 (a node's metadata value sits at depth 5)", cmd);
+    load.max_depth = static_cast<std::size_t>(d);
+    return true;
+  }
+  return false;
 }
 
 // ---- output helpers ---------------------------------------------------------------------
@@ -187,6 +240,58 @@ class Progress {
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 
+// Loading a file large enough to notice (over a second) shows its phase and how far it is,
+// on one line of stderr, only when stderr is a terminal.
+class LoadDisplay {
+ public:
+  explicit LoadDisplay(std::string path) : path_(std::move(path)), enabled_(isatty(STDERR_FILENO)) {}
+  ~LoadDisplay() { finish(); }
+  void operator()(const nodemeta::graph::LoadProgress& p) {
+    using Phase = nodemeta::graph::LoadProgress::Phase;
+    if (!enabled_) return;
+    const auto now = std::chrono::steady_clock::now();
+    if (now - start_ < std::chrono::seconds(1) || now - last_ < std::chrono::milliseconds(100)) return;
+    last_ = now;
+    char line[160];
+    const double mib = 1024.0 * 1024.0;
+    if (p.phase == Phase::kRead) {
+      if (p.total != 0) {
+        std::snprintf(line, sizeof line, "reading %.0f of %.0f MiB (%.0f%%)", p.done / mib, p.total / mib,
+                      100.0 * static_cast<double>(p.done) / static_cast<double>(p.total));
+      } else {
+        std::snprintf(line, sizeof line, "reading %.0f MiB", p.done / mib);
+      }
+    } else if (p.phase == Phase::kParse) {
+      std::snprintf(line, sizeof line, "parsed");
+    } else {
+      std::snprintf(line, sizeof line, "building node %llu of %llu", static_cast<unsigned long long>(p.done),
+                    static_cast<unsigned long long>(p.total));
+    }
+    std::fprintf(stderr, "\rloading %s: %-40s", path_.c_str(), line);
+    std::fflush(stderr);
+    drawn_ = true;
+  }
+  void finish() {
+    if (drawn_) std::fprintf(stderr, "\r%s\r", std::string(path_.size() + 52, ' ').c_str());
+    drawn_ = false;
+  }
+
+ private:
+  std::string path_;
+  bool enabled_;
+  bool drawn_ = false;
+  std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point last_{};
+};
+
+Graph load_for_command(const std::string& path, nodemeta::graph::LoadOptions load) {
+  LoadDisplay display(path);
+  load.progress = [&display](const nodemeta::graph::LoadProgress& p) { display(p); };
+  Graph g = nodemeta::graph::load_graph(path, {}, load);
+  display.finish();
+  return g;
+}
+
 std::string json_string(const std::string& s) { return nodemeta::graph::value_to_json(Value(s)); }
 
 // ---- run --------------------------------------------------------------------------------
@@ -197,6 +302,7 @@ int cmd_run(const std::vector<std::string>& args) {
   long repeat = 1;
   std::vector<std::string> passes = nodemeta::passes::pass_names();
   std::optional<std::string> json_path;
+  nodemeta::graph::LoadOptions load;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "-h" || a == "--help") {
@@ -214,6 +320,7 @@ int cmd_run(const std::vector<std::string>& args) {
       }
     } else if (a == "--json") {
       json_path = take_value(args, i, "run");
+    } else if (take_load_option(args, i, "run", load)) {
     } else if (a.size() > 1 && a[0] == '-') {
       throw UsageError("unknown option '" + a + "'", "run");
     } else if (graph_path) {
@@ -232,7 +339,7 @@ int cmd_run(const std::vector<std::string>& args) {
   tbb::task_arena arena(static_cast<int>(threads));
 
   const auto t0 = std::chrono::steady_clock::now();
-  const Graph loaded = nodemeta::graph::load_graph(path);
+  const Graph loaded = load_for_command(path, load);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::optional<nodemeta::passes::Baseline> baseline;
   arena.execute([&] { baseline.emplace(loaded); });
@@ -354,6 +461,7 @@ void print_value(const std::string& key, const Value& v) {
 
 int cmd_inspect(const std::vector<std::string>& args) {
   std::optional<std::string> graph_path, node_name;
+  nodemeta::graph::LoadOptions load;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     if (a == "-h" || a == "--help") {
@@ -361,6 +469,7 @@ int cmd_inspect(const std::vector<std::string>& args) {
       return 0;
     } else if (a == "--node") {
       node_name = take_value(args, i, "inspect");
+    } else if (take_load_option(args, i, "inspect", load)) {
     } else if (a.size() > 1 && a[0] == '-') {
       throw UsageError("unknown option '" + a + "'", "inspect");
     } else if (graph_path) {
@@ -370,7 +479,7 @@ int cmd_inspect(const std::vector<std::string>& args) {
     }
   }
   if (!graph_path) throw UsageError("missing GRAPH", "inspect");
-  const Graph g = nodemeta::graph::load_graph(*graph_path);
+  const Graph g = load_for_command(*graph_path, load);
   if (!node_name) {
     std::cout << *graph_path << ": " << g.size() << " nodes\n";
     for (const auto& [k, v] : g.attrs()) std::cout << "  " << k << ": " << v.repr() << "\n";
