@@ -93,6 +93,16 @@ class Input {
     return data_ + size_;
   }
   void reserve(std::size_t n) { (void)tail(n); }
+  // Bytes that fit before the buffer must grow (reads and inflate steps use them first, so
+  // a buffer sized exactly in advance is never reallocated).
+  std::size_t available() const noexcept {
+    return capacity_ > size_ + simdjson::SIMDJSON_PADDING ? capacity_ - size_ - simdjson::SIMDJSON_PADDING : 0;
+  }
+  // Room for up to `want` bytes (at least one), within what is already allocated if any.
+  std::size_t room(std::size_t want) const noexcept {
+    const std::size_t a = available();
+    return a != 0 ? std::min(a, want) : want;
+  }
   void grow(std::size_t n) noexcept { size_ += n; }
   void append(const char* p, std::size_t n) {
     if (n > kMaxBytes) throw std::bad_alloc();
@@ -200,7 +210,7 @@ void inflate_into(const std::string& path, int fd, const char* first, std::size_
       member_done = false;
     }
     // One byte over the limit is allowed in, to tell "exactly the limit" from "over it".
-    const std::uint64_t room = std::min<std::uint64_t>(kChunk, limit + 1 - out.size());
+    const std::uint64_t room = out.room(static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, limit + 1 - out.size())));
     char* dst = out.tail(static_cast<std::size_t>(room));
     zs.next_out = reinterpret_cast<Bytef*>(dst);
     zs.avail_out = static_cast<uInt>(room);
@@ -254,7 +264,8 @@ void read_input(const std::string& path, const LoadOptions& load, Input& out) {
     const ProgressReporter progress(load);
     std::uint64_t next_report = 0;
     for (;;) {
-      const std::uint64_t room = std::min<std::uint64_t>(kChunk, load.max_input_bytes + 1 - out.size());
+      const std::uint64_t room =
+          out.room(static_cast<std::size_t>(std::min<std::uint64_t>(kChunk, load.max_input_bytes + 1 - out.size())));
       const std::size_t n = read_some(path, file.fd(), out.tail(static_cast<std::size_t>(room)),
                                       static_cast<std::size_t>(room));
       if (n == 0) break;
