@@ -3,6 +3,7 @@
 #include "nodemeta/graph/graph_io.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -18,6 +19,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <fstream>
 #include <limits>
 #include <memory>
 #include <new>
@@ -89,7 +91,9 @@ class Input {
       if (p == nullptr) throw std::bad_alloc();
       data_ = static_cast<char*>(p);
       capacity_ = cap;
+      populated_ = 0;
     }
+    populate(size_ + n);
     return data_ + size_;
   }
   void reserve(std::size_t n) { (void)tail(n); }
@@ -120,6 +124,31 @@ class Input {
   }
 
  private:
+  // Large buffers are filled a step ahead with MADV_POPULATE_WRITE (Linux 5.14+): one call
+  // faults in 8 MiB, where writing into fresh pages took a fault per 4 KiB page, the larger
+  // part of inflating a gzip bomb up to the limit on a virtual machine. Elsewhere (older
+  // kernels, other systems) the pages fault in as they are written, as before.
+  void populate(std::size_t upto) noexcept {
+#if defined(__linux__)
+    constexpr std::size_t kStep = std::size_t{8} << 20;
+    constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, absent from older headers
+    if (capacity_ < 2 * kStep || upto <= populated_ || populate_failed_) return;
+    const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+    const auto base = reinterpret_cast<std::uintptr_t>(data_);
+    std::uintptr_t from = (base + populated_ + page - 1) & ~(page - 1);
+    const std::uintptr_t to = std::min(base + capacity_, base + upto + kStep) & ~(page - 1);
+    if (to > from && ::madvise(reinterpret_cast<void*>(from), to - from, kPopulateWrite) != 0) {
+      populate_failed_ = true;
+      return;
+    }
+    populated_ = to - base;
+#else
+    (void)upto;
+#endif
+  }
+
+  std::size_t populated_ = 0;
+  bool populate_failed_ = false;
   static constexpr std::size_t kMaxBytes = std::size_t{1} << 40;
   char* data_ = nullptr;
   std::size_t size_ = 0;
@@ -205,7 +234,14 @@ void inflate_into(const std::string& path, int fd, const char* first, std::size_
       fail(path, "truncated gzip data: the stream ends after " + std::to_string(read_total) +
                      " of its compressed bytes without its end marker");
     }
-    if (member_done) {  // a further gzip member follows
+    if (member_done) {
+      // Zero bytes after a member are padding (tape and block tools add it; GNU gzip
+      // accepts it): skipped. Anything else starts a further gzip member.
+      while (zs.avail_in > 0 && *zs.next_in == 0) {
+        ++zs.next_in;
+        --zs.avail_in;
+      }
+      if (zs.avail_in == 0) continue;
       if (inflateReset(&zs) != Z_OK) fail(path, "gzip: cannot reset zlib");
       member_done = false;
     }
@@ -253,7 +289,12 @@ void read_input(const std::string& path, const LoadOptions& load, Input& out) {
       if (::pread(file.fd(), tail, 4, static_cast<off_t>(file_size - 4)) == 4) {
         const std::uint64_t isize = tail[0] | (tail[1] << 8) | (tail[2] << 16) |
                                     (static_cast<std::uint64_t>(tail[3]) << 24);
-        out.reserve(static_cast<std::size_t>(std::min(isize, load.max_input_bytes) + 1));
+        // Deflate inflates at most ~1032:1, so a larger claim is a lie not worth reserving.
+        const std::uint64_t plausible = std::min(isize, file_size * 1032 + (1 << 16));
+        try {
+          out.reserve(static_cast<std::size_t>(std::min(plausible, load.max_input_bytes) + 1));
+        } catch (const std::bad_alloc&) {  // a hint only: growth covers the rest
+        }
       }
     }
     inflate_into(path, file.fd(), head.data(), got, file_size, load, out);
@@ -281,6 +322,25 @@ void read_input(const std::string& path, const LoadOptions& load, Input& out) {
 }
 
 // ---- diagnosis of a document simdjson refused ------------------------------------------
+
+// A key or name as messages show it: control characters escaped, so a message stays one
+// line and an embedded NUL cannot cut it short.
+std::string printable(std::string_view s) {
+  std::string r;
+  r.reserve(s.size());
+  for (char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u != 0x7f) {
+      r += c;
+    } else {
+      static constexpr char kHex[] = "0123456789abcdef";
+      r += "\\u00";
+      r += kHex[u >> 4];
+      r += kHex[u & 15];
+    }
+  }
+  return r;
+}
 
 // The JSON path of the place being read, rendered for messages. Long paths (deep nesting)
 // keep their first and last steps.
@@ -377,11 +437,11 @@ class Diagnoser {
   std::string path() const {
     std::vector<std::string> steps;
     for (const Frame& f : frames_) {
-      steps.push_back(f.object ? f.key : "[" + std::to_string(f.count) + "]");
+      steps.push_back(f.object ? printable(f.key) : "[" + std::to_string(f.count) + "]");
     }
     std::string p = render_path(steps);
     if (frames_.size() >= 3 && frames_[0].key == "nodes" && !node_name_.empty()) {
-      p += " (node '" + node_name_ + "')";
+      p += " (node '" + printable(node_name_) + "')";
     }
     return p;
   }
@@ -401,8 +461,17 @@ class Diagnoser {
   if (code == simdjson::MEMALLOC) {
     fail(source, "not enough memory to parse " + std::to_string(input.size()) + " bytes of JSON");
   }
-  Diagnoser d(max_depth);
   const char* p = input.data() != nullptr ? input.data() : "";
+  if (input.size() >= 3 && std::memcmp(p, "\xEF\xBB\xBF", 3) == 0) {
+    fail(source, "invalid JSON at byte 0: the text starts with a UTF-8 byte order mark, which JSON "
+                 "does not allow (save the file without it)");
+  }
+  // nlohmann's reader takes a NUL byte for the end of the input; a raw NUL is never valid JSON.
+  if (const void* nul = std::memchr(p, 0, input.size()); nul != nullptr) {
+    fail(source, "invalid JSON at byte " + std::to_string(static_cast<const char*>(nul) - p) +
+                     ": a NUL byte (0x00), which JSON does not allow outside an escape");
+  }
+  Diagnoser d(max_depth);
   nlohmann::json::sax_parse(p, p + input.size(), &d, nlohmann::detail::input_format_t::json, true,
                             false);
   if (!d.message().empty()) fail(source, d.message());
@@ -648,26 +717,31 @@ class GraphBuilder {
     element nodes_el;
     bool have_nodes = false;
     Value::Dict attrs;
+    std::vector<std::string_view> attr_keys;  // into the document: stable, unlike attrs' strings
     KeyIndex attr_index;
     for (auto field : top) {
+      const Step step{nullptr, field.key, 0, false};
       if (field.key == "nodes") {
-        if (have_nodes && !same_json(nodes_el, field.value)) {
-          fail_at("nodes", "key 'nodes' given twice with different values");
+        if (have_nodes) {  // a repeat must be identical; the first is kept
+          if (!same_json(nodes_el, field.value, &step)) {
+            fail_at("nodes", "key 'nodes' given twice with different values");
+          }
+          continue;
         }
         nodes_el = field.value;
         have_nodes = true;
         continue;
       }
-      base_ = "";
-      node_.clear();
-      const Step step{nullptr, field.key, 0, false};
-      Value v = value(field.value, &step);
-      const std::size_t prev = attr_index.seen(field.key, attrs.size(),
-                                               [&](std::size_t i) { return std::string_view(attrs[i].first); });
+      Value v = value(field.value, &step, 2);
+      const std::size_t prev = attr_index.seen(field.key, attr_keys.size(),
+                                               [&](std::size_t i) { return attr_keys[i]; });
       if (prev != KeyIndex::npos) {
-        if (attrs[prev].second != v) fail_at(std::string(field.key), "key '" + std::string(field.key) + "' given twice with different values");
+        if (attrs[prev].second != v) {
+          fail_at(printable(field.key), "key '" + printable(field.key) + "' given twice with different values");
+        }
         continue;
       }
+      attr_keys.push_back(field.key);
       attrs.emplace_back(std::string(field.key), std::move(v));
     }
     if (!have_nodes) fail_at("(top level)", "missing field 'nodes'");
@@ -698,26 +772,32 @@ class GraphBuilder {
 
   std::string where(const Step* s) const {
     std::vector<std::string> steps;
-    if (!base_.empty()) steps.push_back(base_);
+    if (in_node_ != kNoNode) steps.push_back("nodes[" + std::to_string(in_node_) + "].meta");
     std::vector<const Step*> chain;
     for (; s != nullptr; s = s->parent) chain.push_back(s);
     for (auto it = chain.rbegin(); it != chain.rend(); ++it) {
       const Step* st = *it;
-      steps.push_back(st->is_index ? "[" + std::to_string(st->index) + "]" : std::string(st->key));
+      steps.push_back(st->is_index ? "[" + std::to_string(st->index) + "]" : printable(st->key));
     }
-    return render_path(steps) + node_;
+    return render_path(steps) + (in_node_ != kNoNode ? " (node '" + printable(node_name_) + "')" : "");
   }
 
   // Two JSON values equal as Values (only for a key given twice: a rare, slow path).
-  bool same_json(element a, element b) {
-    const Step s{nullptr, "", 0, true};
-    return value(a, &s) == value(b, &s);
+  // `at` names the place of both (the key given twice); `depth` is their document depth.
+  bool same_json(element a, element b, const Step* at, std::size_t depth = 2) {
+    return value(a, at, depth) == value(b, at, depth);
   }
 
-  // The Value of a JSON element; recursion is bounded by the parser's depth limit.
-  Value value(element e, const Step* at) { return item(e, at).get(); }
+  // The Value of a JSON element at document depth `depth` (the depth it has if it is an
+  // array or object). simdjson has checked the document's depth already, except that it
+  // does not count an empty array or object: checked here, so the limit is exact. Recursion
+  // is bounded by that limit.
+  Value value(element e, const Step* at, std::size_t depth) { return item(e, at, depth).get(); }
 
-  Item item(element e, const Step* at) {
+  Item item(element e, const Step* at, std::size_t depth) {
+    if (depth > load_.max_depth && (e.type() == element_type::ARRAY || e.type() == element_type::OBJECT)) {
+      fail_at(where(at), depth_message(load_.max_depth));
+    }
     switch (e.type()) {
       case element_type::NULL_VALUE: return {};
       case element_type::BOOL: return {nullptr, Value(bool(e))};
@@ -734,7 +814,7 @@ class GraphBuilder {
         std::size_t k = 0;
         for (element c : array_of(e)) {
           const Step step{at, {}, k++, true};
-          Item v = item(c, &step);
+          Item v = item(c, &step, depth + 1);
           values_.push_back(std::move(v));
         }
         const Value& r = interner_.list(std::span<const Item>(values_.data() + base, values_.size() - base));
@@ -746,12 +826,12 @@ class GraphBuilder {
         KeyIndex index;
         for (auto field : object_of(e)) {
           const Step step{at, field.key, 0, false};
-          Item v = item(field.value, &step);
+          Item v = item(field.value, &step, depth + 1);
           const std::size_t prev = index.seen(field.key, fields_.size() - base,
                                               [&](std::size_t i) { return fields_[base + i].first; });
           if (prev != KeyIndex::npos) {
             if (fields_[base + prev].second.get() == v.get()) continue;  // the same value again: harmless
-            fail_at(where(&step), "key '" + std::string(field.key) + "' given twice with different values");
+            fail_at(where(&step), "key '" + printable(field.key) + "' given twice with different values");
           }
           fields_.emplace_back(field.key, std::move(v));
         }
@@ -768,8 +848,11 @@ class GraphBuilder {
   static const T* as(const Value& v) { return v.get_if<T>(); }
 
   void add_node(Graph& graph, element n, std::size_t i) {
-    const std::string at = "nodes[" + std::to_string(i) + "]";
-    if (n.type() != element_type::OBJECT) fail_at(at, "expected an object, got " + kind_word(n));
+    // The place's text is built only for an error message.
+    std::string_view name;
+    const auto AT = [i] { return "nodes[" + std::to_string(i) + "]"; };
+    const auto NODE = [&name] { return name.empty() ? std::string() : " (node '" + std::string(name) + "')"; };
+    if (n.type() != element_type::OBJECT) fail_at(AT(), "expected an object, got " + kind_word(n));
     simdjson::dom::object obj = object_of(n);
     // Fields, each kept once (a repeat must be identical).
     enum Field { kId, kName, kOp, kTarget, kInputs, kMeta, kFields };
@@ -779,59 +862,63 @@ class GraphBuilder {
     for (auto field : obj) {
       const auto it = std::find(kNames.begin(), kNames.end(), field.key);
       if (it == kNames.end()) {
-        fail_at(at + "." + std::string(field.key), "unexpected field (a node has id, name, op, target, inputs, meta)");
+        fail_at(AT() + "." + printable(field.key), "unexpected field (a node has id, name, op, target, inputs, meta)");
       }
       const auto f = static_cast<std::size_t>(it - kNames.begin());
-      if (have[f] && !same_json(fields[f], field.value)) {
-        fail_at(at + "." + std::string(field.key), "key '" + std::string(field.key) + "' given twice with different values");
+      if (have[f]) {  // a repeat must be identical; the first is kept
+        const std::string place = AT() + "." + std::string(field.key);
+        const Step step{nullptr, place, 0, false};
+        if (!same_json(fields[f], field.value, &step, 4)) {
+          fail_at(place, "key '" + std::string(field.key) + "' given twice with different values");
+        }
+        continue;
       }
       fields[f] = field.value;
       have[f] = true;
     }
-    auto need = [&](Field f, const std::string& where) -> element {
-      if (!have[f]) fail_at(where, "missing field '" + std::string(kNames[f]) + "'");
+    auto need = [&](Field f) -> element {
+      if (!have[f]) fail_at(AT() + NODE(), "missing field '" + std::string(kNames[f]) + "'");
       return fields[f];
     };
-    auto string_field = [&](Field f, const std::string& where, const std::string& node) -> std::string_view {
-      element e = need(f, where + node);
+    auto string_field = [&](Field f) -> std::string_view {
+      element e = need(f);
       if (e.type() != element_type::STRING) {
-        fail_at(where + "." + std::string(kNames[f]) + node, "expected a string, got " + kind_word(e));
+        fail_at(AT() + "." + std::string(kNames[f]) + NODE(), "expected a string, got " + kind_word(e));
       }
       return string_of(e);
     };
-    const std::string_view name = string_field(kName, at, "");
-    const std::string node = " (node '" + std::string(name) + "')";
-    if (name.empty()) fail_at(at + ".name", "empty node name");
+    name = string_field(kName);
+    if (name.empty()) fail_at(AT() + ".name", "empty node name");
     {
-      element e = need(kId, at + node);
+      element e = need(kId);
       if (e.type() != element_type::INT64 && e.type() != element_type::UINT64) {
-        fail_at(at + ".id" + node, "expected an integer, got " + kind_word(e));
+        fail_at(AT() + ".id" + NODE(), "expected an integer, got " + kind_word(e));
       }
       const bool ok = e.type() == element_type::INT64 && e.get_int64().value_unsafe() == static_cast<std::int64_t>(i);
       if (!ok) {
         const std::string got = e.type() == element_type::INT64 ? std::to_string(e.get_int64().value_unsafe())
                                                                  : std::to_string(e.get_uint64().value_unsafe());
-        fail_at(at + ".id" + node, "expected " + std::to_string(i) + " (the node's position), got " + got);
+        fail_at(AT() + ".id" + NODE(), "expected " + std::to_string(i) + " (the node's position), got " + got);
       }
     }
     if (auto prev = graph.find(name)) {
-      fail_at(at + ".name", "duplicate node name '" + std::string(name) + "' (first at nodes[" +
+      fail_at(AT() + ".name", "duplicate node name '" + std::string(name) + "' (first at nodes[" +
                                 std::to_string(*prev) + "])");
     }
-    const std::string_view op = string_field(kOp, at, node);
+    const std::string_view op = string_field(kOp);
     if (!is_known_op(op)) {
-      fail_at(at + ".op" + node, "unknown op '" + std::string(op) +
+      fail_at(AT() + ".op" + NODE(), "unknown op '" + std::string(op) +
                                      "' (expected placeholder, get_attr, call_function, "
                                      "call_module, call_method or output)");
     }
-    const std::string_view target = string_field(kTarget, at, node);
+    const std::string_view target = string_field(kTarget);
     inputs_.clear();
     {
-      element e = need(kInputs, at + node);
-      if (e.type() != element_type::ARRAY) fail_at(at + ".inputs" + node, "expected an array, got " + kind_word(e));
+      element e = need(kInputs);
+      if (e.type() != element_type::ARRAY) fail_at(AT() + ".inputs" + NODE(), "expected an array, got " + kind_word(e));
       std::size_t k = 0;
       for (element in : array_of(e)) {
-        const auto w = [&] { return at + ".inputs[" + std::to_string(k) + "]" + node; };
+        const auto w = [&] { return AT() + ".inputs[" + std::to_string(k) + "]" + NODE(); };
         if (in.type() != element_type::INT64) {
           if (in.type() == element_type::UINT64) {
             fail_at(w(), "integer " + std::to_string(in.get_uint64().value_unsafe()) +
@@ -858,22 +945,22 @@ class GraphBuilder {
       }
       input_set_.clear();
     }
-    element meta_el = need(kMeta, at + node);
-    if (meta_el.type() != element_type::OBJECT) fail_at(at + ".meta" + node, "expected an object, got " + kind_word(meta_el));
+    element meta_el = need(kMeta);
+    if (meta_el.type() != element_type::OBJECT) fail_at(AT() + ".meta" + NODE(), "expected an object, got " + kind_word(meta_el));
     kv_.clear();
     meta_names_.clear();
-    base_ = at + ".meta";
-    node_ = node;
+    in_node_ = i;
+    node_name_ = name;
     KeyIndex index;
     for (auto field : object_of(meta_el)) {
       const Step step{nullptr, field.key, 0, false};
-      Value v = value(field.value, &step);
+      Value v = value(field.value, &step, 5);
       const std::size_t prev = index.seen(field.key, meta_names_.size(),
                                           [&](std::size_t j) { return meta_names_[j]; });
       if (prev != KeyIndex::npos) {
         if (kv_[prev].second == v) continue;
         const bool prot = std::find(protected_.begin(), protected_.end(), field.key) != protected_.end();
-        fail_at(where(&step), std::string(prot ? "protected key '" : "key '") + std::string(field.key) +
+        fail_at(where(&step), std::string(prot ? "protected key '" : "key '") + printable(field.key) +
                                   "' given twice with different values");
       }
       check_meta(field.key, v, &step);
@@ -887,12 +974,11 @@ class GraphBuilder {
       meta_names_.push_back(field.key);
       kv_.emplace_back(key, std::move(v));
     }
-    base_.clear();
-    node_.clear();
+    in_node_ = kNoNode;
     try {
       graph.add_node(std::string(name), std::string(op), std::string(target), inputs_, kv_);
     } catch (const std::exception& e) {  // not expected after the checks above
-      fail_at(at + node, e.what());
+      fail_at(AT() + NODE(), e.what());
     }
   }
 
@@ -910,7 +996,9 @@ class GraphBuilder {
       if (d == nullptr) fail_at(where(at), "expected an object or null, got " + kind_word(v));
       for (const auto& [path, type] : *d) {
         if (type.kind() != Value::Kind::kString) {
-          fail_at(where(at).insert(base_.size() + 1 + k.size(), "['" + path + "']"),
+          std::string w = where(at);
+          w.insert(w.find(k) + k.size(), "['" + path + "']");
+          fail_at(w,
                   "expected a string (the module type), got " + kind_word(type));
         }
       }
@@ -921,8 +1009,10 @@ class GraphBuilder {
   const LoadOptions& load_;
   std::vector<std::string> protected_;
   Interner interner_;
-  std::string base_;  // the schema place the current Steps hang from, e.g. nodes[3].meta
-  std::string node_;  // " (node 'name')" while inside a node
+  // While a node's metadata is built, Steps hang from nodes[in_node_].meta.
+  static constexpr std::size_t kNoNode = static_cast<std::size_t>(-1);
+  std::size_t in_node_ = kNoNode;
+  std::string_view node_name_;
   std::vector<std::size_t> inputs_;
   std::unordered_set<std::size_t> input_set_;
   std::vector<KeyValue> kv_;
@@ -933,8 +1023,9 @@ class GraphBuilder {
 
 Graph parse_input(Input& input, std::string_view source, StoreOptions options, const LoadOptions& load) {
   simdjson::dom::parser parser;
-  // simdjson refuses a document nested deeper than its max_depth (tested at the edge).
-  if (parser.allocate(std::max<std::size_t>(input.size(), 64), load.max_depth) != simdjson::SUCCESS) {
+  // simdjson refuses a non-empty array/object at depth max_depth + 1 and beyond with a limit of
+  // max_depth + 1; the build checks the empty ones, so the limit is exact.
+  if (parser.allocate(std::max<std::size_t>(input.size(), 64), load.max_depth + 1) != simdjson::SUCCESS) {
     fail(source, "not enough memory to parse " + std::to_string(input.size()) + " bytes of JSON");
   }
   element root;
@@ -964,7 +1055,7 @@ class Writer {
       case Value::Kind::kBool: out += v.as<bool>() ? "true" : "false"; return;
       case Value::Kind::kInt: integer(v.as<std::int64_t>()); return;
       case Value::Kind::kDouble: real(v.as<double>(), where); return;
-      case Value::Kind::kString: string(v.as<std::string>(), where); return;
+      case Value::Kind::kString: string_value(v, where); return;
       case Value::Kind::kList: {
         nest(depth, where);
         out += '[';
@@ -1023,27 +1114,34 @@ class Writer {
     if (text.find_first_of(".e") == std::string_view::npos) out += ".0";  // stays a float
   }
 
-  void string(const std::string& s, const std::string& where) {
-    if (s.size() >= kMemoMin) {
-      auto it = memo_.find(&s);
-      if (it != memo_.end()) {
-        out.reserve(out.size() + it->second.second);
-        out.append(out.data() + it->second.first, it->second.second);
-        return;
-      }
-      const std::size_t start = out.size();
+  void string(std::string_view s, const std::string& where) { escaped(s, where); }
+
+  // A string Value: a long one is remembered by its box, which `kept_` holds alive for the
+  // whole save (so no other string can take its address), and copied from its first output.
+  void string_value(const Value& v, const std::string& where) {
+    const std::string& s = v.as<std::string>();
+    if (s.size() < kMemoMin) {
       escaped(s, where);
-      memo_.emplace(&s, std::make_pair(start, out.size() - start));
       return;
     }
+    if (auto it = memo_.find(&s); it != memo_.end()) {
+      out.reserve(out.size() + it->second.second);
+      out.append(out.data() + it->second.first, it->second.second);
+      return;
+    }
+    const std::size_t start = out.size();
     escaped(s, where);
+    kept_.push_back(v);
+    memo_.emplace(&s, std::make_pair(start, out.size() - start));
   }
 
  private:
   static constexpr std::size_t kMemoMin = 64;
 
+  // `depth`: the document depth of the array/object being opened; past the ceiling of any
+  // load's max_depth, the file could never be read back.
   void nest(std::size_t depth, const std::string& where) const {
-    if (depth >= LoadOptions::kMaxDepthCeiling) {
+    if (depth > LoadOptions::kMaxDepthCeiling) {
       throw GraphError(where + ": nested deeper than " + std::to_string(LoadOptions::kMaxDepthCeiling) +
                        " arrays/objects, more than any graph file may");
     }
@@ -1126,6 +1224,7 @@ class Writer {
 
   Mode mode_;
   std::unordered_map<const std::string*, std::pair<std::size_t, std::size_t>> memo_;
+  std::vector<Value> kept_;
 };
 
 int schema_rank(std::string_view key) {
@@ -1138,24 +1237,25 @@ int schema_rank(std::string_view key) {
 void write_graph(Writer& w, const Graph& graph) {
   w.out += '{';
   for (const auto& [k, v] : graph.attrs()) {
-    w.string(k, k);
+    w.string(k, printable(k));
     w.out += ':';
-    w.value(v, k, 1);
+    w.value(v, printable(k), 2);
     w.out += ',';
   }
   w.out += "\"nodes\":[";
   for (std::size_t i = 0; i < graph.size(); ++i) {
     const Node& n = graph.node(i);
-    const std::string where = "nodes[" + std::to_string(i) + "] (node '" + n.name + "')";
+    const std::string at = "nodes[" + std::to_string(i) + "]";
+    const std::string node = " (node '" + printable(n.name) + "')";
     if (i != 0) w.out += ',';
     w.out += "{\"id\":";
     w.integer(static_cast<std::uint64_t>(i));
     w.out += ",\"name\":";
-    w.string(n.name, where + ".name");
+    w.string(n.name, at + ".name" + node);
     w.out += ",\"op\":";
-    w.string(n.op, where + ".op");
+    w.string(n.op, at + ".op" + node);
     w.out += ",\"target\":";
-    w.string(n.target, where + ".target");
+    w.string(n.target, at + ".target" + node);
     w.out += ",\"inputs\":[";
     for (std::size_t k = 0; k < n.inputs.size(); ++k) {
       if (k != 0) w.out += ',';
@@ -1170,20 +1270,48 @@ void write_graph(Writer& w, const Graph& graph) {
     for (const auto& [k, v] : items) {
       if (!first) w.out += ',';
       first = false;
-      const std::string wk = where + ".meta." + k;
+      const std::string wk = at + ".meta." + printable(k) + node;
       w.string(k, wk);
       w.out += ':';
-      w.value(v, wk, 4);
+      w.value(v, wk, 5);
     }
     w.out += "}}";
   }
   w.out += "]}";
 }
 
+mode_t file_mode() {
+  // 0666 less the process umask, read without changing it (umask() is not thread-safe).
+  std::ifstream status("/proc/self/status");
+  std::string line;
+  while (std::getline(status, line)) {
+    if (line.rfind("Umask:", 0) == 0) return static_cast<mode_t>(0666 & ~std::strtoul(line.c_str() + 6, nullptr, 8));
+  }
+  return 0644;
+}
+
 // Writes `text` to `path`, gzip-compressed when asked, in pieces zlib's 32-bit sizes take.
+// A regular file is replaced atomically: the text goes to a temporary file beside it, renamed
+// over it once complete, so a failed save leaves the old file (or none), never half a file.
 void write_file(const std::string& path, std::string_view text, bool gz) {
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "wb"), &std::fclose);
-  if (!f) fail(path, std::string("cannot open for writing: ") + std::strerror(errno));
+  struct stat st{};
+  const bool special = ::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode);  // a device, a FIFO
+  std::string tmp = path + ".tmp-XXXXXX";
+  int fd = special ? ::open(path.c_str(), O_WRONLY | O_CLOEXEC) : ::mkstemp(tmp.data());
+  if (fd < 0) fail(path, std::string("cannot open for writing: ") + std::strerror(errno));
+  if (!special) ::fchmod(fd, file_mode());
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(::fdopen(fd, "wb"), &std::fclose);
+  if (!f) {
+    ::close(fd);
+    if (!special) ::unlink(tmp.c_str());
+    fail(path, std::string("cannot open for writing: ") + std::strerror(errno));
+  }
+  struct Cleanup {
+    const std::string* tmp;
+    ~Cleanup() {
+      if (tmp != nullptr) ::unlink(tmp->c_str());
+    }
+  } cleanup{special ? nullptr : &tmp};
   auto put = [&](const void* p, std::size_t n) {
     if (n != 0 && std::fwrite(p, 1, n, f.get()) != n) fail(path, std::string("cannot write: ") + std::strerror(errno));
   };
@@ -1219,15 +1347,36 @@ void write_file(const std::string& path, std::string_view text, bool gz) {
   if (std::fflush(f.get()) != 0) fail(path, std::string("cannot write: ") + std::strerror(errno));
   std::FILE* raw = f.release();
   if (std::fclose(raw) != 0) fail(path, std::string("cannot write: ") + std::strerror(errno));
+  if (!special) {
+    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+      fail(path, std::string("cannot replace the file: ") + std::strerror(errno));
+    }
+    cleanup.tmp = nullptr;
+  }
 }
 
 }  // namespace
 
+namespace {
+// Running out of memory while loading is a GraphError naming the file, like any other
+// failure (nothing is left half-built either way).
+template <class F>
+auto memory_guarded(std::string_view source, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::bad_alloc&) {
+    fail(source, "not enough memory to load it");
+  }
+}
+}  // namespace
+
 std::string read_file_text(const std::string& path, const LoadOptions& load) {
   check_options(path, load);
-  Input input;
-  read_input(path, load, input);
-  return std::string(input.data(), input.size());
+  return memory_guarded(path, [&] {
+    Input input;
+    read_input(path, load, input);
+    return std::string(input.data(), input.size());
+  });
 }
 
 Graph parse_graph(std::string_view json, std::string_view source, StoreOptions options,
@@ -1237,17 +1386,21 @@ Graph parse_graph(std::string_view json, std::string_view source, StoreOptions o
     fail(source, "is larger than " + std::to_string(load.max_input_bytes) + " bytes, the input limit (" +
                      limit_advice() + ")");
   }
-  Input input;
-  input.append(json.data(), json.size());
-  input.finish();
-  return parse_input(input, source, std::move(options), load);
+  return memory_guarded(source, [&] {
+    Input input;
+    input.append(json.data(), json.size());
+    input.finish();
+    return parse_input(input, source, std::move(options), load);
+  });
 }
 
 Graph load_graph(const std::string& path, StoreOptions options, const LoadOptions& load) {
   check_options(path, load);
-  Input input;
-  read_input(path, load, input);
-  return parse_input(input, path, std::move(options), load);
+  return memory_guarded(path, [&] {
+    Input input;
+    read_input(path, load, input);
+    return parse_input(input, path, std::move(options), load);
+  });
 }
 
 namespace detail {
@@ -1277,7 +1430,7 @@ std::size_t parse_only(const std::string& path, const LoadOptions& load) {
   Input input;
   read_input(path, load, input);
   simdjson::dom::parser parser;
-  if (parser.allocate(std::max<std::size_t>(input.size(), 64), load.max_depth) != simdjson::SUCCESS) {
+  if (parser.allocate(std::max<std::size_t>(input.size(), 64), load.max_depth + 1) != simdjson::SUCCESS) {
     fail(path, "not enough memory to parse " + std::to_string(input.size()) + " bytes of JSON");
   }
   element root;
@@ -1308,7 +1461,7 @@ void save_graph(const Graph& graph, const std::string& path) {
 
 std::string value_to_json(const Value& value) {
   Writer w(Writer::Mode::kDisplay);
-  w.value(value, "value", 0);
+  w.value(value, "value", 1);
   return std::move(w.out);
 }
 

@@ -213,7 +213,7 @@ TEST_F(LimitsTest, NaNAndInfinitiesAreRefusedOnSaveNamingTheKey) {
     g.node(0).meta.set("neg_inf", d);
     const std::string out = path("nan.json");
     const std::string what = error_of([&] { save_graph(g, out); });
-    EXPECT_NE(what.find("nodes[0] (node 'x').meta.neg_inf: cannot save"), std::string::npos) << what;
+    EXPECT_NE(what.find("nodes[0].meta.neg_inf (node 'x'): cannot save"), std::string::npos) << what;
     EXPECT_NE(what.find("JSON has no such number"), std::string::npos) << what;
     EXPECT_EQ(value_to_json(Value(d)), "null");  // display only
   }
@@ -307,7 +307,7 @@ TEST_F(LimitsTest, InvalidUtf8IsRefusedOnLoadAndSaveAndReplacedForDisplay) {
   EXPECT_NE(what.find("g: invalid JSON"), std::string::npos) << what;
   Graph g = parse_graph(graph_json("{}"));
   g.node(0).meta.set("s", std::string("a\xff"));
-  EXPECT_NE(error_of([&] { save_graph(g, path("u.json")); }).find("meta.s: a string is not valid UTF-8"),
+  EXPECT_NE(error_of([&] { save_graph(g, path("u.json")); }).find("nodes[0].meta.s (node 'x'): a string is not valid UTF-8"),
             std::string::npos);
   EXPECT_EQ(value_to_json(Value(std::string("a\xff"))), "\"a\xEF\xBF\xBD\"");
 }
@@ -355,6 +355,134 @@ TEST_F(LimitsTest, ConcatenatedGzipMembersAndTruncationAreHandled) {
   // Cut inside the second member.
   fs::resize_file(p, fs::file_size(p) - 6);
   EXPECT_NE(error_of([&] { load_graph(p); }).find("truncated gzip data"), std::string::npos);
+}
+
+TEST_F(LimitsTest, LongKeysOfDifferentNodesAreSavedAsThemselves) {
+  // The writer once remembered escaped strings by address, and each node's keys live in a
+  // fresh temporary vector: node b's 70-byte key came out as node a's.
+  const std::string ka(70, 'k'), kb(70, 'q');
+  const std::string text =
+      R"({"nodes":[{"id":0,"name":"a","op":"placeholder","target":"x","inputs":[],"meta":{")" + ka +
+      R"(":1}},{"id":1,"name":"b","op":"output","target":"y","inputs":[0],"meta":{")" + kb + R"(":2}}]})";
+  const Graph g = parse_graph(text);
+  const Graph back = parse_graph(to_json(g));
+  EXPECT_EQ(first_difference(g, back), "");
+  EXPECT_TRUE(back.node(1).meta.contains(Key(kb)));
+}
+
+TEST_F(LimitsTest, RepeatedTopLevelKeysAreFoundPastTheLinearScan) {
+  std::string text = "{";
+  for (int i = 0; i < 20; ++i) text += "\"a" + std::to_string(i) + "\":" + std::to_string(i) + ",";
+  const std::string what = error_of([&] { parse_graph(text + R"("a0":999,"nodes":[]})", "g"); });
+  EXPECT_NE(what.find("g: a0: key 'a0' given twice with different values"), std::string::npos) << what;
+  EXPECT_EQ(parse_graph(text + R"("a0":0,"nodes":[]})").attrs().size(), 20u);  // the same again: once
+}
+
+TEST_F(LimitsTest, TheDepthLimitCountsEmptyAndNonEmptyContainersAlike) {
+  LoadOptions load;
+  load.max_depth = 5;  // a node's metadata value sits at depth 5
+  EXPECT_EQ(parse_graph(graph_json(R"({"k":[1]})"), "g", {}, load).size(), 1u);
+  EXPECT_EQ(parse_graph(graph_json(R"({"k":[]})"), "g", {}, load).size(), 1u);
+  for (const char* meta : {R"({"k":[[1]]})", R"({"k":[[]]})", R"({"k":[{}]})"}) {
+    const std::string what = error_of([&] { parse_graph(graph_json(meta), "g", {}, load); });
+    EXPECT_NE(what.find("nested deeper than 5"), std::string::npos) << meta << ": " << what;
+    EXPECT_NE(what.find("nodes[0].meta.k"), std::string::npos) << meta << ": " << what;
+  }
+  // A top-level attribute at the limit too.
+  load.max_depth = 6;
+  EXPECT_EQ(parse_graph(R"({"x":[[[[[1]]]]],"nodes":[]})", "g", {}, load).attrs().size(), 1u);
+  EXPECT_NE(error_of([&] { parse_graph(R"({"x":[[[[[[]]]]]],"nodes":[]})", "g", {}, load); }).find("x[0][0][0][0][0]"),
+            std::string::npos);
+}
+
+TEST_F(LimitsTest, SaveRefusesWhatNoLoadCouldReadBackAndWritesTheDeepestItCan) {
+  // A metadata value nested d deep makes a document 4 + d deep.
+  auto nested = [](std::size_t d) {
+    Value v = Value::list({1});
+    for (std::size_t i = 1; i < d; ++i) v = Value::list({v});
+    return v;
+  };
+  const std::size_t ceiling = LoadOptions::kMaxDepthCeiling;
+  Graph g = parse_graph(graph_json("{}"));
+  g.node(0).meta.set("deep", nested(ceiling - 4));
+  const std::string ok = path("ok.json");
+  save_graph(g, ok);
+  LoadOptions load;
+  load.max_depth = ceiling;
+  EXPECT_EQ(first_difference(g, load_graph(ok, {}, load)), "");
+  g.node(0).meta.set("deep", nested(ceiling - 3));
+  EXPECT_NE(error_of([&] { save_graph(g, path("over.json")); }).find("nested deeper than"), std::string::npos);
+}
+
+TEST_F(LimitsTest, ARepeatedNodeFieldNamesItsPlace) {
+  const std::string text =
+      R"({"nodes":[{"id":0,"name":"a","op":"placeholder","target":"x","inputs":[],"meta":{},)"
+      R"("meta":{"v":[18446744073709551615]}}]})";
+  const std::string what = error_of([&] { parse_graph(text, "g"); });
+  EXPECT_NE(what.find("nodes[0].meta.v[0]"), std::string::npos) << what;
+  const std::string nodes_twice = R"({"nodes":[],"nodes":[18446744073709551615]})";
+  EXPECT_NE(error_of([&] { parse_graph(nodes_twice, "g"); }).find("g: nodes[0]: integer"), std::string::npos);
+}
+
+TEST_F(LimitsTest, MessagesStayOneLineWhateverTheNames) {
+  const std::string what = error_of([&] { parse_graph(graph_json(R"({"k\u0000x":1,"k\u0000x":2})"), "g"); });
+  EXPECT_NE(what.find("g: nodes[0].meta.k\\u0000x (node 'x'): "), std::string::npos) << what;
+  EXPECT_EQ(what.find('\0'), std::string::npos);
+  const std::string field = error_of([&] {
+    parse_graph(R"({"nodes":[{"id":0,"name":"a","op":"placeholder","target":"x","inputs":[],"meta":{},"bad\nfield":1}]})", "g");
+  });
+  EXPECT_EQ(field.find('\n'), std::string::npos) << field;
+  EXPECT_NE(field.find("bad\\u000afield: unexpected field"), std::string::npos) << field;
+}
+
+TEST_F(LimitsTest, ByteOrderMarksAndNulBytesAreNamedWithTheirPlace) {
+  EXPECT_NE(error_of([&] { parse_graph("\xEF\xBB\xBF" + graph_json("{}"), "g"); }).find("g: invalid JSON at byte 0: the text starts with a UTF-8 byte order mark"),
+            std::string::npos);
+  const std::string doc = graph_json("{}");
+  EXPECT_NE(error_of([&] { parse_graph(doc + std::string(1, '\0'), "g"); })
+                .find("g: invalid JSON at byte " + std::to_string(doc.size()) + ": a NUL byte"),
+            std::string::npos);
+  EXPECT_NE(error_of([&] { parse_graph(std::string(3000, '\0'), "g"); }).find("invalid JSON at byte 0: a NUL byte"),
+            std::string::npos);
+}
+
+TEST_F(LimitsTest, GzipZeroPaddingIsAcceptedAndALyingSizeFieldCostsNothing) {
+  const std::string text = graph_json(R"({"val":1})");
+  const std::string p = write_gz("padded.json.gz", text, 1);
+  {
+    std::ofstream(p, std::ios::binary | std::ios::app) << std::string(1000, '\0');
+  }
+  EXPECT_EQ(load_graph(p).size(), 1u);
+  // Garbage after the zeros is not padding.
+  {
+    std::ofstream(p, std::ios::binary | std::ios::app) << "junk";
+  }
+  EXPECT_NE(error_of([&] { load_graph(p); }).find("corrupt gzip data"), std::string::npos);
+  // A trailer claiming 4 GiB: refused as corrupt, with no 4 GiB (nor 1 GiB) reserved for it.
+  const std::string liar = write_gz("liar.json.gz", text, 1);
+  {
+    std::fstream f(liar, std::ios::binary | std::ios::in | std::ios::out);
+    f.seekp(-4, std::ios::end);
+    f.write("\xff\xff\xff\xff", 4);
+  }
+  EXPECT_NE(error_of([&] { load_graph(liar); }).find("corrupt gzip data"), std::string::npos);
+}
+
+TEST_F(LimitsTest, AFailedSaveLeavesTheOldFileAndNoTemporaryFiles) {
+  const Graph good = parse_graph(graph_json(R"({"val":1})"));
+  const std::string out = path("out.json");
+  save_graph(good, out);
+  std::ifstream in(out);
+  const std::string before((std::istreambuf_iterator<char>(in)), {});
+  Graph bad = parse_graph(graph_json("{}"));
+  bad.node(0).meta.set("x", std::string("\xff"));
+  EXPECT_THROW(save_graph(bad, out), GraphError);
+  std::ifstream again(out);
+  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(again)), {}), before);
+  save_graph(good, path("out2.json.gz"));
+  for (const auto& e : fs::directory_iterator(dir_)) {
+    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
+  }
 }
 
 }  // namespace
