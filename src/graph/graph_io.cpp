@@ -45,8 +45,12 @@
 namespace nodemeta::graph {
 namespace {
 
+std::string printable(std::string_view s);
+
+// Every GraphError is one line: control characters in the file name or the message (a key,
+// a node name, a parser's excerpt of the input) are escaped.
 [[noreturn]] void fail(std::string_view source, std::string_view message) {
-  throw GraphError(std::string(source) + ": " + std::string(message));
+  throw GraphError(printable(source) + ": " + printable(message));
 }
 
 std::string limit_advice() {
@@ -851,7 +855,7 @@ class GraphBuilder {
     // The place's text is built only for an error message.
     std::string_view name;
     const auto AT = [i] { return "nodes[" + std::to_string(i) + "]"; };
-    const auto NODE = [&name] { return name.empty() ? std::string() : " (node '" + std::string(name) + "')"; };
+    const auto NODE = [&name] { return name.empty() ? std::string() : " (node '" + printable(name) + "')"; };
     if (n.type() != element_type::OBJECT) fail_at(AT(), "expected an object, got " + kind_word(n));
     simdjson::dom::object obj = object_of(n);
     // Fields, each kept once (a repeat must be identical).
@@ -902,12 +906,12 @@ class GraphBuilder {
       }
     }
     if (auto prev = graph.find(name)) {
-      fail_at(AT() + ".name", "duplicate node name '" + std::string(name) + "' (first at nodes[" +
+      fail_at(AT() + ".name", "duplicate node name '" + printable(name) + "' (first at nodes[" +
                                 std::to_string(*prev) + "])");
     }
     const std::string_view op = string_field(kOp);
     if (!is_known_op(op)) {
-      fail_at(AT() + ".op" + NODE(), "unknown op '" + std::string(op) +
+      fail_at(AT() + ".op" + NODE(), "unknown op '" + printable(op) +
                                      "' (expected placeholder, get_attr, call_function, "
                                      "call_module, call_method or output)");
     }

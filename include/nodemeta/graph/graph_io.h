@@ -54,7 +54,7 @@ struct LoadOptions {
   static constexpr std::uint64_t kDefaultMaxInputBytes = std::uint64_t{1} << 30;
   static constexpr std::uint64_t kMaxInputBytesCeiling = 0xFFFFFFFFull - 4096;
   static constexpr std::size_t kDefaultMaxDepth = 256;
-  static constexpr std::size_t kMaxDepthCeiling = 4096;
+  static constexpr std::size_t kMaxDepthCeiling = 1024;
 
   std::uint64_t max_input_bytes = kDefaultMaxInputBytes;
   std::size_t max_depth = kDefaultMaxDepth;
