@@ -1025,8 +1025,10 @@ class GraphBuilder {
   std::vector<std::pair<std::string_view, Item>> fields_;   // open dicts' fields
 };
 
-Graph parse_input(Input& input, std::string_view source, StoreOptions options, const LoadOptions& load) {
-  simdjson::dom::parser parser;
+// Parses `input` with `parser` (what load_graph and the parse-only floor share), then frees
+// the text: the document's strings live in the parser.
+element parse_document(simdjson::dom::parser& parser, Input& input, std::string_view source,
+                       const LoadOptions& load) {
   // simdjson refuses a non-empty array/object at depth max_depth + 1 and beyond with a limit of
   // max_depth + 1; the build checks the empty ones, so the limit is exact.
   if (parser.allocate(std::max<std::size_t>(input.size(), 64), load.max_depth + 1) != simdjson::SUCCESS) {
@@ -1036,8 +1038,14 @@ Graph parse_input(Input& input, std::string_view source, StoreOptions options, c
   const simdjson::error_code code =
       parser.parse(reinterpret_cast<const std::uint8_t*>(input.data()), input.size(), false).get(root);
   if (code != simdjson::SUCCESS) fail_parse(source, input, load.max_depth, code);
+  input.release();
+  return root;
+}
+
+Graph parse_input(Input& input, std::string_view source, StoreOptions options, const LoadOptions& load) {
+  simdjson::dom::parser parser;
+  const element root = parse_document(parser, input, source, load);
   ProgressReporter{load}(LoadProgress::Phase::kParse, 1, 1);
-  input.release();  // the document's strings live in the parser: the text is not needed
   GraphBuilder builder(source, options, load);
   return builder.build(root, std::move(options));
 }
@@ -1434,15 +1442,7 @@ std::size_t parse_only(const std::string& path, const LoadOptions& load) {
   Input input;
   read_input(path, load, input);
   simdjson::dom::parser parser;
-  if (parser.allocate(std::max<std::size_t>(input.size(), 64), load.max_depth + 1) != simdjson::SUCCESS) {
-    fail(path, "not enough memory to parse " + std::to_string(input.size()) + " bytes of JSON");
-  }
-  element root;
-  const simdjson::error_code code =
-      parser.parse(reinterpret_cast<const std::uint8_t*>(input.data()), input.size(), false).get(root);
-  if (code != simdjson::SUCCESS) fail_parse(path, input, load.max_depth, code);
-  input.release();
-  return walk(root);
+  return walk(parse_document(parser, input, path, load));
 }
 }  // namespace detail
 

@@ -12,23 +12,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=build/fuzz
 mkdir -p "$out/obj" "$out/corpus" "$out/artifacts"
-cxx=$(command -v clang++-14 || command -v clang++)
-common=(-std=c++20 -g -O1 -fno-omit-frame-pointer -DNODEMETA_STD_ALLOCATOR=1 -DNODEMETA_ENABLE_ASSERTS=1
-        -Iinclude -Itests -fno-sanitize-recover=undefined)
+source tests/fuzz/common.sh
 # The core library's sources, as CMakeLists.txt lists them in add_library(nodemeta ...).
-mapfile -t sources < <(sed -n '/^add_library(nodemeta$/,/)/p' CMakeLists.txt | grep -o 'src/[A-Za-z0-9_/]*\.cpp')
+mapfile -t sources < <(library_sources CMakeLists.txt nodemeta "")
 [ ${#sources[@]} -gt 0 ] || { echo "run.sh: no core sources found in CMakeLists.txt" >&2; exit 1; }
 start=$SECONDS
-objs=()
-for src in "${sources[@]}"; do
-  obj="$out/obj/$(basename "${src%.cpp}").o"
-  objs+=("$obj")
-  if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ -n "$(find include -newer "$obj" -name '*.h' -print -quit)" ]; then
-    "$cxx" "${common[@]}" -fsanitize=fuzzer-no-link,address,undefined -c "$src" -o "$obj" &
-    while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n; done
-  fi
-done
-wait
+build_objects "$out/obj" "${sources[@]}"
 "$cxx" "${common[@]}" -fsanitize=fuzzer,address,undefined tests/fuzz/differential_fuzzer.cpp "${objs[@]}" \
   -ltbb -o "$out/differential_fuzzer"
 echo "=== tests/fuzz/run.sh: built in $((SECONDS - start)) s ==="

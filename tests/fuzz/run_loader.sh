@@ -12,25 +12,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=build/fuzz
 mkdir -p "$out/loader_obj" "$out/loader_corpus" "$out/loader_artifacts"
-cxx=$(command -v clang++-14 || command -v clang++)
-common=(-std=c++20 -g -O1 -fno-omit-frame-pointer -DNODEMETA_STD_ALLOCATOR=1 -DNODEMETA_ENABLE_ASSERTS=1
-        -Iinclude -Itests -fno-sanitize-recover=undefined)
+source tests/fuzz/common.sh
 # The core library's and the graph library's sources, as the CMakeLists list them.
-mapfile -t sources < <( (sed -n '/^add_library(nodemeta$/,/)/p' CMakeLists.txt | grep -o 'src/[A-Za-z0-9_/]*\.cpp';
-                         sed -n '/^add_library(nodemeta_graph$/,/)/p' src/graph/CMakeLists.txt |
-                           grep -o '[A-Za-z0-9_]*\.cpp' | sed 's|^|src/graph/|') )
+mapfile -t sources < <(library_sources CMakeLists.txt nodemeta ""; library_sources src/graph/CMakeLists.txt nodemeta_graph src/graph/)
 [ ${#sources[@]} -gt 2 ] || { echo "run_loader.sh: no sources found in the CMakeLists" >&2; exit 1; }
 start=$SECONDS
-objs=()
-for src in "${sources[@]}"; do
-  obj="$out/loader_obj/$(echo "${src%.cpp}" | tr / _).o"
-  objs+=("$obj")
-  if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ -n "$(find include -newer "$obj" -name '*.h' -print -quit)" ]; then
-    "$cxx" "${common[@]}" -fsanitize=fuzzer-no-link,address,undefined -c "$src" -o "$obj" &
-    while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n; done
-  fi
-done
-wait
+build_objects "$out/loader_obj" "${sources[@]}"
 "$cxx" "${common[@]}" -fsanitize=fuzzer,address,undefined tests/fuzz/graph_loader_fuzzer.cpp "${objs[@]}" \
   -lsimdjson -lz -ltbb -o "$out/graph_loader_fuzzer"
 echo "=== tests/fuzz/run_loader.sh: built in $((SECONDS - start)) s ==="
