@@ -85,8 +85,18 @@ class Input {
   const char* data() const noexcept { return data_; }
   std::size_t size() const noexcept { return size_; }
 
-  // Room for `n` more bytes (and the padding after them); returns where they go.
+  // Room for `n` more bytes (and the padding after them), about to be written: returns where
+  // they go.
   char* tail(std::size_t n) {
+    ensure(n, true);
+    return data_ + size_;
+  }
+  // Room for `n` more bytes, allocated but not touched (a size hint that may be a lie must
+  // not become resident memory).
+  void reserve(std::size_t n) { ensure(n, false); }
+
+ private:
+  void ensure(std::size_t n, bool writing) {
     if (n > kMaxBytes - size_) throw std::bad_alloc();
     const std::size_t need = size_ + n + simdjson::SIMDJSON_PADDING;
     if (need > capacity_) {
@@ -97,10 +107,10 @@ class Input {
       capacity_ = cap;
       populated_ = 0;
     }
-    populate(size_ + n);
-    return data_ + size_;
+    if (writing) populate(size_ + n);
   }
-  void reserve(std::size_t n) { (void)tail(n); }
+
+ public:
   // Bytes that fit before the buffer must grow (reads and inflate steps use them first, so
   // a buffer sized exactly in advance is never reallocated).
   std::size_t available() const noexcept {
@@ -330,17 +340,27 @@ void read_input(const std::string& path, const LoadOptions& load, Input& out) {
 // A key or name as messages show it: control characters escaped, so a message stays one
 // line and an embedded NUL cannot cut it short.
 std::string printable(std::string_view s) {
+  static constexpr char kHex[] = "0123456789abcdef";
   std::string r;
   r.reserve(s.size());
-  for (char c : s) {
-    const auto u = static_cast<unsigned char>(c);
-    if (u >= 0x20 && u != 0x7f) {
-      r += c;
-    } else {
-      static constexpr char kHex[] = "0123456789abcdef";
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const auto u = static_cast<unsigned char>(s[i]);
+    const auto next = i + 1 < s.size() ? static_cast<unsigned char>(s[i + 1]) : 0;
+    if (u < 0x20 || u == 0x7f) {  // C0 controls, DEL
       r += "\\u00";
       r += kHex[u >> 4];
       r += kHex[u & 15];
+    } else if (u == 0xc2 && next >= 0x80 && next <= 0x9f) {  // C1 controls (U+0080-U+009F)
+      r += "\\u00";
+      r += kHex[next >> 4];
+      r += kHex[next & 15];
+      ++i;
+    } else if (u == 0xe2 && next == 0x80 && i + 2 < s.size() &&
+               (static_cast<unsigned char>(s[i + 2]) == 0xa8 || static_cast<unsigned char>(s[i + 2]) == 0xa9)) {
+      r += static_cast<unsigned char>(s[i + 2]) == 0xa8 ? "\\u2028" : "\\u2029";  // line/paragraph separators
+      i += 2;
+    } else {
+      r += s[i];
     }
   }
   return r;
@@ -467,12 +487,13 @@ class Diagnoser {
   }
   const char* p = input.data() != nullptr ? input.data() : "";
   if (input.size() >= 3 && std::memcmp(p, "\xEF\xBB\xBF", 3) == 0) {
-    fail(source, "invalid JSON at byte 0: the text starts with a UTF-8 byte order mark, which JSON "
+    fail(source, "invalid JSON at byte 1: the text starts with a UTF-8 byte order mark, which JSON "
                  "does not allow (save the file without it)");
   }
   // nlohmann's reader takes a NUL byte for the end of the input; a raw NUL is never valid JSON.
   if (const void* nul = std::memchr(p, 0, input.size()); nul != nullptr) {
-    fail(source, "invalid JSON at byte " + std::to_string(static_cast<const char*>(nul) - p) +
+    // Counted from 1, as nlohmann's positions are.
+    fail(source, "invalid JSON at byte " + std::to_string(static_cast<const char*>(nul) - p + 1) +
                      ": a NUL byte (0x00), which JSON does not allow outside an escape");
   }
   Diagnoser d(max_depth);
@@ -1292,38 +1313,14 @@ void write_graph(Writer& w, const Graph& graph) {
   w.out += "]}";
 }
 
-mode_t file_mode() {
-  // 0666 less the process umask, read without changing it (umask() is not thread-safe).
-  std::ifstream status("/proc/self/status");
-  std::string line;
-  while (std::getline(status, line)) {
-    if (line.rfind("Umask:", 0) == 0) return static_cast<mode_t>(0666 & ~std::strtoul(line.c_str() + 6, nullptr, 8));
-  }
-  return 0644;
-}
-
 // Writes `text` to `path`, gzip-compressed when asked, in pieces zlib's 32-bit sizes take.
-// A regular file is replaced atomically: the text goes to a temporary file beside it, renamed
-// over it once complete, so a failed save leaves the old file (or none), never half a file.
+// The file is opened only once the whole text is ready, so a graph that cannot be saved
+// (NaN, invalid UTF-8, a user object) leaves the file untouched. The path is written through
+// (symlinks, /dev/stdout, hard links, the file's mode and owner all behave as with any
+// program writing a file); an I/O error while writing can leave it partly written.
 void write_file(const std::string& path, std::string_view text, bool gz) {
-  struct stat st{};
-  const bool special = ::stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode);  // a device, a FIFO
-  std::string tmp = path + ".tmp-XXXXXX";
-  int fd = special ? ::open(path.c_str(), O_WRONLY | O_CLOEXEC) : ::mkstemp(tmp.data());
-  if (fd < 0) fail(path, std::string("cannot open for writing: ") + std::strerror(errno));
-  if (!special) ::fchmod(fd, file_mode());
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(::fdopen(fd, "wb"), &std::fclose);
-  if (!f) {
-    ::close(fd);
-    if (!special) ::unlink(tmp.c_str());
-    fail(path, std::string("cannot open for writing: ") + std::strerror(errno));
-  }
-  struct Cleanup {
-    const std::string* tmp;
-    ~Cleanup() {
-      if (tmp != nullptr) ::unlink(tmp->c_str());
-    }
-  } cleanup{special ? nullptr : &tmp};
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "wb"), &std::fclose);
+  if (!f) fail(path, std::string("cannot open for writing: ") + std::strerror(errno));
   auto put = [&](const void* p, std::size_t n) {
     if (n != 0 && std::fwrite(p, 1, n, f.get()) != n) fail(path, std::string("cannot write: ") + std::strerror(errno));
   };
@@ -1359,12 +1356,6 @@ void write_file(const std::string& path, std::string_view text, bool gz) {
   if (std::fflush(f.get()) != 0) fail(path, std::string("cannot write: ") + std::strerror(errno));
   std::FILE* raw = f.release();
   if (std::fclose(raw) != 0) fail(path, std::string("cannot write: ") + std::strerror(errno));
-  if (!special) {
-    if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-      fail(path, std::string("cannot replace the file: ") + std::strerror(errno));
-    }
-    cleanup.tmp = nullptr;
-  }
 }
 
 }  // namespace

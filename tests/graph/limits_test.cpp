@@ -431,6 +431,11 @@ TEST_F(LimitsTest, ARepeatedNodeFieldNamesItsPlace) {
 }
 
 TEST_F(LimitsTest, MessagesStayOneLineWhateverTheNames) {
+  // C1 controls (U+009B, a terminal's escape introducer) and U+2028 are escaped too.
+  const std::string c1 = error_of([&] {
+    parse_graph(R"({"nodes":[{"id":0,"name":"a\u009b[2Jb\u2028c","op":"bad","target":"x","inputs":[],"meta":{}}]})", "g");
+  });
+  EXPECT_NE(c1.find("(node 'a\\u009b[2Jb\\u2028c')"), std::string::npos) << c1;
   const std::string what = error_of([&] { parse_graph(graph_json(R"({"k\u0000x":1,"k\u0000x":2})"), "g"); });
   EXPECT_NE(what.find("g: nodes[0].meta.k\\u0000x (node 'x'): "), std::string::npos) << what;
   EXPECT_EQ(what.find('\0'), std::string::npos);
@@ -442,13 +447,13 @@ TEST_F(LimitsTest, MessagesStayOneLineWhateverTheNames) {
 }
 
 TEST_F(LimitsTest, ByteOrderMarksAndNulBytesAreNamedWithTheirPlace) {
-  EXPECT_NE(error_of([&] { parse_graph("\xEF\xBB\xBF" + graph_json("{}"), "g"); }).find("g: invalid JSON at byte 0: the text starts with a UTF-8 byte order mark"),
+  EXPECT_NE(error_of([&] { parse_graph("\xEF\xBB\xBF" + graph_json("{}"), "g"); }).find("g: invalid JSON at byte 1: the text starts with a UTF-8 byte order mark"),
             std::string::npos);
   const std::string doc = graph_json("{}");
   EXPECT_NE(error_of([&] { parse_graph(doc + std::string(1, '\0'), "g"); })
-                .find("g: invalid JSON at byte " + std::to_string(doc.size()) + ": a NUL byte"),
+                .find("g: invalid JSON at byte " + std::to_string(doc.size() + 1) + ": a NUL byte"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { parse_graph(std::string(3000, '\0'), "g"); }).find("invalid JSON at byte 0: a NUL byte"),
+  EXPECT_NE(error_of([&] { parse_graph(std::string(3000, '\0'), "g"); }).find("invalid JSON at byte 1: a NUL byte"),
             std::string::npos);
 }
 
@@ -474,7 +479,40 @@ TEST_F(LimitsTest, GzipZeroPaddingIsAcceptedAndALyingSizeFieldCostsNothing) {
   EXPECT_NE(error_of([&] { load_graph(liar); }).find("corrupt gzip data"), std::string::npos);
 }
 
-TEST_F(LimitsTest, AFailedSaveLeavesTheOldFileAndNoTemporaryFiles) {
+std::size_t status_kb(const std::string& field) {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(field, 0) == 0) return std::strtoull(line.c_str() + field.size(), nullptr, 10);
+  }
+  return 0;
+}
+
+TEST_F(LimitsTest, ALyingGzipSizeFieldDoesNotBecomeResidentMemory) {
+  // 800 KB of incompressible text whose trailer claims 1 GiB: the claim may size the buffer's
+  // address space, never its resident pages (it once faulted in 784 MB before the error).
+  std::string noise;
+  std::uint64_t x = 88172645463325252ull;
+  for (int i = 0; i < 800'000; ++i) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    noise += "0123456789abcdef"[x & 15];
+  }
+  const std::string p = write_gz("liar_big.json.gz", graph_json(R"({"s":")" + noise + R"("})"), 1);
+  {
+    std::fstream f(p, std::ios::binary | std::ios::in | std::ios::out);
+    f.seekp(-4, std::ios::end);
+    f.write("\x00\x00\x00\x40", 4);  // 1 GiB
+  }
+  std::ofstream("/proc/self/clear_refs") << "5";  // VmHWM := VmRSS
+  const std::size_t before = status_kb("VmRSS:");
+  EXPECT_NE(error_of([&] { load_graph(p); }).find("corrupt gzip data"), std::string::npos);
+  const std::size_t peak = status_kb("VmHWM:");
+  if (peak >= before) {
+    EXPECT_LT(peak - before, 128u * 1024) << "kB resident for a 1 GiB claim";
+  }
+}
+
+TEST_F(LimitsTest, AGraphThatCannotBeSavedLeavesTheFileUntouched) {
   const Graph good = parse_graph(graph_json(R"({"val":1})"));
   const std::string out = path("out.json");
   save_graph(good, out);
@@ -483,10 +521,16 @@ TEST_F(LimitsTest, AFailedSaveLeavesTheOldFileAndNoTemporaryFiles) {
   bad.node(0).meta.set("x", std::string("\xff"));
   EXPECT_THROW(save_graph(bad, out), GraphError);
   EXPECT_EQ(slurp(out), before);
-  save_graph(good, path("out2.json.gz"));
-  for (const auto& e : fs::directory_iterator(dir_)) {
-    EXPECT_EQ(e.path().filename().string().find(".tmp-"), std::string::npos) << e.path();
-  }
+  // Saving writes through a symlink and keeps the file's mode (it is not replaced).
+  const std::string real = path("real.json"), link = path("link.json");
+  save_graph(good, real);
+  fs::permissions(real, fs::perms::owner_read | fs::perms::owner_write);
+  fs::create_symlink(real, link);
+  Graph other = parse_graph(graph_json(R"({"val":2})"));
+  save_graph(other, link);
+  EXPECT_TRUE(fs::is_symlink(link));
+  EXPECT_EQ(first_difference(load_graph(real), other), "");
+  EXPECT_EQ(fs::status(real).permissions() & fs::perms::all, fs::perms::owner_read | fs::perms::owner_write);
 }
 
 }  // namespace

@@ -86,7 +86,10 @@ Graph parse_graph(std::string_view json, std::string_view source = "<memory>",
 // tensor_meta, val, debug_handle, is_wrapped, type), then the others sorted by name.
 std::string to_json(const Graph& graph);
 // Writes to_json(graph) to `path`, gzip-compressed when the path ends in ".gz". Throws
-// GraphError naming the path if it cannot be written.
+// GraphError naming the path if it cannot be written. The file is opened only after the
+// whole text was made, so a graph that cannot be saved (NaN, invalid UTF-8, a user object,
+// nesting past kMaxDepthCeiling) leaves it untouched; the path is written through (symlinks
+// and devices such as /dev/stdout work), so an I/O error can leave it partly written.
 void save_graph(const Graph& graph, const std::string& path);
 
 // Reads a whole file, inflating it if it starts with the gzip magic, within
