@@ -55,3 +55,15 @@ nodemeta_cli_test(duplicate_protected_key RC 1
   REGEX "nodes\\[1\\].meta.val \\(node 'relu'\\): protected key 'val' given twice with different values"
   ARGS run ${_broken}/duplicate_protected_key.json)
 nodemeta_cli_test(inspect_unknown_node RC 1 REGEX "no node named 'nope'" ARGS inspect ${_bundled} --node nope)
+
+# Graph-file limits (issue 8): refused with the file, the limit and how to raise it; bad values
+# are usage errors.
+nodemeta_cli_test(run_input_limit RC 1
+  REGEX "mlp_mixer_s16.json.gz: inflates to more than 1024 bytes, the input limit \\(raise it with --max-input-bytes"
+  ARGS run ${_bundled} --max-input-bytes 1K)
+nodemeta_cli_test(run_input_limit_raised RC 0 REGEX "verify: clean" ARGS run ${_bundled} --max-input-bytes 64MiB)
+nodemeta_cli_test(run_input_limit_bad RC 2 REGEX "--max-input-bytes expects a size" ARGS run ${_bundled} --max-input-bytes 5X)
+nodemeta_cli_test(run_depth_too_small RC 2 REGEX "--max-depth must be at least 5" ARGS run ${_bundled} --max-depth 4)
+nodemeta_cli_test(run_depth_limit RC 1 REGEX "nested deeper than 5 arrays/objects, the depth limit \\(raise it with --max-depth"
+  ARGS run ${_bundled} --max-depth 5)
+nodemeta_cli_test(inspect_limits RC 0 REGEX "137 nodes" ARGS inspect ${_bundled} --max-depth 300 --max-input-bytes 1G)

@@ -489,6 +489,11 @@ std::size_t status_kb(const std::string& field) {
 }
 
 TEST_F(LimitsTest, ALyingGzipSizeFieldDoesNotBecomeResidentMemory) {
+#if defined(__SANITIZE_THREAD__)
+  // ThreadSanitizer itself makes shadow memory resident for every large allocation's
+  // address space (about 240 MB for the 1 GiB reservation here): not what is measured.
+  GTEST_SKIP() << "resident memory of a large reservation is ThreadSanitizer's own under TSAN";
+#endif
   // 800 KB of incompressible text whose trailer claims 1 GiB: the claim may size the buffer's
   // address space, never its resident pages (it once faulted in 784 MB before the error).
   std::string noise;
