@@ -869,9 +869,6 @@ class GraphBuilder {
     fail_at(where(at), "unexpected JSON element");
   }
 
-  template <class T>
-  static const T* as(const Value& v) { return v.get_if<T>(); }
-
   void add_node(Graph& graph, element n, std::size_t i) {
     // The place's text is built only for an error message.
     std::string_view name;
@@ -1075,6 +1072,21 @@ Graph parse_input(Input& input, std::string_view source, StoreOptions options, c
 
 // Writes JSON text directly (no intermediate tree). Long strings shared by many nodes
 // (stack traces) are escaped once and copied from the first occurrence's output after that.
+// Where a value being saved sits, for an error message; formatted only when one is thrown
+// (building it eagerly cost a string per metadata key on the save path).
+struct Place {
+  static constexpr std::size_t kNone = static_cast<std::size_t>(-1);
+  std::size_t node = kNone;           // index, or kNone for a graph attribute / a lone value
+  const std::string* name = nullptr;  // the node's name
+  std::string_view field;             // "name", "op", "target", a meta key, an attribute
+  bool meta = false;                  // field is a metadata key
+  std::string str() const {
+    if (node == kNone) return printable(field);
+    return "nodes[" + std::to_string(node) + "]" + (meta ? ".meta." : ".") + printable(field) + " (node '" +
+           printable(*name) + "')";
+  }
+};
+
 class Writer {
  public:
   enum class Mode { kSave, kDisplay };
@@ -1082,7 +1094,7 @@ class Writer {
 
   std::string out;
 
-  void value(const Value& v, const std::string& where, std::size_t depth) {
+  void value(const Value& v, const Place& where, std::size_t depth) {
     switch (v.kind()) {
       case Value::Kind::kNone: out += "null"; return;
       case Value::Kind::kBool: out += v.as<bool>() ? "true" : "false"; return;
@@ -1117,7 +1129,7 @@ class Writer {
       }
       case Value::Kind::kObject: break;
     }
-    throw GraphError(where + ": cannot export a value of user type " + v.type_name() + " to JSON");
+    throw GraphError(where.str() + ": cannot export a value of user type " + v.type_name() + " to JSON");
   }
 
   void integer(std::int64_t i) {
@@ -1131,13 +1143,13 @@ class Writer {
     out.append(buf, r.ptr);
   }
 
-  void real(double d, const std::string& where) {
+  void real(double d, const Place& where) {
     if (!std::isfinite(d)) {
       if (mode_ == Mode::kDisplay) {
         out += "null";
         return;
       }
-      throw GraphError(where + ": cannot save " + (std::isnan(d) ? std::string("NaN") : d > 0 ? "inf" : "-inf") +
+      throw GraphError(where.str() + ": cannot save " + (std::isnan(d) ? std::string("NaN") : d > 0 ? "inf" : "-inf") +
                        ": JSON has no such number");
     }
     char buf[32];
@@ -1147,11 +1159,11 @@ class Writer {
     if (text.find_first_of(".e") == std::string_view::npos) out += ".0";  // stays a float
   }
 
-  void string(std::string_view s, const std::string& where) { escaped(s, where); }
+  void string(std::string_view s, const Place& where) { escaped(s, where); }
 
   // A string Value: a long one is remembered by its box, which `kept_` holds alive for the
   // whole save (so no other string can take its address), and copied from its first output.
-  void string_value(const Value& v, const std::string& where) {
+  void string_value(const Value& v, const Place& where) {
     const std::string& s = v.as<std::string>();
     if (s.size() < kMemoMin) {
       escaped(s, where);
@@ -1173,16 +1185,16 @@ class Writer {
 
   // `depth`: the document depth of the array/object being opened; past the ceiling of any
   // load's max_depth, the file could never be read back.
-  void nest(std::size_t depth, const std::string& where) const {
+  void nest(std::size_t depth, const Place& where) const {
     if (depth > LoadOptions::kMaxDepthCeiling) {
-      throw GraphError(where + ": nested deeper than " + std::to_string(LoadOptions::kMaxDepthCeiling) +
+      throw GraphError(where.str() + ": nested deeper than " + std::to_string(LoadOptions::kMaxDepthCeiling) +
                        " arrays/objects, more than any graph file may");
     }
   }
 
-  void escaped(std::string_view s, const std::string& where) {
+  void escaped(std::string_view s, const Place& where) {
     if (!simdjson::validate_utf8(s.data(), s.size())) {
-      if (mode_ == Mode::kSave) throw GraphError(where + ": a string is not valid UTF-8, which JSON requires");
+      if (mode_ == Mode::kSave) throw GraphError(where.str() + ": a string is not valid UTF-8, which JSON requires");
       const std::string fixed = replace_invalid_utf8(s);
       escaped_valid(fixed);
       return;
@@ -1270,25 +1282,24 @@ int schema_rank(std::string_view key) {
 void write_graph(Writer& w, const Graph& graph) {
   w.out += '{';
   for (const auto& [k, v] : graph.attrs()) {
-    w.string(k, printable(k));
+    const Place place{Place::kNone, nullptr, k, false};
+    w.string(k, place);
     w.out += ':';
-    w.value(v, printable(k), 2);
+    w.value(v, place, 2);
     w.out += ',';
   }
   w.out += "\"nodes\":[";
   for (std::size_t i = 0; i < graph.size(); ++i) {
     const Node& n = graph.node(i);
-    const std::string at = "nodes[" + std::to_string(i) + "]";
-    const std::string node = " (node '" + printable(n.name) + "')";
     if (i != 0) w.out += ',';
     w.out += "{\"id\":";
     w.integer(static_cast<std::uint64_t>(i));
     w.out += ",\"name\":";
-    w.string(n.name, at + ".name" + node);
+    w.string(n.name, Place{i, &n.name, "name", false});
     w.out += ",\"op\":";
-    w.string(n.op, at + ".op" + node);
+    w.string(n.op, Place{i, &n.name, "op", false});
     w.out += ",\"target\":";
-    w.string(n.target, at + ".target" + node);
+    w.string(n.target, Place{i, &n.name, "target", false});
     w.out += ",\"inputs\":[";
     for (std::size_t k = 0; k < n.inputs.size(); ++k) {
       if (k != 0) w.out += ',';
@@ -1303,10 +1314,10 @@ void write_graph(Writer& w, const Graph& graph) {
     for (const auto& [k, v] : items) {
       if (!first) w.out += ',';
       first = false;
-      const std::string wk = at + ".meta." + printable(k) + node;
-      w.string(k, wk);
+      const Place place{i, &n.name, k, true};
+      w.string(k, place);
       w.out += ':';
-      w.value(v, wk, 5);
+      w.value(v, place, 5);
     }
     w.out += "}}";
   }
@@ -1456,7 +1467,7 @@ void save_graph(const Graph& graph, const std::string& path) {
 
 std::string value_to_json(const Value& value) {
   Writer w(Writer::Mode::kDisplay);
-  w.value(value, "value", 1);
+  w.value(value, Place{Place::kNone, nullptr, "value", false}, 1);
   return std::move(w.out);
 }
 
