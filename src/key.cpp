@@ -168,6 +168,13 @@ class InternTable {
     return insert(std::string_view(p, n), hash);
   }
 
+  std::uint32_t find_only(const char* p, std::size_t n, std::uint64_t hash) const noexcept {
+    if (const Table* t = table_.load(std::memory_order_acquire)) {
+      if (const Entry* e = find(t, p, n, hash)) return e->id;
+    }
+    return 0;
+  }
+
   std::string_view name(std::uint32_t id) const noexcept {
     if (id - 1 < kPredefinedNames.size()) return kPredefinedNames[id - 1];
     const unsigned s = segment_of(id);
@@ -295,6 +302,18 @@ std::string_view Key::name() const noexcept { return g_table.name(id_); }
 std::string_view detail::key_name(std::uint32_t id) noexcept { return g_table.name(id); }
 
 std::size_t Key::interned_count() noexcept { return g_table.size(); }
+
+std::optional<Key> Key::find(std::string_view name) noexcept {
+  std::uint32_t id = g_table.find_only(name.data(), name.size(), detail::key_hash(name.data(), name.size()));
+  if (id == 0) {
+    // The table is created on the first intern: the predefined names exist before it.
+    for (std::uint32_t i = 0; i < kPredefinedNames.size(); ++i) {
+      if (kPredefinedNames[i] == name) id = i + 1;
+    }
+    if (id == 0) return std::nullopt;
+  }
+  return Key(static_cast<detail::PredefinedKey>(id));
+}
 
 std::vector<Key> default_protected_keys() {
   return {keys::val, keys::stack_trace, keys::nn_module_stack, keys::debug_handle, keys::tensor_meta};

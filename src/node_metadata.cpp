@@ -20,7 +20,7 @@ MetadataStore& NodeMetadata::live() const {
 }
 
 NodeMetadata::NodeMetadata(const NodeMetadata& other)
-    : store_(other.store_), node_(other.live().clone(*other.node_)) {}
+    : store_(other.store_), node_(other.live().clone(other.entry())) {}
 
 NodeMetadata& NodeMetadata::operator=(const NodeMetadata& other) {
   if (this != &other) *this = NodeMetadata(other);
@@ -41,51 +41,58 @@ NodeMetadata::~NodeMetadata() {
   // left its store) reaches back through this handle gets "use of a moved-from
   // NodeMetadata" instead of reading freed memory.
   if (node_ == nullptr) return;
-  NodeEntry* node = std::exchange(node_, nullptr);
+  const bool view = is_view();
+  NodeEntry& node = entry();
+  node_ = nullptr;
   MetadataStore* store = std::exchange(store_, nullptr);
-  store->remove(*node);
+  if (!view) store->remove(node);
 }
 
-NodeId NodeMetadata::id() const noexcept { return node_ != nullptr ? node_->first : 0; }
+NodeMetadata NodeMetadata::view() const {
+  MetadataStore& store = live();
+  return NodeMetadata(&store, reinterpret_cast<NodeEntry*>(bits() | kViewBit));
+}
+
+NodeId NodeMetadata::id() const noexcept { return node_ != nullptr ? entry().first : 0; }
 
 Value NodeMetadata::at(Key key) const {
-  if (std::optional<Value> v = live().get(*node_, key)) return std::move(*v);
+  if (std::optional<Value> v = live().get(entry(), key)) return std::move(*v);
   throw KeyError(key.name());
 }
 
 std::optional<Value> NodeMetadata::get(Key key) const {
-  return live().get(*node_, key);
+  return live().get(entry(), key);
 }
 
-bool NodeMetadata::contains(Key key) const { return live().contains(*node_, key); }
+bool NodeMetadata::contains(Key key) const { return live().contains(entry(), key); }
 
-std::size_t NodeMetadata::size() const { return live().size(*node_); }
+std::size_t NodeMetadata::size() const { return live().size(entry()); }
 
-Items NodeMetadata::items() const { return live().items(*node_); }
+Items NodeMetadata::items() const { return live().items(entry()); }
 
 void NodeMetadata::set(Key key, Value value) {
-  if (live().write(*node_, key, std::move(value)) ==
+  if (live().write(entry(), key, std::move(value)) ==
       WriteResult::kRejectedProtected) {
     throw ProtectedKeyError(key.name());
   }
 }
 
 WriteResult NodeMetadata::try_set(Key key, Value value) {
-  return live().write(*node_, key, std::move(value));
+  return live().write(entry(), key, std::move(value));
 }
 
 bool NodeMetadata::set_once(Key key, Value value) {
-  return live().set_once(*node_, key, std::move(value));
+  return live().set_once(entry(), key, std::move(value));
 }
 
-bool NodeMetadata::erase(Key key) { return live().erase(*node_, key); }
+bool NodeMetadata::erase(Key key) { return live().erase(entry(), key); }
 
 Value NodeMetadata::update_impl(Key key, detail::FunctionRef<Value(std::optional<Value>)> fn) {
-  return live().update(*node_, key, fn);
+  return live().update(entry(), key, fn);
 }
 
 void NodeMetadata::edit_impl(detail::FunctionRef<void(NodeEditor&)> fn) {
-  live().edit(*node_, fn);
+  live().edit(entry(), fn);
 }
 
 }  // namespace nodemeta

@@ -38,6 +38,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -190,6 +191,10 @@ class Key {
 
   // The number of distinct names interned so far, the predefined ones included (diagnostics).
   static std::size_t interned_count() noexcept;
+  // The Key named `name` if that name was ever interned, else nullopt; never interns (so a
+  // lookup of an arbitrary name, such as a read of a key no node has, cannot grow the
+  // table). Lock-free; concurrent-safe.
+  static std::optional<Key> find(std::string_view name) noexcept;
 
  private:
   std::uint32_t id_;

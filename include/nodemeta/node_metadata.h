@@ -144,6 +144,19 @@ class NodeMetadata {
     requires std::is_invocable_v<F&, NodeEditor&>
   std::invoke_result_t<F&, NodeEditor&> edit(F&& fn);
 
+  // --- Views ----------------------------------------------------------------------------
+  // A non-owning handle to this node (as std::string_view is to a string): every member
+  // reads and writes this very node, but destroying or assigning over the view leaves the
+  // node in its store. Copying a view (copy(), the copy constructor) makes an owning,
+  // independent node, as copying any handle does; moving a view moves the view. The node
+  // must outlive its views (as the store must outlive its nodes). For code that hands one
+  // node to an API taking NodeMetadata by value or in a Graph while something else owns
+  // it: the Python package runs the C++ passes on the nodes Python objects own this way.
+  // Throws std::logic_error on a moved-from handle.
+  NodeMetadata view() const;
+  // True for a handle made by view(), false for an owning (or moved-from) one.
+  bool is_view() const noexcept { return (bits() & kViewBit) != 0; }
+
   // --- Identity -------------------------------------------------------------------------
   // False for a moved-from handle; every other member requires true.
   bool valid() const noexcept { return node_ != nullptr; }
@@ -155,12 +168,19 @@ class NodeMetadata {
   friend class MetadataStore;
   NodeMetadata(MetadataStore* store, NodeEntry* node) noexcept : store_(store), node_(node) {}
 
+  // A view is the node pointer with its lowest bit set (NodeEntry is 8-aligned), so a
+  // handle stays two pointers wide.
+  static constexpr std::uintptr_t kViewBit = 1;
+  std::uintptr_t bits() const noexcept { return reinterpret_cast<std::uintptr_t>(node_); }
+  NodeEntry& entry() const noexcept {
+    return *reinterpret_cast<NodeEntry*>(bits() & ~kViewBit);
+  }
   MetadataStore& live() const;  // the store; throws std::logic_error if moved-from
   Value update_impl(Key key, detail::FunctionRef<Value(std::optional<Value>)> fn);
   void edit_impl(detail::FunctionRef<void(NodeEditor&)> fn);
 
   MetadataStore* store_;
-  NodeEntry* node_;  // owned: the node lives in store_'s map until this handle dies
+  NodeEntry* node_;  // owned (unless tagged kViewBit): lives in store_'s map until this dies
 };
 
 // NodeEditor: the working copy a NodeMetadata::edit() callback reads and writes. It only

@@ -76,6 +76,12 @@ class ValueBox {
   // (kDeepEqualityComparable), identity otherwise.
   virtual bool equals(const ValueBox& other) const = 0;
   virtual std::string repr() const = 0;
+  // The object of another language this value was converted from, or nullptr. A language
+  // binding derives its own boxes from ObjectBox<T> (T a built-in boxed kind, so C++ reads
+  // the value natively) or from ValueBox (an opaque object) and overrides this, so that
+  // values it stored come back to it as the very object it was given. The core never
+  // calls it; its destructor must be safe on whichever thread releases the value.
+  virtual void* foreign() const noexcept { return nullptr; }
 
   // 64-bit, so the count cannot wrap: 2^64 references cannot exist at once (2^32 could, in
   // 64 GiB of Values). On 64-bit targets the box header stays 16 bytes (vptr + count).
@@ -391,7 +397,7 @@ consteval bool deep_equality_comparable() {
 }
 
 template <class T>
-class ObjectBox final : public ValueBox {
+class ObjectBox : public ValueBox {
  public:
   template <class... Args>
   explicit ObjectBox(Args&&... args) : value(std::forward<Args>(args)...) {}
@@ -562,6 +568,8 @@ struct ValueAccess {
     v.kind_ = kind;
     return v;
   }
+  // The box behind a boxed value, or nullptr; no reference count change.
+  static const ValueBox* box_of(const Value& v) noexcept { return v.boxed() ? v.box_ : nullptr; }
   static void add_ref(std::int64_t bits, Value::Kind kind) noexcept {
     if (kind >= Value::Kind::kString) reinterpret_cast<ValueBox*>(bits)->add_ref();
   }

@@ -12,7 +12,10 @@ bool is_known_op(std::string_view op) noexcept {
   return std::find(kOps.begin(), kOps.end(), op) != kOps.end();
 }
 
-Graph::Graph(StoreOptions options) : store_(std::make_unique<MetadataStore>(std::move(options))) {}
+Graph::Graph(StoreOptions options)
+    : store_(new MetadataStore(std::move(options)), StoreDeleter{true}) {}
+
+Graph Graph::over(MetadataStore& store) { return Graph(&store, StoreDeleter{false}); }
 
 Graph& Graph::operator=(Graph&& other) noexcept {
   if (this != &other) {

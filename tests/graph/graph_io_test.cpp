@@ -129,5 +129,34 @@ TEST(GraphIoTest, UserObjectsCannotBeExported) {
   EXPECT_THROW(to_json(g), GraphError);
 }
 
+
+TEST(GraphTest, OverABorrowedStoreRunsOnViewsOfNodesOwnedElsewhere) {
+  nodemeta::MetadataStore store;
+  std::vector<nodemeta::NodeMetadata> owners;
+  owners.push_back(store.create({{"val", 1}}));
+  owners.push_back(store.create({{"val", 2}}));
+  {
+    Graph g = Graph::over(store);
+    std::vector<nodemeta::graph::Node> nodes;
+    nodes.push_back({"x", "placeholder", "x", {}, owners[0].view()});
+    nodes.push_back({"y", "call_function", "torch.relu", {0}, owners[1].view()});
+    g.replace_nodes(std::move(nodes));
+    EXPECT_EQ(&g.store(), &store);
+    g.node(1).meta.set("flops", 5);
+    // A node of another store is refused.
+    nodemeta::MetadataStore other;
+    nodemeta::NodeMetadata stranger = other.create();
+    std::vector<nodemeta::graph::Node> bad;
+    bad.push_back({"z", "placeholder", "z", {}, stranger.view()});
+    EXPECT_THROW(g.replace_nodes(std::move(bad)), nodemeta::graph::GraphError);
+    Graph copy = g.clone();  // a clone owns a store and nodes of its own
+    EXPECT_NE(&copy.store(), &store);
+    EXPECT_EQ(copy.node(1).meta["flops"], Value(5));
+  }
+  // The graph and its views are gone; the store and the owned nodes are not.
+  EXPECT_EQ(store.node_count(), 2u);
+  EXPECT_EQ(owners[1]["flops"], Value(5));
+}
+
 }  // namespace
 }  // namespace nodemeta::graph

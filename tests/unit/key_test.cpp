@@ -298,5 +298,18 @@ TEST(KeyTest, ConcurrentInterningThroughEveryConstructorAgreesWhileTheTableGrows
   EXPECT_EQ(early_name, "key_test.concurrent.early");
 }
 
+
+TEST(KeyTest, FindNeverInterns) {
+  const std::size_t before = Key::interned_count();
+  EXPECT_FALSE(Key::find("key_test.find.never-interned-name").has_value());
+  EXPECT_FALSE(Key::find(std::string_view("a\0b", 3)).has_value());
+  EXPECT_EQ(Key::interned_count(), before);
+  const Key k("key_test.find.interned");
+  ASSERT_TRUE(Key::find("key_test.find.interned").has_value());
+  EXPECT_EQ(*Key::find("key_test.find.interned"), k);
+  EXPECT_EQ(*Key::find("val"), keys::val);  // predefined names are found too
+  EXPECT_EQ(*Key::find("tensor_meta"), keys::tensor_meta);
+}
+
 }  // namespace
 }  // namespace nodemeta

@@ -496,5 +496,56 @@ TEST(NodeMetadataStandaloneTest, LivesInTheDefaultStore) {
   EXPECT_EQ(MetadataStore::default_store().node_count(), before);
 }
 
+
+// --- view(): a non-owning handle -----------------------------------------------------------
+
+TEST(NodeMetadataViewTest, ViewReadsAndWritesTheSameNodeAndDyingLeavesIt) {
+  MetadataStore store;
+  NodeMetadata owner = store.create({{"val", 1}});
+  {
+    NodeMetadata view = owner.view();
+    EXPECT_TRUE(view.is_view());
+    EXPECT_FALSE(owner.is_view());
+    EXPECT_EQ(view.id(), owner.id());
+    EXPECT_EQ(&view.store(), &store);
+    view.set("flops", 10);
+    EXPECT_EQ(owner["flops"], Value(10));
+    EXPECT_THROW(view.set("val", 2), ProtectedKeyError);
+    NodeMetadata moved = std::move(view);  // moving a view moves the view
+    EXPECT_TRUE(moved.is_view());
+    EXPECT_FALSE(view.valid());  // NOLINT(bugprone-use-after-move): checking the moved-from state
+    EXPECT_EQ(store.node_count(), 1u);
+  }
+  EXPECT_EQ(store.node_count(), 1u);  // views died, the node did not
+  EXPECT_EQ(owner["flops"], Value(10));
+}
+
+TEST(NodeMetadataViewTest, CopyOfAViewIsAnOwningIndependentNode) {
+  MetadataStore store;
+  NodeMetadata owner = store.create({{"a", 1}});
+  NodeMetadata view = owner.view();
+  NodeMetadata copy = view.copy();
+  EXPECT_FALSE(copy.is_view());
+  EXPECT_NE(copy.id(), owner.id());
+  copy.set("a", 2);
+  EXPECT_EQ(owner["a"], Value(1));
+  EXPECT_EQ(store.node_count(), 2u);
+  NodeMetadata assigned = store.create();
+  assigned = view;  // copy-assignment from a view: an owning snapshot
+  EXPECT_FALSE(assigned.is_view());
+  EXPECT_EQ(store.node_count(), 3u);
+  view = store.create({{"b", 1}});  // assigning over a view leaves its node in the store
+  EXPECT_FALSE(view.is_view());
+  EXPECT_EQ(owner["a"], Value(1));
+  EXPECT_EQ(store.node_count(), 4u);
+}
+
+TEST(NodeMetadataViewTest, ViewOfAMovedFromHandleThrows) {
+  NodeMetadata a;
+  NodeMetadata b = std::move(a);
+  EXPECT_THROW((void)a.view(), std::logic_error);  // NOLINT(bugprone-use-after-move)
+  EXPECT_FALSE(b.is_view());
+}
+
 }  // namespace
 }  // namespace nodemeta

@@ -67,7 +67,7 @@ const char* const kMainHelp =
 
 const char* const kRunHelp =
     "usage: nodemeta run [GRAPH] [--threads N] [--passes LIST] [--repeat R] [--json FILE]\n"
-    "                    [--max-input-bytes N] [--max-depth D]\n"
+    "                    [--output FILE] [--max-input-bytes N] [--max-depth D]\n"
     "\n"
     "Loads GRAPH (a graph file, .json or .json.gz; default: the bundled mlp_mixer_s16 graph),\n"
     "runs the passes in order, verifies, and prints per pass the nodes touched, the time\n"
@@ -81,6 +81,8 @@ const char* const kRunHelp =
     "  --repeat R       run the pipeline R times, each on a fresh copy of the loaded graph\n"
     "                   (default 1); times are medians\n"
     "  --json FILE      write the results as JSON to FILE ('-' for stdout) and print nothing else\n"
+    "  --output FILE    save the graph after the passes (of the last repeat) to FILE, a graph\n"
+    "                   file (.json, or gzip for .json.gz) that nodemeta run reads again\n"
     LOAD_OPTIONS_HELP
     "  -h, --help       show this help\n"
     "\n"
@@ -302,6 +304,7 @@ int cmd_run(const std::vector<std::string>& args) {
   long repeat = 1;
   std::vector<std::string> passes = nodemeta::passes::pass_names();
   std::optional<std::string> json_path;
+  std::optional<std::string> output_path;
   nodemeta::graph::LoadOptions load;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -320,6 +323,8 @@ int cmd_run(const std::vector<std::string>& args) {
       }
     } else if (a == "--json") {
       json_path = take_value(args, i, "run");
+    } else if (a == "--output") {
+      output_path = take_value(args, i, "run");
     } else if (take_load_option(args, i, "run", load)) {
     } else if (a.size() > 1 && a[0] == '-') {
       throw UsageError("unknown option '" + a + "'", "run");
@@ -357,6 +362,7 @@ int cmd_run(const std::vector<std::string>& args) {
       ++done;
     }
     runs.push_back(std::move(stats));
+    if (output_path && r + 1 == repeat) nodemeta::graph::save_graph(g, *output_path);
   }
   progress.step(done, "done");
   progress.finish();

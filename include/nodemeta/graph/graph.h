@@ -10,8 +10,9 @@
 //   change; while nobody changes it, any number of threads may read it and read and write
 //   the nodes' metadata (NodeMetadata is concurrent-safe). Passes work that way.
 // Lifetime: the Graph owns its MetadataStore (on the heap, so its address never changes)
-//   and destroys every node before the store. A Graph is movable, not copyable; clone()
-//   makes an independent deep copy with a store of its own.
+//   and destroys every node before the store; a Graph::over(store) borrows its store.
+//   A Graph is movable, not copyable; clone() makes an independent deep copy with a store
+//   of its own.
 #ifndef NODEMETA_GRAPH_GRAPH_H_
 #define NODEMETA_GRAPH_GRAPH_H_
 
@@ -54,6 +55,10 @@ class Graph {
  public:
   // An empty graph whose store uses `options` (default: the five PyTorch protected keys).
   explicit Graph(StoreOptions options = {});
+  // An empty graph over `store`, which it does not own and which must outlive it: nodes
+  // added to it live in that store. With replace_nodes() and NodeMetadata::view(), runs
+  // passes over nodes owned elsewhere (the Python package's fx graphs do).
+  static Graph over(MetadataStore& store);
   Graph(Graph&& other) noexcept = default;
   Graph& operator=(Graph&& other) noexcept;
   Graph(const Graph&) = delete;
@@ -108,8 +113,16 @@ class Graph {
   };
   using NameIndex = std::unordered_map<std::string, std::size_t, NameHash, std::equal_to<>>;
 
+  struct StoreDeleter {
+    bool owned = true;
+    void operator()(MetadataStore* store) const noexcept {
+      if (owned) delete store;
+    }
+  };
+  Graph(MetadataStore* store, StoreDeleter deleter) : store_(store, deleter) {}
+
   // Declared before nodes_: the store outlives the nodes.
-  std::unique_ptr<MetadataStore> store_;
+  std::unique_ptr<MetadataStore, StoreDeleter> store_;
   Value::Dict attrs_;
   std::vector<Node> nodes_;
   NameIndex names_;

@@ -1,0 +1,107 @@
+"""nodemeta: a thread-safe metadata store for compiler graph nodes, from Python.
+
+``nodemeta.NodeMetadata`` is a drop-in for PyTorch's
+``torch/_export/pass_infra/node_metadata.py`` class: a per-node mapping whose protected
+keys (``PROTECTED_KEYS``) may be given when it is built but never written afterwards
+(``RuntimeError: Could not override node key: <key>``, raised as ``ProtectedKeyError``, a
+``RuntimeError`` subclass). It is a full ``collections.abc.MutableMapping`` and keeps its
+entries in a C++ ``MetadataStore``, where nodemeta's parallel C++ passes read and write
+them (``nodemeta.fx.run_passes``).
+
+Values: Python reads get back the very object stored (``md[k] is v``) for every object but
+ints and floats (which come back equal; CPython caches small ints). C++ readers see
+None/bool/int/float/str/list/tuple/dict natively (tuples as lists), torch objects as the
+graph-file schema has them once ``nodemeta.fx`` is imported, anything else as an opaque
+object. Containers are converted when written: C++ sees their contents as of that write.
+
+Thread safety: every operation may be called from any number of Python threads and
+alongside C++ threads using the same store; single-key reads and writes are atomic, and
+``pop``, ``setdefault``, ``update``, ``clear``, ``popitem``, ``copy``, ``items()`` snapshots
+and ``==`` act on one consistent state of the node.
+
+Differences from ``dict`` (see docs/python.md): keys are ``str`` (other keys raise
+``TypeError`` on writes and are simply absent on reads); iteration is in key-name order;
+``update``/``clear`` are all-or-nothing, so a protected key makes them raise before
+anything changes; values holding a reference back to their node are not collected by the
+cycle collector; pickling keeps the entries, not the store (it unpickles into the default
+store).
+"""
+import collections.abc as _abc
+
+from . import _core
+
+__version__ = _core.__version__
+
+ProtectedKeyError = _core.ProtectedKeyError
+WriteResult = _core.WriteResult
+MetadataStore = _core.MetadataStore
+default_store = _core.default_store
+release_retired_values = _core.release_retired_values
+CppValue = _core.CppValue
+
+#: The keys PyTorch's NodeMetadata protects, and every store protects by default.
+PROTECTED_KEYS = frozenset({"val", "stack_trace", "nn_module_stack", "debug_handle", "tensor_meta"})
+
+
+class NodeMetadata(_core.NodeMetadataBase, _abc.MutableMapping):
+    """NodeMetadata(data=None): a node's metadata, holding a copy of ``data``.
+
+    ``data`` is a dict (or any mapping, or iterable of pairs); protected keys may be given
+    here. The node lives in ``nodemeta.default_store``; ``MetadataStore.create(data)``
+    makes one in another store.
+    """
+
+    __slots__ = ()
+
+
+class _KeysView(_abc.KeysView):
+    __slots__ = ()
+
+    def __iter__(self):
+        return iter(self._mapping)
+
+
+class _ValuesView(_abc.ValuesView):
+    __slots__ = ()
+
+    def __iter__(self):
+        return (v for _, v in self._mapping._items())
+
+    def __contains__(self, value):
+        return any(v is value or v == value for _, v in self._mapping._items())
+
+
+class _ItemsView(_abc.ItemsView):
+    __slots__ = ()
+
+    def __iter__(self):
+        return iter(self._mapping._items())
+
+
+_core._set_node_type(NodeMetadata, (_KeysView, _ValuesView, _ItemsView))
+
+# How C++ sees torch objects (TensorMetadata, torch.Size, dtypes, tensors, classes): the
+# graph-file schema's shapes. _fxjson imports nothing from torch until torch is loaded.
+from . import _fxjson  # noqa: E402
+
+_core._set_converter_hook(_fxjson.converter_for)
+
+
+def _shutdown():
+    _core._shutdown()
+
+
+import atexit as _atexit  # noqa: E402
+
+_atexit.register(_shutdown)
+
+__all__ = [
+    "NodeMetadata",
+    "MetadataStore",
+    "ProtectedKeyError",
+    "PROTECTED_KEYS",
+    "WriteResult",
+    "CppValue",
+    "default_store",
+    "release_retired_values",
+]

@@ -1,0 +1,98 @@
+"""nodemeta for torch.fx: attach a graph's metadata to nodemeta, run the C++ passes on it, save it.
+
+    import nodemeta.fx
+    store = nodemeta.fx.attach(gm)            # every node.meta becomes a NodeMetadata
+    results = nodemeta.fx.run_passes(gm)      # cost, propagate, verify, in C++, GIL released
+    nodemeta.fx.save(gm, "model.json.gz")     # a graph file for `nodemeta run`
+
+After ``attach``, torch.fx keeps working on the graph as with dicts (``node_copy``,
+``eliminate_dead_code``, ``recompile``, ``copy.deepcopy``, ``split_module``,
+``Interpreter``), and writing a protected key raises as PyTorch's NodeMetadata does (so
+running ``ShapeProp`` again raises ``RuntimeError: Could not override node key:
+tensor_meta``).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional, Sequence
+
+from . import MetadataStore, NodeMetadata, _core, _fxjson
+
+__all__ = ["attach", "run_passes", "save", "store_of", "PASSES"]
+
+#: The passes run_passes knows, in pipeline order (fuse rewrites the graph: refused).
+PASSES = ("cost", "propagate", "strip_debug", "verify")
+
+
+def _graph(gm: Any):
+    return gm.graph if hasattr(gm, "graph") else gm
+
+
+def attach(gm: Any, store: Optional[MetadataStore] = None) -> MetadataStore:
+    """Replace every ``node.meta`` of ``gm`` (a GraphModule or Graph) with a NodeMetadata.
+
+    All nodes go into one store: ``store``, or a new ``MetadataStore()`` protecting
+    PyTorch's five keys. Each node keeps the same entries (protected ones included; the
+    values are the same objects). A node that already has a NodeMetadata of that store is
+    left as it is. Returns the store.
+    """
+    if store is None:
+        store = MetadataStore()
+    for node in _graph(gm).nodes:
+        meta = node.meta
+        if isinstance(meta, NodeMetadata) and meta.store is store:
+            continue
+        node.meta = store.create(meta)
+    return store
+
+
+def store_of(gm: Any) -> Optional[MetadataStore]:
+    """The store of the first node whose meta is a NodeMetadata, or None."""
+    for node in _graph(gm).nodes:
+        if isinstance(node.meta, NodeMetadata):
+            return node.meta.store
+    return None
+
+
+def run_passes(gm: Any, passes: Sequence[str] = ("cost", "propagate", "verify"),
+               threads: Optional[int] = None) -> list:
+    """Run nodemeta's C++ passes on ``gm``'s metadata, in place, with the GIL released.
+
+    The passes read and write the nodes' NodeMetadata directly (no copy): afterwards
+    ``node.meta["flops"]`` etc. hold what they computed. Nodes whose meta is not yet a
+    NodeMetadata of the graph's store (new nodes, whose meta torch.fx makes a dict, or
+    nodes copied from another graph's store) are attached first. ``threads``: oneTBB
+    threads (default: all cores). ``fuse`` rewrites the graph and is refused here (run it
+    with the ``nodemeta`` command on a saved file). Returns one dict per pass, as the
+    command prints it: name, nodes_touched, rejected_protected, nodes_before, nodes_after,
+    seconds, summary, problems. Concurrent-safe with other threads reading and writing the
+    same nodes; the graph's structure must not change while it runs.
+    """
+    if isinstance(passes, str):
+        passes = [p for p in passes.split(",") if p]
+    graph = _graph(gm)
+    store = store_of(gm)
+    store = attach(gm, store)
+    nodes = list(graph.nodes)
+    index = {n: i for i, n in enumerate(nodes)}
+    spec = []
+    for i, n in enumerate(nodes):
+        inputs = []
+        for a in n.all_input_nodes:
+            j = index.get(a)
+            if j is None:
+                raise ValueError(f"run_passes: node {n.name!r} reads {a.name!r}, which is not in this graph")
+            if j not in inputs:
+                inputs.append(j)
+        spec.append((n.name, n.op, _fxjson.target_name(n), inputs, n.meta))
+    return _core._run_passes(store, spec, list(passes), threads)
+
+
+def save(gm: Any, path, **kw: Any) -> None:
+    """Write ``gm`` as a nodemeta graph file (``.json``, or gzip for ``.json.gz``).
+
+    The schema of shared/data/graphs/README.md, which ``nodemeta run`` reads: node names,
+    ops, targets, inputs and every meta value (torch objects in their schema shape). A value
+    that cannot be written raises ValueError naming the node and key; the file is then left
+    untouched. Keyword arguments go to the document builder (model=, example_inputs=).
+    """
+    _fxjson.save(gm, path, **kw)

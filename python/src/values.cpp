@@ -1,0 +1,305 @@
+// python/src/values.cpp: Python objects as nodemeta Values and back. values.h has the rules.
+#include "values.h"
+
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+#include <string_view>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace nodemeta::python {
+
+std::atomic<bool> g_python_alive{true};
+
+void release_object(PyObject* o) noexcept {
+  if (!g_python_alive.load(std::memory_order_acquire) || !Py_IsInitialized()) return;
+  if (PyGILState_Check()) {
+    Py_DECREF(o);
+    return;
+  }
+  if (_Py_IsFinalizing()) return;  // a thread taking the GIL now would be stopped for good
+  const PyGILState_STATE state = PyGILState_Ensure();
+  Py_DECREF(o);
+  PyGILState_Release(state);
+}
+
+PyOpaque::PyOpaque(PyObject* o) : object_(o) {
+  PyTypeObject* tp = Py_TYPE(o);
+  PyObject* module = PyObject_GetAttrString(reinterpret_cast<PyObject*>(tp), "__module__");
+  if (module != nullptr && PyUnicode_Check(module) &&
+      PyUnicode_CompareWithASCIIString(module, "builtins") != 0) {
+    if (const char* m = PyUnicode_AsUTF8(module)) type_name_ = std::string(m) + ".";
+  }
+  Py_XDECREF(module);
+  PyErr_Clear();
+  type_name_ += tp->tp_name;
+  Py_INCREF(o);
+}
+
+namespace {
+
+PyObject* g_converter_for = nullptr;  // callable(type) -> callable or None
+PyObject* g_converters = nullptr;     // dict: type -> converter or None (cache)
+
+// Containers deeper than this become opaque at that level (bounded recursion; also ends
+// a self-containing list).
+constexpr int kMaxDepth = 100;
+
+struct Converter {
+  // Converter results are kept alive until the conversion ends: the memo is keyed by
+  // address, which a freed temporary could hand to the next one.
+  std::vector<py::object> temporaries;
+  // Containers met more than once inside one value (a DAG) are converted once.
+  std::unordered_map<PyObject*, Value> memo;
+
+  bool convert(PyObject* o, Value& out, bool twin, int depth);
+  bool mapping(PyObject* o, Value& out, int depth);
+  bool by_converter(PyObject* o, Value& out, bool twin, int depth, bool& handled);
+};
+
+Value box_value(Value::Kind kind, detail::ValueBox* box) {
+  return detail::ValueAccess::adopt(reinterpret_cast<std::int64_t>(box), kind);
+}
+
+Value opaque(PyObject* o) { return box_value(Value::Kind::kObject, new PyOpaque(o)); }
+
+// A twin of `native` (a string, list or dict) holding `o`; scalars stay as they are.
+Value twin_of(PyObject* o, Value native) {
+  switch (native.kind()) {
+    case Value::Kind::kString:
+      return box_value(Value::Kind::kString, new PyTwin<std::string>(o, native.as<std::string>()));
+    case Value::Kind::kList:
+      return box_value(Value::Kind::kList, new PyTwin<Value::List>(o, native.as<Value::List>()));
+    case Value::Kind::kDict:
+      return box_value(Value::Kind::kDict, new PyTwin<Value::Dict>(o, native.as<Value::Dict>()));
+    default:
+      return native;
+  }
+}
+
+bool Converter::mapping(PyObject* o, Value& out, int depth) {
+  Value::Dict entries;
+  entries.reserve(static_cast<std::size_t>(PyDict_Size(o)));
+  Py_ssize_t pos = 0;
+  PyObject* key;
+  PyObject* value;
+  while (PyDict_Next(o, &pos, &key, &value)) {
+    Py_ssize_t size = 0;
+    const char* s = PyUnicode_Check(key) ? PyUnicode_AsUTF8AndSize(key, &size) : nullptr;
+    if (s == nullptr) {  // a non-str key (or one that is not valid UTF-8): C++ cannot key it
+      PyErr_Clear();
+      out = Value();
+      return false;
+    }
+    entries.emplace_back(std::string(s, static_cast<std::size_t>(size)), Value());
+    if (!convert(value, entries.back().second, false, depth + 1)) return false;
+  }
+  out = Value::dict(std::move(entries));  // keys of a dict are unique
+  return true;
+}
+
+bool Converter::by_converter(PyObject* o, Value& out, bool twin, int depth, bool& handled) {
+  handled = false;
+  if (g_converter_for == nullptr) return true;
+  PyObject* tp = reinterpret_cast<PyObject*>(Py_TYPE(o));
+  PyObject* fn = PyDict_GetItemWithError(g_converters, tp);  // borrowed
+  if (fn == nullptr) {
+    if (PyErr_Occurred()) return false;
+    py::object found = py::reinterpret_steal<py::object>(PyObject_CallOneArg(g_converter_for, tp));
+    if (!found) return false;
+    if (PyDict_Size(g_converters) >= 4096) PyDict_Clear(g_converters);  // per-instance classes
+    if (PyDict_SetItem(g_converters, tp, found.ptr()) != 0) return false;
+    fn = PyDict_GetItemWithError(g_converters, tp);
+    if (fn == nullptr) return false;
+  }
+  if (fn == Py_None) return true;
+  py::object plain = py::reinterpret_steal<py::object>(PyObject_CallOneArg(fn, o));
+  if (!plain) return false;
+  temporaries.push_back(plain);
+  Value native;
+  if (!convert(plain.ptr(), native, false, depth + 1)) return false;
+  handled = true;
+  out = twin ? twin_of(o, std::move(native)) : std::move(native);
+  return true;
+}
+
+bool Converter::convert(PyObject* o, Value& out, bool twin, int depth) {
+  if (o == Py_None) {
+    out = Value();
+    return true;
+  }
+  if (o == Py_True || o == Py_False) {
+    out = Value(o == Py_True);
+    return true;
+  }
+  PyTypeObject* tp = Py_TYPE(o);
+  if (tp == &PyLong_Type) {
+    int overflow = 0;
+    const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
+    if (overflow != 0) {
+      out = opaque(o);  // beyond int64: C++ cannot hold it
+      return true;
+    }
+    if (v == -1 && PyErr_Occurred()) return false;
+    out = Value(static_cast<std::int64_t>(v));
+    return true;
+  }
+  if (tp == &PyFloat_Type) {
+    out = Value(PyFloat_AS_DOUBLE(o));
+    return true;
+  }
+  if (tp == &PyUnicode_Type) {
+    Py_ssize_t size = 0;
+    const char* s = PyUnicode_AsUTF8AndSize(o, &size);
+    if (s == nullptr) {  // lone surrogates: not UTF-8, C++ sees an opaque object
+      PyErr_Clear();
+      out = opaque(o);
+      return true;
+    }
+    const std::string_view text(s, static_cast<std::size_t>(size));
+    out = twin ? box_value(Value::Kind::kString, new PyTwin<std::string>(o, std::string(text)))
+               : Value(text);
+    return true;
+  }
+  if (depth >= kMaxDepth) {
+    out = opaque(o);
+    return true;
+  }
+  if (tp == &PyList_Type || tp == &PyTuple_Type) {
+    // A list can change while converting (an element's converter may run Python code):
+    // convert a snapshot (PySequence_Fast of a list is a new reference to the same list,
+    // so take a tuple copy of lists).
+    py::object items = py::reinterpret_steal<py::object>(
+        tp == &PyList_Type ? PyList_AsTuple(o) : (Py_INCREF(o), o));
+    if (!items) return false;
+    if (tp == &PyList_Type) temporaries.push_back(items);
+    // The memo and the twin are keyed by the original object.
+    const Py_ssize_t n = PyTuple_GET_SIZE(items.ptr());
+    const bool memoize = !twin && n >= 2;
+    if (memoize) {
+      if (auto it = memo.find(o); it != memo.end()) {
+        out = it->second;
+        return true;
+      }
+    }
+    Value::List elements;
+    elements.reserve(static_cast<std::size_t>(n));
+    for (Py_ssize_t i = 0; i < n; ++i) {
+      elements.emplace_back();
+      if (!convert(PyTuple_GET_ITEM(items.ptr(), i), elements.back(), false, depth + 1)) return false;
+    }
+    if (twin) {
+      out = box_value(Value::Kind::kList, new PyTwin<Value::List>(o, std::move(elements)));
+    } else {
+      out = Value::list(std::move(elements));
+      if (memoize) memo.emplace(o, out);
+    }
+    return true;
+  }
+  if (tp == &PyDict_Type) {
+    const bool memoize = !twin && PyDict_Size(o) >= 2;
+    if (memoize) {
+      if (auto it = memo.find(o); it != memo.end()) {
+        out = it->second;
+        return true;
+      }
+    }
+    // A snapshot: a value's converter may run Python code that changes the dict.
+    py::object snapshot = py::reinterpret_steal<py::object>(PyDict_Copy(o));
+    if (!snapshot) return false;
+    temporaries.push_back(snapshot);
+    Value native;
+    if (!mapping(snapshot.ptr(), native, depth)) {
+      if (PyErr_Occurred()) return false;
+      out = opaque(o);  // a key C++ cannot hold
+    } else {
+      out = twin ? twin_of(o, std::move(native)) : std::move(native);
+    }
+    if (memoize) memo.emplace(o, out);
+    return true;
+  }
+  if (unwrap_cpp_value(o, out)) return true;
+  bool handled = false;
+  if (!by_converter(o, out, twin, depth, handled)) return false;
+  if (!handled) out = opaque(o);
+  return true;
+}
+
+}  // namespace
+
+bool to_value(PyObject* o, Value& out) {
+  Converter c;
+  try {
+    return c.convert(o, out, true, 0);
+  } catch (const std::bad_alloc&) {
+    PyErr_NoMemory();
+  } catch (const py::error_already_set& e) {
+    // Leave the Python error set.
+    const_cast<py::error_already_set&>(e).restore();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_ValueError, e.what());
+  }
+  return false;
+}
+
+PyObject* to_python(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::kNone:
+      Py_RETURN_NONE;
+    case Value::Kind::kBool:
+      return PyBool_FromLong(*v.get_if<bool>());
+    case Value::Kind::kInt:
+      return PyLong_FromLongLong(*v.get_if<std::int64_t>());
+    case Value::Kind::kDouble:
+      return PyFloat_FromDouble(*v.get_if<double>());
+    default:
+      break;
+  }
+  const detail::ValueBox* box = detail::ValueAccess::box_of(v);
+  if (void* o = box->foreign()) {
+    Py_INCREF(static_cast<PyObject*>(o));
+    return static_cast<PyObject*>(o);
+  }
+  if (Py_EnterRecursiveCall(" while converting a nodemeta value to Python") != 0) return nullptr;
+  PyObject* result = nullptr;
+  if (const std::string* s = v.get_if<std::string>()) {
+    result = PyUnicode_DecodeUTF8(s->data(), static_cast<Py_ssize_t>(s->size()), "surrogateescape");
+  } else if (const Value::List* l = v.get_if<Value::List>()) {
+    result = PyList_New(static_cast<Py_ssize_t>(l->size()));
+    for (std::size_t i = 0; result != nullptr && i < l->size(); ++i) {
+      PyObject* e = to_python((*l)[i]);
+      if (e == nullptr) {
+        Py_CLEAR(result);
+        break;
+      }
+      PyList_SET_ITEM(result, static_cast<Py_ssize_t>(i), e);
+    }
+  } else if (const Value::Dict* d = v.get_if<Value::Dict>()) {
+    result = PyDict_New();
+    for (const auto& [k, e] : *d) {
+      if (result == nullptr) break;
+      PyObject* key = PyUnicode_DecodeUTF8(k.data(), static_cast<Py_ssize_t>(k.size()), "surrogateescape");
+      PyObject* val = key != nullptr ? to_python(e) : nullptr;
+      if (val == nullptr || PyDict_SetItem(result, key, val) != 0) Py_CLEAR(result);
+      Py_XDECREF(key);
+      Py_XDECREF(val);
+    }
+  } else {
+    result = wrap_cpp_value(v);
+  }
+  Py_LeaveRecursiveCall();
+  return result;
+}
+
+void set_converter_hook(PyObject* converter_for) {
+  Py_XINCREF(converter_for);
+  Py_XSETREF(g_converter_for, converter_for == Py_None ? (Py_XDECREF(converter_for), nullptr)
+                                                       : converter_for);
+  Py_XSETREF(g_converters, PyDict_New());
+}
+
+}  // namespace nodemeta::python

@@ -1,0 +1,98 @@
+// python/src/values.h: Python objects as nodemeta Values and back (the binding layer only).
+//
+// A Python value written through nodemeta.NodeMetadata is stored as a Value C++ can read
+// natively, which still holds the very object it came from, so Python gets that object back
+// (`md[k] is v`):
+//   None, True, False           the inline None/bool (singletons: identity holds anyway)
+//   int (exact, fits int64)     the inline int64 (a new int object comes back: small ints
+//   float (exact)               and the inline double  are cached by CPython, others equal)
+//   str (exact, valid UTF-8)    a PyTwin<std::string>: a string box holding the str too
+//   list, tuple (exact)         a PyTwin<Value::List>, elements converted structurally
+//   dict (exact, str keys)      a PyTwin<Value::Dict>
+//   a type with a converter     (nodemeta.fx registers TensorMetadata, torch.Size, dtypes,
+//                               tensors, ...) a twin of what the converter returns
+//   anything else               a PyOpaque box (Kind::kObject): as<T> throws BadValueCast
+//                               naming the Python type; == compares identity
+// Inside containers the same rules apply without twins (a nested str is a plain string;
+// a nested unconvertible object is a PyOpaque). Containers are converted when written: C++
+// readers see the contents as of the write (Python readers get the live object).
+//
+// Threads: conversion in either direction needs the GIL. A box's Python reference is
+// dropped by whichever thread releases the box (oneTBB workers included): with the GIL if
+// this thread holds it, else after taking it (PyGILState_Ensure). The store releases
+// values outside every node lock, so taking the GIL there cannot deadlock against a
+// Python thread waiting on a node. After the interpreter starts finalizing, references are
+// leaked instead (the process is ending).
+#ifndef NODEMETA_PYTHON_VALUES_H_
+#define NODEMETA_PYTHON_VALUES_H_
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <atomic>
+#include <string>
+
+#include "nodemeta/value.h"
+
+namespace nodemeta::python {
+
+// False once the interpreter is shutting down (set by an atexit hook).
+extern std::atomic<bool> g_python_alive;
+
+// Drops one reference to `o` from any thread (see above).
+void release_object(PyObject* o) noexcept;
+
+// A built-in boxed kind (string, list, dict) that remembers the Python object it was
+// converted from.
+template <class T>
+class PyTwin final : public detail::ObjectBox<T> {
+ public:
+  PyTwin(PyObject* o, T v) : detail::ObjectBox<T>(std::move(v)), object_(o) {
+    Py_INCREF(o);
+  }
+  ~PyTwin() override { release_object(object_); }
+  void* foreign() const noexcept override { return object_; }
+
+ private:
+  PyObject* object_;
+};
+
+// A Python object C++ cannot read (Kind::kObject).
+class PyOpaque final : public detail::ValueBox {
+ public:
+  explicit PyOpaque(PyObject* o);
+  ~PyOpaque() override { release_object(object_); }
+  const std::type_info& type() const noexcept override { return typeid(PyOpaque); }
+  std::string type_name() const override { return "Python " + type_name_; }
+  bool equals(const detail::ValueBox& other) const override {
+    return other.type() == typeid(PyOpaque) &&
+           static_cast<const PyOpaque&>(other).object_ == object_;
+  }
+  std::string repr() const override { return "<Python " + type_name_ + " object>"; }
+  void* foreign() const noexcept override { return object_; }
+
+ private:
+  PyObject* object_;
+  std::string type_name_;  // copied under the GIL: C++ threads read it without one
+};
+
+// Python -> Value (GIL held). Returns false with a Python exception set on failure.
+// `twin`: keep the object itself for Python readers (top-level values).
+bool to_value(PyObject* o, Value& out);
+
+// Value -> Python (GIL held): the stored object where the value holds one, else a new
+// plain object (a C++ user type comes back as a nodemeta.CppValue wrapper). New reference,
+// or nullptr with an exception set.
+PyObject* to_python(const Value& v);
+
+// The converter hook (nodemeta.fx installs one): converter_for(type) -> callable or None.
+void set_converter_hook(PyObject* converter_for);
+
+// Wraps / unwraps C++ user objects that have no Python form.
+PyObject* wrap_cpp_value(const Value& v);
+bool unwrap_cpp_value(PyObject* o, Value& out);
+PyTypeObject* cpp_value_type();
+
+}  // namespace nodemeta::python
+
+#endif  // NODEMETA_PYTHON_VALUES_H_

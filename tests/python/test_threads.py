@@ -1,0 +1,130 @@
+"""Python threads and nodemeta's C++ worker threads on one store at once."""
+import gc
+import threading
+import weakref
+
+import pytest
+
+torch = pytest.importorskip("torch")
+import torch.fx  # noqa: E402
+
+import nodemeta  # noqa: E402
+import nodemeta.fx  # noqa: E402
+
+NODES = 3000
+
+
+def chain_graph(n=NODES):
+    """x -> relu -> relu ... -> output, with tensor metadata the cost pass can read."""
+    g = torch.fx.Graph()
+    x = g.placeholder("x")
+    tm = {"shape": [1, 64], "dtype": "torch.float32"}
+    x.meta = {"val": tm, "tensor_meta": tm, "type": torch.Tensor}
+    cur = x
+    for i in range(n):
+        cur = g.call_function(torch.relu, (cur,))
+        cur.meta = {"val": tm, "tensor_meta": tm, "debug_handle": i + 2, "type": torch.Tensor}
+    out = g.output(cur)
+    out.meta = {}
+    return g
+
+
+class Payload:
+    released_on = []
+
+    def __del__(self):
+        Payload.released_on.append(threading.get_ident())
+
+
+def test_python_values_released_by_cpp_workers():
+    g = chain_graph()
+    nodemeta.fx.attach(g)
+    Payload.released_on.clear()
+    refs = []
+    for _ in range(4):
+        for n in g.nodes:
+            p = Payload()
+            refs.append(weakref.ref(p))
+            n.meta["flops"] = p  # the cost pass overwrites it on oneTBB threads
+        del p
+        results = nodemeta.fx.run_passes(g, passes=("cost",), threads=2)
+        assert results[0]["nodes_touched"] == NODES + 2
+    nodemeta.release_retired_values()
+    gc.collect()
+    assert all(r() is None for r in refs)
+    assert len(Payload.released_on) == len(refs)
+    # Some were released by a oneTBB worker, which took the GIL to do so (a worker collects
+    # its retired values once it has retired 128: 3,000 nodes a round on 2 threads).
+    assert any(t != threading.get_ident() for t in Payload.released_on)
+    for n in g.nodes:
+        assert not isinstance(n.meta["flops"], Payload)
+
+
+def test_python_threads_alongside_a_running_pass():
+    g = chain_graph(1000)
+    store = nodemeta.fx.attach(g)
+    nodes = list(g.nodes)
+    errors = []
+    stop = threading.Event()
+    start = threading.Barrier(4)
+
+    def passes():
+        try:
+            start.wait()
+            for _ in range(20):
+                res = nodemeta.fx.run_passes(g, threads=2)
+                assert res[-1]["problems"] == [], res[-1]["problems"][:3]
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+        finally:
+            stop.set()
+
+    def writer(tag):
+        try:
+            start.wait()
+            i = 0
+            while not stop.is_set():
+                md = nodes[i % len(nodes)].meta
+                md[f"note_{tag}"] = [tag, i]  # a Python object C++ may release later
+                assert md[f"note_{tag}"] == [tag, i]
+                with pytest.raises(RuntimeError, match="Could not override node key: val"):
+                    md["val"] = None
+                md.get("flops")
+                "depth" in md
+                i += 1
+        except Exception as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=passes)] + [threading.Thread(target=writer, args=(t,)) for t in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "deadlock: a thread did not finish"
+    assert errors == []
+    for i, n in enumerate(nodes[1:-1]):
+        assert n.meta["debug_handle"] == i + 2 and n.meta["tensor_meta"]["shape"] == [1, 64]
+        assert isinstance(n.meta["flops"], int)
+    assert store.node_count == len(nodes)
+
+
+def test_many_python_threads_one_node():
+    md = nodemeta.NodeMetadata({"val": 0})
+    barrier = threading.Barrier(8)
+    wins = []
+
+    def worker(t):
+        barrier.wait()
+        for i in range(2000):
+            md[f"k{i % 16}"] = (t, i)
+            if md.set_once(f"once{i % 50}", t):
+                wins.append(i % 50)
+            assert md.try_set("val", 1) is nodemeta.WriteResult.REJECTED_PROTECTED
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(wins) == list(range(50))  # every set_once key won exactly once
+    assert md["val"] == 0 and len(md) == 1 + 16 + 50
