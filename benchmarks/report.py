@@ -302,6 +302,46 @@ def io_section(L, results):
                  f"(goal <= 1.2x: {verdict(b['peak_rss_bytes'] <= 1.2 * lim)}). Almost all of that time is zlib "
                  "inflating 1 GiB of long runs and the kernel supplying the pages.")
         L.append("")
+def python_section(L, results):
+    """Issue 9: the Python package against PyTorch's class and against plain-Python passes."""
+    L.append("## Python: nodemeta.NodeMetadata and run_passes (issue 9)")
+    L.append("")
+    ops_path = os.path.join(results, "python_ops.json")
+    if not os.path.exists(ops_path):
+        L.append("Not measured in this run (the Python package was not built).")
+        L.append("")
+        return
+    with open(ops_path) as f:
+        ops = json.load(f)
+    L.append(f"Per operation from Python, one thread, CPython {ops['python']}, {ops['nodes']:,} nodes holding PyTorch's "
+             f"five protected keys and `flops`, each row timed over {ops['rounds']} passes over the nodes, "
+             f"{ops['reps']} repetitions interleaved between the two classes, median, the bare loop "
+             f"({ops['loop_ns']} ns) subtracted (`benchmarks/python_bench.py --mode=ops`). **original** = "
+             "PyTorch's class (benchmarks/python_original.py) with the obvious `try_set` on its dict. "
+             "Goal: >= 1.0x the original on each operation.")
+    L.append("")
+    L.append("| operation | original ns | nodemeta ns | original / nodemeta | goal >= 1.0x |")
+    L.append("|---|---:|---:|---:|---|")
+    for r in ops["rows"]:
+        sp = r["speedup"]
+        L.append(f"| `{r['op']}` | {r['original_ns']:.1f} | {r['nodemeta_ns']:.1f} | {sp:.2f}x | "
+                 f"{verdict(sp is not None and sp >= 1.0)} |")
+    L.append("")
+    passes_path = os.path.join(results, "python_passes.json")
+    if os.path.exists(passes_path):
+        with open(passes_path) as f:
+            p = json.load(f)
+        L.append(f"**run_passes** on a traced torchvision ResNet-50 ({p['nodes']} nodes, ShapeProp'd; "
+                 f"{', '.join(p['passes'])}), median of {p['reps']}, against the same passes in plain Python over "
+                 "`node.meta` (benchmarks/python_passes.py, a line-by-line port checked equal to the C++ passes on "
+                 "every shared graph): per-node results "
+                 + ("identical" if p["same_results"] else "**differ**")
+                 + f"; plain Python {p['python_ms']:.2f} ms, `nodemeta.fx.run_passes` {p['nodemeta_1_ms']:.2f} ms at 1 "
+                 f"thread ({p['speedup_1']:.1f}x) and {p['nodemeta_2_ms']:.2f} ms at 2 threads ({p['speedup_2']:.1f}x) "
+                 "(`benchmarks/python_bench.py --mode=passes`).")
+        L.append("")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", required=True)
@@ -693,6 +733,7 @@ def main():
                  "no graph directory; see benchmarks/README.md).")
     L.append("")
     io_section(L, args.results)
+    python_section(L, args.results)
     if args.notes and os.path.exists(args.notes):
         with open(args.notes) as f:
             L.append(f.read().rstrip())

@@ -87,6 +87,9 @@ bool Converter::mapping(PyObject* o, Value& out, int depth) {
   Py_ssize_t pos = 0;
   PyObject* key;
   PyObject* value;
+  // No snapshot (as for lists): a value's converter may run Python code that changes the
+  // dict; PyDict_Next stays memory-safe then, and key and value are held while converted.
+  // Should the dict change, a key may come twice: Value::dict refuses that (an error).
   while (PyDict_Next(o, &pos, &key, &value)) {
     Py_ssize_t size = 0;
     const char* s = PyUnicode_Check(key) ? PyUnicode_AsUTF8AndSize(key, &size) : nullptr;
@@ -96,9 +99,12 @@ bool Converter::mapping(PyObject* o, Value& out, int depth) {
       return false;
     }
     entries.emplace_back(std::string(s, static_cast<std::size_t>(size)), Value());
-    if (!convert(value, entries.back().second, false, depth + 1)) return false;
+    Py_INCREF(value);
+    const bool ok = convert(value, entries.back().second, false, depth + 1);
+    Py_DECREF(value);
+    if (!ok) return false;
   }
-  out = Value::dict(std::move(entries));  // keys of a dict are unique
+  out = Value::dict(std::move(entries));  // throws std::invalid_argument on a repeated key
   return true;
 }
 
@@ -170,16 +176,7 @@ bool Converter::convert(PyObject* o, Value& out, bool twin, int depth) {
     return true;
   }
   if (tp == &PyList_Type || tp == &PyTuple_Type) {
-    // A list can change while converting (an element's converter may run Python code):
-    // convert a snapshot (PySequence_Fast of a list is a new reference to the same list,
-    // so take a tuple copy of lists).
-    py::object items = py::reinterpret_steal<py::object>(
-        tp == &PyList_Type ? PyList_AsTuple(o) : (Py_INCREF(o), o));
-    if (!items) return false;
-    if (tp == &PyList_Type) temporaries.push_back(items);
-    // The memo and the twin are keyed by the original object.
-    const Py_ssize_t n = PyTuple_GET_SIZE(items.ptr());
-    const bool memoize = !twin && n >= 2;
+    const bool memoize = !twin && Py_SIZE(o) >= 2;
     if (memoize) {
       if (auto it = memo.find(o); it != memo.end()) {
         out = it->second;
@@ -187,10 +184,17 @@ bool Converter::convert(PyObject* o, Value& out, bool twin, int depth) {
       }
     }
     Value::List elements;
-    elements.reserve(static_cast<std::size_t>(n));
-    for (Py_ssize_t i = 0; i < n; ++i) {
+    elements.reserve(static_cast<std::size_t>(Py_SIZE(o)));
+    // No snapshot: an element's converter may run Python code that changes a list, so
+    // the size is read again on every step and each element is held while converted
+    // (never a dangling reference; the result is some state the list passed through).
+    for (Py_ssize_t i = 0; i < Py_SIZE(o); ++i) {
+      PyObject* e = tp == &PyList_Type ? PyList_GET_ITEM(o, i) : PyTuple_GET_ITEM(o, i);
+      Py_INCREF(e);
       elements.emplace_back();
-      if (!convert(PyTuple_GET_ITEM(items.ptr(), i), elements.back(), false, depth + 1)) return false;
+      const bool ok = convert(e, elements.back(), false, depth + 1);
+      Py_DECREF(e);
+      if (!ok) return false;
     }
     if (twin) {
       out = box_value(Value::Kind::kList, new PyTwin<Value::List>(o, std::move(elements)));
@@ -208,12 +212,8 @@ bool Converter::convert(PyObject* o, Value& out, bool twin, int depth) {
         return true;
       }
     }
-    // A snapshot: a value's converter may run Python code that changes the dict.
-    py::object snapshot = py::reinterpret_steal<py::object>(PyDict_Copy(o));
-    if (!snapshot) return false;
-    temporaries.push_back(snapshot);
     Value native;
-    if (!mapping(snapshot.ptr(), native, depth)) {
+    if (!mapping(o, native, depth)) {
       if (PyErr_Occurred()) return false;
       out = opaque(o);  // a key C++ cannot hold
     } else {
