@@ -917,6 +917,7 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("_set_converter_hook", [](py::object fn) { set_converter_hook(fn.ptr()); });
   m.def("_shutdown", [] {
+    clear_caches();
     {
       py::gil_scoped_release release;
       release_retired_values();

@@ -49,6 +49,38 @@ PyObject* g_converters = nullptr;     // dict: type -> converter or None (cache)
 // a self-containing list).
 constexpr int kMaxDepth = 100;
 
+// The twins of recently written short str objects, by address: writing the same str object
+// again (a constant such as "conv2d" written to every node) shares its box instead of
+// allocating and copying, as the graph loader shares equal strings. An entry holds a
+// reference to its str, so the address cannot be reused while it is cached. Only touched
+// with the GIL held. Long strings are not cached (the cache would keep them alive).
+constexpr std::size_t kStringCacheSlots = 256;
+constexpr std::size_t kStringCacheMaxBytes = 256;
+struct StringCacheEntry {
+  PyObject* object = nullptr;
+  Value twin;
+};
+StringCacheEntry* g_string_cache = nullptr;  // allocated on first use, freed by clear_caches()
+
+std::size_t string_cache_slot(PyObject* o) {
+  const auto a = reinterpret_cast<std::uintptr_t>(o);
+  return ((a >> 4) ^ (a >> 12)) & (kStringCacheSlots - 1);
+}
+
+Value* string_cache_find(PyObject* o, std::size_t size) {
+  if (g_string_cache == nullptr || size > kStringCacheMaxBytes) return nullptr;
+  StringCacheEntry& e = g_string_cache[string_cache_slot(o)];
+  return e.object == o ? &e.twin : nullptr;
+}
+
+void string_cache_put(PyObject* o, std::size_t size, const Value& twin) {
+  if (size > kStringCacheMaxBytes) return;
+  if (g_string_cache == nullptr) g_string_cache = new StringCacheEntry[kStringCacheSlots];
+  StringCacheEntry& e = g_string_cache[string_cache_slot(o)];
+  e.object = o;
+  e.twin = twin;  // the evicted twin (if any) is released here, with the GIL held
+}
+
 struct Converter {
   // Converter results are kept alive until the conversion ends: the memo is keyed by
   // address, which a freed temporary could hand to the next one.
@@ -110,7 +142,7 @@ bool Converter::mapping(PyObject* o, Value& out, int depth) {
 
 bool Converter::by_converter(PyObject* o, Value& out, bool twin, int depth, bool& handled) {
   handled = false;
-  if (g_converter_for == nullptr) return true;
+  if (g_converter_for == nullptr || g_converters == nullptr) return true;
   PyObject* tp = reinterpret_cast<PyObject*>(Py_TYPE(o));
   PyObject* fn = PyDict_GetItemWithError(g_converters, tp);  // borrowed
   if (fn == nullptr) {
@@ -167,8 +199,14 @@ bool Converter::convert(PyObject* o, Value& out, bool twin, int depth) {
       return true;
     }
     const std::string_view text(s, static_cast<std::size_t>(size));
-    out = twin ? box_value(Value::Kind::kString, new PyTwin<std::string>(o, std::string(text)))
-               : Value(text);
+    if (!twin) {
+      out = Value(text);
+    } else if (Value* cached = string_cache_find(o, text.size())) {
+      out = *cached;
+    } else {
+      out = box_value(Value::Kind::kString, new PyTwin<std::string>(o, std::string(text)));
+      string_cache_put(o, text.size(), out);
+    }
     return true;
   }
   if (depth >= kMaxDepth) {
@@ -293,6 +331,12 @@ PyObject* to_python(const Value& v) {
   }
   Py_LeaveRecursiveCall();
   return result;
+}
+
+void clear_caches() {
+  StringCacheEntry* cache = std::exchange(g_string_cache, nullptr);
+  delete[] cache;
+  Py_CLEAR(g_converters);
 }
 
 void set_converter_hook(PyObject* converter_for) {

@@ -87,6 +87,9 @@ PyObject* to_python(const Value& v);
 
 // The converter hook (nodemeta.fx installs one): converter_for(type) -> callable or None.
 void set_converter_hook(PyObject* converter_for);
+// Drops the conversion caches (the converter per type, the twins of recent strings); at
+// shutdown, so that no Python object outlives the interpreter in them. GIL held.
+void clear_caches();
 
 // Wraps / unwraps C++ user objects that have no Python form.
 PyObject* wrap_cpp_value(const Value& v);
