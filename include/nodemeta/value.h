@@ -90,6 +90,10 @@ class ValueBox {
   void release() const noexcept {
     if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
   }
+  // How many Values share this box right now (a relaxed load: exact only if no other
+  // thread copies or drops one meanwhile). For a binding's garbage-collector support,
+  // which must know whether one holder owns the box alone.
+  RefCount use_count() const noexcept { return refs_.load(std::memory_order_relaxed); }
 
  private:
   mutable std::atomic<RefCount> refs_{1};

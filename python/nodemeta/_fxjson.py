@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import types
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -150,7 +151,9 @@ def _torch_table() -> dict[type, Callable[[Any], Any]]:
 
 
 _table: dict[type, Callable[[Any], Any]] | None = None  # with torch's types, once torch is loaded
-_cache: dict[type, Callable[[Any], Any] | None] = {}
+# Weak keys: a cached class must not keep itself (and its module's globals, which may hold
+# graphs) alive.
+_cache: "weakref.WeakKeyDictionary[type, Callable[[Any], Any] | None]" = weakref.WeakKeyDictionary()
 
 
 def _current_table() -> dict[type, Callable[[Any], Any]]:

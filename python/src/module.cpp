@@ -12,6 +12,7 @@
 // deadlock. run_passes releases the GIL while the C++ passes run.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <structmember.h>
 
 #include <oneapi/tbb/task_arena.h>
 
@@ -41,11 +42,20 @@ namespace {
 
 class PyStore {
  public:
-  explicit PyStore(std::optional<std::vector<std::string>> protected_keys) {
+  explicit PyStore(py::object protected_keys) {
     StoreOptions options;
-    if (protected_keys) {
+    if (!protected_keys.is_none()) {
+      if (PyUnicode_Check(protected_keys.ptr())) {
+        throw py::type_error("MetadataStore: protected_keys is an iterable of str, not a str");
+      }
       options.protected_keys.clear();
-      for (const std::string& k : *protected_keys) options.protected_keys.emplace_back(k);
+      for (py::handle k : protected_keys) {
+        if (!PyUnicode_Check(k.ptr())) {
+          throw py::type_error("MetadataStore: protected keys must be str, not " +
+                               std::string(Py_TYPE(k.ptr())->tp_name));
+        }
+        options.protected_keys.emplace_back(py::cast<std::string>(k));
+      }
     }
     owned_ = std::make_unique<MetadataStore>(std::move(options));
     store_ = owned_.get();
@@ -65,6 +75,7 @@ struct PyNode {
   PyObject_HEAD
   NodeMetadata md;
   PyObject* store;  // the PyStore object: keeps the C++ store alive while this node lives
+  PyObject* weakrefs;
 };
 
 PyTypeObject* g_base_type = nullptr;  // NodeMetadataBase
@@ -121,7 +132,9 @@ void set_protected_error(PyObject* key) {
 // Returns false with an exception set only for a str that cannot be encoded.
 bool read_key(PyObject* key, std::optional<Key>& out) {
   out.reset();
-  if (!PyUnicode_Check(key)) return true;  // not a str: never present
+  if (!PyUnicode_Check(key)) {  // not a str: never present; unhashable: TypeError, as dict
+    return PyObject_Hash(key) != -1;
+  }
   Py_ssize_t n = 0;
   const char* s = PyUnicode_AsUTF8AndSize(key, &n);
   if (s == nullptr) {
@@ -158,6 +171,7 @@ PyObject* new_node(PyTypeObject* tp, NodeMetadata md, PyObject* store_obj) {
   new (&node->md) NodeMetadata(std::move(md));
   Py_INCREF(store_obj);
   node->store = store_obj;
+  node->weakrefs = nullptr;
   return self;
 }
 
@@ -165,7 +179,7 @@ PyTypeObject* node_type() { return g_node_type != nullptr ? g_node_type : g_base
 
 // (key, value) pairs of a mapping, converted for a store (keys interned).
 bool mapping_items(PyObject* data, std::vector<KeyValue>& out) {
-  if (data == nullptr || data == Py_None) return true;
+  if (data == nullptr) return true;
   if (is_node(data)) {
     try {
       for (auto& [k, v] : md_of(data).items()) out.emplace_back(Key(k), std::move(v));
@@ -211,18 +225,97 @@ PyObject* create_in(PyTypeObject* tp, PyObject* store_obj, PyObject* data) {
   }
 }
 
-PyObject* md_new(PyTypeObject* tp, PyObject* args, PyObject* kwds) {
+// NodeMetadata.__new__(*args, **kw): an empty node of the default store (arguments are
+// __init__'s, so a subclass may give __init__ a signature of its own).
+PyObject* md_new(PyTypeObject* tp, PyObject*, PyObject*) { return create_in(tp, g_default_store, nullptr); }
+
+// NodeMetadata.__init__(data=None): the node holds a copy of data, and nothing else (so
+// calling __init__ again resets it, as the original's self.data = data.copy() does).
+int md_init(PyObject* self, PyObject* args, PyObject* kwds) {
   static const char* kwlist[] = {"data", nullptr};
   PyObject* data = nullptr;
   if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:NodeMetadata", const_cast<char**>(kwlist), &data)) {
-    return nullptr;
+    return -1;
   }
-  return create_in(tp, g_default_store, data);
+  if (data == Py_None) data = nullptr;
+  std::vector<KeyValue> items;
+  if (!mapping_items(data, items)) return -1;
+  auto* node = reinterpret_cast<PyNode*>(self);
+  try {
+    if (node->md.size() == 0 && items.empty()) return 0;
+    NodeMetadata fresh = node->md.store().create(std::span<const KeyValue>(items));
+    node->md = std::move(fresh);  // the old node dies here (its values are released)
+  } catch (...) {
+    set_python_error();
+    return -1;
+  }
+  return 0;
+}
+
+// --- the cycle collector ---
+//
+// A node's Python values can refer back to it (a value holding its fx Node, an instance of a
+// class whose module holds the graph), so the node takes part in garbage collection. A
+// value's Python object is held by its box, and a box may be shared by several holders
+// (copy() shares values; so do C++ copies), while the collector must see each reference
+// once: so a node visits the objects of the boxes it alone holds (use_count 2: its slot and
+// the snapshot taken here), and, inside those, of nested boxes held once. A shared box's
+// object is never visited: cycles through it are not collected (conservative: never a
+// live object collected). C++ threads copying a value meanwhile only make a box look
+// shared.
+constexpr int kTraverseDepth = 64;
+
+int visit_value(const Value& v, std::uint64_t alone, int depth, visitproc visit, void* arg) {
+  const detail::ValueBox* box = detail::ValueAccess::box_of(v);
+  if (box == nullptr || box->use_count() != alone || depth > kTraverseDepth) return 0;
+  if (void* o = box->foreign()) Py_VISIT(static_cast<PyObject*>(o));
+  if (const Value::List* l = v.get_if<Value::List>()) {
+    for (const Value& e : *l) {
+      if (int rc = visit_value(e, 1, depth + 1, visit, arg)) return rc;
+    }
+  } else if (const Value::Dict* d = v.get_if<Value::Dict>()) {
+    for (const auto& [k, e] : *d) {
+      if (int rc = visit_value(e, 1, depth + 1, visit, arg)) return rc;
+    }
+  }
+  return 0;
+}
+
+int md_traverse(PyObject* self, visitproc visit, void* arg) {
+  auto* node = reinterpret_cast<PyNode*>(self);
+  Py_VISIT(Py_TYPE(self));  // a heap type's instances own a reference to it
+  Py_VISIT(node->store);
+  if (!node->md.valid()) return 0;
+  Items items;
+  try {
+    items = node->md.items();
+  } catch (...) {
+    return 0;  // out of memory: visit nothing (conservative)
+  }
+  for (const auto& [k, v] : items) {
+    if (int rc = visit_value(v, 2, 0, visit, arg)) return rc;
+  }
+  return 0;
+}
+
+// Breaks a garbage cycle: the node is replaced by an empty one (protected keys cannot be
+// erased, but a node nobody can reach may be dropped whole).
+int md_gc_clear(PyObject* self) {
+  auto* node = reinterpret_cast<PyNode*>(self);
+  if (!node->md.valid()) return 0;
+  try {
+    NodeMetadata empty = node->md.store().create();
+    node->md = std::move(empty);  // the old node's values are released here
+  } catch (...) {
+  }
+  return 0;
 }
 
 void md_dealloc(PyObject* self) {
   PyTypeObject* tp = Py_TYPE(self);
+  PyObject_GC_UnTrack(self);
   auto* node = reinterpret_cast<PyNode*>(self);
+  if (node->weakrefs != nullptr) PyObject_ClearWeakRefs(self);
   node->md.~NodeMetadata();  // may release values: Python code can run
   Py_XDECREF(node->store);
   tp->tp_free(self);
@@ -361,6 +454,7 @@ PyObject* md_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
 // --- writes ---
 
 int md_ass_subscript(PyObject* self, PyObject* key, PyObject* value) {
+  drain_pending();  // references oneTBB workers handed over (usually none: one load)
   NodeMetadata& md = md_of(self);
   if (value == nullptr) {  // del md[key]
     std::optional<Key> k;
@@ -407,6 +501,7 @@ PyObject* md_try_set(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
     PyErr_Format(PyExc_TypeError, "try_set expected 2 arguments, got %zd", nargs);
     return nullptr;
   }
+  drain_pending();
   NodeMetadata& md = md_of(self);
   Key k = keys::val;  // overwritten
   if (!write_key(args[0], k)) return nullptr;
@@ -635,11 +730,49 @@ PyObject* md_deepcopy(PyObject* self, PyObject* memo) {
   return guard.release().ptr();
 }
 
+// Pickled as (type, (), entries): the node is memoized before its entries are pickled, so a
+// node holding itself round-trips. It unpickles into the default store.
 PyObject* md_reduce(PyObject* self, PyObject*) {
   PyObject* data = md_dict(self);
   if (data == nullptr) return nullptr;
-  PyObject* result = Py_BuildValue("(O(N))", reinterpret_cast<PyObject*>(Py_TYPE(self)), data);
-  return result;
+  return Py_BuildValue("(O()N)", reinterpret_cast<PyObject*>(Py_TYPE(self)), data);
+}
+
+// __setstate__(entries): every entry added (protected ones included: the node is being
+// built), replacing the value of a key already present unless that key is protected.
+PyObject* md_setstate(PyObject* self, PyObject* state) {
+  std::vector<KeyValue> items;
+  if (!PyDict_Check(state)) {
+    PyErr_SetString(PyExc_TypeError, "NodeMetadata.__setstate__ expects a dict");
+    return nullptr;
+  }
+  if (!mapping_items(state, items)) return nullptr;
+  try {
+    NodeMetadata& md = md_of(self);
+    for (auto& [k, v] : items) {
+      if (!md.set_once(k, v) && md.try_set(k, v) == WriteResult::kRejectedProtected) {
+        py::str name(std::string(k.name()));
+        set_protected_error(name.ptr());
+        return nullptr;
+      }
+    }
+  } catch (...) {
+    set_python_error();
+    return nullptr;
+  }
+  Py_RETURN_NONE;
+}
+
+PyObject* md_reversed(PyObject* self, PyObject*) {
+  PyObject* keys = md_keys_list(self);
+  if (keys == nullptr) return nullptr;
+  if (PyList_Reverse(keys) != 0) {
+    Py_DECREF(keys);
+    return nullptr;
+  }
+  PyObject* it = PyObject_GetIter(keys);
+  Py_DECREF(keys);
+  return it;
 }
 
 PyObject* md_richcompare(PyObject* self, PyObject* other, int op) {
@@ -714,6 +847,8 @@ PyMethodDef g_methods[] = {
     {"__copy__", md_copy, METH_NOARGS, nullptr},
     {"__deepcopy__", md_deepcopy, METH_O, nullptr},
     {"__reduce__", md_reduce, METH_NOARGS, nullptr},
+    {"__setstate__", md_setstate, METH_O, nullptr},
+    {"__reversed__", md_reversed, METH_NOARGS, nullptr},
     {"try_set", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(md_try_set)), METH_FASTCALL,
      "try_set(key, value) -> WriteResult: write unless key is protected; never raises for protection."},
     {"set_once", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(md_set_once)), METH_FASTCALL,
@@ -727,9 +862,17 @@ PyGetSetDef g_getset[] = {
     {"id", md_get_id, nullptr, "The node's id in its store.", nullptr},
     {nullptr, nullptr, nullptr, nullptr, nullptr}};
 
+PyMemberDef g_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(PyNode, weakrefs), READONLY, nullptr},
+    {nullptr, 0, 0, 0, nullptr}};
+
 PyType_Slot g_slots[] = {
     {Py_tp_new, reinterpret_cast<void*>(md_new)},
+    {Py_tp_init, reinterpret_cast<void*>(md_init)},
+    {Py_tp_members, g_members},
     {Py_tp_dealloc, reinterpret_cast<void*>(md_dealloc)},
+    {Py_tp_traverse, reinterpret_cast<void*>(md_traverse)},
+    {Py_tp_clear, reinterpret_cast<void*>(md_gc_clear)},
     {Py_mp_subscript, reinterpret_cast<void*>(md_subscript)},
     {Py_mp_ass_subscript, reinterpret_cast<void*>(md_ass_subscript)},
     {Py_mp_length, reinterpret_cast<void*>(md_length)},
@@ -744,7 +887,7 @@ PyType_Slot g_slots[] = {
     {0, nullptr}};
 
 PyType_Spec g_spec = {"nodemeta._core.NodeMetadataBase", sizeof(PyNode), 0,
-                      Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, g_slots};
+                      Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, g_slots};
 
 // --- run_passes ------------------------------------------------------------------------
 
@@ -783,17 +926,28 @@ py::list run_passes(py::object store_obj, std::vector<FxNode> nodes, std::vector
   g.replace_nodes(std::move(gnodes));
   std::vector<passes::PassStats> stats;
   {
-    // `nodes` keeps every NodeMetadata object (so every viewed node) alive meanwhile.
-    py::gil_scoped_release release;
-    tbb::task_arena arena(threads ? *threads : tbb::task_arena::automatic);
-    arena.execute([&] {
-      std::optional<passes::Baseline> baseline;
-      baseline.emplace(g);
-      for (const std::string& n : names) {
-        auto pass = passes::make_pass(n);
-        stats.push_back(passes::run_pass(*pass, g, &*baseline));
-      }
-    });
+    // `nodes` keeps every NodeMetadata object (so every viewed node) alive meanwhile. The GIL
+    // is released and taken back here, not by a destructor: a daemon thread that takes it
+    // back while the interpreter finalizes is stopped by a forced unwind, which must not
+    // meet a noexcept frame.
+    std::exception_ptr error;
+    PyThreadState* saved = PyEval_SaveThread();
+    try {
+      tbb::task_arena arena(threads ? *threads : tbb::task_arena::automatic);
+      arena.execute([&] {
+        std::optional<passes::Baseline> baseline;
+        baseline.emplace(g);
+        for (const std::string& n : names) {
+          auto pass = passes::make_pass(n);
+          stats.push_back(passes::run_pass(*pass, g, &*baseline));
+        }
+      });
+    } catch (...) {
+      error = std::current_exception();
+    }
+    PyEval_RestoreThread(saved);
+    drain_pending();
+    if (error) std::rethrow_exception(error);
   }
   py::list out;
   for (const passes::PassStats& s : stats) {
@@ -809,6 +963,22 @@ py::list run_passes(py::object store_obj, std::vector<FxNode> nodes, std::vector
     out.append(d);
   }
   return out;
+}
+
+// release_retired_values() with the GIL released (it waits for reads in flight), taken back
+// in the function body (see run_passes), then the references it handed over dropped.
+std::size_t release_without_gil() {
+  PyThreadState* saved = PyEval_SaveThread();
+  std::size_t n = 0;
+  try {
+    n = release_retired_values();
+  } catch (...) {
+    PyEval_RestoreThread(saved);
+    throw;
+  }
+  PyEval_RestoreThread(saved);
+  drain_pending();
+  return n;
 }
 
 // --- C++ user objects ------------------------------------------------------------------
@@ -873,7 +1043,7 @@ PYBIND11_MODULE(_core, m) {
   py::class_<PyStore>(m, "MetadataStore",
                       "A store of node metadata: MetadataStore(protected_keys=None). None means "
                       "PyTorch's five (val, stack_trace, nn_module_stack, debug_handle, tensor_meta).")
-      .def(py::init<std::optional<std::vector<std::string>>>(), py::arg("protected_keys") = py::none())
+      .def(py::init<py::object>(), py::arg("protected_keys") = py::none())
       .def("create",
            [](py::object self, py::object data) {
              PyObject* r = create_in(node_type(), self.ptr(), data.ptr());
@@ -918,16 +1088,14 @@ PYBIND11_MODULE(_core, m) {
   m.def("_set_converter_hook", [](py::object fn) { set_converter_hook(fn.ptr()); });
   m.def("_shutdown", [] {
     clear_caches();
-    {
-      py::gil_scoped_release release;
-      release_retired_values();
-    }
+    release_without_gil();
     g_python_alive.store(false, std::memory_order_release);
   });
-  m.def("release_retired_values", [] {
-    py::gil_scoped_release release;
-    return release_retired_values();
-  }, "Release every value that writes replaced or erased (they are released in batches otherwise).");
+  m.def("release_retired_values", &release_without_gil,
+        "Release every value that writes replaced or erased (they are released in batches "
+        "otherwise); returns how many.");
+  m.def("_handed_over", &handed_over_count,
+        "How many Python references threads without the GIL have handed over so far (tests).");
 
   // What C++ code sees of a stored value (for tests and debugging): kind, type_name, repr.
   m.def("_cpp_view", [](py::handle md, const std::string& key) {
@@ -965,6 +1133,9 @@ PYBIND11_MODULE(_core, m) {
       PyErr_SetString(g_protected_error, e.what());
     } catch (const BadValueCast& e) {
       PyErr_SetString(PyExc_TypeError, e.what());
+    } catch (const KeyError& e) {
+      py::str key(e.key());
+      PyErr_SetObject(PyExc_KeyError, key.ptr());
     } catch (const graph::GraphError& e) {
       PyErr_SetString(PyExc_ValueError, e.what());
     } catch (const std::invalid_argument& e) {

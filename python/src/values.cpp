@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
+#include <mutex>
 #include <string_view>
 #include <unordered_map>
 #include <utility>
@@ -15,35 +16,108 @@ namespace nodemeta::python {
 
 std::atomic<bool> g_python_alive{true};
 
+namespace {
+
+// References dropped by threads without the GIL, waiting for a thread that has it. Never
+// destroyed (usable until the process ends); guarded by g_pending_mutex.
+std::mutex g_pending_mutex;
+std::vector<PyObject*>* const g_pending = new std::vector<PyObject*>();
+std::atomic<std::size_t> g_pending_count{0};
+std::atomic<bool> g_pending_call_scheduled{false};
+std::atomic<std::uint64_t> g_handed_over{0};
+
+int drain_pending_call(void*) {
+  drain_pending();
+  return 0;
+}
+
+}  // namespace
+
+void drain_pending() noexcept {
+  if (g_pending_count.load(std::memory_order_acquire) == 0) return;
+  std::vector<PyObject*> batch;
+  {
+    std::lock_guard<std::mutex> lock(g_pending_mutex);
+    batch.swap(*g_pending);
+    g_pending_count.store(0, std::memory_order_relaxed);
+    g_pending_call_scheduled.store(false, std::memory_order_relaxed);
+  }
+  for (PyObject* o : batch) Py_DECREF(o);  // may run __del__: no lock is held here
+}
+
+std::uint64_t handed_over_count() noexcept { return g_handed_over.load(std::memory_order_relaxed); }
+
+// With the GIL (any Python thread, or the interpreter finalizing on the main thread): drop
+// it now. Without (a oneTBB worker, or a Python thread inside run_passes): hand it to the
+// interpreter, which drops it on the next drain (a pending call, the next write from
+// Python, the end of run_passes, release_retired_values()). A thread without the GIL never
+// waits for it: a thread blocked on the GIL when the interpreter starts finalizing is
+// stopped for good (pthread_exit), which would unwind through noexcept frames.
 void release_object(PyObject* o) noexcept {
-  if (!g_python_alive.load(std::memory_order_acquire) || !Py_IsInitialized()) return;
+  // Holding the GIL: drop it now, even while the interpreter finalizes (Py_IsInitialized()
+  // is already false while modules are torn down, and their values must still die).
   if (PyGILState_Check()) {
     Py_DECREF(o);
     return;
   }
-  if (_Py_IsFinalizing()) return;  // a thread taking the GIL now would be stopped for good
-  const PyGILState_STATE state = PyGILState_Ensure();
-  Py_DECREF(o);
-  PyGILState_Release(state);
+  if (!Py_IsInitialized() || !g_python_alive.load(std::memory_order_acquire)) return;  // leaked
+  {
+    std::lock_guard<std::mutex> lock(g_pending_mutex);
+    try {
+      g_pending->push_back(o);
+    } catch (...) {
+      return;  // out of memory: leaked rather than touched without the GIL
+    }
+    g_pending_count.fetch_add(1, std::memory_order_release);
+  }
+  g_handed_over.fetch_add(1, std::memory_order_relaxed);
+  if (!g_pending_call_scheduled.exchange(true, std::memory_order_acq_rel)) {
+    // Needs neither the GIL nor a thread state; fails only when its queue is full, and then
+    // the next drain point takes these.
+    if (Py_AddPendingCall(drain_pending_call, nullptr) != 0) {
+      g_pending_call_scheduled.store(false, std::memory_order_release);
+    }
+  }
 }
 
 PyOpaque::PyOpaque(PyObject* o) : object_(o) {
-  PyTypeObject* tp = Py_TYPE(o);
-  PyObject* module = PyObject_GetAttrString(reinterpret_cast<PyObject*>(tp), "__module__");
-  if (module != nullptr && PyUnicode_Check(module) &&
-      PyUnicode_CompareWithASCIIString(module, "builtins") != 0) {
-    if (const char* m = PyUnicode_AsUTF8(module)) type_name_ = std::string(m) + ".";
-  }
+  // module.qualname, as Python names the type ("numpy.ndarray", "collections.deque");
+  // builtins without their module ("object", "int").
+  PyObject* tp = reinterpret_cast<PyObject*>(Py_TYPE(o));
+  PyObject* module = PyObject_GetAttrString(tp, "__module__");
+  PyObject* qualname = PyObject_GetAttrString(tp, "__qualname__");
+  const char* m = module != nullptr && PyUnicode_Check(module) ? PyUnicode_AsUTF8(module) : nullptr;
+  const char* q = qualname != nullptr && PyUnicode_Check(qualname) ? PyUnicode_AsUTF8(qualname) : nullptr;
+  if (m != nullptr && std::string_view(m) != "builtins") type_name_ = std::string(m) + ".";
+  type_name_ += q != nullptr ? q : Py_TYPE(o)->tp_name;
   Py_XDECREF(module);
+  Py_XDECREF(qualname);
   PyErr_Clear();
-  type_name_ += tp->tp_name;
   Py_INCREF(o);
 }
 
 namespace {
 
 PyObject* g_converter_for = nullptr;  // callable(type) -> callable or None
-PyObject* g_converters = nullptr;     // dict: type -> converter or None (cache)
+
+// converter_for's answers by type. An entry holds a weak reference to its type (a cached
+// class must not keep itself, and its module's globals, alive) and a strong one to the
+// converter (a function of nodemeta._fxjson). A dead or reused address is asked again.
+// GIL held.
+struct ConverterEntry {
+  PyObject* type_ref;   // weakref to the type
+  PyObject* converter;  // Py_None: not converted
+};
+std::unordered_map<PyTypeObject*, ConverterEntry>* g_converters = nullptr;
+
+void clear_converters() {
+  if (g_converters == nullptr) return;
+  for (auto& [tp, e] : *g_converters) {
+    Py_DECREF(e.type_ref);
+    Py_DECREF(e.converter);
+  }
+  g_converters->clear();
+}
 
 // Containers deeper than this become opaque at that level (bounded recursion; also ends
 // a self-containing list).
@@ -91,6 +165,12 @@ struct Converter {
   bool convert(PyObject* o, Value& out, bool twin, int depth);
   bool mapping(PyObject* o, Value& out, int depth);
   bool by_converter(PyObject* o, Value& out, bool twin, int depth, bool& handled);
+  // Memoizes o's conversion, holding o: a container freed while converting (a converter may
+  // run Python code) must not lend its address to the next one.
+  void remember(PyObject* o, const Value& v) {
+    temporaries.push_back(py::reinterpret_borrow<py::object>(o));
+    memo.emplace(o, v);
+  }
 };
 
 Value box_value(Value::Kind kind, detail::ValueBox* box) {
@@ -99,7 +179,9 @@ Value box_value(Value::Kind kind, detail::ValueBox* box) {
 
 Value opaque(PyObject* o) { return box_value(Value::Kind::kObject, new PyOpaque(o)); }
 
-// A twin of `native` (a string, list or dict) holding `o`; scalars stay as they are.
+// A twin of `native` (a string, list or dict) holding `o`. A converter's scalar or opaque
+// result (an int subclass such as numpy.int64, a dict subclass with int keys) cannot hold
+// `o`: then `o` is stored opaque, so Python still gets it back (with its type).
 Value twin_of(PyObject* o, Value native) {
   switch (native.kind()) {
     case Value::Kind::kString:
@@ -109,8 +191,15 @@ Value twin_of(PyObject* o, Value native) {
     case Value::Kind::kDict:
       return box_value(Value::Kind::kDict, new PyTwin<Value::Dict>(o, native.as<Value::Dict>()));
     default:
-      return native;
+      return opaque(o);
   }
+}
+
+// Whether a failure to convert may fall back to storing the object opaque: ordinary
+// exceptions (a converter that raises, a __hash__ that raises) yes; MemoryError and
+// non-Exception errors (KeyboardInterrupt) no.
+bool recoverable() {
+  return PyErr_ExceptionMatches(PyExc_Exception) && !PyErr_ExceptionMatches(PyExc_MemoryError);
 }
 
 bool Converter::mapping(PyObject* o, Value& out, int depth) {
@@ -143,16 +232,26 @@ bool Converter::mapping(PyObject* o, Value& out, int depth) {
 bool Converter::by_converter(PyObject* o, Value& out, bool twin, int depth, bool& handled) {
   handled = false;
   if (g_converter_for == nullptr || g_converters == nullptr) return true;
-  PyObject* tp = reinterpret_cast<PyObject*>(Py_TYPE(o));
-  PyObject* fn = PyDict_GetItemWithError(g_converters, tp);  // borrowed
+  PyTypeObject* tp = Py_TYPE(o);
+  PyObject* fn = nullptr;  // borrowed from the cache
+  if (auto it = g_converters->find(tp); it != g_converters->end()) {
+    if (PyWeakref_GetObject(it->second.type_ref) == reinterpret_cast<PyObject*>(tp)) {
+      fn = it->second.converter;
+    } else {  // the type died and another took its address
+      Py_DECREF(it->second.type_ref);
+      Py_DECREF(it->second.converter);
+      g_converters->erase(it);
+    }
+  }
   if (fn == nullptr) {
-    if (PyErr_Occurred()) return false;
-    py::object found = py::reinterpret_steal<py::object>(PyObject_CallOneArg(g_converter_for, tp));
+    py::object found = py::reinterpret_steal<py::object>(
+        PyObject_CallOneArg(g_converter_for, reinterpret_cast<PyObject*>(tp)));
     if (!found) return false;
-    if (PyDict_Size(g_converters) >= 4096) PyDict_Clear(g_converters);  // per-instance classes
-    if (PyDict_SetItem(g_converters, tp, found.ptr()) != 0) return false;
-    fn = PyDict_GetItemWithError(g_converters, tp);
-    if (fn == nullptr) return false;
+    PyObject* ref = PyWeakref_NewRef(reinterpret_cast<PyObject*>(tp), nullptr);
+    if (ref == nullptr) return false;
+    if (g_converters->size() >= 4096) clear_converters();  // per-instance classes
+    g_converters->emplace(tp, ConverterEntry{ref, found.inc_ref().ptr()});
+    fn = found.ptr();
   }
   if (fn == Py_None) return true;
   py::object plain = py::reinterpret_steal<py::object>(PyObject_CallOneArg(fn, o));
@@ -238,7 +337,7 @@ bool Converter::convert(PyObject* o, Value& out, bool twin, int depth) {
       out = box_value(Value::Kind::kList, new PyTwin<Value::List>(o, std::move(elements)));
     } else {
       out = Value::list(std::move(elements));
-      if (memoize) memo.emplace(o, out);
+      if (memoize) remember(o, out);
     }
     return true;
   }
@@ -251,18 +350,28 @@ bool Converter::convert(PyObject* o, Value& out, bool twin, int depth) {
       }
     }
     Value native;
-    if (!mapping(o, native, depth)) {
+    bool converted = false;
+    try {
+      converted = mapping(o, native, depth);
+    } catch (const std::invalid_argument&) {
+      // Two keys with the same text (str subclasses with their own __eq__/__hash__).
+    }
+    if (!converted) {
       if (PyErr_Occurred()) return false;
       out = opaque(o);  // a key C++ cannot hold
     } else {
       out = twin ? twin_of(o, std::move(native)) : std::move(native);
     }
-    if (memoize) memo.emplace(o, out);
+    if (memoize) remember(o, out);
     return true;
   }
   if (unwrap_cpp_value(o, out)) return true;
   bool handled = false;
-  if (!by_converter(o, out, twin, depth, handled)) return false;
+  if (!by_converter(o, out, twin, depth, handled)) {
+    if (!recoverable()) return false;
+    PyErr_Clear();  // a converter that raised: the object is opaque to C++, still stored
+    handled = false;
+  }
   if (!handled) out = opaque(o);
   return true;
 }
@@ -336,14 +445,15 @@ PyObject* to_python(const Value& v) {
 void clear_caches() {
   StringCacheEntry* cache = std::exchange(g_string_cache, nullptr);
   delete[] cache;
-  Py_CLEAR(g_converters);
+  clear_converters();
 }
 
 void set_converter_hook(PyObject* converter_for) {
   Py_XINCREF(converter_for);
   Py_XSETREF(g_converter_for, converter_for == Py_None ? (Py_XDECREF(converter_for), nullptr)
                                                        : converter_for);
-  Py_XSETREF(g_converters, PyDict_New());
+  if (g_converters == nullptr) g_converters = new std::unordered_map<PyTypeObject*, ConverterEntry>();
+  clear_converters();
 }
 
 }  // namespace nodemeta::python

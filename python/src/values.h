@@ -18,11 +18,11 @@
 // readers see the contents as of the write (Python readers get the live object).
 //
 // Threads: conversion in either direction needs the GIL. A box's Python reference is
-// dropped by whichever thread releases the box (oneTBB workers included): with the GIL if
-// this thread holds it, else after taking it (PyGILState_Ensure). The store releases
-// values outside every node lock, so taking the GIL there cannot deadlock against a
-// Python thread waiting on a node. After the interpreter starts finalizing, references are
-// leaked instead (the process is ending).
+// dropped by whichever thread releases the box if it holds the GIL; a thread without it (a
+// oneTBB worker) hands the reference over, and a thread holding the GIL drops it soon after
+// (a pending call; the next write from Python; the end of run_passes). No thread ever waits
+// for the GIL while releasing a value. After nodemeta's atexit hook, references handed
+// over are leaked (the process is ending); those dropped with the GIL are still dropped.
 #ifndef NODEMETA_PYTHON_VALUES_H_
 #define NODEMETA_PYTHON_VALUES_H_
 
@@ -30,6 +30,7 @@
 #include <Python.h>
 
 #include <atomic>
+#include <cstdint>
 #include <string>
 
 #include "nodemeta/value.h"
@@ -41,6 +42,10 @@ extern std::atomic<bool> g_python_alive;
 
 // Drops one reference to `o` from any thread (see above).
 void release_object(PyObject* o) noexcept;
+// Drops the references threads without the GIL handed over. GIL held.
+void drain_pending() noexcept;
+// How many references were handed over so far (tests).
+std::uint64_t handed_over_count() noexcept;
 
 // A built-in boxed kind (string, list, dict) that remembers the Python object it was
 // converted from.

@@ -328,3 +328,151 @@ def test_values_are_released():
     nodemeta.release_retired_values()
     gc.collect()
     assert ref() is None
+
+
+# ---- found by review ------------------------------------------------------------------------
+
+def test_memo_never_matches_a_reused_address():
+    class Evil(list):
+        def __iter__(self):
+            outer[0] = None  # frees A (converted already); B may get its address
+            outer.append([7, 7, 7])
+            return iter(())
+
+    a = [1, 1, 1]
+    outer = [a, Evil()]
+    del a
+    md = nodemeta.NodeMetadata({})
+    md["x"] = outer
+    kind, _, text = _core._cpp_view(md, "x")
+    assert kind == "list"
+    # Whatever state C++ saw, the third element (if any) is [7, 7, 7], never A's contents.
+    assert "[7, 7, 7]" in text or text.count("[1, 1, 1]") <= 1
+
+
+def test_subclasses_of_scalars_and_dicts_keep_type_and_identity():
+    import collections
+
+    class MyInt(int):
+        pass
+
+    class MyFloat(float):
+        pass
+
+    counter = collections.Counter({0: 1})
+    ordered = collections.OrderedDict({1: "a"})
+    values = {"i": MyInt(5), "f": MyFloat(2.5), "c": counter, "o": ordered,
+              "od": collections.OrderedDict({"a": 1})}
+    md = nodemeta.NodeMetadata(values)
+    for k, v in values.items():
+        assert md[k] is v, k
+    md["c"][3] += 1  # a Counter still
+    assert counter[3] == 1
+    assert _core._cpp_view(md, "i")[0] == "object" and _core._cpp_view(md, "c")[0] == "object"
+    assert _core._cpp_view(md, "od")[0] == "dict"  # str keys: C++ reads it
+
+
+def test_values_whose_conversion_fails_are_stored_opaque():
+    class Meta(type):
+        def __eq__(cls, other):
+            return cls is other  # no __hash__: instances' type is unhashable
+
+    class Odd(metaclass=Meta):
+        pass
+
+    class BadList(list):
+        def __iter__(self):
+            raise ValueError("iter boom")
+
+    class S(str):
+        def __hash__(self):
+            return 1
+
+        def __eq__(self, other):
+            return False
+
+    odd, bad, dup = Odd(), BadList([1]), {"a": 1, S("a"): 2}
+    md = nodemeta.NodeMetadata({})
+    for k, v in (("odd", odd), ("bad", bad), ("dup", dup)):
+        md[k] = v
+        assert md[k] is v and _core._cpp_view(md, k)[0] == "object", k
+
+
+def test_opaque_type_names():
+    import collections
+    md = nodemeta.NodeMetadata({"d": collections.deque(), "s": nodemeta.default_store, "o": object()})
+    assert _core._cpp_view(md, "d")[1] == "Python collections.deque"
+    assert _core._cpp_view(md, "s")[1] == "Python nodemeta._core.MetadataStore"
+    assert _core._cpp_view(md, "o")[1] == "Python object"
+
+
+def test_cpp_key_error_is_a_key_error():
+    with pytest.raises(KeyError):
+        _core._cpp_view(nodemeta.NodeMetadata({}), "nope")
+
+
+def test_subclass_with_its_own_init_weakrefs_and_reinit():
+    import weakref
+
+    class Tagged(nodemeta.NodeMetadata):
+        __slots__ = ("tag",)
+
+        def __init__(self, data, tag):
+            super().__init__(data)
+            self.tag = tag
+
+    t = Tagged({"a": 1}, "x")
+    assert t["a"] == 1 and t.tag == "x"
+    md = nodemeta.NodeMetadata({"a": 1, "val": 2})
+    md.__init__({"b": 2})  # re-initialised: holds exactly the new data
+    assert dict(md) == {"b": 2}
+    r = weakref.ref(md)
+    assert r() is md
+    del md
+    assert r() is None
+
+
+def test_pickle_of_a_node_holding_itself():
+    md = nodemeta.NodeMetadata({"val": 1})
+    md["self"] = md
+    again = pickle.loads(pickle.dumps(md))
+    assert again["self"] is again and again["val"] == 1
+    with pytest.raises(RuntimeError):
+        again["val"] = 2
+
+
+def test_store_takes_any_iterable_of_keys():
+    store = nodemeta.MetadataStore(protected_keys=nodemeta.PROTECTED_KEYS)
+    assert sorted(store.protected_keys) == sorted(nodemeta.PROTECTED_KEYS)
+    assert nodemeta.MetadataStore(protected_keys=iter(["a"])).protected_keys == ["a"]
+    with pytest.raises(TypeError):
+        nodemeta.MetadataStore(protected_keys="val")
+    with pytest.raises(TypeError):
+        nodemeta.MetadataStore(protected_keys=[1])
+
+
+def test_small_api_parity():
+    md = nodemeta.NodeMetadata({"a": 1, "b": 2})
+    with pytest.raises(TypeError):
+        md.update(None)
+    with pytest.raises(TypeError):
+        md[[1]]
+    with pytest.raises(TypeError):
+        [1] in md
+    assert list(reversed(md)) == ["b", "a"]
+
+
+def test_values_in_live_nodes_are_finalized_at_exit(tmp_path):
+    import subprocess
+    import sys
+    out = tmp_path / "out.txt"
+    # A buffered file stored in a node is flushed when the node dies at exit (its reference is
+    # dropped, not leaked), as with a dict.
+    script = (
+        "import nodemeta\n"
+        "md = nodemeta.NodeMetadata({})\n"
+        f"md['log'] = open({str(out)!r}, 'w')\n"
+        "md['log'].write('important data\\n')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert out.read_text() == "important data\n"
