@@ -9,7 +9,7 @@ entries in a C++ ``MetadataStore``, where nodemeta's parallel C++ passes read an
 them (``nodemeta.fx.run_passes``).
 
 Values: Python reads get back the very object stored (``md[k] is v``) for every object but
-ints and floats (which come back equal; CPython caches small ints). C++ readers see
+exact ints and floats (which come back equal; CPython caches small ints). C++ readers see
 None/bool/int/float/str/list/tuple/dict natively (tuples as lists), torch objects as the
 graph-file schema has them once ``nodemeta.fx`` is imported, anything else as an opaque
 object. Containers are converted when written: C++ sees their contents as of that write.
@@ -22,8 +22,8 @@ and ``==`` act on one consistent state of the node.
 Differences from ``dict`` (see docs/python.md): keys are ``str`` (other keys raise
 ``TypeError`` on writes and are simply absent on reads); iteration is in key-name order;
 ``update``/``clear`` are all-or-nothing, so a protected key makes them raise before
-anything changes; values holding a reference back to their node are not collected by the
-cycle collector; pickling keeps the entries, not the store (it unpickles into the default
+anything changes; a reference cycle through a value two nodes share is not collected while
+they share it; pickling keeps the entries, not the store (it unpickles into the default
 store).
 """
 import collections.abc as _abc
