@@ -107,9 +107,11 @@ class RoundBudget {
 
 // The seed of the current test: NODEMETA_STRESS_SEED or a fresh random one. Printed, and
 // recorded as the test's "seed" property, so every run can be replayed.
+// Any value replays, 0 included: only an unset (or empty) variable draws a fresh seed.
 inline std::uint64_t test_seed() {
-  std::uint64_t seed = env_u64("NODEMETA_STRESS_SEED", 0);
-  if (seed == 0) seed = (std::uint64_t{std::random_device{}()} << 32) | std::random_device{}();
+  const char* given = std::getenv("NODEMETA_STRESS_SEED");
+  const std::uint64_t fresh = (std::uint64_t{std::random_device{}()} << 32) | std::random_device{}();
+  const std::uint64_t seed = given != nullptr && *given != '\0' ? env_u64("NODEMETA_STRESS_SEED", fresh) : fresh;
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   std::cout << "[ seed     ] " << (info ? info->name() : "?") << ": NODEMETA_STRESS_SEED=" << seed
             << " replays this test's random choices\n"
