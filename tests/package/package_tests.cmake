@@ -2,6 +2,8 @@
 # Nothing sets LD_LIBRARY_PATH: installed binaries find the shared libraries by their RPATH
 # (cmake/InstallRpath.cmake), consumers by the RPATH their build gives them.
 #
+#   package.exports
+#       the shared libraries export namespace nodemeta only; the core loads oneTBB alone
 #   package.install, .consumer, .relocated_cli, .python, .pkgconfig
 #       this build, installed into a scratch prefix: find_package(nodemeta 0.2 CONFIG), the
 #       installed command run from a moved copy of the prefix, the installed Python package,
@@ -105,15 +107,24 @@ if(TARGET nodemeta_python)
   package_python_test(package.python SITE ${_prefix}/lib/python3/dist-packages FIXTURE nodemeta_installed)
 endif()
 
+# --- what the shared libraries export and load ------------------------------------------
+if(_shared AND TARGET nodemeta_passes)
+  add_test(NAME package.exports
+           COMMAND ${CMAKE_COMMAND} -DCORE=$<TARGET_FILE:nodemeta>
+                   -DLIBS=$<TARGET_FILE:nodemeta_graph>,$<TARGET_FILE:nodemeta_passes>
+                   -P ${_pkg_src}/check_exports.cmake)
+  set_tests_properties(package.exports PROPERTIES LABELS package)
+endif()
+
 # --- the other library type: a second, small build ----------------------------------------
 # Core, graph, passes and the command only, unoptimised and without debug info, so it costs
-# as little as a build of them can (about a minute on two cores).
+# as little as a build of them can (one to two minutes on two cores); same library directory.
 set(_other ${_pkg_bin}/other)
 add_test(NAME package.other.install
          COMMAND ${CMAKE_COMMAND} -DSOURCE_DIR=${PROJECT_SOURCE_DIR} -DBUILD_DIR=${_other}/build
                  -DPREFIX=${_other}/prefix -DGENERATOR=${CMAKE_GENERATOR}
                  -DCXX=${CMAKE_CXX_COMPILER} -DTBB_DIR=${TBB_DIR} -DSHARED=${_other_shared}
-                 -P ${_pkg_src}/build_install.cmake)
+                 -DLIBDIR=${CMAKE_INSTALL_LIBDIR} -P ${_pkg_src}/build_install.cmake)
 set_tests_properties(package.other.install PROPERTIES LABELS package FIXTURES_SETUP nodemeta_other
                      TIMEOUT 900)
 package_consumer_test(package.other.consumer PREFIX ${_other}/prefix TYPE ${_other_type}
