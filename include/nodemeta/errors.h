@@ -11,6 +11,8 @@
 #include <string_view>
 #include <typeinfo>
 
+#include "nodemeta/export.h"
+
 namespace nodemeta {
 
 // The outcome of NodeMetadata::try_set(): expected outcomes are values, not exceptions.
@@ -21,11 +23,11 @@ enum class WriteResult : std::uint8_t {
 };
 
 // "inserted", "updated", "rejected_protected".
-std::string_view to_string(WriteResult result) noexcept;
+NODEMETA_API std::string_view to_string(WriteResult result) noexcept;
 
 // Reading a key the node does not hold: operator[] and at(). Like Python's KeyError.
 // what(): "key 'custom' not found".
-class KeyError : public std::out_of_range {
+class NODEMETA_API KeyError : public std::out_of_range {
  public:
   explicit KeyError(std::string_view key);
   const std::string& key() const noexcept { return key_; }
@@ -37,7 +39,7 @@ class KeyError : public std::out_of_range {
 // Writing or erasing a protected key after the node was built (set, erase, update, and
 // NodeEditor::set/erase inside edit). what() is exactly the PyTorch original's message:
 // "Could not override node key: val".
-class ProtectedKeyError : public std::runtime_error {
+class NODEMETA_API ProtectedKeyError : public std::runtime_error {
  public:
   explicit ProtectedKeyError(std::string_view key);
   const std::string& key() const noexcept { return key_; }
@@ -48,7 +50,7 @@ class ProtectedKeyError : public std::runtime_error {
 
 // Value::as<T>() on a value that holds another type.
 // what(): "value holds std::string, not std::int64_t".
-class BadValueCast : public std::bad_cast {
+class NODEMETA_API BadValueCast : public std::bad_cast {
  public:
   BadValueCast(std::string held, std::string requested);
   const char* what() const noexcept override { return message_.c_str(); }
@@ -65,7 +67,7 @@ class BadValueCast : public std::bad_cast {
 // (NodeMetadata::update or NodeMetadata::edit). Such a call could wait on the node lock the
 // callback's own thread holds (the lock is not recursive), so nodemeta refuses it instead of
 // deadlocking.
-class ReentrancyError : public std::logic_error {
+class NODEMETA_API ReentrancyError : public std::logic_error {
  public:
   using std::logic_error::logic_error;
 };

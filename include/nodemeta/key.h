@@ -43,6 +43,8 @@
 #include <string_view>
 #include <vector>
 
+#include "nodemeta/export.h"
+
 // Forces the inlining the literal fast path needs (GCC and Clang): without it, a compiler
 // that sees many call sites may keep intern_key_chars out of line, where the hash of a
 // literal is no longer a constant.
@@ -68,7 +70,7 @@ enum class PredefinedKey : std::uint32_t {
 };
 // The name behind an id a Key has handed out; "<invalid nodemeta::Key>" for 0 and for any
 // id never handed out. Safe to call with any id.
-std::string_view key_name(std::uint32_t id) noexcept;
+NODEMETA_API std::string_view key_name(std::uint32_t id) noexcept;
 
 // --- the conversion machinery behind Key's constructors (no stability promise) ----------
 
@@ -131,9 +133,10 @@ NODEMETA_KEY_ALWAYS_INLINE std::uint64_t key_hash(const char* p, std::size_t n) 
 }
 
 // The id of `name`, interning it on first sight. Throws as Key's constructors do.
-std::uint32_t intern_key(std::string_view name);
+NODEMETA_API std::uint32_t intern_key(std::string_view name);
 // The same, with key_hash(data, size) already computed by the caller.
-std::uint32_t intern_key_hashed(const char* data, std::size_t size, std::uint64_t hash);
+NODEMETA_API std::uint32_t intern_key_hashed(const char* data, std::size_t size,
+                                           std::uint64_t hash);
 // A char array of `n` bytes: the name ends at its first NUL, or at `n` if it has none.
 NODEMETA_KEY_ALWAYS_INLINE std::uint32_t intern_key_chars(const char* s, std::size_t n) {
   const void* nul = std::memchr(s, '\0', n);
@@ -150,10 +153,10 @@ NODEMETA_KEY_ALWAYS_INLINE std::uint32_t intern_key_chars(const char* s, std::si
   return intern_key(std::string_view(s, size));
 }
 // A NUL-terminated C string; throws std::invalid_argument if `name` is null.
-std::uint32_t intern_key_c_string(const char* name);
+NODEMETA_API std::uint32_t intern_key_c_string(const char* name);
 }  // namespace detail
 
-class Key {
+class NODEMETA_API Key {
  public:
   // Interns `name` (implicit, so a string can be passed wherever a Key is taken).
   // Throws std::invalid_argument if the name holds a NUL byte, std::length_error past the
@@ -210,7 +213,7 @@ inline constexpr Key tensor_meta{detail::PredefinedKey::kTensorMeta};
 }  // namespace keys
 
 // {val, stack_trace, nn_module_stack, debug_handle, tensor_meta}.
-std::vector<Key> default_protected_keys();
+NODEMETA_API std::vector<Key> default_protected_keys();
 
 }  // namespace nodemeta
 

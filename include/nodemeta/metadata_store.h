@@ -18,6 +18,7 @@
 #include "nodemeta/detail/config.h"
 #include "nodemeta/detail/protected_set.h"
 #include "nodemeta/detail/record.h"
+#include "nodemeta/export.h"
 #include "nodemeta/key.h"
 #include "nodemeta/node_metadata.h"
 #include "nodemeta/value.h"
@@ -52,7 +53,7 @@ struct StoreOptions {
 // Lifetime: the store must outlive its nodes; debug builds assert that no node is left
 //   when it is destroyed. Values that writes replaced or erased are released later (see
 //   release_retired_values()), on whichever thread next collects, never under a lock.
-class MetadataStore {
+class NODEMETA_API MetadataStore {
  public:
   MetadataStore() : MetadataStore(StoreOptions{}) {}
   explicit MetadataStore(StoreOptions options);
@@ -129,7 +130,7 @@ class MetadataStore {
 // (a test, a shutdown, releasing a large value). Throws ReentrancyError inside an
 // update()/edit() callback; must not be called while a read on this thread is in flight
 // (it is not: reads are not reentrant).
-std::size_t release_retired_values();
+NODEMETA_API std::size_t release_retired_values();
 
 }  // namespace nodemeta
 

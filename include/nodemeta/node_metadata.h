@@ -22,6 +22,7 @@
 #include "nodemeta/detail/function_ref.h"
 #include "nodemeta/detail/record.h"
 #include "nodemeta/errors.h"
+#include "nodemeta/export.h"
 #include "nodemeta/key.h"
 #include "nodemeta/value.h"
 
@@ -81,7 +82,7 @@ using Items = std::vector<std::pair<std::string, Value>>;
 // Differences from PyTorch's NodeMetadata: the same protected keys and messages, plus
 //   atomic updates and edits, try_set() for hot loops, run-time protect() on the store,
 //   and set_once() as the one way to add a protected key to a built node.
-class NodeMetadata {
+class NODEMETA_API NodeMetadata {
  public:
   // A standalone node in MetadataStore::default_store(), like the original's constructor:
   // protected keys may be given here. Throws std::invalid_argument if a key repeats.
@@ -188,7 +189,7 @@ class NodeMetadata {
 // be: no other thread can see it). Every member mirrors NodeMetadata's, with the same
 // protection rules (checked against the store's protection as of each call, and again at
 // commit); reads see the edit's own writes.
-class NodeEditor {
+class NODEMETA_API NodeEditor {
  public:
   NodeEditor(const NodeEditor&) = delete;
   NodeEditor& operator=(const NodeEditor&) = delete;

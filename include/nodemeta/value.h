@@ -55,6 +55,7 @@
 #include <vector>
 
 #include "nodemeta/errors.h"
+#include "nodemeta/export.h"
 
 namespace nodemeta {
 
@@ -63,7 +64,7 @@ class Value;
 namespace detail {
 
 // The shared, immutable box behind a string, list, dict or user-object Value.
-class ValueBox {
+class NODEMETA_API ValueBox {
  public:
   ValueBox() = default;
   ValueBox(const ValueBox&) = delete;
@@ -99,10 +100,10 @@ class ValueBox {
   mutable std::atomic<RefCount> refs_{1};
 };
 
-std::string demangle(const std::type_info& type);
+NODEMETA_API std::string demangle(const std::type_info& type);
 
 template <class T>
-class ObjectBox;
+class NODEMETA_API ObjectBox;
 
 struct ValueAccess;  // the store's access to a Value's representation
 
@@ -166,7 +167,7 @@ inline constexpr bool kValueArgument = std::disjunction_v<
 
 }  // namespace detail
 
-class Value {
+class NODEMETA_API Value {
  public:
   enum class Kind : std::uint8_t { kNone, kBool, kInt, kDouble, kString, kList, kDict, kObject };
   using List = std::vector<Value>;
@@ -306,7 +307,7 @@ class Value {
   //   a Value compares equal to its copies (the same box) without calling it, so a T whose
   //   == is not reflexive (std::vector<double> holding a NaN) gets answers that depend on
   //   sharing.
-  friend bool operator==(const Value& a, const Value& b);
+  friend NODEMETA_API bool operator==(const Value& a, const Value& b);
 
  private:
   friend struct detail::ValueAccess;
@@ -342,7 +343,7 @@ class Value {
 };
 
 // Writes v.repr() (so GoogleTest and logs print Values readably).
-std::ostream& operator<<(std::ostream& os, const Value& v);
+NODEMETA_API std::ostream& operator<<(std::ostream& os, const Value& v);
 
 namespace detail {
 
@@ -401,7 +402,7 @@ consteval bool deep_equality_comparable() {
 }
 
 template <class T>
-class ObjectBox : public ValueBox {
+class NODEMETA_API ObjectBox : public ValueBox {
  public:
   template <class... Args>
   explicit ObjectBox(Args&&... args) : value(std::forward<Args>(args)...) {}
@@ -425,17 +426,18 @@ std::string type_name_of();
 
 // The built-in boxed kinds: deep equality and Python-like repr (defined in value.cpp).
 template <>
-bool ObjectBox<std::string>::equals(const ValueBox& other) const;
+NODEMETA_API bool ObjectBox<std::string>::equals(const ValueBox& other) const;
 template <>
-std::string ObjectBox<std::string>::repr() const;
+NODEMETA_API std::string ObjectBox<std::string>::repr() const;
 template <>
-bool ObjectBox<std::vector<Value>>::equals(const ValueBox& other) const;
+NODEMETA_API bool ObjectBox<std::vector<Value>>::equals(const ValueBox& other) const;
 template <>
-std::string ObjectBox<std::vector<Value>>::repr() const;
+NODEMETA_API std::string ObjectBox<std::vector<Value>>::repr() const;
 template <>
-bool ObjectBox<std::vector<std::pair<std::string, Value>>>::equals(const ValueBox& other) const;
+NODEMETA_API bool ObjectBox<std::vector<std::pair<std::string, Value>>>::equals(
+    const ValueBox& other) const;
 template <>
-std::string ObjectBox<std::vector<std::pair<std::string, Value>>>::repr() const;
+NODEMETA_API std::string ObjectBox<std::vector<std::pair<std::string, Value>>>::repr() const;
 
 }  // namespace detail
 

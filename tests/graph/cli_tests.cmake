@@ -23,6 +23,9 @@ endfunction()
 nodemeta_cli_test(help RC 0 REGEX "usage: nodemeta <command>" ARGS --help)
 nodemeta_cli_test(run_help RC 0 REGEX "--threads N" ARGS run --help)
 nodemeta_cli_test(inspect_help RC 0 REGEX "--node NAME" ARGS inspect --help)
+# The version is CMakeLists.txt's project(VERSION), through nodemeta/version.h.
+string(REPLACE "." "\\." _version_re "${PROJECT_VERSION}")
+nodemeta_cli_test(version RC 0 REGEX "^nodemeta ${_version_re}\n$" ARGS --version)
 nodemeta_cli_test(run_default_graph RC 0
   REGEX "mlp_mixer_s16, 137 nodes.*cost +137 +137.*fuse +137->121 +16.*strip_debug +121 +120 .* 120 .*verify: clean"
   ARGS run --threads 2)

@@ -3,7 +3,7 @@
 # their $ORIGIN-relative RPATHs (cmake/InstallRpath.cmake), never through the build tree or
 # the prefix they were installed to.
 #   cmake -DPREFIX=<installed prefix> -DCOPY=<scratch dir> -DBINDIR=bin -DLIBDIR=lib
-#         -DSHARED=<1 if the core is a shared library> -P check_relocated.cmake
+#         -DSHARED=<1 if the core is a shared library> [-DVERSION=<x.y.z>] -P check_relocated.cmake
 foreach(_var PREFIX COPY BINDIR LIBDIR SHARED)
   if(NOT DEFINED ${_var})
     message(FATAL_ERROR "check_relocated.cmake: -D${_var}= is required")
@@ -41,6 +41,13 @@ execute_process(COMMAND ${CMAKE_COMMAND} -E env --unset=LD_LIBRARY_PATH ${_exe} 
                 RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _err)
 if(NOT _rc EQUAL 0 OR NOT _out MATCHES "mlp_mixer_s16, 137 nodes.*verify: clean")
   message(FATAL_ERROR "${_exe} run: exit ${_rc}\n${_out}${_err}")
+endif()
+if(DEFINED VERSION)
+  execute_process(COMMAND ${CMAKE_COMMAND} -E env --unset=LD_LIBRARY_PATH ${_exe} --version
+                  RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _err)
+  if(NOT _rc EQUAL 0 OR NOT _out STREQUAL "nodemeta ${VERSION}\n")
+    message(FATAL_ERROR "${_exe} --version: exit ${_rc}, expected 'nodemeta ${VERSION}'\n${_out}${_err}")
+  endif()
 endif()
 list(JOIN _ours ", " _ours)
 message(STATUS "relocated ${_exe}: runs, verify clean; nodemeta libraries from the copy: ${_ours}")

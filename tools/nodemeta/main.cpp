@@ -31,6 +31,7 @@
 
 #include "nodemeta/graph/graph_io.h"
 #include "nodemeta/passes/passes.h"
+#include "nodemeta/version.h"
 
 namespace {
 
@@ -527,7 +528,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (cmd == "--version") {
-      std::cout << "nodemeta " << NODEMETA_VERSION << "\n";
+      std::cout << "nodemeta " << NODEMETA_VERSION_STRING << "\n";
       return 0;
     }
     if (cmd == "run") return cmd_run(rest);

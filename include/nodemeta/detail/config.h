@@ -7,6 +7,8 @@
 
 #include <oneapi/tbb/tbb_allocator.h>
 
+#include "nodemeta/export.h"
+
 // NODEMETA_ASSERT(cond, msg): checks a precondition in debug builds (like __TBB_ASSERT).
 // Active unless NDEBUG is defined; NODEMETA_ENABLE_ASSERTS=1 forces it on in release builds.
 #if !defined(NODEMETA_ENABLE_ASSERTS)
@@ -18,8 +20,8 @@
 #endif
 
 namespace nodemeta::detail {
-[[noreturn]] void assertion_failed(const char* expr, const char* message, const char* file,
-                                   int line) noexcept;
+[[noreturn]] NODEMETA_API void assertion_failed(const char* expr, const char* message,
+                                                const char* file, int line) noexcept;
 }  // namespace nodemeta::detail
 
 #if NODEMETA_ENABLE_ASSERTS

@@ -62,12 +62,12 @@ inline void store_slot(Slot& s, const Slot& v) noexcept {
 // The most keys one node can hold (a clear std::length_error beyond).
 inline constexpr std::uint32_t kMaxSlots = std::uint32_t{1} << 30;
 
-Slot* allocate_slots(std::uint32_t capacity);  // throws std::bad_alloc
-void deallocate_slots(Slot* slots, std::uint32_t capacity) noexcept;
+NODEMETA_API Slot* allocate_slots(std::uint32_t capacity);  // throws std::bad_alloc
+NODEMETA_API void deallocate_slots(Slot* slots, std::uint32_t capacity) noexcept;
 // Growth policy: the capacity for `size` slots after one more is added.
-std::uint32_t grown_capacity(std::uint32_t size);
+NODEMETA_API std::uint32_t grown_capacity(std::uint32_t size);
 
-class Record {
+class NODEMETA_API Record {
  public:
   Record() noexcept = default;
   explicit Record(std::uint32_t capacity) { reserve(capacity); }
@@ -134,7 +134,7 @@ static_assert(sizeof(Record) == 16);
 // ctl: bit 0 kWriting (a write window is open: readers retry), bit 1 kLocked (a writer owns
 // the node, possibly running an update()/edit() callback: readers go on), bits 2-63 the
 // version, advanced by every write window that changed something.
-struct NodeState {
+struct NODEMETA_API NodeState {
   static constexpr std::uint64_t kWriting = 1;
   static constexpr std::uint64_t kLocked = 2;
   static constexpr std::uint64_t kVersionStep = 4;

@@ -27,6 +27,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "nodemeta/export.h"
 #include "nodemeta/metadata_store.h"
 #include "nodemeta/node_metadata.h"
 #include "nodemeta/value.h"
@@ -35,7 +36,7 @@ namespace nodemeta::graph {
 
 // A failure to load, parse or validate a graph. what() is one line naming the file and
 // the place: "graphs/x.json: nodes[12].meta.val: expected ..., got ...".
-class GraphError : public std::runtime_error {
+class NODEMETA_GRAPH_API GraphError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
@@ -49,9 +50,9 @@ struct Node {
 };
 
 // The op kinds torch.fx knows.
-bool is_known_op(std::string_view op) noexcept;
+NODEMETA_GRAPH_API bool is_known_op(std::string_view op) noexcept;
 
-class Graph {
+class NODEMETA_GRAPH_API Graph {
  public:
   // An empty graph whose store uses `options` (default: the five PyTorch protected keys).
   explicit Graph(StoreOptions options = {});
@@ -131,7 +132,7 @@ class Graph {
 // Deep structural and metadata equality: same attrs, and node by node the same name, op,
 // target, inputs and metadata items (Value deep equality). Returns an empty string when
 // equal, else a one-line description of the first difference.
-std::string first_difference(const Graph& a, const Graph& b);
+NODEMETA_GRAPH_API std::string first_difference(const Graph& a, const Graph& b);
 
 }  // namespace nodemeta::graph
 

@@ -26,6 +26,7 @@
 #include <string>
 #include <string_view>
 
+#include "nodemeta/export.h"
 #include "nodemeta/graph/graph.h"
 
 namespace nodemeta::graph {
@@ -77,34 +78,36 @@ struct LoadOptions {
 
 // Reads a graph file; gzip is detected by its magic bytes, not by the file name. Refuses a
 // file whose JSON text passes load.max_input_bytes or nests deeper than load.max_depth.
-Graph load_graph(const std::string& path, StoreOptions options = {}, const LoadOptions& load = {});
+NODEMETA_GRAPH_API Graph load_graph(const std::string& path, StoreOptions options = {},
+                                    const LoadOptions& load = {});
 // Parses graph JSON held in memory; `source` names it in error messages.
-Graph parse_graph(std::string_view json, std::string_view source = "<memory>",
+NODEMETA_GRAPH_API Graph parse_graph(std::string_view json, std::string_view source = "<memory>",
                   StoreOptions options = {}, const LoadOptions& load = {});
 
 // The graph as compact JSON. Meta keys come in schema order (stack_trace, nn_module_stack,
 // tensor_meta, val, debug_handle, is_wrapped, type), then the others sorted by name.
-std::string to_json(const Graph& graph);
+NODEMETA_GRAPH_API std::string to_json(const Graph& graph);
 // Writes to_json(graph) to `path`, gzip-compressed when the path ends in ".gz". Throws
 // GraphError naming the path if it cannot be written. The file is opened only after the
 // whole text was made, so a graph that cannot be saved (NaN, invalid UTF-8, a user object,
 // nesting past kMaxDepthCeiling) leaves it untouched; the path is written through (symlinks
 // and devices such as /dev/stdout work), so an I/O error can leave it partly written.
-void save_graph(const Graph& graph, const std::string& path);
+NODEMETA_GRAPH_API void save_graph(const Graph& graph, const std::string& path);
 
 // Reads a whole file, inflating it if it starts with the gzip magic, within
 // load.max_input_bytes. Throws GraphError.
-std::string read_file_text(const std::string& path, const LoadOptions& load = {});
+NODEMETA_GRAPH_API std::string read_file_text(const std::string& path,
+                                              const LoadOptions& load = {});
 
 // The JSON text of one Value (compact), e.g. for --json output: invalid UTF-8 is replaced
 // with U+FFFD and NaN/infinities are written as null (display, not a round trip).
-std::string value_to_json(const Value& value);
+NODEMETA_GRAPH_API std::string value_to_json(const Value& value);
 
 namespace detail {
 // For benchmarks: what load_graph does before it builds anything (read, inflate, parse with
 // the same parser and limits), then a walk over every JSON value. Returns how many values
 // the document holds. Throws GraphError as load_graph does for unreadable or invalid input.
-std::size_t parse_only(const std::string& path, const LoadOptions& load = {});
+NODEMETA_GRAPH_API std::size_t parse_only(const std::string& path, const LoadOptions& load = {});
 }  // namespace detail
 
 }  // namespace nodemeta::graph

@@ -30,6 +30,7 @@
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
 
+#include "nodemeta/export.h"
 #include "nodemeta/graph/graph.h"
 #include "nodemeta/node_metadata.h"
 
@@ -100,7 +101,7 @@ void for_each_node(const graph::Graph& graph, F&& fn) {
 }
 
 // The nodes grouped by topological level (graph.levels()), ascending index within a level.
-std::vector<std::vector<std::size_t>> wavefronts(const graph::Graph& graph);
+NODEMETA_PASSES_API std::vector<std::vector<std::size_t>> wavefronts(const graph::Graph& graph);
 
 // fn(std::size_t node_index) for every node, each after all of its inputs.
 template <class F>
@@ -111,7 +112,7 @@ void for_each_in_dependency_order(const graph::Graph& graph, F&& fn) {
 }
 
 // A compiler pass over a Graph.
-class Pass {
+class NODEMETA_PASSES_API Pass {
  public:
   virtual ~Pass() = default;
   virtual std::string_view name() const noexcept = 0;
@@ -120,7 +121,7 @@ class Pass {
 };
 
 // Runs `pass` on `graph`, timing it. The baseline is what verify checks against.
-PassStats run_pass(Pass& pass, graph::Graph& graph, const Baseline* baseline);
+NODEMETA_PASSES_API PassStats run_pass(Pass& pass, graph::Graph& graph, const Baseline* baseline);
 
 }  // namespace nodemeta::passes
 

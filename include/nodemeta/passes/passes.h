@@ -22,6 +22,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "nodemeta/export.h"
 #include "nodemeta/graph/graph.h"
 #include "nodemeta/passes/driver.h"
 
@@ -42,7 +43,7 @@ inline constexpr std::string_view kUnknown = "unknown";        // the explicit m
 
 // The protected values of every node as loaded, by name: what verify checks against.
 // Taken right after loading, before any pass runs. Immutable afterwards (concurrent reads).
-class Baseline {
+class NODEMETA_PASSES_API Baseline {
  public:
   static constexpr std::size_t kKeys = 5;
   explicit Baseline(const graph::Graph& graph);
@@ -74,20 +75,21 @@ struct CostEstimate {
   std::optional<std::int64_t> bytes;
   std::string rule;
 };
-CostEstimate estimate_cost(const graph::Graph& graph, std::size_t node);
+NODEMETA_PASSES_API CostEstimate estimate_cost(const graph::Graph& graph, std::size_t node);
 // The bytes of the tensors a node produces (from tensor_meta, else val); 0 if none.
-std::int64_t result_bytes(const graph::Node& node);
+NODEMETA_PASSES_API std::int64_t result_bytes(const graph::Node& node);
 
 // The passes, by name, in pipeline order.
-const std::vector<std::string>& pass_names();
+NODEMETA_PASSES_API const std::vector<std::string>& pass_names();
 // A new pass; throws std::invalid_argument listing the valid names for an unknown one.
-std::unique_ptr<Pass> make_pass(std::string_view name);
+NODEMETA_PASSES_API std::unique_ptr<Pass> make_pass(std::string_view name);
 // Parses "cost,fuse,verify" (comma-separated, no empties). Throws std::invalid_argument.
-std::vector<std::string> parse_pass_list(std::string_view list);
+NODEMETA_PASSES_API std::vector<std::string> parse_pass_list(std::string_view list);
 
 // Runs the named passes in order on `graph`; returns one PassStats per pass.
-std::vector<PassStats> run_pipeline(graph::Graph& graph, std::span<const std::string> names,
-                                    const Baseline& baseline);
+NODEMETA_PASSES_API std::vector<PassStats> run_pipeline(graph::Graph& graph,
+                                                        std::span<const std::string> names,
+                                                        const Baseline& baseline);
 
 }  // namespace nodemeta::passes
 

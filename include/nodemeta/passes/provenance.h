@@ -28,6 +28,7 @@
 #include <string_view>
 #include <vector>
 
+#include "nodemeta/export.h"
 #include "nodemeta/node_metadata.h"
 #include "nodemeta/value.h"
 
@@ -48,11 +49,12 @@ struct TransferResult {
 };
 
 // Applies the policy above. Concurrent-safe for distinct targets (sources may be shared).
-TransferResult transfer_provenance(std::span<const SourceNode> sources, NodeMetadata& target,
-                                   std::string_view pass_name);
+NODEMETA_PASSES_API TransferResult transfer_provenance(std::span<const SourceNode> sources,
+                                                       NodeMetadata& target,
+                                                       std::string_view pass_name);
 
 // Every loaded node a from_node chain names, flattened (nested chains included), in order.
-std::vector<std::string> from_node_names(const Value& from_node);
+NODEMETA_PASSES_API std::vector<std::string> from_node_names(const Value& from_node);
 
 }  // namespace nodemeta::passes
 
