@@ -703,15 +703,18 @@ def from_node_names(chain: Any) -> List[str]:
 def _check_node(node: Node, base: Baseline, problems: List[str]) -> List[str]:
     """Appends node's problems; returns the names its from_node chain covers."""
     meta = node.meta
-    if "from_node" not in meta:
-        b = base.index.get(node.name)
-        if b is None:
-            problems.append(f"node '{node.name}' is new but has no from_node provenance")
-            return []
+    # A loaded node keeps every protected value as loaded, whatever else it carries (from_node
+    # included: a rewrite's result, saved and loaded again, is a loaded node now).
+    b = base.index.get(node.name)
+    if b is not None:
         want = base.values[b]
         for k in PROTECTED_KEYS:
             if (k in want) != (k in meta) or (k in want and want[k] != meta[k]):
                 problems.append(f"node '{node.name}': protected key '{k}' changed since load")
+        return []
+    # A new node was made by a rewrite, which must say what it replaced.
+    if "from_node" not in meta:
+        problems.append(f"node '{node.name}' is new but has no from_node provenance")
         return []
 
     who = f"rewritten node '{node.name}': "
@@ -761,10 +764,10 @@ def verify_pass(nodes: Sequence[Node], stats: Dict[str, Any], baseline: Optional
         stats["summary"] = "FAILED"
         return
     problems: List[str] = []
-    seen = set()  # loaded nodes still here, or named by the chain of the node that replaced them
+    seen = set()  # loaded nodes still here, or named by the chain of a new node that replaced them
     for node in nodes:
         covered = _check_node(node, baseline, problems)
-        if "from_node" not in node.meta and node.name in baseline.index:
+        if node.name in baseline.index:
             seen.add(node.name)
         seen.update(name for name in covered if name in baseline.index)
     stats["nodes_touched"] = len(nodes)

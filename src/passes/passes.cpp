@@ -353,7 +353,7 @@ class VerifyPass final : public Pass {
  public:
   std::string_view name() const noexcept override { return "verify"; }
   std::string_view description() const noexcept override {
-    return "loaded protected values intact; rewritten nodes' provenance complete (node-parallel)";
+    return "loaded nodes' protected values intact; new nodes' provenance complete (node-parallel)";
   }
   void run(PassContext& ctx) override {
     const Graph& g = ctx.graph();
@@ -369,12 +369,10 @@ class VerifyPass final : public Pass {
       check_node(g, *base, i, problems[i], covered[i]);
     });
     ctx.count_touched(g.size());
-    // Every loaded node is still here, or named by the chain of the node that replaced it.
+    // Every loaded node is still here, or named by the chain of a new node that replaced it.
     std::vector<char> seen(base->size(), 0);
     for (std::size_t i = 0; i < g.size(); ++i) {
-      if (!g.node(i).meta.contains(pk().from_node)) {
-        if (auto b = base->find(g.node(i).name)) seen[*b] = 1;
-      }
+      if (auto b = base->find(g.node(i).name)) seen[*b] = 1;
       for (const std::string& name : covered[i]) {
         if (auto b = base->find(name)) seen[*b] = 1;
       }
@@ -393,13 +391,9 @@ class VerifyPass final : public Pass {
                          std::vector<std::string>& covered) {
     const Node& n = g.node(i);
     const auto& pkeys = Baseline::protected_keys();
-    const std::optional<Value> chain = n.meta.get(pk().from_node);
-    if (!chain) {
-      const auto b = base.find(n.name);
-      if (!b) {
-        problems.push_back("node '" + n.name + "' is new but has no from_node provenance");
-        return;
-      }
+    // A loaded node keeps every protected value as loaded, whatever else it carries: one
+    // with from_node (a rewrite's result, saved and loaded again) is a loaded node now.
+    if (const auto b = base.find(n.name)) {
       for (std::size_t k = 0; k < Baseline::kKeys; ++k) {
         const std::optional<Value>& want = base.values(*b)[k];
         const std::optional<Value> have = n.meta.get(pkeys[k]);
@@ -408,6 +402,12 @@ class VerifyPass final : public Pass {
                              "' changed since load");
         }
       }
+      return;
+    }
+    // A new node was made by a rewrite, which must say what it replaced.
+    const std::optional<Value> chain = n.meta.get(pk().from_node);
+    if (!chain) {
+      problems.push_back("node '" + n.name + "' is new but has no from_node provenance");
       return;
     }
     const std::string who = "rewritten node '" + n.name + "': ";

@@ -67,3 +67,14 @@ nodemeta_cli_test(run_depth_too_small RC 2 REGEX "--max-depth must be at least 5
 nodemeta_cli_test(run_depth_limit RC 1 REGEX "nested deeper than 5 arrays/objects, the depth limit \\(raise it with --max-depth"
   ARGS run ${_bundled} --max-depth 5)
 nodemeta_cli_test(inspect_limits RC 0 REGEX "137 nodes" ARGS inspect ${_bundled} --max-depth 300 --max-input-bytes 1G)
+
+# The annotated graph goes out (issue 14): what --output saves loads again and verifies clean.
+nodemeta_cli_test(run_output RC 0 REGEX "verify: clean"
+  ARGS run ${_bundled} --output ${CMAKE_CURRENT_BINARY_DIR}/cli_output.json.gz)
+nodemeta_cli_test(run_output_verify RC 0 REGEX "mlp_mixer_s16, 121 nodes.*verify +121 +121 .*verify: clean"
+  ARGS run ${CMAKE_CURRENT_BINARY_DIR}/cli_output.json.gz --passes verify)
+nodemeta_cli_test(run_output_annotated RC 0
+  REGEX "\n  flops: [0-9]+\n.*fused_pattern: 'linear_gelu'"
+  ARGS inspect ${CMAKE_CURRENT_BINARY_DIR}/cli_output.json.gz --node blocks_0_mlp_tokens_fc1__blocks_0_mlp_tokens_act)
+set_tests_properties(cli.run_output PROPERTIES FIXTURES_SETUP cli_output)
+set_tests_properties(cli.run_output_verify cli.run_output_annotated PROPERTIES FIXTURES_REQUIRED cli_output)

@@ -569,5 +569,44 @@ TEST(FusePassTest, OnlyTorchNnModulesFuse) {
   }
 }
 
+// Kind: regression (issue 14 item 7). A loaded node that carries from_node (a rewrite's
+// result, saved and loaded again) is a loaded node: verify compares all its protected
+// values, and it has not vanished.
+TEST(VerifyPassTest, LoadedNodeWithFromNodeIsALoadedNode) {
+  const std::string chain = R"(,"from_node":[{"name":"bn","op":"call_module","target":"bn","pass_name":"fuse"}])";
+  const std::vector<FileNode> nodes = {{"x", "placeholder", "x", {}, T({1, 8})},
+                                       {"relu", "call_function", "torch.relu", {0}, T({1, 8}), "torch.Tensor", "{}",
+                                        chain}};
+  Graph g = crafted(nodes);
+  const Baseline base(g);
+  const auto stats = run_pipeline(g, passes("verify"), base);
+  EXPECT_TRUE(stats[0].problems.empty()) << stats[0].problems.front();  // was "'relu' vanished" and more
+  // Its protected values are still compared (was skipped: a false clean).
+  StoreOptions unprotected;
+  unprotected.protected_keys.clear();
+  Graph t = graph::parse_graph(graph_text(nodes), "crafted.json", unprotected);
+  const Baseline tbase(t);
+  t.node(1).meta.set(keys::tensor_meta, Value(T({2, 8})));
+  t.node(1).meta.set(keys::stack_trace, Value("elsewhere"));
+  const auto tampered = run_pipeline(t, passes("verify"), tbase);
+  ASSERT_EQ(tampered[0].problems.size(), 2U);
+  EXPECT_EQ(tampered[0].problems[0], "node 'relu': protected key 'stack_trace' changed since load");
+  EXPECT_EQ(tampered[0].problems[1], "node 'relu': protected key 'tensor_meta' changed since load");
+}
+
+// Kind: regression (issue 14 item 7). What `nodemeta run --output` saves loads again and
+// verifies clean, and the passes run on it again give the same costs.
+TEST(VerifyPassTest, SavedResultLoadsAndVerifiesClean) {
+  Graph g = crafted(fusable(), R"("training":false,)");
+  const Baseline base(g);
+  run_pipeline(g, pass_names(), base);
+  Graph again = graph::parse_graph(graph::to_json(g), "saved.json");
+  const Baseline again_base(again);
+  const auto stats = run_pipeline(again, passes("verify"), again_base);
+  EXPECT_TRUE(stats[0].problems.empty()) << stats[0].problems.size() << ": " << stats[0].problems.front();
+  const auto rerun = run_pipeline(again, passes("cost,fuse,propagate,verify"), again_base);
+  EXPECT_TRUE(rerun.back().problems.empty()) << rerun.back().problems.front();
+  EXPECT_EQ(graph::to_json(again), graph::to_json(g));
+}
 }  // namespace
 }  // namespace nodemeta::passes

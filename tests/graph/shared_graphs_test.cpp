@@ -123,6 +123,17 @@ TEST_P(SharedGraphTest, FuseKeepsTheCriticalPathAndCommutesWithCost) {
   }
 }
 
+// Issue 14 item 7: the graph `nodemeta run --output` saves loads again and verifies clean.
+TEST_P(SharedGraphTest, SavedPipelineResultVerifiesClean) {
+  graph::Graph g = graph::load_graph(path());
+  const Baseline base(g);
+  run_pipeline(g, pass_names(), base);
+  graph::Graph again = graph::parse_graph(graph::to_json(g), "saved " + GetParam());
+  const Baseline again_base(again);
+  const auto stats = run_pipeline(again, parse_pass_list("verify"), again_base);
+  EXPECT_TRUE(stats[0].problems.empty()) << stats[0].problems.size() << " problems, first: " << stats[0].problems.front();
+}
+
 INSTANTIATE_TEST_SUITE_P(Graphs, SharedGraphTest, ::testing::ValuesIn(graph_files()),
                          [](const ::testing::TestParamInfo<std::string>& param_info) {
                            std::string n = param_info.param.empty() ? "absent" : param_info.param;
