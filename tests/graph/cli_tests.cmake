@@ -78,3 +78,15 @@ nodemeta_cli_test(run_output_annotated RC 0
   ARGS inspect ${CMAKE_CURRENT_BINARY_DIR}/cli_output.json.gz --node blocks_0_mlp_tokens_fc1__blocks_0_mlp_tokens_act)
 set_tests_properties(cli.run_output PROPERTIES FIXTURES_SETUP cli_output)
 set_tests_properties(cli.run_output_verify cli.run_output_annotated PROPERTIES FIXTURES_REQUIRED cli_output)
+
+# --mode: the training mode where the file does not record it (issue 14); it reaches the
+# passes and the saved file, and contradicting the file is an error.
+nodemeta_cli_test(run_mode_unknown RC 0 REGEX "traced in unknown mode" ARGS run ${_bundled} --passes cost)
+nodemeta_cli_test(run_mode_eval RC 0 REGEX "traced in eval mode.*cost unknown for 1 of 137"
+  ARGS run ${_bundled} --passes cost --mode eval --output ${CMAKE_CURRENT_BINARY_DIR}/cli_eval.json)
+nodemeta_cli_test(run_mode_saved RC 0 REGEX "traced in eval mode" ARGS run ${CMAKE_CURRENT_BINARY_DIR}/cli_eval.json --passes verify)
+nodemeta_cli_test(run_mode_contradicts RC 1 REGEX "cli_eval.json: the file says the graph was traced in eval mode; --mode training contradicts it"
+  ARGS run ${CMAKE_CURRENT_BINARY_DIR}/cli_eval.json --mode training)
+nodemeta_cli_test(run_mode_bad RC 2 REGEX "--mode expects eval or training, got 'train'" ARGS run --mode train)
+set_tests_properties(cli.run_mode_eval PROPERTIES FIXTURES_SETUP cli_eval)
+set_tests_properties(cli.run_mode_saved cli.run_mode_contradicts PROPERTIES FIXTURES_REQUIRED cli_eval)
