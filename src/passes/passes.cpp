@@ -164,7 +164,9 @@ class FusePass final : public Pass {
     };
     std::vector<Fused> fused;
     fused.reserve(heads.size());
+    std::vector<std::size_t> fused_of(g.size(), SIZE_MAX);  // chain head -> its index in `fused`
     for (std::size_t h : heads) {
+      fused_of[h] = fused.size();
       std::string name;
       for (std::size_t m : chain[h]) name += (name.empty() ? "" : "__") + g.node(m).name;
       std::string unique = name;
@@ -199,7 +201,6 @@ class FusePass final : public Pass {
     std::vector<Node> next;
     next.reserve(old.size());
     std::vector<std::size_t> at(fused.size());  // each fused node's index in `next`
-    std::size_t f = 0;
     for (std::size_t i = 0; i < old.size(); ++i) {
       if (owner[i] == SIZE_MAX) {
         Node n = std::move(old[i]);
@@ -210,7 +211,10 @@ class FusePass final : public Pass {
       }
       const std::vector<std::size_t>& members = chain[owner[i]];
       if (i != members.back()) continue;
-      Node n = std::move(fused[f++].node);
+      // Chains end in another order than they start (one may end inside another's span):
+      // each takes its own node.
+      const std::size_t f = fused_of[owner[i]];
+      Node n = std::move(fused[f].node);
       for (std::size_t m : members) {
         for (std::size_t in : old[m].inputs) {
           if (owner[in] == owner[i]) continue;  // inside the chain
@@ -219,7 +223,7 @@ class FusePass final : public Pass {
         }
       }
       for (std::size_t m : members) remap[m] = next.size();
-      at[f - 1] = next.size();
+      at[f] = next.size();
       next.push_back(std::move(n));
     }
     std::size_t replaced = 0;

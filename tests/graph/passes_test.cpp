@@ -569,6 +569,33 @@ TEST(FusePassTest, OnlyTorchNnModulesFuse) {
   }
 }
 
+// Kind: regression. A chain that starts first may end last: conv -> bn -> relu spans the
+// whole fc -> gelu chain. Each fused node takes its own chain's place and inputs (the splice
+// once handed the nodes out in the order the chains start).
+TEST(FusePassTest, ChainsEndingInAnotherOrderKeepTheirOwnNodes) {
+  Graph g = crafted({{"x", "placeholder", "x", {}, T({1, 3, 8, 8})},
+                     {"v", "placeholder", "v", {}, T({1, 16})},
+                     module("conv", "torch.nn.modules.conv.Conv2d", {0}, T({1, 8, 8, 8})),
+                     module("fc", "torch.nn.modules.linear.Linear", {1}, T({1, 4})),
+                     module("gelu", "torch.nn.modules.activation.GELU", {3}, T({1, 4})),
+                     module("bn", "torch.nn.modules.batchnorm.BatchNorm2d", {2}, T({1, 8, 8, 8})),
+                     module("relu", "torch.nn.modules.activation.ReLU", {5}, T({1, 8, 8, 8}))},
+                    R"("training":false,)");
+  const Baseline base(g);
+  const auto stats = run_pipeline(g, passes("cost,fuse,propagate,verify"), base);
+  ASSERT_EQ(stats[1].summary, "2 chains fused (5 nodes replaced)");
+  const graph::Node& conv = g.node(*g.find("conv__bn__relu"));
+  const graph::Node& fc = g.node(*g.find("fc__gelu"));
+  EXPECT_EQ(conv.target, "nodemeta.fused.conv_bn_relu");
+  EXPECT_EQ(fc.target, "nodemeta.fused.linear_gelu");
+  EXPECT_EQ(conv.inputs, (std::vector<std::size_t>{*g.find("x")}));  // was v's: fc's chain's inputs
+  EXPECT_EQ(fc.inputs, (std::vector<std::size_t>{*g.find("v")}));
+  EXPECT_EQ(*g.find("fc__gelu"), 2U);  // where gelu was
+  EXPECT_EQ(g.node(g.size() - 1).inputs, (std::vector<std::size_t>{*g.find("conv__bn__relu")}));
+  EXPECT_EQ(fc.meta.at("flops"), Value(2 * 4 * 16 + 4));
+  EXPECT_TRUE(stats.back().problems.empty()) << stats.back().problems.front();
+}
+
 // Kind: regression (issue 14 item 7). A loaded node that carries from_node (a rewrite's
 // result, saved and loaded again) is a loaded node: verify compares all its protected
 // values, and it has not vanished.
