@@ -5,13 +5,15 @@ benchmarked against.
 
 This is a line-by-line port of src/passes/cost.cpp and the CostPass, PropagatePass,
 VerifyPass and Baseline of src/passes/passes.cpp (formulas: docs/passes.md). Per node it
-writes the same keys with the same values (`flops`, `bytes`, `cost_rule`, `depth`,
-`critical_path_flops`, `critical_path_complete`; "unknown" where the C++ writes it), and
-per pass it returns the same statistics as the C++ PassStats.
+writes the same keys with the same values (`flops`, `bytes`, `cost_rule`,
+`flops_lower_bound`, `depth`, `critical_path_flops`, `critical_path_complete`; "unknown"
+where the C++ writes it), and per pass it returns the same statistics as the C++ PassStats.
+The graph's "training" attribute (true, false, absent: unknown) is passed as `training`.
 
-    from python_passes import nodes_from_json, run_passes
-    nodes = nodes_from_json(json.load(open("resnet50.json")))
-    stats = run_passes(nodes)            # mutates each node.meta, returns one dict per pass
+    from python_passes import nodes_from_json, run_passes, training_mode
+    doc = json.load(open("resnet50.json"))
+    nodes = nodes_from_json(doc)
+    stats = run_passes(nodes, training=training_mode(doc))  # mutates each node.meta
 
     /usr/bin/python3 benchmarks/python_passes.py --check GRAPH... --expected DUMP...
 
@@ -33,8 +35,11 @@ Differences that cannot show on schema-conforming graphs, kept on purpose (idiom
 Python rather than an emulation of the C++ Value):
 - verify compares protected values with Python's ==, where the C++ Value never equates
   kinds (1 == 1.0 == True in Python) and takes NaN == NaN;
-- integers are unbounded, where the C++ computes in int64 (none of the shared graphs comes
-  near 2**63).
+- integers are unbounded where the C++ computes in checked int64: counts are computed
+  exactly and every count the C++ would find past int64 is refused here too (fits()), with
+  the same "unknown" and the same rule; since every count is a sum of products of
+  non-negative factors (a zero factor short-circuits in the C++), the C++ overflows exactly
+  when the exact count is past 2**63 - 1.
 The passes here never write a protected key, so `rejected_protected` is always 0, as it
 is for the C++ cost, propagate and verify.
 """
@@ -93,6 +98,8 @@ def load_document(path: str) -> Dict[str, Any]:
 
 # ---- cost model (src/passes/cost.cpp) ------------------------------------------------------------
 
+INT64_MAX = 2**63 - 1
+
 DTYPE_BYTES = {
     "torch.float32": 4, "torch.int32": 4,
     "torch.float64": 8, "torch.int64": 8, "torch.complex64": 8,
@@ -102,64 +109,132 @@ DTYPE_BYTES = {
 }
 
 
+def fits(*counts: Optional[int]) -> bool:
+    """Every count is known and fits int64 (the C++ computes in checked int64: a count past
+    it is unknown there, never a wrapped number). Counts are never negative."""
+    return all(c is not None and c <= INT64_MAX for c in counts)
+
+
 class Tensor(NamedTuple):
     shape: List[int]
-    itemsize: int
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        return self.numel * self.itemsize
+    numel: int   # fits int64
+    nbytes: int  # fits int64
 
 
-def as_tensor(v: Any) -> Optional[Tensor]:
-    """A {"shape": [...], "dtype": "..."} value as a Tensor, else None."""
-    if not isinstance(v, dict):
-        return None
-    shape = v.get("shape")
-    dtype = v.get("dtype")
+class Unusable(Exception):
+    """A tensor description the model cannot count; the message says why."""
+
+
+def _shape_text(shape: Any) -> str:
+    return "[" + ", ".join(str(d) if type(d) is int else "?" for d in shape) + "]"
+
+
+def _is_tensor_value(v: Any) -> bool:
+    return isinstance(v, dict) and "shape" in v and "dtype" in v
+
+
+def parse_tensor(v: Dict[str, Any]) -> Tensor:
+    shape, dtype = v["shape"], v["dtype"]
     if not isinstance(shape, list) or not isinstance(dtype, str):
-        return None
-    if any(type(d) is not int for d in shape):  # JSON true/false are not dimensions
-        return None
+        raise Unusable("a tensor whose shape is not a list or whose dtype is not a string")
+    for d in shape:
+        if type(d) is not int:  # JSON true/false are not dimensions
+            raise Unusable("a tensor whose shape holds a non-integer")
+        if d < 0:
+            raise Unusable(f"a tensor of shape {_shape_text(shape)} (negative dimension)")
     itemsize = DTYPE_BYTES.get(dtype, 0)
     if not itemsize:
-        return None
-    return Tensor(shape, itemsize)
+        raise Unusable(f"a tensor of dtype {dtype}, whose element size the model does not know")
+    numel = math.prod(shape)
+    if not fits(numel, numel * itemsize):
+        raise Unusable(f"a tensor of shape {_shape_text(shape)} whose size does not fit int64")
+    return Tensor(list(shape), numel, numel * itemsize)
 
 
-def tensors_in(v: Any) -> List[Tensor]:
-    t = as_tensor(v)
-    if t is not None:
-        return [t]
+def collect_tensors(v: Any, out: List[Tensor]) -> None:
+    """Appends the tensors in v (a tensor, or lists holding tensors at any depth: an LSTM's
+    (out, (h, c))); other entries are skipped. Raises Unusable."""
+    if _is_tensor_value(v):
+        out.append(parse_tensor(v))
+    elif isinstance(v, list):
+        for e in v:
+            collect_tensors(e, out)
+
+
+def scalar_leaves(v: Any) -> bool:
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return True
     if isinstance(v, list):
-        return [t for t in map(as_tensor, v) if t is not None]
-    return []
+        return all(scalar_leaves(e) for e in v)
+    return False
 
 
-def node_tensors(meta: Dict[str, Any]) -> List[Tensor]:
-    """The tensors a node produces: from tensor_meta (ShapeProp), else val (FakeTensorProp)."""
-    tensors = tensors_in(meta.get("tensor_meta"))
-    if tensors:
-        return tensors
-    return tensors_in(meta.get("val"))
+SCALAR_TYPES = frozenset({
+    "builtins.int", "builtins.float", "builtins.bool", "builtins.complex", "builtins.str",
+    "builtins.NoneType", "torch.Size", "torch.dtype", "torch.device", "torch.layout", "torch.memory_format"})
+
+TENSORS, NON_TENSOR, UNKNOWN_RESULT = "tensors", "non-tensor", "unknown"
+
+
+class Result(NamedTuple):
+    kind: str                # TENSORS, NON_TENSOR or UNKNOWN_RESULT
+    tensors: List[Tensor]    # TENSORS: every tensor, nested tuples flattened, in order
+    nbytes: int              # TENSORS: their bytes together (fits int64)
+    why: str                 # UNKNOWN_RESULT: what is missing
+
+
+def node_result(meta: Dict[str, Any]) -> Result:
+    """What a node produces: from tensor_meta (ShapeProp), else val (FakeTensorProp); without a
+    tensor in either, a non-tensor only where the metadata says so (a scalar type, or a val of
+    plain scalars), else unknown."""
+    for k in ("tensor_meta", "val"):
+        if k not in meta:
+            continue
+        tensors: List[Tensor] = []
+        try:
+            collect_tensors(meta[k], tensors)
+        except Unusable as e:
+            return Result(UNKNOWN_RESULT, [], 0, f"has {k} holding {e}")
+        if not tensors:
+            continue
+        nbytes = sum(t.nbytes for t in tensors)
+        if not fits(nbytes):
+            return Result(UNKNOWN_RESULT, [], 0, "has tensors whose bytes together do not fit int64")
+        return Result(TENSORS, tensors, nbytes, "")
+    type_name = meta.get("type")
+    val = meta.get("val")
+    plain_val = val is not None and scalar_leaves(val)
+    non_tensor = plain_val
+    if not isinstance(type_name, str):
+        type_name = ""
+    else:
+        non_tensor = type_name in SCALAR_TYPES or (type_name in ("builtins.tuple", "builtins.list") and plain_val)
+    if non_tensor:
+        return Result(NON_TENSOR, [], 0, "")
+    return Result(UNKNOWN_RESULT, [], 0,
+                  "has no tensor shape in tensor_meta/val" + (f" (type {type_name})" if type_name else ""))
+
+
+def result_bytes(meta: Dict[str, Any]) -> Optional[int]:
+    r = node_result(meta)
+    return None if r.kind == UNKNOWN_RESULT else r.nbytes
 
 
 _CALL_FUNCTION_PREFIXES = ("_operator.", "torch.nn.functional.", "torch.")
 
 
 def op_key(node: Node) -> str:
-    """A short op name: "module:Conv2d", "aten.convolution", "add", "method:mean"."""
+    """A short op name: "module:Conv2d", "aten.convolution", "add", "method:mean". Module
+    formulas are for torch.nn's own classes only: another module's key is its qualified type."""
     op, target = node.op, node.target
     if op == "call_module":
         stack = node.meta.get("nn_module_stack")
         type_name = stack.get(target) if isinstance(stack, dict) else None
-        if isinstance(type_name, str) and type_name:
+        if not isinstance(type_name, str) or not type_name:
+            return "module:" + target + " (no type in nn_module_stack)"
+        if type_name.startswith("torch.nn.modules."):
             return "module:" + type_name.rsplit(".", 1)[-1]
-        return "module:" + target
+        return "module:" + type_name
     if op == "call_method":
         return "method:" + target
     if op != "call_function":
@@ -182,6 +257,20 @@ def base_name(key: str) -> str:
     return key
 
 
+def innermost_module(meta: Dict[str, Any]) -> str:
+    stack = meta.get("nn_module_stack")
+    if not isinstance(stack, dict) or not stack:
+        return ""
+    last = list(stack.values())[-1]
+    return last if isinstance(last, str) else ""
+
+
+def training_mode(attrs: Optional[Dict[str, Any]]) -> Optional[bool]:
+    """The graph's "training" attribute: True, False, or None when the graph does not say."""
+    v = (attrs or {}).get("training")
+    return v if isinstance(v, bool) else None
+
+
 VIEW_OPS = frozenset({
     "view", "_unsafe_view", "_reshape_alias", "reshape", "permute", "transpose", "t", "expand",
     "slice", "split", "unsqueeze", "squeeze", "flatten", "getitem", "getattr", "detach", "dim",
@@ -192,99 +281,334 @@ ELEMENTWISE_OPS = frozenset({
     "add", "sub", "mul", "div", "truediv", "neg", "pow", "exp", "log", "sqrt", "rsqrt", "relu",
     "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "where", "bernoulli",
     "ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh", "Hardswish", "Hardsigmoid"})
-BATCH_NORM_OPS = frozenset({"BatchNorm2d", "BatchNorm1d", "native_batch_norm"})
+BATCH_NORM_OPS = frozenset({"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "native_batch_norm", "batch_norm"})
 LAYER_NORM_OPS = frozenset({"LayerNorm", "native_layer_norm", "layer_norm"})
 SOFTMAX_OPS = frozenset({"_softmax", "softmax", "Softmax"})
 MEAN_OPS = frozenset({"AdaptiveAvgPool2d", "adaptive_avg_pool2d", "mean"})
 MATMUL_OPS = frozenset({"addmm", "mm", "bmm", "matmul"})
-CONV_MODULES = frozenset({"Conv2d", "Conv1d", "Conv3d"})
+CONV_MODULES = frozenset({"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"})
 POOL_OPS = frozenset({"MaxPool2d", "AvgPool2d", "max_pool2d", "avg_pool2d"})
+TORCH_CONV = frozenset({"torch.nn.modules.conv.Conv1d", "torch.nn.modules.conv.Conv2d", "torch.nn.modules.conv.Conv3d"})
+TORCH_CONV_TRANSPOSE = frozenset({"torch.nn.modules.conv.ConvTranspose1d", "torch.nn.modules.conv.ConvTranspose2d",
+                                  "torch.nn.modules.conv.ConvTranspose3d"})
+FUSED_ACTIVATIONS = frozenset({"relu", "relu6", "gelu", "silu", "hardswish"})
+MODE_UNKNOWN = "the graph does not say whether it was traced in training mode (graph attribute 'training')"
 
 
-def estimate_cost(nodes: Sequence[Node], index: int):
-    """(flops, bytes, rule) of one node; flops and bytes are None where the model does not
-    know the op, with rule saying why."""
-    n = nodes[index]
-    if n.op in ("placeholder", "get_attr", "output"):
-        return 0, 0, f"no computation ({n.op})"
-    key = op_key(n)
-    base = base_name(key)
-    out = node_tensors(n.meta)
-    inp = []  # the first tensor of each input that has one
-    for j in n.inputs:
-        t = node_tensors(nodes[j].meta)
-        if t:
-            inp.append(t[0])
-    io_bytes = sum(t.nbytes for t in inp) + sum(t.nbytes for t in out)
+class Estimate(NamedTuple):
+    """(flops, bytes, rule, flops_lower_bound): flops and bytes None where the model does not
+    know them, with rule saying why; flops_lower_bound an int > 0 only where flops is None
+    but part of the count is certain."""
+    flops: Optional[int]
+    nbytes: Optional[int]
+    rule: str
+    flops_lower_bound: Optional[int] = None
 
-    def unknown(why):
-        return None, None, "unknown: " + why
 
-    if base in VIEW_OPS:
-        return 0, 0, f"view/metadata op {key}: no arithmetic, no copy"
-    if not out:
-        if base in SCALAR_OPS:
-            return 0, 0, f"scalar op {key} (no tensor result)"
-        return unknown(f"{key} has no tensor shape in tensor_meta/val")
-    numel = out[0].numel
+class _Estimator:
+    """Estimator in src/passes/cost.cpp: the estimate of one node."""
 
-    if base == "Dropout":
-        return 0, 0, "Dropout (eval-mode trace): identity"
-    if base in ("clone", "contiguous"):
-        return 0, io_bytes, f"{key}: copy, 0 flops; bytes = read + write"
-    if base in ALLOC_OPS:
-        return 0, sum(t.nbytes for t in out), f"{key}: allocation/fill, 0 flops; bytes = output written"
-    if base == "cat":
-        return 0, io_bytes, "cat: 0 flops; bytes = inputs read + output written"
-    if base == "embedding":
-        return (0, 2 * out[0].nbytes + (inp[1].nbytes if len(inp) > 1 else 0),
-                "embedding: gather, 0 flops; bytes = rows read + output written + indices")
-    if base in ELEMENTWISE_OPS:
-        return numel, io_bytes, f"elementwise {key}: flops = numel(out)"
-    if base in BATCH_NORM_OPS:
-        return 2 * numel, io_bytes, "batch norm (inference): flops = 2*numel(out) (folded scale, shift)"
-    if base in LAYER_NORM_OPS:
-        return 5 * numel, io_bytes, "layer norm: flops = 5*numel(out) (mean, centre, variance, normalise, affine)"
-    if base in SOFTMAX_OPS:
-        return 5 * numel, io_bytes, "softmax: flops = 5*numel(out) (max, subtract, exp, sum, divide)"
-    if base in MEAN_OPS:
-        if not inp:
-            return unknown(f"{key}: input shape missing")
-        return inp[0].numel, io_bytes, f"{key}: flops = numel(input) (one add per input element)"
-    if base == "Linear":
-        if not inp or not inp[0].shape:
-            return unknown("Linear: input shape missing")
-        return (2 * numel * inp[0].shape[-1], io_bytes,
-                "Linear: flops = 2*numel(out)*in_features; bias add and weights not in fx metadata")
-    if base in MATMUL_OPS:
-        # addmm(bias, a, b); mm(a, b); bmm(a, b): K is a's last dimension.
-        a = 1 if base == "addmm" else 0
-        if len(inp) <= a or not inp[a].shape:
-            return unknown(f"{key}: operand shape missing")
-        k = inp[a].shape[-1]
-        if base == "addmm":
-            return 2 * numel * k + numel, io_bytes, f"{key}: flops = 2*numel(out)*K + numel(out) (bias)"
-        return 2 * numel * k, io_bytes, f"{key}: flops = 2*numel(out)*K"
-    if base == "convolution":
-        # convolution(x, weight[, bias]): weight is [C_out, C_in/groups, k...].
-        if len(inp) < 2 or len(inp[1].shape) < 3:
-            return unknown("convolution: weight shape missing")
-        per_out = math.prod(inp[1].shape[1:])
-        bias = numel if len(inp) >= 3 else 0
-        return (2 * numel * per_out + bias, io_bytes,
-                "convolution: flops = 2*numel(out)*C_in/groups*prod(kernel)" +
-                (" + numel(out) (bias)" if bias else ""))
-    if base == "MultiheadAttention":
-        if not inp or len(inp[0].shape) != 3:
-            return unknown("MultiheadAttention: query shape missing")
-        nb, seq, e = inp[0].shape
-        return (8 * nb * seq * e * e + 4 * nb * seq * seq * e, io_bytes,
-                "MultiheadAttention (batch_first [N, L, E], self-attention): flops = 8*N*L*E^2 + 4*N*L^2*E")
-    if base in CONV_MODULES:
-        return unknown(f"{key}: kernel size and groups are not in fx call_module metadata")
-    if base in POOL_OPS:
-        return unknown(f"{key}: kernel size is not in the node metadata")
-    return unknown(f"no cost formula for {key}")
+    def __init__(self, nodes: Sequence[Node], index: int, training: Optional[bool]):
+        self.nodes = nodes
+        self.n = nodes[index]
+        self.key = op_key(self.n)
+        self.base = base_name(self.key)
+        self.training = training
+        self.why = ""
+
+    def unknown(self, why: str, lower_bound: Optional[int] = None) -> Estimate:
+        return Estimate(None, None, "unknown: " + why,
+                        lower_bound if lower_bound is not None and lower_bound > 0 else None)
+
+    def known(self, flops: Optional[int], nbytes: Optional[int], rule: str) -> Estimate:
+        if not fits(flops, nbytes):
+            return self.unknown(f"{self.key}: the count does not fit int64 ({rule})")
+        return Estimate(flops, nbytes, rule)
+
+    def operand(self, k: int) -> Optional[Tensor]:
+        if k >= len(self.inp):
+            self.why = f"{self.key}: no operand {k} (the inputs list each node once)"
+            return None
+        if self.inp[k].kind != TENSORS or len(self.inp[k].tensors) != 1:
+            self.why = f"{self.key}: operand {k} is not one tensor"
+            return None
+        return self.inp[k].tensors[0]
+
+    def run(self) -> Estimate:
+        n, key, base = self.n, self.key, self.base
+        if n.op in ("placeholder", "get_attr", "output"):
+            return Estimate(0, 0, f"no computation ({n.op})")
+        if base in VIEW_OPS:
+            return Estimate(0, 0, f"view/metadata op {key}: no arithmetic, no copy")
+        self.out = node_result(n.meta)
+        if self.out.kind == NON_TENSOR:
+            if base in SCALAR_OPS:
+                return Estimate(0, 0, f"scalar op {key} (non-tensor result)")
+            return self.unknown(f"{key} has a non-tensor result and no cost formula")
+        if self.out.kind == UNKNOWN_RESULT:
+            return self.unknown(f"{key}: the result {self.out.why}")
+        # Operands by position: inputs[k] is the k-th distinct node the op reads.
+        self.inp = []
+        for k, j in enumerate(n.inputs):
+            self.inp.append(node_result(self.nodes[j].meta))
+            if self.inp[-1].kind == UNKNOWN_RESULT:
+                return self.unknown(f"{key}: operand {k} {self.inp[-1].why}")
+        self.y = self.out.tensors[0]
+        self.numel = self.y.numel
+        self.io_bytes = self.out.nbytes + sum(r.nbytes for r in self.inp)
+        return self.formulas()
+
+    def formulas(self) -> Estimate:
+        key, base, numel, io_bytes, training = self.key, self.base, self.numel, self.io_bytes, self.training
+        if key.startswith("nodemeta.fused."):
+            return self.fused(key[len("nodemeta.fused."):])
+        if base == "Dropout":
+            if training is None:
+                return self.unknown(f"{key}: identity in eval mode, elementwise in training mode; {MODE_UNKNOWN}")
+            if not training:
+                return Estimate(0, 0, "Dropout (eval mode): identity")
+            return self.known(numel, io_bytes, "Dropout (training mode): flops = numel(out) (mask and scale)")
+        if base in ("clone", "contiguous"):
+            return self.known(0, io_bytes, f"{key}: copy, 0 flops; bytes = read + write")
+        if base in ALLOC_OPS:
+            return self.known(0, self.out.nbytes, f"{key}: allocation/fill, 0 flops; bytes = output written")
+        if base == "cat":
+            return self.known(0, io_bytes, "cat: 0 flops; bytes = inputs read + output written")
+        if base == "embedding":  # embedding(weight, indices)
+            indices = self.operand(1) if self.operand(0) is not None else None
+            if indices is None:
+                return self.unknown(self.why)
+            return self.known(0, 2 * self.y.nbytes + indices.nbytes,
+                              "embedding: gather, 0 flops; bytes = rows read + output written + indices")
+        if base in ELEMENTWISE_OPS:
+            return self.known(numel, io_bytes, f"elementwise {key}: flops = numel(out)")
+        if base in BATCH_NORM_OPS:
+            return self.batch_norm()
+        if base in LAYER_NORM_OPS:
+            return self.known(5 * numel, io_bytes,
+                              "layer norm: flops = 5*numel(out) (mean, centre, variance, normalise, affine)")
+        if base in SOFTMAX_OPS:
+            return self.known(5 * numel, io_bytes, "softmax: flops = 5*numel(out) (max, subtract, exp, sum, divide)")
+        if base in MEAN_OPS:
+            x = self.operand(0)
+            if x is None:
+                return self.unknown(self.why)
+            return self.known(x.numel, io_bytes, f"{key}: flops = numel(input) (one add per input element)")
+        if base == "Linear":
+            flops = self.linear()
+            if flops is None:
+                return self.unknown(self.why)
+            return self.known(flops, io_bytes,
+                              "Linear: flops = 2*numel(out)*in_features; bias add and weights not in fx metadata")
+        if base in MATMUL_OPS:
+            return self.matrix_product()
+        if base == "convolution":
+            return self.convolution()
+        if base == "MultiheadAttention":
+            return self.attention()
+        if base in CONV_MODULES:
+            return self.unknown(f"{key}: kernel size and groups are not in fx call_module metadata")
+        if base in POOL_OPS:
+            return self.unknown(f"{key}: kernel size is not in the node metadata")
+        return self.unknown(f"no cost formula for {key}")
+
+    def batch_norm(self) -> Estimate:
+        key, numel = self.key, self.numel
+        if self.training is None:
+            return self.unknown(f"{key}: 2*numel(out) in eval mode, 5*numel(out) in training mode; {MODE_UNKNOWN}"
+                                "; flops_lower_bound = 2*numel(out)", 2 * numel if fits(2 * numel) else None)
+        if not self.training:
+            return self.known(2 * numel, self.io_bytes, "batch norm (eval mode): flops = 2*numel(out) (folded scale, shift)")
+        return self.known(5 * numel, self.io_bytes,
+                          "batch norm (training mode): flops = 5*numel(out) (batch mean, centre, variance, normalise, affine)")
+
+    def linear(self) -> Optional[int]:
+        """2*numel(out)*in_features, or None with self.why set."""
+        x = self.operand(0)
+        if x is None:
+            return None
+        if not x.shape or len(x.shape) != len(self.y.shape) or x.shape[:-1] != self.y.shape[:-1]:
+            self.why = f"{self.key}: input and output shapes do not fit [..., in_features] -> [..., out_features]"
+            return None
+        return 2 * self.numel * x.shape[-1]
+
+    def matrix_product(self) -> Estimate:
+        # addmm(bias, a, b); mm(a, b); bmm(a, b); matmul(a, b): K is a's last dimension.
+        key, base, y = self.key, self.base, self.y
+        addmm = base == "addmm"
+        first = 1 if addmm else 0
+        if addmm and self.operand(0) is None:
+            return self.unknown(self.why)
+        a = self.operand(first)
+        b = self.operand(first + 1) if a is not None else None
+        if b is None:
+            return self.unknown(self.why)
+        A, B, Y = a.shape, b.shape, y.shape
+        if base in ("mm", "addmm"):
+            ok = len(A) == 2 and len(B) == 2 and len(Y) == 2 and A[1] == B[0] and Y[0] == A[0] and Y[1] == B[1]
+        elif base == "bmm":
+            ok = (len(A) == 3 and len(B) == 3 and len(Y) == 3 and A[0] == B[0] and A[2] == B[1] and Y[0] == A[0]
+                  and Y[1] == A[1] and Y[2] == B[2])
+        else:  # matmul: b's contracted dimension is its second-to-last (its only one if 1-D)
+            ok = len(A) >= 1 and len(B) >= 1 and A[-1] == B[len(B) - 2 if len(B) >= 2 else 0]
+        if not ok:
+            return self.unknown(f"{key}: operand shapes do not fit a matrix product")
+        k = A[-1]
+        if addmm:
+            return self.known(2 * self.numel * k + self.numel, self.io_bytes,
+                              f"{key}: flops = 2*numel(out)*K + numel(out) (bias)")
+        return self.known(2 * self.numel * k, self.io_bytes, f"{key}: flops = 2*numel(out)*K")
+
+    def convolution(self) -> Estimate:
+        """aten.convolution(x, weight[, bias]); `transposed` is not in the file: the innermost
+        module (torch.nn.Conv*d or ConvTranspose*d) decides, else the shapes."""
+        key, y = self.key, self.y
+        if not 2 <= len(self.inp) <= 3:
+            return self.unknown(f"{key}: expects input, weight[, bias] as operands")
+        x = self.operand(0)
+        w = self.operand(1) if x is not None else None
+        bias = self.operand(2) if (w is not None and len(self.inp) == 3) else None
+        if w is None or (len(self.inp) == 3 and bias is None):
+            return self.unknown(self.why)
+        r = len(w.shape)
+        if r < 3 or len(x.shape) != r or len(y.shape) != r:
+            return self.unknown(f"{key}: input, weight and output are not [N, C, spatial...] tensors of one rank")
+        per = math.prod(w.shape[1:])  # C/groups * prod(kernel)
+        cin, cout, w0, w1 = x.shape[1], y.shape[1], w.shape[0], w.shape[1]
+        batch = y.shape[0] == x.shape[0]
+        forward_fits = batch and cout == w0 and w1 > 0 and cin > 0 and cin % w1 == 0 and cout % (cin // w1) == 0
+        transposed_fits = batch and cin == w0 and w1 > 0 and cout > 0 and cout % w1 == 0 and cin % (cout // w1) == 0
+        bias_flops = self.numel if bias is not None else 0
+        forward = 2 * self.numel * per + bias_flops if fits(per) else None
+        transposed = 2 * x.numel * per + bias_flops if fits(per) else None
+        bias_rule = " + numel(out) (bias)" if bias is not None else ""
+        forward_rule = "convolution: flops = 2*numel(out)*C_in/groups*prod(kernel)" + bias_rule
+        transposed_rule = "convolution (transposed): flops = 2*numel(in)*C_out/groups*prod(kernel)" + bias_rule
+        module = innermost_module(self.n.meta)
+        if module in TORCH_CONV or module in TORCH_CONV_TRANSPOSE:
+            conv_module = module in TORCH_CONV
+            if not (forward_fits if conv_module else transposed_fits):
+                return self.unknown(f"{key}: the shapes do not fit the {module} that made the node")
+            short = module.rsplit(".", 1)[-1]
+            if conv_module:
+                return self.known(forward, self.io_bytes, f"{forward_rule} ({short})")
+            return self.known(transposed, self.io_bytes, f"{transposed_rule} ({short})")
+        if forward_fits and not transposed_fits:
+            return self.known(forward, self.io_bytes, forward_rule)
+        if transposed_fits and not forward_fits:
+            return self.known(transposed, self.io_bytes, transposed_rule)
+        if not forward_fits:
+            return self.unknown(f"{key}: the shapes fit neither a forward nor a transposed convolution")
+        if not fits(forward, transposed):
+            return self.known(None, self.io_bytes, forward_rule)
+        if forward == transposed:
+            return self.known(forward, self.io_bytes, forward_rule + " (a transposed convolution gives the same count)")
+        return self.unknown(f"{key}: the shapes fit a forward and a transposed convolution, and the graph does not "
+                            "say which; flops_lower_bound = the smaller count", min(forward, transposed))
+
+    def attention(self) -> Estimate:
+        """MultiheadAttention: inputs [q], [q, kv] or [q, k, v]; batch_first is not in the file."""
+        key, y, inp = self.key, self.y, self.inp
+        if not 1 <= len(inp) <= 3:
+            return self.unknown(f"{key}: expects query[, key][, value] as its only operands (masks are not costed)")
+        q = self.operand(0)
+        k = self.operand(1 if len(inp) == 3 else len(inp) - 1) if q is not None else None
+        v = self.operand(len(inp) - 1) if k is not None else None
+        if v is None:
+            return self.unknown(self.why)
+        r = len(q.shape)
+        if r not in (2, 3) or len(k.shape) != r or len(v.shape) != r:
+            return self.unknown(f"{key}: query, key and value are not all [L, E] or all 3-D")
+        if y.shape != q.shape:
+            return self.unknown(f"{key}: the output's shape is not the query's")
+        e, kdim, vdim = q.shape[-1], k.shape[-1], v.shape[-1]
+        if len(inp) == 2 and kdim != e:
+            return self.unknown(f"{key}: with two operands the second may be the key, the value or both, which "
+                                "differ when its last dimension is not the query's")
+
+        def flops(nb: int, seq_l: int, seq_s: int) -> int:
+            return 4 * nb * seq_l * e * e + 2 * nb * seq_s * e * kdim + 2 * nb * seq_s * e * vdim + 4 * nb * seq_l * seq_s * e
+
+        formula = "flops = 4*N*L*E^2 + 2*N*S*E*(kdim + vdim) + 4*N*L*S*E"
+        Q, K, V = q.shape, k.shape, v.shape
+        if r == 2:  # unbatched: [L, E], [S, kdim], [S, vdim]
+            if K[0] != V[0]:
+                return self.unknown(f"{key}: key and value lengths differ")
+            return self.known(flops(1, Q[0], K[0]), self.io_bytes, "MultiheadAttention (unbatched): " + formula)
+        batch_first = Q[0] == K[0] == V[0] and K[1] == V[1]
+        seq_first = Q[1] == K[1] == V[1] and K[0] == V[0]
+        bf = flops(Q[0], Q[1], K[1])
+        sf = flops(Q[1], Q[0], K[0])
+        if batch_first and not seq_first:
+            return self.known(bf, self.io_bytes, "MultiheadAttention (batch_first [N, L, E]): " + formula)
+        if seq_first and not batch_first:
+            return self.known(sf, self.io_bytes, "MultiheadAttention ([L, N, E]): " + formula)
+        if not batch_first:
+            return self.unknown(f"{key}: query, key and value shapes fit neither [N, L, E] nor [L, N, E]")
+        if not fits(bf, sf):
+            return self.known(None, self.io_bytes, "MultiheadAttention: " + formula)
+        if bf == sf:
+            return self.known(bf, self.io_bytes, "MultiheadAttention ([N, L, E] and [L, N, E] give the same count): "
+                              + formula)
+        return self.unknown(f"{key}: the shapes fit [N, L, E] and [L, N, E], and batch_first is not in the metadata; "
+                            f"flops_lower_bound = the smaller count ({formula})", min(bf, sf))
+
+    def fused(self, pattern: str) -> Estimate:
+        """A node made by the fuse pass: the sum of its parts, each costed as the module it
+        replaced; bytes = inputs + output. Unknown if a part is, keeping the known parts."""
+        total: Optional[int] = 0
+        lower = 0
+        terms: List[str] = []
+        lower_terms: List[str] = []  # what flops_lower_bound adds
+        unknown_parts: List[str] = []
+        numel, training = self.numel, self.training
+        for part in pattern.split("_"):
+            if part == "conv":
+                unknown_parts.append("conv (kernel size and groups are not in fx call_module metadata)")
+                total = None
+            elif part == "bn":
+                if training is not None:
+                    f = (5 if training else 2) * numel
+                    terms.append("5*numel(out) (bn, training mode)" if training else "2*numel(out) (bn, eval mode)")
+                    lower_terms.append(terms[-1])
+                    total = total + f if total is not None else None
+                    lower += f
+                else:
+                    unknown_parts.append(f"bn ({MODE_UNKNOWN})")
+                    total = None
+                    lower += 2 * numel
+                    lower_terms.append("2*numel(out) (bn at the eval-mode rate)")
+            elif part == "linear":
+                f = self.linear()
+                if f is None:
+                    return self.unknown(self.why)
+                terms.append("2*numel(out)*in_features (linear)")
+                lower_terms.append(terms[-1])
+                total = total + f if total is not None else None
+                lower += f
+            elif part in FUSED_ACTIVATIONS:
+                terms.append(f"numel(out) ({part})")
+                lower_terms.append(terms[-1])
+                total = total + numel if total is not None else None
+                lower += numel
+            else:
+                return self.unknown(f"no cost formula for {self.key} (unknown part '{part}')")
+        sum_text = " + ".join(terms)
+        if not unknown_parts:
+            return self.known(total, self.io_bytes,
+                              f"fused {pattern}: flops = {sum_text}; bytes = inputs + output (intermediates stay on chip)")
+        parts = ", ".join(unknown_parts)
+        if not fits(lower):
+            return self.unknown(f"{self.key}: unknown parts: {parts}; the known parts do not fit int64")
+        lower_text = " + ".join(lower_terms)
+        return self.unknown(f"fused {pattern}: unknown parts: {parts}"
+                            + (f"; flops_lower_bound = {lower_text}" if lower_text else ""), lower)
+
+
+def estimate_cost(nodes: Sequence[Node], index: int, training: Optional[bool] = None) -> Estimate:
+    """The cost of one node (src/passes/cost.cpp's estimate_cost); `training` is the graph's
+    "training" attribute (None: the graph does not say)."""
+    return _Estimator(nodes, index, training).run()
 
 
 # ---- baseline and the passes (src/passes/passes.cpp) -------------------------------------------
@@ -309,15 +633,23 @@ def _stats(name: str, nodes: Sequence[Node]) -> Dict[str, Any]:
             "nodes_after": len(nodes), "seconds": 0.0, "summary": "", "problems": []}
 
 
-def cost_pass(nodes: Sequence[Node], stats: Dict[str, Any]) -> None:
+def write_cost(meta: Dict[str, Any], c: Estimate) -> None:
+    meta["flops"] = UNKNOWN if c.flops is None else c.flops
+    meta["bytes"] = UNKNOWN if c.nbytes is None else c.nbytes
+    meta["cost_rule"] = c.rule
+    if c.flops_lower_bound is not None:
+        meta["flops_lower_bound"] = c.flops_lower_bound
+    else:
+        meta.pop("flops_lower_bound", None)
+
+
+def cost_pass(nodes: Sequence[Node], stats: Dict[str, Any], training: Optional[bool] = None) -> None:
     unknown = 0
     for i, node in enumerate(nodes):
-        flops, nbytes, rule = estimate_cost(nodes, i)
-        if flops is None:
+        c = estimate_cost(nodes, i, training)
+        if c.flops is None:
             unknown += 1
-        node.meta["flops"] = UNKNOWN if flops is None else flops
-        node.meta["bytes"] = UNKNOWN if nbytes is None else nbytes
-        node.meta["cost_rule"] = rule
+        write_cost(node.meta, c)
     stats["nodes_touched"] = len(nodes)
     stats["summary"] = f"cost unknown for {unknown} of {len(nodes)} nodes"
 
@@ -333,14 +665,21 @@ def propagate_pass(nodes: Sequence[Node], stats: Dict[str, Any]) -> None:
             depth = max(depth, m["depth"] + 1)
             longest = max(longest, m["critical_path_flops"])
             complete = complete and m["critical_path_complete"]
+        # An unknown cost counts its lower bound (0 if it has none, or cost never ran).
         own = node.meta.get("flops")
-        if type(own) is not int:  # "unknown" (or cost never ran) counts as 0
-            own = 0
+        if type(own) is not int:
+            complete = False
+            own = node.meta.get("flops_lower_bound")
+            if type(own) is not int:
+                own = 0
+        path = longest + own
+        if path > INT64_MAX:  # the C++ saturates (and the path is then only a lower bound)
+            path = INT64_MAX
             complete = False
         node.meta["depth"] = depth
-        node.meta["critical_path_flops"] = longest + own
+        node.meta["critical_path_flops"] = path
         node.meta["critical_path_complete"] = complete
-        critical = max(critical, longest + own)
+        critical = max(critical, path)
         max_depth = max(max_depth, depth)
     stats["nodes_touched"] = len(nodes)
     stats["summary"] = f"critical path {critical} flops, depth {max_depth}"
@@ -364,15 +703,18 @@ def from_node_names(chain: Any) -> List[str]:
 def _check_node(node: Node, base: Baseline, problems: List[str]) -> List[str]:
     """Appends node's problems; returns the names its from_node chain covers."""
     meta = node.meta
-    if "from_node" not in meta:
-        b = base.index.get(node.name)
-        if b is None:
-            problems.append(f"node '{node.name}' is new but has no from_node provenance")
-            return []
+    # A loaded node keeps every protected value as loaded, whatever else it carries (from_node
+    # included: a rewrite's result, saved and loaded again, is a loaded node now).
+    b = base.index.get(node.name)
+    if b is not None:
         want = base.values[b]
         for k in PROTECTED_KEYS:
             if (k in want) != (k in meta) or (k in want and want[k] != meta[k]):
                 problems.append(f"node '{node.name}': protected key '{k}' changed since load")
+        return []
+    # A new node was made by a rewrite, which must say what it replaced.
+    if "from_node" not in meta:
+        problems.append(f"node '{node.name}' is new but has no from_node provenance")
         return []
 
     who = f"rewritten node '{node.name}': "
@@ -422,10 +764,10 @@ def verify_pass(nodes: Sequence[Node], stats: Dict[str, Any], baseline: Optional
         stats["summary"] = "FAILED"
         return
     problems: List[str] = []
-    seen = set()  # loaded nodes still here, or named by the chain of the node that replaced them
+    seen = set()  # loaded nodes still here, or named by the chain of a new node that replaced them
     for node in nodes:
         covered = _check_node(node, baseline, problems)
-        if "from_node" not in node.meta and node.name in baseline.index:
+        if node.name in baseline.index:
             seen.add(node.name)
         seen.update(name for name in covered if name in baseline.index)
     stats["nodes_touched"] = len(nodes)
@@ -437,11 +779,12 @@ def verify_pass(nodes: Sequence[Node], stats: Dict[str, Any], baseline: Optional
 
 
 def run_passes(nodes: Sequence[Node], passes: Iterable[str] = PASSES,
-               baseline: Optional[Baseline] = None) -> List[Dict[str, Any]]:
+               baseline: Optional[Baseline] = None, training: Optional[bool] = None) -> List[Dict[str, Any]]:
     """Runs the named passes in order on `nodes` (mutating each node.meta) and returns one
     dict per pass: name, nodes_touched, rejected_protected, nodes_before, nodes_after,
     seconds, summary, problems. verify checks against `baseline`, taken here before the
-    first pass when not given (`nodemeta run` takes it right after loading)."""
+    first pass when not given (`nodemeta run` takes it right after loading). `training`
+    is the graph's "training" attribute (training_mode(doc)); None: the graph does not say."""
     passes = list(passes)
     for name in passes:
         if name not in PASSES:
@@ -453,7 +796,7 @@ def run_passes(nodes: Sequence[Node], passes: Iterable[str] = PASSES,
         stats = _stats(name, nodes)
         t0 = time.perf_counter()
         if name == "cost":
-            cost_pass(nodes, stats)
+            cost_pass(nodes, stats, training)
         elif name == "propagate":
             propagate_pass(nodes, stats)
         else:
@@ -474,9 +817,10 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def check(graph_path: str, expected_path: str, passes: Sequence[str], max_report: int = 10) -> bool:
-    nodes = nodes_from_json(load_document(graph_path))
+    doc = load_document(graph_path)
+    nodes = nodes_from_json(doc)
     t0 = time.perf_counter()
-    stats = run_passes(nodes, passes)
+    stats = run_passes(nodes, passes, training=training_mode(doc))
     seconds = time.perf_counter() - t0
     expected = load_document(expected_path)
     want_graph = expected.get("graph", expected)
@@ -537,11 +881,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"{sum(ok)} of {len(ok)} graphs match")
         return 0 if all(ok) else 1
     for g in args.graphs:
-        nodes = nodes_from_json(load_document(g))
+        doc = load_document(g)
+        nodes = nodes_from_json(doc)
         t0 = time.perf_counter()
         baseline = Baseline(nodes)
         baseline_s = time.perf_counter() - t0
-        stats = run_passes(nodes, passes, baseline)
+        stats = run_passes(nodes, passes, baseline, training_mode(doc))
         print(json.dumps({"graph": g, "nodes": len(nodes), "baseline_seconds": baseline_s,
                           "total_seconds": baseline_s + sum(s["seconds"] for s in stats), "passes": stats}))
     return 0

@@ -771,12 +771,20 @@ class GraphBuilder {
     }
     if (!have_nodes) fail_at("(top level)", "missing field 'nodes'");
     if (nodes_el.type() != element_type::ARRAY) fail_at("nodes", "expected an array, got " + kind_word(nodes_el));
+    for (const auto& [name, v] : attrs) {  // the one graph attribute nodemeta's passes read
+      if (name == "training" && !v.is_none() && v.kind() != Value::Kind::kBool) {
+        fail_at("training", "expected true, false or null (the mode the graph was traced in), got " + kind_word(v));
+      }
+    }
     simdjson::dom::array nodes = array_of(nodes_el);
     std::size_t count = nodes.size();  // saturates at 0xFFFFFF: then count them
     if (count >= 0xFFFFFF) {
       count = 0;
       for ([[maybe_unused]] element e : nodes) ++count;
     }
+    // A torch.fx graph ends with exactly one output node, which nothing reads.
+    if (count == 0) fail_at("nodes", "no nodes (a graph has at least its output node, last)");
+    count_ = count;
     options.expected_nodes = count;
     Graph graph(std::move(options));
     graph.attrs() = std::move(attrs);
@@ -997,6 +1005,24 @@ class GraphBuilder {
       kv_.emplace_back(key, std::move(v));
     }
     in_node_ = kNoNode;
+    // The schema's standard keys are on every node (null where torch produced nothing).
+    for (std::string_view k : kStandardKeys) {
+      if (std::find(meta_names_.begin(), meta_names_.end(), k) == meta_names_.end()) {
+        fail_at(AT() + ".meta" + NODE(), "missing standard key '" + std::string(k) +
+                                             "' (stack_trace, nn_module_stack, tensor_meta, val and debug_handle "
+                                             "are on every node, null where torch produced nothing)");
+      }
+    }
+    // Exactly one output node, the last: so nothing can read it (inputs are earlier nodes).
+    const bool last = i + 1 == count_;
+    if (op == "output" && !last) {
+      fail_at(AT() + ".op" + NODE(), "an output node before the last node (a graph has exactly one output node, "
+                                     "and it is last)");
+    }
+    if (op != "output" && last) {
+      fail_at(AT() + ".op" + NODE(), "the last node is a " + printable(op) +
+                                         " node, not an output node (a graph ends with exactly one output node)");
+    }
     try {
       graph.add_node(std::string(name), std::string(op), std::string(target), inputs_, kv_);
     } catch (const std::exception& e) {  // not expected after the checks above
@@ -1027,8 +1053,11 @@ class GraphBuilder {
     }
   }
 
+  static constexpr std::array<std::string_view, 5> kStandardKeys = {"stack_trace", "nn_module_stack", "tensor_meta",
+                                                                    "val", "debug_handle"};
   std::string_view source_;
   const LoadOptions& load_;
+  std::size_t count_ = 0;  // nodes in the document
   std::vector<std::string> protected_;
   Interner interner_;
   // While a node's metadata is built, Steps hang from nodes[in_node_].meta.

@@ -1,8 +1,14 @@
-// The cost model behind the cost pass. Formulas: docs/passes.md ("Cost model").
+// The cost model behind the cost pass. Formulas and what each operator family calls unknown:
+// docs/passes.md ("cost"). benchmarks/python_passes.py is a line-by-line port of this file:
+// change both together (its --check mode compares them on every shared graph).
+//
+// The model never guesses: an operand without usable metadata, a shape that does not fit the
+// operator, a count past int64, or a fact the graph does not record (the training mode, an
+// attention layout) makes the node unknown, with the reason in cost_rule. Where part of the
+// count is certain, flops_lower_bound keeps it.
 #include <algorithm>
 #include <array>
 #include <cstdint>
-#include <numeric>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -13,14 +19,29 @@
 namespace nodemeta::passes {
 namespace {
 
-struct Tensor {
-  std::vector<std::int64_t> shape;
-  std::int64_t elem_bytes = 0;
-  std::int64_t numel() const {
-    return std::accumulate(shape.begin(), shape.end(), std::int64_t{1}, std::multiplies<>());
+using Count = std::optional<std::int64_t>;  // nullopt: past int64
+
+// Non-negative counts that report overflow instead of wrapping. A product with a zero factor
+// is 0, whatever the other factors (so every partial result is at most the final one, and an
+// overflow here means the exact count is past int64).
+Count product(std::initializer_list<std::int64_t> factors) {
+  for (std::int64_t f : factors) {
+    if (f == 0) return 0;
   }
-  std::int64_t bytes() const { return numel() * elem_bytes; }
-};
+  std::int64_t p = 1;
+  for (std::int64_t f : factors) {
+    if (__builtin_mul_overflow(p, f, &p)) return std::nullopt;
+  }
+  return p;
+}
+
+Count sum(std::initializer_list<Count> terms) {
+  std::int64_t s = 0;
+  for (const Count& t : terms) {
+    if (!t || __builtin_add_overflow(s, *t, &s)) return std::nullopt;
+  }
+  return s;
+}
 
 std::int64_t dtype_bytes(std::string_view dtype) {
   if (dtype == "torch.float32" || dtype == "torch.int32") return 4;
@@ -31,45 +52,171 @@ std::int64_t dtype_bytes(std::string_view dtype) {
   return 0;
 }
 
-// A {"shape": [...], "dtype": "..."} value as a Tensor.
-std::optional<Tensor> as_tensor(const Value& v) {
-  const Value* shape = v.find("shape");
-  const Value* dtype = v.find("dtype");
-  if (!shape || !dtype) return std::nullopt;
-  const auto* dims = shape->get_if<Value::List>();
-  const auto* dt = dtype->get_if<std::string>();
-  if (!dims || !dt) return std::nullopt;
-  Tensor t;
-  for (const Value& d : *dims) {
-    const auto* n = d.get_if<std::int64_t>();
-    if (!n) return std::nullopt;
-    t.shape.push_back(*n);
-  }
-  t.elem_bytes = dtype_bytes(*dt);
-  if (t.elem_bytes == 0) return std::nullopt;
-  return t;
-}
+struct Tensor {
+  std::vector<std::int64_t> shape;
+  std::int64_t numel = 0;  // fits int64 (checked)
+  std::int64_t bytes = 0;  // fits int64 (checked)
+  std::int64_t dim(std::size_t k) const { return shape[k]; }
+  std::size_t rank() const { return shape.size(); }
+};
 
-std::vector<Tensor> tensors_in(const Value& v) {
-  std::vector<Tensor> out;
-  if (auto t = as_tensor(v)) {
-    out.push_back(std::move(*t));
-  } else if (const auto* list = v.get_if<Value::List>()) {
-    for (const Value& e : *list) {
-      if (auto te = as_tensor(e)) out.push_back(std::move(*te));
+std::string shape_text(const Value& shape) {
+  std::string s = "[";
+  if (const auto* dims = shape.get_if<Value::List>()) {
+    for (std::size_t i = 0; i < dims->size(); ++i) {
+      if (i) s += ", ";
+      const auto* d = (*dims)[i].get_if<std::int64_t>();
+      s += d ? std::to_string(*d) : "?";
     }
   }
-  return out;
+  return s + "]";
 }
 
-// The tensors a node produces: from tensor_meta (ShapeProp), else val (FakeTensorProp).
-std::vector<Tensor> node_tensors(const graph::Node& n) {
-  if (auto tm = n.meta.get(keys::tensor_meta)) {
-    auto t = tensors_in(*tm);
-    if (!t.empty()) return t;
+// A value is a tensor description if it is a dict with "shape" and "dtype". Returns false
+// with `why` if it is one the model cannot count (malformed, negative dimension, unknown
+// dtype, size past int64).
+bool parse_tensor(const Value& v, Tensor& t, std::string& why) {
+  const Value* shape = v.find("shape");
+  const Value* dtype = v.find("dtype");
+  const auto* dims = shape->get_if<Value::List>();
+  const auto* dt = dtype->get_if<std::string>();
+  if (!dims || !dt) {
+    why = "a tensor whose shape is not a list or whose dtype is not a string";
+    return false;
   }
-  if (auto v = n.meta.get(keys::val)) return tensors_in(*v);
-  return {};
+  for (const Value& d : *dims) {
+    const auto* n = d.get_if<std::int64_t>();
+    if (!n) {
+      why = "a tensor whose shape holds a non-integer";
+      return false;
+    }
+    if (*n < 0) {
+      why = "a tensor of shape " + shape_text(*shape) + " (negative dimension)";
+      return false;
+    }
+    t.shape.push_back(*n);
+  }
+  const std::int64_t elem = dtype_bytes(*dt);
+  if (elem == 0) {
+    why = "a tensor of dtype " + *dt + ", whose element size the model does not know";
+    return false;
+  }
+  Count numel = 1;  // 0 with a zero dimension, whatever the others
+  if (std::find(t.shape.begin(), t.shape.end(), 0) != t.shape.end()) {
+    numel = 0;
+  } else {
+    for (std::int64_t d : t.shape) numel = numel ? product({*numel, d}) : numel;
+  }
+  const Count bytes = numel ? product({*numel, elem}) : std::nullopt;
+  if (!bytes) {
+    why = "a tensor of shape " + shape_text(*shape) + " whose size does not fit int64";
+    return false;
+  }
+  t.numel = *numel;
+  t.bytes = *bytes;
+  return true;
+}
+
+bool is_tensor_value(const Value& v) { return v.find("shape") != nullptr && v.find("dtype") != nullptr; }
+
+// Appends the tensors in `v` (a tensor, or lists holding tensors at any depth: an LSTM's
+// (out, (h, c))) to `out`. Other entries are skipped. False, with `why`, on a tensor the
+// model cannot count.
+bool collect_tensors(const Value& v, std::vector<Tensor>& out, std::string& why) {
+  if (v.kind() == Value::Kind::kDict && is_tensor_value(v)) {
+    Tensor t;
+    if (!parse_tensor(v, t, why)) return false;
+    out.push_back(std::move(t));
+    return true;
+  }
+  if (const auto* list = v.get_if<Value::List>()) {
+    for (const Value& e : *list) {
+      if (!collect_tensors(e, out, why)) return false;
+    }
+  }
+  return true;
+}
+
+bool scalar_leaves(const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::kNone:
+    case Value::Kind::kBool:
+    case Value::Kind::kInt:
+    case Value::Kind::kDouble:
+    case Value::Kind::kString:
+      return true;
+    case Value::Kind::kList: {
+      const auto& l = v.as<Value::List>();
+      return std::all_of(l.begin(), l.end(), scalar_leaves);
+    }
+    default:
+      return false;
+  }
+}
+
+const Key& type_key() {
+  static const Key k{"type"};
+  return k;
+}
+
+bool one_of(std::string_view k, std::initializer_list<std::string_view> names) {
+  return std::find(names.begin(), names.end(), k) != names.end();
+}
+
+// What a node produces, as the cost model sees it.
+struct Result {
+  enum class Kind { kTensors, kNonTensor, kUnknown };
+  Kind kind = Kind::kUnknown;
+  std::vector<Tensor> tensors;  // kTensors: every tensor, nested tuples flattened, in order
+  std::int64_t bytes = 0;       // kTensors: their bytes together (fits int64)
+  std::string why;              // kUnknown: what is missing
+};
+
+// From tensor_meta (ShapeProp), else val (FakeTensorProp). Without a tensor in either, the
+// result is a non-tensor only where the metadata says so: a scalar `type` (builtins.int,
+// torch.Size, ...), or a val of plain scalars; anything else (a torch.Tensor whose shapes
+// are null) is unknown.
+Result node_result(const graph::Node& n) {
+  Result r;
+  for (const Key& k : {keys::tensor_meta, keys::val}) {
+    const std::optional<Value> v = n.meta.get(k);
+    if (!v) continue;
+    std::string why;
+    if (!collect_tensors(*v, r.tensors, why)) {
+      r.why = "has " + std::string(k.name()) + " holding " + why;
+      r.tensors.clear();
+      return r;
+    }
+    if (r.tensors.empty()) continue;
+    Count bytes = 0;
+    for (const Tensor& t : r.tensors) bytes = sum({bytes, t.bytes});
+    if (!bytes) {
+      r.why = "has tensors whose bytes together do not fit int64";
+      r.tensors.clear();
+      return r;
+    }
+    r.kind = Result::Kind::kTensors;
+    r.bytes = *bytes;
+    return r;
+  }
+  const std::optional<Value> type = n.meta.get(type_key());
+  const std::optional<Value> val = n.meta.get(keys::val);
+  const bool plain_val = val && !val->is_none() && scalar_leaves(*val);
+  bool non_tensor = plain_val;
+  std::string type_name;
+  if (type && type->kind() == Value::Kind::kString) {
+    type_name = type->as<std::string>();
+    non_tensor = one_of(type_name, {"builtins.int", "builtins.float", "builtins.bool", "builtins.complex",
+                                    "builtins.str", "builtins.NoneType", "torch.Size", "torch.dtype",
+                                    "torch.device", "torch.layout", "torch.memory_format"}) ||
+                 (one_of(type_name, {"builtins.tuple", "builtins.list"}) && plain_val);
+  }
+  if (non_tensor) {
+    r.kind = Result::Kind::kNonTensor;
+    return r;
+  }
+  r.why = "has no tensor shape in tensor_meta/val" + (type_name.empty() ? "" : " (type " + type_name + ")");
+  return r;
 }
 
 std::string last_component(std::string_view s) {
@@ -77,7 +224,10 @@ std::string last_component(std::string_view s) {
   return std::string(dot == std::string_view::npos ? s : s.substr(dot + 1));
 }
 
-// A short op name: "module:Conv2d", "aten.convolution", "add", "method:mean".
+// A short op name: "module:Conv2d", "aten.convolution", "add", "method:mean". Module
+// formulas are for torch.nn's own classes only: another module's key is its qualified type
+// ("module:__main__.Conv2d", "module:torch.ao.nn.quantized.modules.conv.Conv2d"), which
+// no formula matches.
 std::string op_key(const graph::Node& n) {
   if (n.op == "call_module") {
     std::string type;
@@ -86,7 +236,9 @@ std::string op_key(const graph::Node& n) {
         if (const auto* s = t->get_if<std::string>()) type = *s;
       }
     }
-    return "module:" + (type.empty() ? n.target : last_component(type));
+    if (type.empty()) return "module:" + n.target + " (no type in nn_module_stack)";
+    if (type.rfind("torch.nn.modules.", 0) == 0) return "module:" + last_component(type);
+    return "module:" + type;
   }
   if (n.op == "call_method") return "method:" + n.target;
   if (n.op != "call_function") return n.op;
@@ -100,12 +252,7 @@ std::string op_key(const graph::Node& n) {
       return std::string(t.substr(prefix.size()));
     }
   }
-  if (t == "getattr") return "getattr";
   return std::string(t);
-}
-
-bool one_of(std::string_view k, std::initializer_list<std::string_view> names) {
-  return std::find(names.begin(), names.end(), k) != names.end();
 }
 
 // "aten.relu_" and "relu" both give "relu".
@@ -118,118 +265,407 @@ std::string base_name(std::string_view key) {
   return s;
 }
 
-}  // namespace
-
-std::int64_t result_bytes(const graph::Node& node) {
-  std::int64_t b = 0;
-  for (const Tensor& t : node_tensors(node)) b += t.bytes();
-  return b;
+// The innermost module on the node's nn_module_stack (the module whose code made it), or "".
+std::string innermost_module(const graph::Node& n) {
+  const std::optional<Value> stack = n.meta.get(keys::nn_module_stack);
+  const auto* d = stack ? stack->get_if<Value::Dict>() : nullptr;
+  if (!d || d->empty()) return {};
+  const auto* s = d->back().second.get_if<std::string>();
+  return s ? *s : std::string();
 }
 
-CostEstimate estimate_cost(const graph::Graph& graph, std::size_t index) {
-  const graph::Node& n = graph.node(index);
-  if (n.op == "placeholder" || n.op == "get_attr" || n.op == "output") {
-    return {0, 0, "no computation (" + n.op + ")"};
-  }
-  const std::string key = op_key(n);
-  const std::string base = base_name(key);
-  const std::vector<Tensor> out = node_tensors(n);
-  std::vector<Tensor> in;  // the first tensor of each input that has one
-  for (std::size_t j : n.inputs) {
-    auto t = node_tensors(graph.node(j));
-    if (!t.empty()) in.push_back(std::move(t.front()));
-  }
-  auto sum_bytes = [](const std::vector<Tensor>& ts) {
-    std::int64_t b = 0;
-    for (const Tensor& t : ts) b += t.bytes();
-    return b;
-  };
-  const std::int64_t io_bytes = sum_bytes(in) + sum_bytes(out);
-  auto unknown = [&](std::string why) { return CostEstimate{std::nullopt, std::nullopt, "unknown: " + why}; };
+}  // namespace
 
-  // Views and metadata ops: no arithmetic, no copy.
-  if (one_of(base, {"view", "_unsafe_view", "_reshape_alias", "reshape", "permute", "transpose", "t",
-                    "expand", "slice", "split", "unsqueeze", "squeeze", "flatten", "getitem",
-                    "getattr", "detach", "dim", "size", "Identity", "Flatten", "_assert"})) {
-    return {0, 0, "view/metadata op " + key + ": no arithmetic, no copy"};
-  }
-  if (out.empty()) {
-    if (one_of(base, {"eq", "floordiv", "mul", "add", "sub", "truediv"})) {
-      return {0, 0, "scalar op " + key + " (no tensor result)"};
+std::optional<bool> training_mode(const graph::Graph& graph) {
+  for (const auto& [name, value] : graph.attrs()) {
+    if (name == graph_attrs::kTraining) {
+      if (const auto* b = value.get_if<bool>()) return *b;
+      return std::nullopt;
     }
-    return unknown(key + " has no tensor shape in tensor_meta/val");
   }
-  const Tensor& y = out.front();
-  const std::int64_t numel = y.numel();
+  return std::nullopt;
+}
 
-  if (one_of(base, {"Dropout"})) return {0, 0, "Dropout (eval-mode trace): identity"};
-  if (one_of(base, {"clone", "contiguous"})) return {0, io_bytes, key + ": copy, 0 flops; bytes = read + write"};
-  if (one_of(base, {"empty", "empty_like", "full", "arange", "zeros", "ones"})) {
-    return {0, sum_bytes(out), key + ": allocation/fill, 0 flops; bytes = output written"};
+std::optional<std::int64_t> result_bytes(const graph::Node& node) {
+  const Result r = node_result(node);
+  if (r.kind == Result::Kind::kUnknown) return std::nullopt;
+  return r.bytes;
+}
+
+
+namespace {
+
+// The estimate of one node: what the formulas below share.
+class Estimator {
+ public:
+  Estimator(const graph::Graph& graph, const graph::Node& n)
+      : graph_(graph), n_(n), key_(op_key(n)), base_(base_name(key_)), training_(training_mode(graph)) {}
+
+  CostEstimate run() {
+    if (n_.op == "placeholder" || n_.op == "get_attr" || n_.op == "output") {
+      return {0, 0, "no computation (" + n_.op + ")", std::nullopt};
+    }
+    // Views and metadata ops: no arithmetic, no copy.
+    if (one_of(base_, {"view", "_unsafe_view", "_reshape_alias", "reshape", "permute", "transpose", "t",
+                       "expand", "slice", "split", "unsqueeze", "squeeze", "flatten", "getitem",
+                       "getattr", "detach", "dim", "size", "Identity", "Flatten", "_assert"})) {
+      return {0, 0, "view/metadata op " + key_ + ": no arithmetic, no copy", std::nullopt};
+    }
+    out_ = node_result(n_);
+    if (out_.kind == Result::Kind::kNonTensor) {
+      if (one_of(base_, {"eq", "floordiv", "mul", "add", "sub", "truediv"})) {
+        return {0, 0, "scalar op " + key_ + " (non-tensor result)", std::nullopt};
+      }
+      return unknown(key_ + " has a non-tensor result and no cost formula");
+    }
+    if (out_.kind == Result::Kind::kUnknown) return unknown(key_ + ": the result " + out_.why);
+    // Operands by position: inputs[k] is the k-th distinct node the op reads (torch.fx's
+    // all_input_nodes), so each position a formula reads must be known.
+    in_.reserve(n_.inputs.size());
+    for (std::size_t k = 0; k < n_.inputs.size(); ++k) {
+      in_.push_back(node_result(graph_.node(n_.inputs[k])));
+      if (in_.back().kind == Result::Kind::kUnknown) {
+        return unknown(key_ + ": operand " + std::to_string(k) + " " + in_.back().why);
+      }
+    }
+    y_ = &out_.tensors.front();
+    numel_ = y_->numel;
+    io_bytes_ = out_.bytes;
+    for (const Result& r : in_) io_bytes_ = sum({io_bytes_, r.bytes});
+    return formulas();
   }
-  if (one_of(base, {"cat"})) return {0, io_bytes, "cat: 0 flops; bytes = inputs read + output written"};
-  if (base == "embedding") {
-    return {0, 2 * y.bytes() + (in.size() > 1 ? in[1].bytes() : 0),
-            "embedding: gather, 0 flops; bytes = rows read + output written + indices"};
+
+ private:
+  CostEstimate unknown(const std::string& why, Count lower_bound = std::nullopt) const {
+    CostEstimate c{std::nullopt, std::nullopt, "unknown: " + why, std::nullopt};
+    if (lower_bound && *lower_bound > 0) c.flops_lower_bound = lower_bound;
+    return c;
   }
-  // Elementwise: one flop per output element.
-  if (one_of(base, {"add", "sub", "mul", "div", "truediv", "neg", "pow", "exp", "log", "sqrt", "rsqrt",
-                    "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
-                    "where", "bernoulli", "ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh",
-                    "Hardswish", "Hardsigmoid"})) {
-    return {numel, io_bytes, "elementwise " + key + ": flops = numel(out)"};
+  // A formula's result: a count past int64 is unknown, never a wrapped number.
+  CostEstimate known(Count flops, Count bytes, const std::string& rule) const {
+    if (!flops || !bytes) return unknown(key_ + ": the count does not fit int64 (" + rule + ")");
+    return {flops, bytes, rule, std::nullopt};
   }
-  if (one_of(base, {"BatchNorm2d", "BatchNorm1d", "native_batch_norm"})) {
-    return {2 * numel, io_bytes, "batch norm (inference): flops = 2*numel(out) (folded scale, shift)"};
+  // The operand at position k if it is one tensor; else nullptr, and why_ says why.
+  const Tensor* operand(std::size_t k) {
+    if (k >= in_.size()) {
+      why_ = key_ + ": no operand " + std::to_string(k) + " (the inputs list each node once)";
+      return nullptr;
+    }
+    if (in_[k].kind != Result::Kind::kTensors || in_[k].tensors.size() != 1) {
+      why_ = key_ + ": operand " + std::to_string(k) + " is not one tensor";
+      return nullptr;
+    }
+    return &in_[k].tensors.front();
   }
-  if (one_of(base, {"LayerNorm", "native_layer_norm", "layer_norm"})) {
-    return {5 * numel, io_bytes, "layer norm: flops = 5*numel(out) (mean, centre, variance, normalise, affine)"};
+  std::string mode_unknown() const {
+    return "the graph does not say whether it was traced in training mode (graph attribute 'training')";
   }
-  if (one_of(base, {"_softmax", "softmax", "Softmax"})) {
-    return {5 * numel, io_bytes, "softmax: flops = 5*numel(out) (max, subtract, exp, sum, divide)"};
+
+  CostEstimate formulas() {
+    if (key_.rfind("nodemeta.fused.", 0) == 0) return fused(key_.substr(15));
+    if (one_of(base_, {"Dropout"})) {
+      if (!training_) return unknown(key_ + ": identity in eval mode, elementwise in training mode; " + mode_unknown());
+      if (!*training_) return {0, 0, "Dropout (eval mode): identity", std::nullopt};
+      return known(numel_, io_bytes_, "Dropout (training mode): flops = numel(out) (mask and scale)");
+    }
+    if (one_of(base_, {"clone", "contiguous"})) return known(0, io_bytes_, key_ + ": copy, 0 flops; bytes = read + write");
+    if (one_of(base_, {"empty", "empty_like", "full", "arange", "zeros", "ones"})) {
+      return known(0, out_.bytes, key_ + ": allocation/fill, 0 flops; bytes = output written");
+    }
+    if (one_of(base_, {"cat"})) return known(0, io_bytes_, "cat: 0 flops; bytes = inputs read + output written");
+    if (base_ == "embedding") {  // embedding(weight, indices)
+      const Tensor* indices = operand(0) ? operand(1) : nullptr;
+      if (!indices) return unknown(why_);
+      return known(0, sum({product({2, y_->bytes}), indices->bytes}),
+                   "embedding: gather, 0 flops; bytes = rows read + output written + indices");
+    }
+    // Elementwise: one flop per output element.
+    if (one_of(base_, {"add", "sub", "mul", "div", "truediv", "neg", "pow", "exp", "log", "sqrt", "rsqrt",
+                       "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
+                       "where", "bernoulli", "ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh",
+                       "Hardswish", "Hardsigmoid"})) {
+      return known(numel_, io_bytes_, "elementwise " + key_ + ": flops = numel(out)");
+    }
+    if (one_of(base_, {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "native_batch_norm", "batch_norm"})) {
+      return batch_norm();
+    }
+    if (one_of(base_, {"LayerNorm", "native_layer_norm", "layer_norm"})) {
+      return known(product({5, numel_}), io_bytes_,
+                   "layer norm: flops = 5*numel(out) (mean, centre, variance, normalise, affine)");
+    }
+    if (one_of(base_, {"_softmax", "softmax", "Softmax"})) {
+      return known(product({5, numel_}), io_bytes_, "softmax: flops = 5*numel(out) (max, subtract, exp, sum, divide)");
+    }
+    if (one_of(base_, {"AdaptiveAvgPool2d", "adaptive_avg_pool2d", "mean"})) {
+      const Tensor* x = operand(0);
+      if (!x) return unknown(why_);
+      return known(x->numel, io_bytes_, key_ + ": flops = numel(input) (one add per input element)");
+    }
+    if (base_ == "Linear") {
+      const Count flops = linear();
+      if (!flops_ok_) return unknown(why_);
+      return known(flops, io_bytes_, "Linear: flops = 2*numel(out)*in_features; bias add and weights not in fx metadata");
+    }
+    if (one_of(base_, {"addmm", "mm", "bmm", "matmul"})) return matrix_product();
+    if (base_ == "convolution") return convolution();
+    if (base_ == "MultiheadAttention") return attention();
+    if (one_of(base_, {"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"})) {
+      return unknown(key_ + ": kernel size and groups are not in fx call_module metadata");
+    }
+    if (one_of(base_, {"MaxPool2d", "AvgPool2d", "max_pool2d", "avg_pool2d"})) {
+      return unknown(key_ + ": kernel size is not in the node metadata");
+    }
+    return unknown("no cost formula for " + key_);
   }
-  if (one_of(base, {"AdaptiveAvgPool2d", "adaptive_avg_pool2d", "mean"})) {
-    if (in.empty()) return unknown(key + ": input shape missing");
-    return {in.front().numel(), io_bytes, key + ": flops = numel(input) (one add per input element)"};
+
+  // Batch norm: the rate depends on the mode; without it, the eval count is a lower bound.
+  CostEstimate batch_norm() const {
+    if (!training_) {
+      return unknown(key_ + ": 2*numel(out) in eval mode, 5*numel(out) in training mode; " + mode_unknown() +
+                         "; flops_lower_bound = 2*numel(out)",
+                     product({2, numel_}));
+    }
+    if (!*training_) {
+      return known(product({2, numel_}), io_bytes_, "batch norm (eval mode): flops = 2*numel(out) (folded scale, shift)");
+    }
+    return known(product({5, numel_}), io_bytes_,
+                 "batch norm (training mode): flops = 5*numel(out) (batch mean, centre, variance, normalise, affine)");
   }
-  if (one_of(base, {"Linear"})) {
-    if (in.empty() || in.front().shape.empty()) return unknown("Linear: input shape missing");
-    const std::int64_t k = in.front().shape.back();
-    return {2 * numel * k, io_bytes,
-            "Linear: flops = 2*numel(out)*in_features; bias add and weights not in fx metadata"};
+
+  // Linear's 2*numel(out)*in_features; flops_ok_ false (why_ set) if the shapes do not fit.
+  Count linear() {
+    flops_ok_ = false;
+    const Tensor* x = operand(0);
+    if (!x) return std::nullopt;
+    if (x->rank() == 0 || x->rank() != y_->rank() ||
+        !std::equal(x->shape.begin(), x->shape.end() - 1, y_->shape.begin())) {
+      why_ = key_ + ": input and output shapes do not fit [..., in_features] -> [..., out_features]";
+      return std::nullopt;
+    }
+    flops_ok_ = true;
+    return product({2, numel_, x->shape.back()});
   }
-  if (base == "addmm" || base == "mm" || base == "bmm" || base == "matmul") {
-    // addmm(bias, a, b); mm(a, b); bmm(a, b): K is a's last dimension.
-    const std::size_t a = base == "addmm" ? 1 : 0;
-    if (in.size() <= a || in[a].shape.empty()) return unknown(key + ": operand shape missing");
-    const std::int64_t k = in[a].shape.back();
-    const std::int64_t extra = base == "addmm" ? numel : 0;
-    return {2 * numel * k + extra, io_bytes,
-            key + ": flops = 2*numel(out)*K" + (base == "addmm" ? " + numel(out) (bias)" : "")};
+
+  // addmm(bias, a, b); mm(a, b); bmm(a, b); matmul(a, b): K is a's last dimension, and b's
+  // contracted one.
+  CostEstimate matrix_product() {
+    const bool addmm = base_ == "addmm";
+    const std::size_t first = addmm ? 1 : 0;
+    if (addmm && !operand(0)) return unknown(why_);
+    const Tensor* a = operand(first);
+    const Tensor* b = a ? operand(first + 1) : nullptr;
+    if (!b) return unknown(why_);
+    const Tensor& y = *y_;
+    bool fits = false;
+    if (base_ == "mm" || addmm) {
+      fits = a->rank() == 2 && b->rank() == 2 && y.rank() == 2 && a->dim(1) == b->dim(0) &&
+             y.dim(0) == a->dim(0) && y.dim(1) == b->dim(1);
+    } else if (base_ == "bmm") {
+      fits = a->rank() == 3 && b->rank() == 3 && y.rank() == 3 && a->dim(0) == b->dim(0) &&
+             a->dim(2) == b->dim(1) && y.dim(0) == a->dim(0) && y.dim(1) == a->dim(1) && y.dim(2) == b->dim(2);
+    } else {  // matmul: b's contracted dimension is its second-to-last (its only one if 1-D)
+      fits = a->rank() >= 1 && b->rank() >= 1 && a->shape.back() == b->dim(b->rank() >= 2 ? b->rank() - 2 : 0);
+    }
+    if (!fits) return unknown(key_ + ": operand shapes do not fit a matrix product");
+    const std::int64_t k = a->shape.back();
+    if (addmm) {
+      return known(sum({product({2, numel_, k}), numel_}), io_bytes_,
+                   key_ + ": flops = 2*numel(out)*K + numel(out) (bias)");
+    }
+    return known(product({2, numel_, k}), io_bytes_, key_ + ": flops = 2*numel(out)*K");
   }
-  if (base == "convolution") {
-    // convolution(x, weight[, bias]): weight is [C_out, C_in/groups, k...].
-    if (in.size() < 2 || in[1].shape.size() < 3) return unknown("convolution: weight shape missing");
-    const auto& w = in[1].shape;
-    const std::int64_t per_out = std::accumulate(w.begin() + 1, w.end(), std::int64_t{1}, std::multiplies<>());
-    const std::int64_t bias = in.size() >= 3 ? numel : 0;
-    return {2 * numel * per_out + bias, io_bytes,
-            "convolution: flops = 2*numel(out)*C_in/groups*prod(kernel)" +
-                std::string(bias ? " + numel(out) (bias)" : "")};
+
+  // aten.convolution(x, weight[, bias]). The file does not record `transposed`: the shapes
+  // and the module that made the node decide it.
+  //   forward:    weight [C_out, C_in/g, k...], flops = 2*numel(out)*prod(weight[1:])
+  //   transposed: weight [C_in, C_out/g, k...], flops = 2*numel(in)*prod(weight[1:])
+  // (+ numel(out) with a bias). The innermost module torch.nn.Conv*d or ConvTranspose*d
+  // decides; otherwise the shapes, if they fit only one kind or both give the same count.
+  CostEstimate convolution() {
+    if (in_.size() < 2 || in_.size() > 3) return unknown(key_ + ": expects input, weight[, bias] as operands");
+    const Tensor* x = operand(0);
+    const Tensor* w = x ? operand(1) : nullptr;
+    const Tensor* bias = (w && in_.size() == 3) ? operand(2) : nullptr;
+    if (!w || (in_.size() == 3 && !bias)) return unknown(why_);
+    const Tensor& y = *y_;
+    const std::size_t r = w->rank();
+    if (r < 3 || x->rank() != r || y.rank() != r) {
+      return unknown(key_ + ": input, weight and output are not [N, C, spatial...] tensors of one rank");
+    }
+    Count per = 1;  // prod(weight[1:]): C/groups * prod(kernel)
+    if (std::find(w->shape.begin() + 1, w->shape.end(), 0) != w->shape.end()) {
+      per = 0;
+    } else {
+      for (std::size_t d = 1; d < r; ++d) per = per ? product({*per, w->dim(d)}) : per;
+    }
+    const std::int64_t cin = x->dim(1), cout = y.dim(1), w0 = w->dim(0), w1 = w->dim(1);
+    const bool batch = y.dim(0) == x->dim(0);
+    // forward: groups = C_in / w1, and C_out = w0 a multiple of it
+    const bool forward_fits = batch && cout == w0 && w1 > 0 && cin > 0 && cin % w1 == 0 && cout % (cin / w1) == 0;
+    // transposed: C_in = w0, groups = C_out / w1, and C_in a multiple of it
+    const bool transposed_fits = batch && cin == w0 && w1 > 0 && cout > 0 && cout % w1 == 0 && cin % (cout / w1) == 0;
+    const Count bias_flops = bias ? numel_ : 0;
+    const Count forward = per ? sum({product({2, numel_, *per}), bias_flops}) : std::nullopt;
+    const Count transposed = per ? sum({product({2, x->numel, *per}), bias_flops}) : std::nullopt;
+    const std::string bias_rule = bias ? " + numel(out) (bias)" : "";
+    const std::string forward_rule = "convolution: flops = 2*numel(out)*C_in/groups*prod(kernel)" + bias_rule;
+    const std::string transposed_rule = "convolution (transposed): flops = 2*numel(in)*C_out/groups*prod(kernel)" + bias_rule;
+    const std::string module = innermost_module(n_);
+    const bool conv_module = one_of(module, {"torch.nn.modules.conv.Conv1d", "torch.nn.modules.conv.Conv2d",
+                                             "torch.nn.modules.conv.Conv3d"});
+    const bool transposed_module =
+        one_of(module, {"torch.nn.modules.conv.ConvTranspose1d", "torch.nn.modules.conv.ConvTranspose2d",
+                        "torch.nn.modules.conv.ConvTranspose3d"});
+    if (conv_module || transposed_module) {
+      const bool fits = conv_module ? forward_fits : transposed_fits;
+      if (!fits) return unknown(key_ + ": the shapes do not fit the " + module + " that made the node");
+      return conv_module ? known(forward, io_bytes_, forward_rule + " (" + last_component(module) + ")")
+                         : known(transposed, io_bytes_, transposed_rule + " (" + last_component(module) + ")");
+    }
+    if (forward_fits && !transposed_fits) return known(forward, io_bytes_, forward_rule);
+    if (transposed_fits && !forward_fits) return known(transposed, io_bytes_, transposed_rule);
+    if (!forward_fits) return unknown(key_ + ": the shapes fit neither a forward nor a transposed convolution");
+    if (!forward || !transposed) return known(std::nullopt, io_bytes_, forward_rule);
+    if (*forward == *transposed) {
+      return known(forward, io_bytes_, forward_rule + " (a transposed convolution gives the same count)");
+    }
+    return unknown(key_ + ": the shapes fit a forward and a transposed convolution, and the graph does not say "
+                          "which; flops_lower_bound = the smaller count",
+                   std::min(*forward, *transposed));
   }
-  if (base == "MultiheadAttention") {
-    if (in.empty() || in.front().shape.size() != 3) return unknown("MultiheadAttention: query shape missing");
-    const std::int64_t nb = in.front().shape[0], l = in.front().shape[1], e = in.front().shape[2];
-    return {8 * nb * l * e * e + 4 * nb * l * l * e, io_bytes,
-            "MultiheadAttention (batch_first [N, L, E], self-attention): flops = 8*N*L*E^2 + 4*N*L^2*E"};
+
+  // MultiheadAttention(query, key, value): inputs [q] (self-attention: fx lists a node
+  // once), [q, kv] (key is value) or [q, k, v]; a mask among them is not costed. With
+  // E = q's last dimension, kdim/vdim k's and v's, L the query length and S the key length:
+  //   flops = 4*N*L*E^2 (q, out projections) + 2*N*S*E*(kdim + vdim) (k, v projections)
+  //         + 4*N*L*S*E (QK^T, AV)
+  // batch_first ([N, L, E]) or not ([L, N, E]) is a module attribute the graph does not
+  // record: the shapes decide when they fit only one layout or both give the same count.
+  CostEstimate attention() {
+    if (in_.empty() || in_.size() > 3) {
+      return unknown(key_ + ": expects query[, key][, value] as its only operands (masks are not costed)");
+    }
+    const Tensor* q = operand(0);
+    const Tensor* k = q ? operand(in_.size() == 3 ? 1 : in_.size() - 1) : nullptr;
+    const Tensor* v = k ? operand(in_.size() - 1) : nullptr;
+    if (!v) return unknown(why_);
+    const std::size_t r = q->rank();
+    if ((r != 2 && r != 3) || k->rank() != r || v->rank() != r) {
+      return unknown(key_ + ": query, key and value are not all [L, E] or all 3-D");
+    }
+    if (y_->shape != q->shape) return unknown(key_ + ": the output's shape is not the query's");
+    const std::int64_t e = q->shape.back(), kdim = k->shape.back(), vdim = v->shape.back();
+    if (in_.size() == 2 && kdim != e) {
+      return unknown(key_ + ": with two operands the second may be the key, the value or both, which "
+                            "differ when its last dimension is not the query's");
+    }
+    auto flops = [&](std::int64_t nb, std::int64_t l, std::int64_t s) {
+      return sum({product({4, nb, l, e, e}), product({2, nb, s, e, kdim}), product({2, nb, s, e, vdim}),
+                  product({4, nb, l, s, e})});
+    };
+    const std::string formula = "flops = 4*N*L*E^2 + 2*N*S*E*(kdim + vdim) + 4*N*L*S*E";
+    if (r == 2) {  // unbatched: [L, E], [S, kdim], [S, vdim]
+      if (k->dim(0) != v->dim(0)) return unknown(key_ + ": key and value lengths differ");
+      return known(flops(1, q->dim(0), k->dim(0)), io_bytes_, "MultiheadAttention (unbatched): " + formula);
+    }
+    const bool batch_first = q->dim(0) == k->dim(0) && k->dim(0) == v->dim(0) && k->dim(1) == v->dim(1);
+    const bool seq_first = q->dim(1) == k->dim(1) && k->dim(1) == v->dim(1) && k->dim(0) == v->dim(0);
+    const Count bf = flops(q->dim(0), q->dim(1), k->dim(1));
+    const Count sf = flops(q->dim(1), q->dim(0), k->dim(0));
+    if (batch_first && !seq_first) return known(bf, io_bytes_, "MultiheadAttention (batch_first [N, L, E]): " + formula);
+    if (seq_first && !batch_first) return known(sf, io_bytes_, "MultiheadAttention ([L, N, E]): " + formula);
+    if (!batch_first) return unknown(key_ + ": query, key and value shapes fit neither [N, L, E] nor [L, N, E]");
+    if (!bf || !sf) return known(std::nullopt, io_bytes_, "MultiheadAttention: " + formula);
+    if (*bf == *sf) {
+      return known(bf, io_bytes_, "MultiheadAttention ([N, L, E] and [L, N, E] give the same count): " + formula);
+    }
+    return unknown(key_ + ": the shapes fit [N, L, E] and [L, N, E], and batch_first is not in the metadata; "
+                          "flops_lower_bound = the smaller count (" + formula + ")",
+                   std::min(*bf, *sf));
   }
-  if (one_of(base, {"Conv2d", "Conv1d", "Conv3d"})) {
-    return unknown(key + ": kernel size and groups are not in fx call_module metadata");
+
+  // A node made by the fuse pass ("nodemeta.fused.conv_bn_relu"): the sum of its parts,
+  // each costed as the module it replaced; every intermediate result has the output's shape
+  // and stays on chip, so bytes = inputs + output. Unknown if a part is, keeping the known
+  // parts (and a part's own lower bound) in flops_lower_bound.
+  CostEstimate fused(const std::string& pattern) {
+    Count total = 0, lower = 0;
+    std::vector<std::string> terms, lower_terms, unknown_parts;  // lower_terms: what flops_lower_bound adds
+    std::size_t start = 0;
+    while (start <= pattern.size()) {
+      const std::size_t end = std::min(pattern.find('_', start), pattern.size());
+      const std::string part = pattern.substr(start, end - start);
+      start = end + 1;
+      if (part == "conv") {
+        unknown_parts.push_back("conv (kernel size and groups are not in fx call_module metadata)");
+        total = std::nullopt;
+      } else if (part == "bn") {
+        if (training_) {
+          const Count f = product({*training_ ? 5 : 2, numel_});
+          terms.push_back(*training_ ? "5*numel(out) (bn, training mode)" : "2*numel(out) (bn, eval mode)");
+          lower_terms.push_back(terms.back());
+          total = total ? sum({total, f}) : total;
+          lower = sum({lower, f});
+        } else {
+          unknown_parts.push_back("bn (" + mode_unknown() + ")");
+          total = std::nullopt;
+          lower = sum({lower, product({2, numel_})});
+          lower_terms.push_back("2*numel(out) (bn at the eval-mode rate)");
+        }
+      } else if (part == "linear") {
+        const Count f = linear();
+        if (!flops_ok_) return unknown(why_);
+        terms.push_back("2*numel(out)*in_features (linear)");
+        lower_terms.push_back(terms.back());
+        total = total ? sum({total, f}) : total;
+        lower = sum({lower, f});
+      } else if (one_of(part, {"relu", "relu6", "gelu", "silu", "hardswish"})) {
+        terms.push_back("numel(out) (" + part + ")");
+        lower_terms.push_back(terms.back());
+        total = total ? sum({total, numel_}) : total;
+        lower = sum({lower, numel_});
+      } else {
+        return unknown("no cost formula for " + key_ + " (unknown part '" + part + "')");
+      }
+    }
+    auto joined = [](const std::vector<std::string>& ts) {
+      std::string text;
+      for (const std::string& t : ts) text += (text.empty() ? "" : " + ") + t;
+      return text;
+    };
+    const std::string sum_text = joined(terms);
+    if (unknown_parts.empty()) {
+      return known(total, io_bytes_,
+                   "fused " + pattern + ": flops = " + sum_text + "; bytes = inputs + output (intermediates stay on chip)");
+    }
+    std::string parts;
+    for (const std::string& p : unknown_parts) parts += (parts.empty() ? "" : ", ") + p;
+    if (!lower) return unknown(key_ + ": unknown parts: " + parts + "; the known parts do not fit int64");
+    const std::string lower_text = joined(lower_terms);
+    return unknown("fused " + pattern + ": unknown parts: " + parts +
+                       (lower_text.empty() ? "" : "; flops_lower_bound = " + lower_text),
+                   lower);
   }
-  if (one_of(base, {"MaxPool2d", "AvgPool2d", "max_pool2d", "avg_pool2d"})) {
-    return unknown(key + ": kernel size is not in the node metadata");
-  }
-  return unknown("no cost formula for " + key);
+
+  const graph::Graph& graph_;
+  const graph::Node& n_;
+  const std::string key_;
+  const std::string base_;
+  const std::optional<bool> training_;
+  Result out_;
+  std::vector<Result> in_;
+  const Tensor* y_ = nullptr;
+  std::int64_t numel_ = 0;
+  Count io_bytes_;
+  std::string why_;       // why operand() or linear() failed
+  bool flops_ok_ = false;  // linear() succeeded
+};
+
+}  // namespace
+
+CostEstimate estimate_cost(const graph::Graph& graph, std::size_t index) {
+  return Estimator(graph, graph.node(index)).run();
 }
 
 }  // namespace nodemeta::passes

@@ -1,6 +1,7 @@
 #include "nodemeta/passes/passes.h"
 
 #include <algorithm>
+#include <limits>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -42,6 +43,7 @@ namespace {
 
 struct PassKeys {
   Key flops{pass_keys::kFlops};
+  Key flops_lower_bound{pass_keys::kFlopsLowerBound};
   Key bytes{pass_keys::kBytes};
   Key cost_rule{pass_keys::kCostRule};
   Key depth{pass_keys::kDepth};
@@ -61,6 +63,19 @@ Value int_or_unknown(const std::optional<std::int64_t>& v) {
 
 // ---- cost ------------------------------------------------------------------------------
 
+// Writes a cost estimate to a node: flops, bytes, cost_rule, and flops_lower_bound where
+// the estimate has one (removed where it has none, so a rerun leaves nothing stale).
+void write_cost(PassContext& ctx, NodeMetadata& m, CostEstimate c) {
+  ctx.write(m, pk().flops, int_or_unknown(c.flops));
+  ctx.write(m, pk().bytes, int_or_unknown(c.bytes));
+  ctx.write(m, pk().cost_rule, Value(std::move(c.rule)));
+  if (c.flops_lower_bound) {
+    ctx.write(m, pk().flops_lower_bound, Value(*c.flops_lower_bound));
+  } else if (m.contains(pk().flops_lower_bound)) {
+    ctx.erase(m, pk().flops_lower_bound);
+  }
+}
+
 class CostPass final : public Pass {
  public:
   std::string_view name() const noexcept override { return "cost"; }
@@ -72,11 +87,8 @@ class CostPass final : public Pass {
     std::atomic<std::size_t> unknown{0};
     for_each_node(g, [&](std::size_t i) {
       CostEstimate c = estimate_cost(g, i);
-      NodeMetadata& m = ctx.graph().node(i).meta;
       if (!c.flops) unknown.fetch_add(1, std::memory_order_relaxed);
-      ctx.write(m, pk().flops, int_or_unknown(c.flops));
-      ctx.write(m, pk().bytes, int_or_unknown(c.bytes));
-      ctx.write(m, pk().cost_rule, Value(std::move(c.rule)));
+      write_cost(ctx, ctx.graph().node(i).meta, std::move(c));
     });
     ctx.count_touched(g.size());  // every node, counted once: no shared counter per node
     ctx.summary = "cost unknown for " + std::to_string(unknown.load()) + " of " + std::to_string(g.size()) + " nodes";
@@ -85,40 +97,50 @@ class CostPass final : public Pass {
 
 // ---- fuse ------------------------------------------------------------------------------
 
+// The type of a call_module node's module as nn_module_stack records it, qualified
+// ("torch.nn.modules.conv.Conv2d"), or "". Fusion matches torch.nn's own classes only: a
+// quantized Conv2d or a user class named Conv2d computes something else.
 std::string module_type(const Node& n) {
   if (n.op != "call_module") return {};
   auto stack = n.meta.get(keys::nn_module_stack);
   if (!stack) return {};
   const Value* t = stack->find(n.target);
   const auto* s = t ? t->get_if<std::string>() : nullptr;
-  if (!s) return {};
-  const auto dot = s->rfind('.');
-  return dot == std::string::npos ? *s : s->substr(dot + 1);
+  return s ? *s : std::string();
 }
 
-bool is_activation(const std::string& type) {
-  return type == "ReLU" || type == "ReLU6" || type == "GELU" || type == "SiLU" || type == "Hardswish";
-}
+constexpr std::string_view kConv2d = "torch.nn.modules.conv.Conv2d";
+constexpr std::string_view kBatchNorm2d = "torch.nn.modules.batchnorm.BatchNorm2d";
+constexpr std::string_view kLinear = "torch.nn.modules.linear.Linear";
 
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
+// The pattern name of a torch.nn activation module ("relu" for ReLU), or "" for any other type.
+std::string_view activation(std::string_view type) {
+  static constexpr std::pair<std::string_view, std::string_view> kActivations[] = {
+      {"torch.nn.modules.activation.ReLU", "relu"},  {"torch.nn.modules.activation.ReLU6", "relu6"},
+      {"torch.nn.modules.activation.GELU", "gelu"},  {"torch.nn.modules.activation.SiLU", "silu"},
+      {"torch.nn.modules.activation.Hardswish", "hardswish"}};
+  for (const auto& [t, name] : kActivations) {
+    if (type == t) return name;
+  }
+  return {};
 }
 
 class FusePass final : public Pass {
  public:
   std::string_view name() const noexcept override { return "fuse"; }
   std::string_view description() const noexcept override {
-    return "fuse conv+bn[+act], bn+act, linear+act chains into one node each, carrying provenance";
+    return "fuse conv+bn[+act] (eval mode), bn+act, linear+act chains into one node each, carrying provenance";
   }
 
   void run(PassContext& ctx) override {
     Graph& g = ctx.graph();
     const auto users = g.users();
+    // Folding a batch norm into a conv uses its running statistics: right in eval mode only.
+    const bool eval = training_mode(g) == std::optional<bool>(false);
     // 1. Match, in parallel: chain[i] is the chain headed by node i (empty if none).
     std::vector<std::vector<std::size_t>> chain(g.size());
     std::vector<std::string> pattern(g.size());
-    for_each_node(g, [&](std::size_t i) { match(g, users, i, chain[i], pattern[i]); });
+    for_each_node(g, [&](std::size_t i) { match(g, users, eval, i, chain[i], pattern[i]); });
     // 2. Resolve overlaps in graph order (deterministic): a node joins at most one chain.
     std::vector<std::size_t> owner(g.size(), SIZE_MAX);  // head of the chain a node is in
     std::vector<std::size_t> heads;
@@ -142,7 +164,9 @@ class FusePass final : public Pass {
     };
     std::vector<Fused> fused;
     fused.reserve(heads.size());
+    std::vector<std::size_t> fused_of(g.size(), SIZE_MAX);  // chain head -> its index in `fused`
     for (std::size_t h : heads) {
+      fused_of[h] = fused.size();
       std::string name;
       for (std::size_t m : chain[h]) name += (name.empty() ? "" : "__") + g.node(m).name;
       std::string unique = name;
@@ -155,7 +179,8 @@ class FusePass final : public Pass {
       fused.push_back(Fused{h, Node{std::move(unique), "call_function", "nodemeta.fused." + pattern[h], {},
                                     g.store().create()}});
     }
-    // 4. Carry provenance and cost onto each fused node, in parallel (distinct targets).
+    // 4. Carry provenance onto each fused node, in parallel (distinct targets).
+    std::vector<char> costed(fused.size(), 0);  // cost ran on every member
     parallel_indices(fused.size(), 1, [&](std::size_t f) {
       const std::vector<std::size_t>& members = chain[fused[f].head];
       std::vector<SourceNode> sources;
@@ -166,7 +191,8 @@ class FusePass final : public Pass {
       NodeMetadata& target = fused[f].node.meta;
       ctx.count_rejected(transfer_provenance(sources, target, name()).rejected);
       ctx.write(target, pk().fused_pattern, Value(pattern[fused[f].head]));
-      fuse_cost(ctx, g, members, target);
+      costed[f] = std::all_of(members.begin(), members.end(),
+                              [&](std::size_t m) { return g.node(m).meta.contains(pk().flops); });
       ctx.count_touched();
     });
     // 5. Splice: the fused node takes its last member's place; inputs are remapped.
@@ -174,7 +200,7 @@ class FusePass final : public Pass {
     std::vector<std::size_t> remap(old.size(), SIZE_MAX);
     std::vector<Node> next;
     next.reserve(old.size());
-    std::size_t f = 0;
+    std::vector<std::size_t> at(fused.size());  // each fused node's index in `next`
     for (std::size_t i = 0; i < old.size(); ++i) {
       if (owner[i] == SIZE_MAX) {
         Node n = std::move(old[i]);
@@ -185,7 +211,10 @@ class FusePass final : public Pass {
       }
       const std::vector<std::size_t>& members = chain[owner[i]];
       if (i != members.back()) continue;
-      Node n = std::move(fused[f++].node);
+      // Chains end in another order than they start (one may end inside another's span):
+      // each takes its own node.
+      const std::size_t f = fused_of[owner[i]];
+      Node n = std::move(fused[f].node);
       for (std::size_t m : members) {
         for (std::size_t in : old[m].inputs) {
           if (owner[in] == owner[i]) continue;  // inside the chain
@@ -194,18 +223,24 @@ class FusePass final : public Pass {
         }
       }
       for (std::size_t m : members) remap[m] = next.size();
+      at[f] = next.size();
       next.push_back(std::move(n));
     }
     std::size_t replaced = 0;
     for (std::size_t h : heads) replaced += chain[h].size();
     g.replace_nodes(std::move(next));
+    // 6. Where cost ran, cost each fused node as the cost pass does (the sum of its parts,
+    // keeping the known part as a lower bound), so any order of cost and fuse agrees.
+    parallel_indices(fused.size(), 1, [&](std::size_t k) {
+      if (costed[k]) write_cost(ctx, g.node(at[k]).meta, estimate_cost(g, at[k]));
+    });
     ctx.summary = std::to_string(heads.size()) + " chain" + (heads.size() == 1 ? "" : "s") + " fused (" +
                   std::to_string(replaced) + " nodes replaced)";
     // `old` (the replaced nodes' handles) dies here, after the transfer above.
   }
 
  private:
-  static void match(const Graph& g, const std::vector<std::vector<std::size_t>>& users, std::size_t i,
+  static void match(const Graph& g, const std::vector<std::vector<std::size_t>>& users, bool eval, std::size_t i,
                     std::vector<std::size_t>& out, std::string& pattern) {
     // next(j): the single user of j if that user reads only j, else SIZE_MAX.
     auto next = [&](std::size_t j) -> std::size_t {
@@ -213,59 +248,35 @@ class FusePass final : public Pass {
       const std::size_t u = users[j][0];
       return g.node(u).inputs.size() == 1 ? u : SIZE_MAX;
     };
+    auto act_of = [&](std::size_t j) { return j == SIZE_MAX ? std::string_view() : activation(module_type(g.node(j))); };
     const std::string head = module_type(g.node(i));
-    if (head == "Conv2d") {
+    if (head == kConv2d) {
+      if (!eval) return;
       const std::size_t bn = next(i);
-      if (bn == SIZE_MAX || module_type(g.node(bn)) != "BatchNorm2d") return;
+      if (bn == SIZE_MAX || module_type(g.node(bn)) != kBatchNorm2d) return;
       out = {i, bn};
       pattern = "conv_bn";
       const std::size_t act = next(bn);
-      if (act != SIZE_MAX && is_activation(module_type(g.node(act)))) {
+      if (!act_of(act).empty()) {
         out.push_back(act);
-        pattern += "_" + lower(module_type(g.node(act)));
+        pattern += "_" + std::string(act_of(act));
       }
-    } else if (head == "BatchNorm2d") {
-      // Only where no conv+bn chain will take this bn (its input is not a single-use conv).
+    } else if (head == kBatchNorm2d) {
+      // Only where no conv+bn chain will take this bn (in eval mode, its input a single-use conv).
       const Node& n = g.node(i);
-      if (n.inputs.size() == 1 && module_type(g.node(n.inputs[0])) == "Conv2d" && next(n.inputs[0]) == i) return;
-      const std::size_t act = next(i);
-      if (act == SIZE_MAX || !is_activation(module_type(g.node(act)))) return;
-      out = {i, act};
-      pattern = "bn_" + lower(module_type(g.node(act)));
-    } else if (head == "Linear") {
-      const std::size_t act = next(i);
-      if (act == SIZE_MAX || !is_activation(module_type(g.node(act)))) return;
-      out = {i, act};
-      pattern = "linear_" + lower(module_type(g.node(act)));
-    }
-  }
-
-  // flops: the parts' sum; bytes: the parts' sum minus each intermediate result's write and
-  // read (it stays on chip). Unknown if any part is unknown; nothing if cost never ran.
-  static void fuse_cost(PassContext& ctx, const Graph& g, const std::vector<std::size_t>& members,
-                        NodeMetadata& target) {
-    std::int64_t flops = 0, bytes = 0;
-    bool known = true;
-    for (std::size_t k = 0; k < members.size(); ++k) {
-      const Node& n = g.node(members[k]);
-      auto f = n.meta.get(pk().flops);
-      auto b = n.meta.get(pk().bytes);
-      if (!f || !b) return;  // the cost pass has not run
-      const auto* fi = f->get_if<std::int64_t>();
-      const auto* bi = b->get_if<std::int64_t>();
-      if (!fi || !bi) {
-        known = false;
-        continue;
+      if (eval && n.inputs.size() == 1 && module_type(g.node(n.inputs[0])) == kConv2d && next(n.inputs[0]) == i) {
+        return;
       }
-      flops += *fi;
-      bytes += *bi;
-      if (k + 1 < members.size()) bytes -= 2 * result_bytes(n);  // stays on chip once fused
+      const std::size_t act = next(i);
+      if (act_of(act).empty()) return;
+      out = {i, act};
+      pattern = "bn_" + std::string(act_of(act));
+    } else if (head == kLinear) {
+      const std::size_t act = next(i);
+      if (act_of(act).empty()) return;
+      out = {i, act};
+      pattern = "linear_" + std::string(act_of(act));
     }
-    ctx.write(target, pk().flops, known ? Value(flops) : Value(pass_keys::kUnknown));
-    ctx.write(target, pk().bytes, known ? Value(bytes) : Value(pass_keys::kUnknown));
-    ctx.write(target, pk().cost_rule,
-              Value(known ? "fused: flops = sum of parts; bytes = parts minus each intermediate's write+read"
-                          : "unknown: a fused part has unknown cost"));
   }
 };
 
@@ -289,15 +300,24 @@ class PropagatePass final : public Pass {
         longest = std::max(longest, in.at(pk().cp_flops).as<std::int64_t>());
         complete = complete && in.at(pk().cp_complete).as<bool>();
       }
+      // An unknown cost counts its lower bound (0 if it has none): the path stays a lower bound.
       std::int64_t own = 0;
       auto f = n.meta.get(pk().flops);
       if (f && f->get_if<std::int64_t>()) {
         own = *f->get_if<std::int64_t>();
       } else {
         complete = false;
+        auto lb = n.meta.get(pk().flops_lower_bound);
+        if (lb && lb->get_if<std::int64_t>()) own = *lb->get_if<std::int64_t>();
+      }
+      // Past int64 the path saturates (and is then only a lower bound).
+      std::int64_t path = 0;
+      if (__builtin_add_overflow(longest, own, &path)) {
+        path = std::numeric_limits<std::int64_t>::max();
+        complete = false;
       }
       ctx.write(n.meta, pk().depth, Value(depth));
-      ctx.write(n.meta, pk().cp_flops, Value(longest + own));
+      ctx.write(n.meta, pk().cp_flops, Value(path));
       ctx.write(n.meta, pk().cp_complete, Value(complete));
     });
     ctx.count_touched(g.size());
@@ -337,7 +357,7 @@ class VerifyPass final : public Pass {
  public:
   std::string_view name() const noexcept override { return "verify"; }
   std::string_view description() const noexcept override {
-    return "loaded protected values intact; rewritten nodes' provenance complete (node-parallel)";
+    return "loaded nodes' protected values intact; new nodes' provenance complete (node-parallel)";
   }
   void run(PassContext& ctx) override {
     const Graph& g = ctx.graph();
@@ -353,12 +373,10 @@ class VerifyPass final : public Pass {
       check_node(g, *base, i, problems[i], covered[i]);
     });
     ctx.count_touched(g.size());
-    // Every loaded node is still here, or named by the chain of the node that replaced it.
+    // Every loaded node is still here, or named by the chain of a new node that replaced it.
     std::vector<char> seen(base->size(), 0);
     for (std::size_t i = 0; i < g.size(); ++i) {
-      if (!g.node(i).meta.contains(pk().from_node)) {
-        if (auto b = base->find(g.node(i).name)) seen[*b] = 1;
-      }
+      if (auto b = base->find(g.node(i).name)) seen[*b] = 1;
       for (const std::string& name : covered[i]) {
         if (auto b = base->find(name)) seen[*b] = 1;
       }
@@ -377,13 +395,9 @@ class VerifyPass final : public Pass {
                          std::vector<std::string>& covered) {
     const Node& n = g.node(i);
     const auto& pkeys = Baseline::protected_keys();
-    const std::optional<Value> chain = n.meta.get(pk().from_node);
-    if (!chain) {
-      const auto b = base.find(n.name);
-      if (!b) {
-        problems.push_back("node '" + n.name + "' is new but has no from_node provenance");
-        return;
-      }
+    // A loaded node keeps every protected value as loaded, whatever else it carries: one
+    // with from_node (a rewrite's result, saved and loaded again) is a loaded node now.
+    if (const auto b = base.find(n.name)) {
       for (std::size_t k = 0; k < Baseline::kKeys; ++k) {
         const std::optional<Value>& want = base.values(*b)[k];
         const std::optional<Value> have = n.meta.get(pkeys[k]);
@@ -392,6 +406,12 @@ class VerifyPass final : public Pass {
                              "' changed since load");
         }
       }
+      return;
+    }
+    // A new node was made by a rewrite, which must say what it replaced.
+    const std::optional<Value> chain = n.meta.get(pk().from_node);
+    if (!chain) {
+      problems.push_back("node '" + n.name + "' is new but has no from_node provenance");
       return;
     }
     const std::string who = "rewritten node '" + n.name + "': ";

@@ -70,3 +70,26 @@ nodemeta_cli_test(run_depth_too_small RC 2 REGEX "--max-depth must be at least 5
 nodemeta_cli_test(run_depth_limit RC 1 REGEX "nested deeper than 5 arrays/objects, the depth limit \\(raise it with --max-depth"
   ARGS run ${_bundled} --max-depth 5)
 nodemeta_cli_test(inspect_limits RC 0 REGEX "137 nodes" ARGS inspect ${_bundled} --max-depth 300 --max-input-bytes 1G)
+
+# The annotated graph goes out (issue 14): what --output saves loads again and verifies clean.
+nodemeta_cli_test(run_output RC 0 REGEX "verify: clean"
+  ARGS run ${_bundled} --output ${CMAKE_CURRENT_BINARY_DIR}/cli_output.json.gz)
+nodemeta_cli_test(run_output_verify RC 0 REGEX "mlp_mixer_s16, 121 nodes.*verify +121 +121 .*verify: clean"
+  ARGS run ${CMAKE_CURRENT_BINARY_DIR}/cli_output.json.gz --passes verify)
+nodemeta_cli_test(run_output_annotated RC 0
+  REGEX "\n  flops: [0-9]+\n.*fused_pattern: 'linear_gelu'"
+  ARGS inspect ${CMAKE_CURRENT_BINARY_DIR}/cli_output.json.gz --node blocks_0_mlp_tokens_fc1__blocks_0_mlp_tokens_act)
+set_tests_properties(cli.run_output PROPERTIES FIXTURES_SETUP cli_output)
+set_tests_properties(cli.run_output_verify cli.run_output_annotated PROPERTIES FIXTURES_REQUIRED cli_output)
+
+# --mode: the training mode where the file does not record it (issue 14); it reaches the
+# passes and the saved file, and contradicting the file is an error.
+nodemeta_cli_test(run_mode_unknown RC 0 REGEX "traced in unknown mode" ARGS run ${_bundled} --passes cost)
+nodemeta_cli_test(run_mode_eval RC 0 REGEX "traced in eval mode.*cost unknown for 1 of 137"
+  ARGS run ${_bundled} --passes cost --mode eval --output ${CMAKE_CURRENT_BINARY_DIR}/cli_eval.json)
+nodemeta_cli_test(run_mode_saved RC 0 REGEX "traced in eval mode" ARGS run ${CMAKE_CURRENT_BINARY_DIR}/cli_eval.json --passes verify)
+nodemeta_cli_test(run_mode_contradicts RC 1 REGEX "cli_eval.json: the file says the graph was traced in eval mode; --mode training contradicts it"
+  ARGS run ${CMAKE_CURRENT_BINARY_DIR}/cli_eval.json --mode training)
+nodemeta_cli_test(run_mode_bad RC 2 REGEX "--mode expects eval or training, got 'train'" ARGS run --mode train)
+set_tests_properties(cli.run_mode_eval PROPERTIES FIXTURES_SETUP cli_eval)
+set_tests_properties(cli.run_mode_saved cli.run_mode_contradicts PROPERTIES FIXTURES_REQUIRED cli_eval)

@@ -70,8 +70,11 @@ TEST(GraphTest, MoveKeepsNodesValid) {
 
 TEST(GraphIoTest, MapsJsonKindsToValueKinds) {
   Graph g = parse_graph(R"({"model": "m", "nodes": [{"id": 0, "name": "x", "op": "placeholder",
-      "target": "x", "inputs": [], "meta": {"n": null, "b": true, "i": -3, "big": 9223372036854775807,
-      "d": 2.5, "e": 1e-05, "one": 1.0, "s": "t\u00e9xt", "l": [1, [2]], "o": {"z": 1, "a": 2}}}]})");
+      "target": "x", "inputs": [], "meta": {"stack_trace": null, "nn_module_stack": {}, "tensor_meta": null,
+      "val": null, "debug_handle": 1, "n": null, "b": true, "i": -3, "big": 9223372036854775807,
+      "d": 2.5, "e": 1e-05, "one": 1.0, "s": "t\u00e9xt", "l": [1, [2]], "o": {"z": 1, "a": 2}}},
+      {"id": 1, "name": "output", "op": "output", "target": "output", "inputs": [0], "meta": {"stack_trace": null,
+      "nn_module_stack": {}, "tensor_meta": null, "val": null, "debug_handle": 2}}]})");
   const NodeMetadata& m = g.node(0).meta;
   EXPECT_TRUE(m.at("n").is_none());
   EXPECT_EQ(m.at("b"), Value(true));

@@ -62,10 +62,30 @@ class LimitsTest : public ::testing::Test {
   fs::path dir_;
 };
 
-// A one-node graph whose node's metadata holds `meta_json`.
+// `meta_json` (a JSON object's text) with the schema's five standard keys added as null
+// where it does not set them: every node has them (graph_io.h).
+std::string with_standard_keys(const std::string& meta_json) {
+  std::string added;
+  for (const char* k : {"stack_trace", "nn_module_stack", "tensor_meta", "val", "debug_handle"}) {
+    if (meta_json.find("\"" + std::string(k) + "\":") == std::string::npos) added += "\"" + std::string(k) + "\":null,";
+  }
+  if (meta_json == "{}") added.pop_back();
+  return "{" + added + meta_json.substr(1);
+}
+
+// A node's JSON text (id, name, op, target, inputs, meta with the standard keys added).
+std::string node_json(int id, const std::string& name, const std::string& op, const std::string& inputs,
+                      const std::string& meta_json) {
+  return R"({"id":)" + std::to_string(id) + R"(,"name":")" + name + R"(","op":")" + op + R"(","target":"t","inputs":[)" +
+         inputs + R"(],"meta":)" + with_standard_keys(meta_json) + "}";
+}
+
+// The output node that ends every graph, at position `id`, reading node `id - 1` if any.
+std::string output_json(int id) { return node_json(id, "output", "output", id ? std::to_string(id - 1) : "", "{}"); }
+
+// A graph of node x, whose metadata holds `meta_json`, and the output node.
 std::string graph_json(const std::string& meta_json) {
-  return R"({"model":"m","nodes":[{"id":0,"name":"x","op":"placeholder","target":"x","inputs":[],"meta":)" +
-         meta_json + "}]}";
+  return R"({"model":"m","nodes":[)" + node_json(0, "x", "placeholder", "", meta_json) + "," + output_json(1) + "]}";
 }
 
 std::string slurp(const std::string& p) {
@@ -132,7 +152,7 @@ TEST_F(LimitsTest, InputOfExactlyTheLimitLoadsOneByteMoreDoesNot) {
   for (const std::string& p : {plain, gz}) {
     LoadOptions load;
     load.max_input_bytes = text.size();
-    EXPECT_EQ(load_graph(p, {}, load).size(), 1u) << p;
+    EXPECT_EQ(load_graph(p, {}, load).size(), 2u) << p;
     load.max_input_bytes = text.size() - 1;
     EXPECT_NE(error_of([&] { load_graph(p, {}, load); }).find("the input limit"), std::string::npos) << p;
   }
@@ -171,7 +191,7 @@ TEST_F(LimitsTest, DepthLimitIsExactAndCanBeRaised) {
   const std::string ok = write("ok.json", graph_json(R"({"val":)" + nested(limit - 4) + "}"));
   const std::string over = write("over.json", graph_json(R"({"val":)" + nested(limit - 3) + "}"));
   const Graph g = load_graph(ok);
-  EXPECT_EQ(g.size(), 1u);
+  EXPECT_EQ(g.size(), 2u);
   EXPECT_NE(error_of([&] { load_graph(over); }).find("nested deeper than 256"), std::string::npos);
   // Raised: loads, saves, loads back, compares and is destroyed without trouble.
   LoadOptions load;
@@ -237,20 +257,18 @@ TEST_F(LimitsTest, NaNAndInfinitiesAreRefusedOnSaveNamingTheKey) {
 }
 
 TEST_F(LimitsTest, DuplicateInputsAreRefused) {
-  const std::string text =
-      R"({"nodes":[{"id":0,"name":"a","op":"placeholder","target":"a","inputs":[],"meta":{}},)"
-      R"({"id":1,"name":"m","op":"call_function","target":"mul","inputs":[0,0],"meta":{}}]})";
+  const std::string text = R"({"nodes":[)" + node_json(0, "a", "placeholder", "", "{}") + "," +
+                           node_json(1, "m", "call_function", "0,0", "{}") + "," + output_json(2) + "]}";
   const std::string what = error_of([&] { parse_graph(text, "g"); });
   EXPECT_NE(what.find("nodes[1].inputs[1] (node 'm'): input id 0 given twice"), std::string::npos) << what;
   // Past the linear scan's 16 inputs too.
   std::string many = R"({"nodes":[)";
+  std::string inputs;
   for (int i = 0; i < 40; ++i) {
-    many += R"({"id":)" + std::to_string(i) + R"(,"name":"n)" + std::to_string(i) +
-            R"(","op":"placeholder","target":"t","inputs":[],"meta":{}},)";
+    many += node_json(i, "n" + std::to_string(i), "placeholder", "", "{}") + ",";
+    inputs += std::to_string(i) + ",";
   }
-  many += R"({"id":40,"name":"cat","op":"call_function","target":"cat","inputs":[)";
-  for (int i = 0; i < 40; ++i) many += std::to_string(i) + ",";
-  many += R"(3]}]})";
+  many += node_json(40, "cat", "call_function", inputs + "3", "{}") + "," + output_json(41) + "]}";
   EXPECT_NE(error_of([&] { parse_graph(many, "g"); }).find("input id 3 given twice"), std::string::npos);
 }
 
@@ -272,9 +290,8 @@ TEST_F(LimitsTest, ObjectsWithManyKeysLoadAndRepeatsAreFound) {
 TEST_F(LimitsTest, EqualValuesAreSharedAcrossNodes) {
   const std::string meta = R"({"stack_trace":"  File \"m.py\", line 1, in f\n    y = g(x)\n",)"
                            R"("tensor_meta":{"shape":[1,2],"dtype":"torch.float32"},"val":[1,2]})";
-  const std::string text = R"({"nodes":[{"id":0,"name":"a","op":"placeholder","target":"a","inputs":[],"meta":)" +
-                           meta + R"(},{"id":1,"name":"b","op":"placeholder","target":"b","inputs":[],"meta":)" +
-                           meta + "}]}";
+  const std::string text = R"({"nodes":[)" + node_json(0, "a", "placeholder", "", meta) + "," +
+                           node_json(1, "b", "placeholder", "", meta) + "," + output_json(2) + "]}";
   const Graph g = parse_graph(text);
   const Value a_st = *g.node(0).meta.get("stack_trace"), b_st = *g.node(1).meta.get("stack_trace");
   EXPECT_EQ(&a_st.as<std::string>(), &b_st.as<std::string>());
@@ -296,10 +313,9 @@ TEST_F(LimitsTest, StringsThatCollideOnTheSampledHashStayDistinct) {
   for (int i = 0; i < 64; ++i) {
     std::string st(4000, 'a');
     st[1000 + 37 * i] = 'b';
-    text += std::string(i ? "," : "") + R"({"id":)" + std::to_string(i) + R"(,"name":"n)" + std::to_string(i) +
-            R"(","op":"placeholder","target":"t","inputs":[],"meta":{"stack_trace":")" + st + R"("}})";
+    text += node_json(i, "n" + std::to_string(i), "placeholder", "", R"({"stack_trace":")" + st + R"("})") + ",";
   }
-  text += "]}";
+  text += output_json(64) + "]}";
   const Graph g = parse_graph(text);
   for (int i = 0; i < 64; ++i) {
     const std::string s = g.node(i).meta.get("stack_trace")->as<std::string>();
@@ -320,11 +336,10 @@ TEST_F(LimitsTest, InvalidUtf8IsRefusedOnLoadAndSaveAndReplacedForDisplay) {
 
 TEST_F(LimitsTest, ProgressReportsEachPhaseAndCanAbortTheLoad) {
   std::string text = R"({"nodes":[)";
-  for (int i = 0; i < 10'000; ++i) {
-    text += std::string(i ? "," : "") + R"({"id":)" + std::to_string(i) + R"(,"name":"n)" + std::to_string(i) +
-            R"(","op":"placeholder","target":"t","inputs":[],"meta":{"val":)" + std::to_string(i) + "}}";
+  for (int i = 0; i < 9'999; ++i) {
+    text += node_json(i, "n" + std::to_string(i), "placeholder", "", R"({"val":)" + std::to_string(i) + "}") + ",";
   }
-  text += "]}";
+  text += output_json(9'999) + "]}";
   const std::string p = write_gz("many.json.gz", text, 1);
   std::vector<LoadProgress> seen;
   LoadOptions load;
@@ -357,7 +372,7 @@ TEST_F(LimitsTest, ConcatenatedGzipMembersAndTruncationAreHandled) {
     gzwrite(f, text.data() + 10, static_cast<unsigned>(text.size() - 10));
     gzclose(f);
   }
-  EXPECT_EQ(load_graph(p).size(), 1u);
+  EXPECT_EQ(load_graph(p).size(), 2u);
   // Cut inside the second member.
   fs::resize_file(p, fs::file_size(p) - 6);
   EXPECT_NE(error_of([&] { load_graph(p); }).find("truncated gzip data"), std::string::npos);
@@ -367,9 +382,8 @@ TEST_F(LimitsTest, LongKeysOfDifferentNodesAreSavedAsThemselves) {
   // The writer once remembered escaped strings by address, and each node's keys live in a
   // fresh temporary vector: node b's 70-byte key came out as node a's.
   const std::string ka(70, 'k'), kb(70, 'q');
-  const std::string text =
-      R"({"nodes":[{"id":0,"name":"a","op":"placeholder","target":"x","inputs":[],"meta":{")" + ka +
-      R"(":1}},{"id":1,"name":"b","op":"output","target":"y","inputs":[0],"meta":{")" + kb + R"(":2}}]})";
+  const std::string text = R"({"nodes":[)" + node_json(0, "a", "placeholder", "", R"({")" + ka + R"(":1})") + "," +
+                           node_json(1, "b", "output", "0", R"({")" + kb + R"(":2})") + "]}";
   const Graph g = parse_graph(text);
   const Graph back = parse_graph(to_json(g));
   EXPECT_EQ(first_difference(g, back), "");
@@ -379,16 +393,17 @@ TEST_F(LimitsTest, LongKeysOfDifferentNodesAreSavedAsThemselves) {
 TEST_F(LimitsTest, RepeatedTopLevelKeysAreFoundPastTheLinearScan) {
   std::string text = "{";
   for (int i = 0; i < 20; ++i) text += "\"a" + std::to_string(i) + "\":" + std::to_string(i) + ",";
-  const std::string what = error_of([&] { parse_graph(text + R"("a0":999,"nodes":[]})", "g"); });
+  const std::string nodes = R"("nodes":[)" + output_json(0) + "]}";
+  const std::string what = error_of([&] { parse_graph(text + R"("a0":999,)" + nodes, "g"); });
   EXPECT_NE(what.find("g: a0: key 'a0' given twice with different values"), std::string::npos) << what;
-  EXPECT_EQ(parse_graph(text + R"("a0":0,"nodes":[]})").attrs().size(), 20u);  // the same again: once
+  EXPECT_EQ(parse_graph(text + R"("a0":0,)" + nodes).attrs().size(), 20u);  // the same again: once
 }
 
 TEST_F(LimitsTest, TheDepthLimitCountsEmptyAndNonEmptyContainersAlike) {
   LoadOptions load;
   load.max_depth = 5;  // a node's metadata value sits at depth 5
-  EXPECT_EQ(parse_graph(graph_json(R"({"k":[1]})"), "g", {}, load).size(), 1u);
-  EXPECT_EQ(parse_graph(graph_json(R"({"k":[]})"), "g", {}, load).size(), 1u);
+  EXPECT_EQ(parse_graph(graph_json(R"({"k":[1]})"), "g", {}, load).size(), 2u);
+  EXPECT_EQ(parse_graph(graph_json(R"({"k":[]})"), "g", {}, load).size(), 2u);
   for (const char* meta : {R"({"k":[[1]]})", R"({"k":[[]]})", R"({"k":[{}]})"}) {
     const std::string what = error_of([&] { parse_graph(graph_json(meta), "g", {}, load); });
     EXPECT_NE(what.find("nested deeper than 5"), std::string::npos) << meta << ": " << what;
@@ -396,8 +411,9 @@ TEST_F(LimitsTest, TheDepthLimitCountsEmptyAndNonEmptyContainersAlike) {
   }
   // A top-level attribute at the limit too.
   load.max_depth = 6;
-  EXPECT_EQ(parse_graph(R"({"x":[[[[[1]]]]],"nodes":[]})", "g", {}, load).attrs().size(), 1u);
-  EXPECT_NE(error_of([&] { parse_graph(R"({"x":[[[[[[]]]]]],"nodes":[]})", "g", {}, load); }).find("x[0][0][0][0][0]"),
+  const std::string nodes = R"("nodes":[)" + output_json(0) + "]}";
+  EXPECT_EQ(parse_graph(R"({"x":[[[[[1]]]]],)" + nodes, "g", {}, load).attrs().size(), 1u);
+  EXPECT_NE(error_of([&] { parse_graph(R"({"x":[[[[[[]]]]]],)" + nodes, "g", {}, load); }).find("x[0][0][0][0][0]"),
             std::string::npos);
 }
 
@@ -463,7 +479,7 @@ TEST_F(LimitsTest, GzipZeroPaddingIsAcceptedAndALyingSizeFieldCostsNothing) {
   {
     std::ofstream(p, std::ios::binary | std::ios::app) << std::string(1000, '\0');
   }
-  EXPECT_EQ(load_graph(p).size(), 1u);
+  EXPECT_EQ(load_graph(p).size(), 2u);
   // Garbage after the zeros is not padding.
   {
     std::ofstream(p, std::ios::binary | std::ios::app) << "junk";

@@ -31,9 +31,11 @@ std::vector<KeyValue> meta(Value t, std::int64_t handle, Value module_stack = Va
 
 Value stack1(const std::string& path, const std::string& type) { return Value::dict({{path, type}}); }
 
-// x -> conv -> bn -> relu -> add(relu, x') ; plus an aten conv and an unknown op.
+// x -> conv -> bn -> relu -> add(relu, x') ; plus an aten conv and an unknown op. Traced
+// in eval mode (the graph attribute says so), so conv+bn folds.
 Graph conv_graph() {
   Graph g;
+  g.attrs().emplace_back("training", Value(false));
   const Value act = tensor({1, 8, 4, 4});
   g.add_node("x", "placeholder", "x", {}, meta(tensor({1, 3, 4, 4}), 1));
   g.add_node("conv1", "call_module", "conv1", {0},
@@ -69,11 +71,17 @@ TEST(CostModelTest, MatmulFamily) {
   g.add_node("a", "placeholder", "a", {}, meta(tensor({4, 32}), 2));
   g.add_node("w", "get_attr", "w", {}, meta(tensor({32, 16}), 3));
   g.add_node("addmm", "call_function", "torch.ops.aten.addmm.default", {0, 1, 2}, meta(tensor({4, 16}), 4));
-  g.add_node("bmm", "call_function", "torch.ops.aten.bmm.default", {1, 2}, meta(tensor({2, 4, 16}), 5));
-  g.add_node("lin", "call_module", "lin", {1}, meta(tensor({4, 16}), 6, stack1("lin", "torch.nn.modules.linear.Linear")));
+  g.add_node("a3", "placeholder", "a3", {}, meta(tensor({2, 4, 32}), 5));
+  g.add_node("w3", "get_attr", "w3", {}, meta(tensor({2, 32, 16}), 6));
+  g.add_node("bmm", "call_function", "torch.ops.aten.bmm.default", {4, 5}, meta(tensor({2, 4, 16}), 7));
+  g.add_node("lin", "call_module", "lin", {1}, meta(tensor({4, 16}), 8, stack1("lin", "torch.nn.modules.linear.Linear")));
+  g.add_node("mm_bad", "call_function", "torch.ops.aten.mm.default", {1, 5}, meta(tensor({4, 16}), 9));
   EXPECT_EQ(*estimate_cost(g, 3).flops, 2 * 4 * 16 * 32 + 4 * 16);
-  EXPECT_EQ(*estimate_cost(g, 4).flops, 2 * 2 * 4 * 16 * 32);
-  EXPECT_EQ(*estimate_cost(g, 5).flops, 2 * 4 * 16 * 32);
+  EXPECT_EQ(*estimate_cost(g, 6).flops, 2 * 2 * 4 * 16 * 32);
+  EXPECT_EQ(*estimate_cost(g, 7).flops, 2 * 4 * 16 * 32);
+  // Operands that do not fit a matrix product: no number.
+  EXPECT_FALSE(estimate_cost(g, 8).flops);
+  EXPECT_NE(estimate_cost(g, 8).rule.find("operand shapes do not fit"), std::string::npos) << estimate_cost(g, 8).rule;
 }
 
 TEST(ProvenanceTest, PolicyCopiesMergesAndChains) {
@@ -243,5 +251,389 @@ TEST(ProvenanceTest, RefusedTypeWriteIsCounted) {
   EXPECT_EQ(fused["debug_handle"].as<std::int64_t>(), 1);
 }
 
+}  // namespace
+}  // namespace nodemeta::passes
+
+// ---- Issue 14: crafted graph files (JSON text through parse_graph, as `nodemeta run` loads
+// them). Each test names the item it covers and failed before the fix.
+namespace nodemeta::passes {
+namespace {
+
+// A tensor value in a graph file: {"shape": [...], "dtype": "..."}.
+std::string T(std::initializer_list<std::int64_t> shape, const std::string& dtype = "torch.float32") {
+  std::string s = R"({"shape":[)";
+  bool first = true;
+  for (std::int64_t d : shape) {
+    s += (first ? "" : ",") + std::to_string(d);
+    first = false;
+  }
+  return s + R"(],"dtype":")" + dtype + R"("})";
+}
+
+// One node of a crafted graph file. `result` is its tensor_meta and val (a tensor, a list,
+// or null); `type` its meta "type" ("" for none); `stack` its nn_module_stack; `more` extra
+// meta fields (each starting with a comma).
+struct FileNode {
+  std::string name, op, target;
+  std::vector<int> inputs;
+  std::string result = "null";
+  std::string type = "torch.Tensor";
+  std::string stack = "{}";
+  std::string more = "";
+};
+
+FileNode module(const std::string& name, const std::string& type, std::vector<int> inputs, std::string result) {
+  return {name, "call_module", name, std::move(inputs), std::move(result), "torch.Tensor",
+          "{\"" + name + "\":\"" + type + "\"}", ""};
+}
+
+// The graph file's text: the nodes, then an output node reading the last one. `attrs` adds
+// top-level fields (each ending with a comma), e.g. R"("training":false,)".
+std::string graph_text(const std::vector<FileNode>& nodes, const std::string& attrs = "") {
+  std::string s = "{" + attrs + R"("model":"crafted","nodes":[)";
+  auto node = [&](std::size_t i, const FileNode& n) {
+    std::string in;
+    for (int j : n.inputs) in += (in.empty() ? "" : ",") + std::to_string(j);
+    s += R"({"id":)" + std::to_string(i) + R"(,"name":")" + n.name + R"(","op":")" + n.op + R"(","target":")" +
+         n.target + R"(","inputs":[)" + in + R"(],"meta":{"stack_trace":"  File \"m.py\", line )" +
+         std::to_string(i) + R"(\n","nn_module_stack":)" + n.stack + R"(,"tensor_meta":)" + n.result +
+         R"(,"val":)" + n.result + R"(,"debug_handle":)" + std::to_string(i + 1) +
+         (n.type.empty() ? "" : R"(,"type":")" + n.type + "\"") + n.more + "}},";
+  };
+  for (std::size_t i = 0; i < nodes.size(); ++i) node(i, nodes[i]);
+  node(nodes.size(), FileNode{"output", "output", "output", {static_cast<int>(nodes.size()) - 1}, "null", ""});
+  s.pop_back();  // the last comma
+  return s + "]}";
+}
+
+Graph crafted(const std::vector<FileNode>& nodes, const std::string& attrs = "") {
+  return graph::parse_graph(graph_text(nodes, attrs), "crafted.json");
+}
+
+const CostEstimate cost_of(const Graph& g, const std::string& name) { return estimate_cost(g, *g.find(name)); }
+
+// Kind: regression (issue 14 item 1). Operands are read by position; a missing one is unknown.
+TEST(CostModelTest, OperandsAreMatchedByPosition) {
+  Graph g = crafted({{"a", "placeholder", "a", {}, "null"},  // a [4, 1000] whose metadata is null
+                     {"b", "placeholder", "b", {}, T({1000, 2})},
+                     {"mm", "call_function", "torch.ops.aten.mm.default", {0, 1}, T({4, 2})},
+                     {"f8", "placeholder", "f8", {}, T({4, 1000}, "torch.float8_e4m3fn")},
+                     {"mm_f8", "call_function", "torch.ops.aten.mm.default", {3, 1}, T({4, 2})},
+                     {"bias", "placeholder", "bias", {}, "null"},
+                     {"a2", "placeholder", "a2", {}, T({4, 1000})},
+                     {"addmm", "call_function", "torch.ops.aten.addmm.default", {5, 6, 1}, T({4, 2})},
+                     {"mm_ok", "call_function", "torch.ops.aten.mm.default", {6, 1}, T({4, 2})}});
+  for (const char* name : {"mm", "mm_f8", "addmm"}) {
+    const CostEstimate c = cost_of(g, name);
+    EXPECT_FALSE(c.flops) << name << ": " << *c.flops;  // was 32, 32 and 40: K read from b
+    EXPECT_FALSE(c.bytes) << name;
+    EXPECT_NE(c.rule.find("operand 0"), std::string::npos) << c.rule;
+  }
+  EXPECT_NE(cost_of(g, "mm_f8").rule.find("torch.float8_e4m3fn"), std::string::npos);
+  EXPECT_EQ(cost_of(g, "mm_ok").flops, 2 * 8 * 1000);  // 16,000
+  EXPECT_EQ(cost_of(g, "mm_ok").bytes, (4000 + 2000 + 8) * 4);
+  // The critical path through an unknown operand is not complete.
+  const Baseline base(g);
+  run_pipeline(g, std::vector<std::string>{"cost", "propagate"}, base);
+  EXPECT_EQ(g.node(*g.find("mm")).meta.at("critical_path_complete"), Value(false));
+}
+
+// Kind: regression (issue 14 item 2). A tensor op without shapes is unknown, not a free scalar op.
+TEST(CostModelTest, TensorResultWithoutShapesIsUnknown) {
+  Graph g = crafted({{"x", "placeholder", "x", {}, T({1024, 1024})},
+                     {"y", "placeholder", "y", {}, T({1024, 1024})},
+                     {"add", "call_function", "_operator.add", {0, 1}, "null", "torch.Tensor"},
+                     {"n", "call_function", "getattr", {0}, "1024", "builtins.int"},
+                     {"add_int", "call_function", "_operator.add", {3}, "1025", "builtins.int"},
+                     {"none", "call_function", "_operator.mul", {3}, "null", ""}});
+  const CostEstimate add = cost_of(g, "add");
+  EXPECT_FALSE(add.flops) << add.rule;  // was 0 ("scalar op add (no tensor result)")
+  EXPECT_NE(add.rule.find("no tensor shape"), std::string::npos) << add.rule;
+  EXPECT_EQ(cost_of(g, "add_int").flops, 0);  // a real scalar op: int type, int val
+  EXPECT_NE(cost_of(g, "add_int").rule.find("scalar op add"), std::string::npos);
+  EXPECT_FALSE(cost_of(g, "none").flops);  // nothing says what it is
+  const Baseline base(g);
+  const auto stats = run_pipeline(g, std::vector<std::string>{"cost"}, base);
+  EXPECT_EQ(stats[0].summary, "cost unknown for 2 of 7 nodes");  // was 0 of 7
+}
+
+// Kind: regression (issue 14 item 3). A count past int64 or a negative dimension is unknown.
+TEST(CostModelTest, OverflowAndNegativeDimensionsAreUnknown) {
+  const std::int64_t m = std::int64_t{1} << 20, k = std::int64_t{1} << 24;
+  Graph g = crafted({{"a", "placeholder", "a", {}, T({m, k}, "torch.bool")},
+                     {"b", "placeholder", "b", {}, T({k, m}, "torch.bool")},
+                     {"mm", "call_function", "torch.ops.aten.mm.default", {0, 1}, T({m, m}, "torch.bool")},
+                     {"neg", "placeholder", "neg", {}, T({-1, 8})},
+                     {"relu", "call_function", "torch.relu", {3}, T({-1, 8})}});
+  const CostEstimate mm = cost_of(g, "mm");
+  EXPECT_FALSE(mm.flops) << *mm.flops;  // 2^65: was 0 (signed overflow)
+  EXPECT_NE(mm.rule.find("does not fit int64"), std::string::npos) << mm.rule;
+  const CostEstimate relu = cost_of(g, "relu");
+  EXPECT_FALSE(relu.flops) << *relu.flops;  // was -8 flops, -64 bytes
+  EXPECT_NE(relu.rule.find("negative dimension"), std::string::npos) << relu.rule;
+  // A path longer than int64 saturates and is not complete: three elementwise ops of
+  // 2^62 - 1 elements (bool, so their bytes fit).
+  const std::int64_t big = (std::int64_t{1} << 62) - 1;  // 3 * 1537228672809129301
+  Graph p = crafted({{"x", "placeholder", "x", {}, T({3, big / 3}, "torch.bool")},
+                     {"r1", "call_function", "torch.relu", {0}, T({3, big / 3}, "torch.bool")},
+                     {"r2", "call_function", "torch.relu", {1}, T({3, big / 3}, "torch.bool")},
+                     {"r3", "call_function", "torch.relu", {2}, T({3, big / 3}, "torch.bool")}});
+  const Baseline base(p);
+  run_pipeline(p, std::vector<std::string>{"cost", "propagate"}, base);
+  const NodeMetadata& r3 = p.node(*p.find("r3")).meta;
+  EXPECT_EQ(r3.at("flops"), Value(big));
+  EXPECT_EQ(r3.at("critical_path_flops"), Value(INT64_MAX));
+  EXPECT_EQ(r3.at("critical_path_complete"), Value(false));
+}
+
+FileNode mha(const std::string& name, std::vector<int> inputs, std::string result) {
+  return module(name, "torch.nn.modules.activation.MultiheadAttention", std::move(inputs), "[" + result + ",null]");
+}
+
+// Kind: regression (issue 14 item 4). Attention uses the key/value inputs and either layout.
+TEST(CostModelTest, AttentionUsesEveryInputAndItsLayout) {
+  Graph g = crafted({{"q", "placeholder", "q", {}, T({1, 10, 64})},
+                     {"kv", "placeholder", "kv", {}, T({1, 1000, 64})},
+                     mha("cross", {0, 1}, T({1, 10, 64})),
+                     {"q_lne", "placeholder", "q_lne", {}, T({10, 1, 64})},
+                     {"kv_lne", "placeholder", "kv_lne", {}, T({1000, 1, 64})},
+                     mha("cross_lne", {3, 4}, T({10, 1, 64})),
+                     {"k", "placeholder", "k", {}, T({1, 1000, 32})},
+                     {"v", "placeholder", "v", {}, T({1, 1000, 16})},
+                     mha("qkv", {0, 6, 7}, T({1, 10, 64})),
+                     {"x", "placeholder", "x", {}, T({1, 197, 768})},
+                     mha("self", {9}, T({1, 197, 768}))});
+  // 4*N*L*E^2 + 2*N*S*E*(kdim + vdim) + 4*N*L*S*E with N = 1, L = 10, S = 1000, E = 64.
+  const std::int64_t cross = 4 * 10 * 64 * 64 + 2 * 1000 * 64 * 128 + 4 * 10 * 1000 * 64;
+  EXPECT_EQ(cross, 19'107'840);
+  EXPECT_EQ(cost_of(g, "cross").flops, cross) << cost_of(g, "cross").rule;  // was 353,280 (self-attention of q)
+  EXPECT_EQ(cost_of(g, "cross_lne").flops, cross) << cost_of(g, "cross_lne").rule;  // [L, N, E]: N, L not swapped
+  EXPECT_EQ(cost_of(g, "qkv").flops, 4 * 10 * 64 * 64 + 2 * 1000 * 64 * (32 + 16) + 4 * 10 * 1000 * 64);
+  // Self-attention on [1, 197, 768] fits both layouts, which differ: unknown, with the
+  // smaller count ([L, N, E]: N = 197, L = 1) kept as a lower bound.
+  const CostEstimate self = cost_of(g, "self");
+  EXPECT_FALSE(self.flops) << *self.flops;
+  const std::int64_t e = 768;
+  EXPECT_EQ(self.flops_lower_bound, 4 * 197 * e * e + 4 * 197 * e * e + 4 * 197 * e);
+  EXPECT_NE(self.rule.find("batch_first"), std::string::npos) << self.rule;
+}
+
+// Kind: regression (issue 14, also). aten.convolution with transposed=True: its weight is
+// [C_in, C_out/groups, k...] and every input element is multiplied by it.
+TEST(CostModelTest, TransposedConvolution) {
+  const std::string transposed_stack = R"({"up":"torch.nn.modules.conv.ConvTranspose2d"})";
+  Graph g = crafted({{"x", "placeholder", "x", {}, T({1, 16, 8, 8})},
+                     {"w", "get_attr", "w", {}, T({16, 8, 3, 3})},
+                     {"up", "call_function", "torch.ops.aten.convolution.default", {0, 1}, T({1, 8, 16, 16}),
+                      "torch.Tensor", transposed_stack},
+                     {"up2", "call_function", "torch.ops.aten.convolution.default", {0, 1}, T({1, 8, 16, 16})},
+                     // depthwise shapes fit both kinds; no module says which
+                     {"dw_w", "get_attr", "dw_w", {}, T({16, 1, 3, 3})},
+                     {"dw", "call_function", "torch.ops.aten.convolution.default", {0, 4}, T({1, 16, 4, 4})},
+                     {"dw_conv", "call_function", "torch.ops.aten.convolution.default", {0, 4}, T({1, 16, 4, 4}),
+                      "torch.Tensor", R"({"features.0":"torch.nn.modules.conv.Conv2d"})"}});
+  const std::int64_t transposed = 2 * (16 * 8 * 8) * (8 * 3 * 3);  // 2*numel(in)*C_out/g*prod(k)
+  EXPECT_EQ(cost_of(g, "up").flops, transposed) << cost_of(g, "up").rule;  // was 2*numel(out)*..., twice as many
+  EXPECT_EQ(cost_of(g, "up2").flops, transposed) << cost_of(g, "up2").rule;  // the shapes fit only transposed
+  EXPECT_FALSE(cost_of(g, "dw").flops) << cost_of(g, "dw").rule;
+  EXPECT_EQ(cost_of(g, "dw").flops_lower_bound, 2 * (16 * 4 * 4) * 9);
+  EXPECT_EQ(cost_of(g, "dw_conv").flops, 2 * (16 * 4 * 4) * 9);  // made by torch.nn.Conv2d: forward
+}
+
+// Kind: regression (issue 14, also). Nested tuple results (an LSTM's (out, (h, c))) count
+// every tensor, not only the top level.
+TEST(CostModelTest, NestedTupleResultsCountEveryTensor) {
+  const std::string lstm = "[" + T({5, 1, 32}) + ",[" + T({1, 1, 32}) + "," + T({1, 1, 32}) + "]]";
+  Graph g = crafted({{"x", "placeholder", "x", {}, T({5, 1, 16})},
+                     module("lstm", "torch.nn.modules.rnn.LSTM", {0}, lstm),
+                     {"cat", "call_function", "torch.cat", {1}, T({7, 1, 32})}});
+  EXPECT_EQ(std::optional<std::int64_t>(result_bytes(g.node(1))), (5 * 32 + 32 + 32) * 4);  // was 5*32*4
+  EXPECT_EQ(cost_of(g, "cat").bytes, (5 * 32 + 32 + 32) * 4 + 7 * 32 * 4);
+  EXPECT_FALSE(cost_of(g, "lstm").flops);  // no formula
+}
+
+// Kind: regression (issue 14, also). Batch norm and dropout cost depend on the training
+// mode, which only the graph attribute "training" records.
+TEST(CostModelTest, BatchNormAndDropoutFollowTheMode) {
+  const std::vector<FileNode> nodes = {{"x", "placeholder", "x", {}, T({1, 8, 4, 4})},
+                                       module("bn", "torch.nn.modules.batchnorm.BatchNorm2d", {0}, T({1, 8, 4, 4})),
+                                       module("drop", "torch.nn.modules.dropout.Dropout", {1}, T({1, 8, 4, 4}))};
+  const Graph unknown_mode = crafted(nodes);
+  EXPECT_FALSE(cost_of(unknown_mode, "bn").flops);  // was 2*numel (inference) whatever the mode
+  EXPECT_EQ(cost_of(unknown_mode, "bn").flops_lower_bound, 2 * 128);
+  EXPECT_FALSE(cost_of(unknown_mode, "drop").flops);  // was 0 (identity) whatever the mode
+  const Graph eval = crafted(nodes, R"("training":false,)");
+  EXPECT_EQ(cost_of(eval, "bn").flops, 2 * 128);
+  EXPECT_EQ(cost_of(eval, "drop").flops, 0);
+  const Graph train = crafted(nodes, R"("training":true,)");
+  EXPECT_EQ(cost_of(train, "bn").flops, 5 * 128);
+  EXPECT_EQ(cost_of(train, "drop").flops, 128);
+  EXPECT_EQ(training_mode(train), true);
+  EXPECT_EQ(training_mode(eval), false);
+  EXPECT_EQ(training_mode(unknown_mode), std::nullopt);
+}
+
+// Kind: regression (issue 14, also). Module formulas are for torch.nn's classes, not for any
+// class with the same bare name.
+TEST(CostModelTest, ModuleFormulasOnlyForTorchNnClasses) {
+  Graph g = crafted({{"x", "placeholder", "x", {}, T({4, 32})},
+                     module("fc", "torch.nn.modules.linear.Linear", {0}, T({4, 16})),
+                     module("mine", "__main__.Linear", {0}, T({4, 16})),
+                     module("qrelu", "torch.ao.nn.quantized.modules.activation.ReLU", {0}, T({4, 32}))});
+  EXPECT_EQ(cost_of(g, "fc").flops, 2 * 64 * 32);
+  EXPECT_FALSE(cost_of(g, "mine").flops);  // was costed as torch.nn.Linear
+  EXPECT_NE(cost_of(g, "mine").rule.find("module:__main__.Linear"), std::string::npos);
+  EXPECT_FALSE(cost_of(g, "qrelu").flops);
+}
+
+
+// conv -> bn -> relu (conv's cost unknown: fx modules carry no kernel size), then
+// fc -> gelu, then a 1x1 aten convolution that reads the chain's result.
+std::vector<FileNode> fusable() {
+  return {{"x", "placeholder", "x", {}, T({1, 3, 8, 8})},
+          module("conv", "torch.nn.modules.conv.Conv2d", {0}, T({1, 8, 8, 8})),
+          module("bn", "torch.nn.modules.batchnorm.BatchNorm2d", {1}, T({1, 8, 8, 8})),
+          module("relu", "torch.nn.modules.activation.ReLU", {2}, T({1, 8, 8, 8})),
+          {"flat", "call_function", "torch.flatten", {3}, T({1, 512})},
+          module("fc", "torch.nn.modules.linear.Linear", {4}, T({1, 64})),
+          module("act", "torch.nn.modules.activation.GELU", {5}, T({1, 64}))};
+}
+
+std::vector<std::string> passes(std::string_view list) { return parse_pass_list(list); }
+
+// Kind: regression (issue 14 item 5). Fusing keeps the known part of a chain's cost: the
+// critical path is the same as without fuse, and still marked incomplete.
+TEST(FusePassTest, FusingNeverLowersTheCriticalPath) {
+  const Graph loaded = crafted(fusable(), R"("training":false,)");
+  const Baseline base(loaded);
+  Graph plain = loaded.clone();
+  Graph fused = loaded.clone();
+  run_pipeline(plain, passes("cost,propagate"), base);
+  const auto stats = run_pipeline(fused, passes("cost,fuse,propagate"), base);
+  ASSERT_EQ(stats[1].summary, "2 chains fused (5 nodes replaced)");
+  const auto path = [](const Graph& g) { return g.node(g.size() - 1).meta.at("critical_path_flops"); };
+  const std::int64_t n = 8 * 8 * 8;
+  EXPECT_EQ(path(plain), Value(2 * n + n + 2 * 64 * 512 + 64));  // conv counts 0
+  EXPECT_EQ(path(fused), path(plain));  // was 2*64*512 + 64: the fused conv chain counted 0
+  EXPECT_EQ(fused.node(fused.size() - 1).meta.at("critical_path_complete"), Value(false));
+  const NodeMetadata& chain = fused.node(*fused.find("conv__bn__relu")).meta;
+  EXPECT_EQ(chain.at("flops"), Value("unknown"));
+  EXPECT_EQ(chain.at("flops_lower_bound"), Value(3 * n));
+}
+
+// Kind: regression (issue 14 item 6). cost,fuse and fuse,cost give the same graph.
+TEST(FusePassTest, CostAndFuseCommute) {
+  for (const char* attrs : {R"("training":false,)", R"("training":true,)", ""}) {
+    const Graph loaded = crafted(fusable(), attrs);
+    const Baseline base(loaded);
+    Graph a = loaded.clone();
+    Graph b = loaded.clone();
+    run_pipeline(a, passes("cost,fuse,propagate"), base);
+    run_pipeline(b, passes("fuse,cost,propagate"), base);
+    EXPECT_EQ(graph::first_difference(a, b), "") << attrs;  // fuse,cost had no rule for fused nodes
+    EXPECT_EQ(graph::to_json(a), graph::to_json(b)) << attrs;
+    const NodeMetadata& fc = a.node(*a.find("fc__act")).meta;
+    EXPECT_EQ(fc.at("flops"), Value(2 * 64 * 512 + 64)) << attrs;
+    EXPECT_EQ(fc.at("bytes"), Value((512 + 64) * 4)) << attrs;  // the intermediate stays on chip
+  }
+}
+
+// Kind: regression (issue 14, also). conv+bn folds only where the graph says it was traced
+// in eval mode; bn+act (no folding) fuses in any mode.
+TEST(FusePassTest, ConvBnFoldsOnlyInEvalMode) {
+  for (const char* attrs : {R"("training":true,)", ""}) {
+    Graph g = crafted(fusable(), attrs);
+    const Baseline base(g);
+    run_pipeline(g, passes("cost,fuse,verify"), base);
+    EXPECT_TRUE(g.find("conv")) << attrs;  // was folded into conv__bn__relu in any mode
+    ASSERT_TRUE(g.find("bn__relu")) << attrs;
+    EXPECT_EQ(g.node(*g.find("bn__relu")).target, "nodemeta.fused.bn_relu");
+  }
+  Graph eval = crafted(fusable(), R"("training":false,)");
+  const Baseline base(eval);
+  run_pipeline(eval, passes("fuse"), base);
+  EXPECT_TRUE(eval.find("conv__bn__relu"));
+}
+
+// Kind: regression (issue 14, also). Only torch.nn's own classes fuse: a quantized Conv2d or
+// a user class named Conv2d is not a float conv.
+TEST(FusePassTest, OnlyTorchNnModulesFuse) {
+  for (const char* conv : {"torch.ao.nn.quantized.modules.conv.Conv2d", "__main__.Conv2d"}) {
+    Graph g = crafted({{"x", "placeholder", "x", {}, T({1, 3, 8, 8})},
+                       module("conv", conv, {0}, T({1, 8, 8, 8})),
+                       module("bn", "torch.nn.modules.batchnorm.BatchNorm2d", {1}, T({1, 8, 8, 8}))},
+                      R"("training":false,)");
+    const Baseline base(g);
+    const auto stats = run_pipeline(g, passes("fuse"), base);
+    EXPECT_EQ(stats[0].summary, "no fusable chains") << conv;  // was "1 chain fused"
+  }
+}
+
+// Kind: regression. A chain that starts first may end last: conv -> bn -> relu spans the
+// whole fc -> gelu chain. Each fused node takes its own chain's place and inputs (the splice
+// once handed the nodes out in the order the chains start).
+TEST(FusePassTest, ChainsEndingInAnotherOrderKeepTheirOwnNodes) {
+  Graph g = crafted({{"x", "placeholder", "x", {}, T({1, 3, 8, 8})},
+                     {"v", "placeholder", "v", {}, T({1, 16})},
+                     module("conv", "torch.nn.modules.conv.Conv2d", {0}, T({1, 8, 8, 8})),
+                     module("fc", "torch.nn.modules.linear.Linear", {1}, T({1, 4})),
+                     module("gelu", "torch.nn.modules.activation.GELU", {3}, T({1, 4})),
+                     module("bn", "torch.nn.modules.batchnorm.BatchNorm2d", {2}, T({1, 8, 8, 8})),
+                     module("relu", "torch.nn.modules.activation.ReLU", {5}, T({1, 8, 8, 8}))},
+                    R"("training":false,)");
+  const Baseline base(g);
+  const auto stats = run_pipeline(g, passes("cost,fuse,propagate,verify"), base);
+  ASSERT_EQ(stats[1].summary, "2 chains fused (5 nodes replaced)");
+  const graph::Node& conv = g.node(*g.find("conv__bn__relu"));
+  const graph::Node& fc = g.node(*g.find("fc__gelu"));
+  EXPECT_EQ(conv.target, "nodemeta.fused.conv_bn_relu");
+  EXPECT_EQ(fc.target, "nodemeta.fused.linear_gelu");
+  EXPECT_EQ(conv.inputs, (std::vector<std::size_t>{*g.find("x")}));  // was v's: fc's chain's inputs
+  EXPECT_EQ(fc.inputs, (std::vector<std::size_t>{*g.find("v")}));
+  EXPECT_EQ(*g.find("fc__gelu"), 2U);  // where gelu was
+  EXPECT_EQ(g.node(g.size() - 1).inputs, (std::vector<std::size_t>{*g.find("conv__bn__relu")}));
+  EXPECT_EQ(fc.meta.at("flops"), Value(2 * 4 * 16 + 4));
+  EXPECT_TRUE(stats.back().problems.empty()) << stats.back().problems.front();
+}
+
+// Kind: regression (issue 14 item 7). A loaded node that carries from_node (a rewrite's
+// result, saved and loaded again) is a loaded node: verify compares all its protected
+// values, and it has not vanished.
+TEST(VerifyPassTest, LoadedNodeWithFromNodeIsALoadedNode) {
+  const std::string chain = R"(,"from_node":[{"name":"bn","op":"call_module","target":"bn","pass_name":"fuse"}])";
+  const std::vector<FileNode> nodes = {{"x", "placeholder", "x", {}, T({1, 8})},
+                                       {"relu", "call_function", "torch.relu", {0}, T({1, 8}), "torch.Tensor", "{}",
+                                        chain}};
+  Graph g = crafted(nodes);
+  const Baseline base(g);
+  const auto stats = run_pipeline(g, passes("verify"), base);
+  EXPECT_TRUE(stats[0].problems.empty()) << stats[0].problems.front();  // was "'relu' vanished" and more
+  // Its protected values are still compared (was skipped: a false clean).
+  StoreOptions unprotected;
+  unprotected.protected_keys.clear();
+  Graph t = graph::parse_graph(graph_text(nodes), "crafted.json", unprotected);
+  const Baseline tbase(t);
+  t.node(1).meta.set(keys::tensor_meta, Value(T({2, 8})));
+  t.node(1).meta.set(keys::stack_trace, Value("elsewhere"));
+  const auto tampered = run_pipeline(t, passes("verify"), tbase);
+  ASSERT_EQ(tampered[0].problems.size(), 2U);
+  EXPECT_EQ(tampered[0].problems[0], "node 'relu': protected key 'stack_trace' changed since load");
+  EXPECT_EQ(tampered[0].problems[1], "node 'relu': protected key 'tensor_meta' changed since load");
+}
+
+// Kind: regression (issue 14 item 7). What `nodemeta run --output` saves loads again and
+// verifies clean, and the passes run on it again give the same costs.
+TEST(VerifyPassTest, SavedResultLoadsAndVerifiesClean) {
+  Graph g = crafted(fusable(), R"("training":false,)");
+  const Baseline base(g);
+  run_pipeline(g, pass_names(), base);
+  Graph again = graph::parse_graph(graph::to_json(g), "saved.json");
+  const Baseline again_base(again);
+  const auto stats = run_pipeline(again, passes("verify"), again_base);
+  EXPECT_TRUE(stats[0].problems.empty()) << stats[0].problems.size() << ": " << stats[0].problems.front();
+  const auto rerun = run_pipeline(again, passes("cost,fuse,propagate,verify"), again_base);
+  EXPECT_TRUE(rerun.back().problems.empty()) << rerun.back().problems.front();
+  EXPECT_EQ(graph::to_json(again), graph::to_json(g));
+}
 }  // namespace
 }  // namespace nodemeta::passes

@@ -100,6 +100,40 @@ TEST_P(SharedGraphTest, PipelineIsDeterministicAndVerifiesClean) {
   }
 }
 
+std::int64_t critical_path(const graph::Graph& g) {
+  std::int64_t best = 0;
+  for (const graph::Node& n : g.nodes()) best = std::max(best, n.meta.at("critical_path_flops").as<std::int64_t>());
+  return best;
+}
+
+// Issue 14 items 5 and 6: fusing keeps the critical path (a semantics-preserving rewrite
+// does not lower a lower bound), and cost and fuse commute; as loaded (no training mode:
+// no conv+bn folding) and declared eval mode (folding).
+TEST_P(SharedGraphTest, FuseKeepsTheCriticalPathAndCommutesWithCost) {
+  graph::Graph loaded = graph::load_graph(path());
+  const Baseline base(loaded);
+  for (const bool declare_eval : {false, true}) {
+    if (declare_eval) loaded.attrs().emplace_back("training", Value(false));
+    graph::Graph plain = loaded.clone(), cost_first = loaded.clone(), fuse_first = loaded.clone();
+    run_pipeline(plain, parse_pass_list("cost,propagate"), base);
+    run_pipeline(cost_first, parse_pass_list("cost,fuse,propagate"), base);
+    run_pipeline(fuse_first, parse_pass_list("fuse,cost,propagate"), base);
+    EXPECT_EQ(critical_path(cost_first), critical_path(plain)) << "eval declared: " << declare_eval;
+    EXPECT_EQ(graph::first_difference(cost_first, fuse_first), "") << "eval declared: " << declare_eval;
+  }
+}
+
+// Issue 14 item 7: the graph `nodemeta run --output` saves loads again and verifies clean.
+TEST_P(SharedGraphTest, SavedPipelineResultVerifiesClean) {
+  graph::Graph g = graph::load_graph(path());
+  const Baseline base(g);
+  run_pipeline(g, pass_names(), base);
+  graph::Graph again = graph::parse_graph(graph::to_json(g), "saved " + GetParam());
+  const Baseline again_base(again);
+  const auto stats = run_pipeline(again, parse_pass_list("verify"), again_base);
+  EXPECT_TRUE(stats[0].problems.empty()) << stats[0].problems.size() << " problems, first: " << stats[0].problems.front();
+}
+
 INSTANTIATE_TEST_SUITE_P(Graphs, SharedGraphTest, ::testing::ValuesIn(graph_files()),
                          [](const ::testing::TestParamInfo<std::string>& param_info) {
                            std::string n = param_info.param.empty() ? "absent" : param_info.param;

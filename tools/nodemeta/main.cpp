@@ -1,6 +1,7 @@
 // nodemeta: run the pass pipeline on a graph, or inspect a graph's node metadata.
 //
-//   nodemeta run [GRAPH] [--threads N] [--passes LIST] [--repeat R] [--json FILE]
+//   nodemeta run [GRAPH] [--threads N] [--passes LIST] [--repeat R] [--json FILE] [--output FILE]
+//                [--mode eval|training]
 //   nodemeta inspect GRAPH [--node NAME]
 //
 // Exit status: 0 success, 1 a failure (unreadable or invalid graph, verification found
@@ -68,7 +69,8 @@ const char* const kMainHelp =
 
 const char* const kRunHelp =
     "usage: nodemeta run [GRAPH] [--threads N] [--passes LIST] [--repeat R] [--json FILE]\n"
-    "                    [--output FILE] [--max-input-bytes N] [--max-depth D]\n"
+    "                    [--output FILE] [--mode eval|training] [--max-input-bytes N]\n"
+    "                    [--max-depth D]\n"
     "\n"
     "Loads GRAPH (a graph file, .json or .json.gz; default: the bundled mlp_mixer_s16 graph),\n"
     "runs the passes in order, verifies, and prints per pass the nodes touched, the time\n"
@@ -84,6 +86,9 @@ const char* const kRunHelp =
     "  --json FILE      write the results as JSON to FILE ('-' for stdout) and print nothing else\n"
     "  --output FILE    save the graph after the passes (of the last repeat) to FILE, a graph\n"
     "                   file (.json, or gzip for .json.gz) that nodemeta run reads again\n"
+    "  --mode M         the mode the graph was traced in, eval or training, where the file\n"
+    "                   does not say (its \"training\" attribute): batch norm and dropout\n"
+    "                   costs and conv+bn folding depend on it; unknown if neither says\n"
     LOAD_OPTIONS_HELP
     "  -h, --help       show this help\n"
     "\n"
@@ -299,6 +304,22 @@ std::string json_string(const std::string& s) { return nodemeta::graph::value_to
 
 // ---- run --------------------------------------------------------------------------------
 
+// Records --mode as the graph's "training" attribute. A file that records the other mode
+// is an error (exit 1), never silently overridden.
+void declare_mode(Graph& g, bool training, const std::string& path) {
+  const std::string word = training ? "training" : "eval";
+  for (auto& [k, v] : g.attrs()) {
+    if (k != nodemeta::passes::graph_attrs::kTraining) continue;
+    if (const auto* b = v.get_if<bool>(); b && *b != training) {
+      throw nodemeta::graph::GraphError(path + ": the file says the graph was traced in " +
+                                        (*b ? "training" : "eval") + " mode; --mode " + word + " contradicts it");
+    }
+    v = Value(training);
+    return;
+  }
+  g.attrs().emplace_back(std::string(nodemeta::passes::graph_attrs::kTraining), Value(training));
+}
+
 int cmd_run(const std::vector<std::string>& args) {
   std::optional<std::string> graph_path;
   long threads = static_cast<long>(tbb::info::default_concurrency());
@@ -306,6 +327,7 @@ int cmd_run(const std::vector<std::string>& args) {
   std::vector<std::string> passes = nodemeta::passes::pass_names();
   std::optional<std::string> json_path;
   std::optional<std::string> output_path;
+  std::optional<bool> training;  // --mode
   nodemeta::graph::LoadOptions load;
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
@@ -326,6 +348,10 @@ int cmd_run(const std::vector<std::string>& args) {
       json_path = take_value(args, i, "run");
     } else if (a == "--output") {
       output_path = take_value(args, i, "run");
+    } else if (a == "--mode") {
+      const std::string m = take_value(args, i, "run");
+      if (m != "eval" && m != "training") throw UsageError("--mode expects eval or training, got '" + m + "'", "run");
+      training = m == "training";
     } else if (take_load_option(args, i, "run", load)) {
     } else if (a.size() > 1 && a[0] == '-') {
       throw UsageError("unknown option '" + a + "'", "run");
@@ -345,7 +371,8 @@ int cmd_run(const std::vector<std::string>& args) {
   tbb::task_arena arena(static_cast<int>(threads));
 
   const auto t0 = std::chrono::steady_clock::now();
-  const Graph loaded = load_for_command(path, load);
+  Graph loaded = load_for_command(path, load);
+  if (training) declare_mode(loaded, *training, path);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::optional<nodemeta::passes::Baseline> baseline;
   arena.execute([&] { baseline.emplace(loaded); });
@@ -387,10 +414,13 @@ int cmd_run(const std::vector<std::string>& args) {
   for (const auto& [k, v] : loaded.attrs()) {
     if (k == "model" && v.get_if<std::string>()) model = v.as<std::string>();
   }
+  const std::optional<bool> mode = nodemeta::passes::training_mode(loaded);
+  const std::string mode_text = !mode ? "unknown" : *mode ? "training" : "eval";
 
   if (quiet) {
     std::ostringstream js;
-    js << "{\"graph\":" << json_string(path) << ",\"nodes\":" << loaded.size() << ",\"threads\":" << threads
+    js << "{\"graph\":" << json_string(path) << ",\"nodes\":" << loaded.size() << ",\"mode\":" << json_string(mode_text)
+       << ",\"threads\":" << threads
        << ",\"repeat\":" << repeat << ",\"load_seconds\":" << load_s << ",\"passes\":[";
     for (std::size_t p = 0; p < passes.size(); ++p) {
       const PassStats& s = last[p];
@@ -420,7 +450,7 @@ int cmd_run(const std::vector<std::string>& args) {
 
   std::cout << "nodemeta run: " << path << "\n"
             << "  graph " << (model.empty() ? "?" : model) << ", " << loaded.size() << " nodes, loaded in "
-            << fixed(load_s * 1e3, 1) << " ms; " << threads << " thread" << (threads == 1 ? "" : "s") << ", "
+            << fixed(load_s * 1e3, 1) << " ms, traced in " << mode_text << " mode; " << threads << " thread" << (threads == 1 ? "" : "s") << ", "
             << repeat << " repeat" << (repeat == 1 ? "" : "s") << (repeat > 1 ? " (times are medians)" : "") << "\n\n";
   std::cout << pad("pass", 12) << pad("nodes", 11, true) << pad("touched", 9, true) << pad("time ms", 10, true)
             << pad("nodes/s", 11, true) << pad("rejected", 10, true) << "  result\n";

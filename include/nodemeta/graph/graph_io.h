@@ -17,6 +17,14 @@
 // protected key: "protected key 'val' given twice with different values"). A repeated key
 // with an identical value is accepted once. Loading is all or nothing: on error no graph
 // (and no store, no node) is left behind.
+//
+// torch.fx's invariants hold for every loaded graph: exactly one output node, the last (so
+// no node reads it: inputs are earlier nodes), and on every node the five standard keys of
+// the schema, stack_trace, nn_module_stack, tensor_meta, val and debug_handle (null where
+// torch produced nothing); a graph without nodes, an output node before the last, a last
+// node that is not an output, or a missing standard key is refused, naming the node. The
+// graph attribute "training" (the mode the graph was traced in, which the passes read) is
+// true, false or null. Graph::add_node does not check these: they are the file format's.
 #ifndef NODEMETA_GRAPH_GRAPH_IO_H_
 #define NODEMETA_GRAPH_GRAPH_IO_H_
 

@@ -30,6 +30,7 @@
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
 
+#include "nodemeta/errors.h"
 #include "nodemeta/export.h"
 #include "nodemeta/graph/graph.h"
 #include "nodemeta/node_metadata.h"
@@ -67,6 +68,15 @@ class PassContext {
     const WriteResult r = node.try_set(key, std::move(value));
     if (r == WriteResult::kRejectedProtected) count_rejected();
     return r;
+  }
+  // erase() that counts a refused protected erase instead of throwing it.
+  bool erase(NodeMetadata& node, Key key) {
+    try {
+      return node.erase(key);
+    } catch (const ProtectedKeyError&) {
+      count_rejected();
+      return false;
+    }
   }
   void count_touched(std::size_t n = 1) noexcept { touched_.fetch_add(n, std::memory_order_relaxed); }
   void count_rejected(std::size_t n = 1) noexcept { rejected_.fetch_add(n, std::memory_order_relaxed); }

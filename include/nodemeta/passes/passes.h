@@ -2,12 +2,14 @@
 // baseline the verifier checks against. docs/passes.md documents every formula and key.
 //
 //   cost         node-parallel   flops, bytes, cost_rule per node from tensor_meta / val
-//   fuse         rewrite         conv+bn[+act], bn+act, linear+act -> one node each, with
-//                                provenance (transfer_provenance) and a from_node chain
-//   propagate    dependency      depth, critical_path_flops, critical_path_complete
+//   fuse         rewrite         conv+bn[+act] (eval mode only), bn+act, linear+act -> one
+//                                node each, with provenance (transfer_provenance) and a
+//                                from_node chain
+//   propagate    dependency      depth, critical_path_flops (a lower bound where incomplete),
+//                                critical_path_complete
 //   strip_debug  node-parallel   a deployment pass that tries to drop stack traces; every
 //                                such write is refused (stack_trace is protected) and counted
-//   verify       node-parallel   loaded protected values intact, rewritten nodes' provenance
+//   verify       node-parallel   loaded nodes' protected values intact, new nodes' provenance
 //                                complete, every vanished node named by some from_node chain
 #ifndef NODEMETA_PASSES_PASSES_H_
 #define NODEMETA_PASSES_PASSES_H_
@@ -31,6 +33,10 @@ namespace nodemeta::passes {
 // The metadata keys the passes write (besides the protected ones the rewrite copies).
 namespace pass_keys {
 inline constexpr std::string_view kFlops = "flops";            // int, or "unknown"
+// Where flops is "unknown" but part of the count is certain (a fused node with an unknown
+// part, a batch norm of unknown mode, an ambiguous layout): that part, an int > 0. Absent
+// otherwise. propagate counts it on the critical path.
+inline constexpr std::string_view kFlopsLowerBound = "flops_lower_bound";
 inline constexpr std::string_view kBytes = "bytes";            // int, or "unknown"
 inline constexpr std::string_view kCostRule = "cost_rule";     // which formula applied
 inline constexpr std::string_view kDepth = "depth";            // topological level
@@ -40,6 +46,16 @@ inline constexpr std::string_view kFromNode = "from_node";
 inline constexpr std::string_view kFusedPattern = "fused_pattern";
 inline constexpr std::string_view kUnknown = "unknown";        // the explicit marker
 }  // namespace pass_keys
+
+// Graph-level attributes (graph.attrs(), the file's top-level fields) the passes read.
+namespace graph_attrs {
+// true if the graph was traced in training mode, false in eval mode; absent or null when
+// unknown. Batch norm and dropout cost, and conv+bn folding, depend on it.
+inline constexpr std::string_view kTraining = "training";
+}  // namespace graph_attrs
+
+// The graph's "training" attribute: true, false, or nullopt when the graph does not say.
+NODEMETA_PASSES_API std::optional<bool> training_mode(const graph::Graph& graph);
 
 // The protected values of every node as loaded, by name: what verify checks against.
 // Taken right after loading, before any pass runs. Immutable afterwards (concurrent reads).
@@ -68,16 +84,23 @@ class NODEMETA_PASSES_API Baseline {
   std::unordered_map<std::string_view, std::size_t> index_;
 };
 
-// The cost estimate of one node (what the cost pass writes). flops/bytes are nullopt for
-// an op the model does not know, with `rule` saying why.
+// The cost estimate of one node (what the cost pass writes). flops/bytes are nullopt where
+// the model does not know them, with `rule` saying why: an op without a formula, an operand
+// without usable tensor metadata, shapes that do not fit the op, a count past int64, or a
+// fact the graph does not record. flops_lower_bound: set (> 0) only when flops is unknown
+// but part of it is certain. docs/passes.md has the formulas, per operator family.
 struct CostEstimate {
   std::optional<std::int64_t> flops;
   std::optional<std::int64_t> bytes;
   std::string rule;
+  std::optional<std::int64_t> flops_lower_bound;
 };
 NODEMETA_PASSES_API CostEstimate estimate_cost(const graph::Graph& graph, std::size_t node);
-// The bytes of the tensors a node produces (from tensor_meta, else val); 0 if none.
-NODEMETA_PASSES_API std::int64_t result_bytes(const graph::Node& node);
+// The bytes of every tensor a node produces (from tensor_meta, else val; tuples nested to
+// any depth); 0 for a result the metadata says is not a tensor; nullopt when the metadata
+// cannot say (null shapes on a tensor result, an unknown dtype, a negative dimension, a size
+// past int64).
+NODEMETA_PASSES_API std::optional<std::int64_t> result_bytes(const graph::Node& node);
 
 // The passes, by name, in pipeline order.
 NODEMETA_PASSES_API const std::vector<std::string>& pass_names();

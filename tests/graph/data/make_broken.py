@@ -77,6 +77,28 @@ emit("unexpected_field.json", variant(lambda g: g["nodes"][1].update(kwargs={}))
      "nodes[1].kwargs: unexpected field")
 emit("integer_overflow.json", variant(lambda g: g["nodes"][1]["meta"].update(flops=2**64 - 1)),
      "does not fit a 64-bit signed integer")
+# torch.fx invariants: exactly one output node, the last (so nothing reads it); the five
+# standard keys on every node; the graph attribute "training" a bool or null.
+emit("empty_nodes.json", variant(lambda g: g.update(nodes=[])), "nodes: no nodes (a graph has at least its output node")
+emit("no_output.json", variant(lambda g: g["nodes"].pop()),
+     "nodes[1].op (node 'relu'): the last node is a call_function node, not an output node")
+def two_outputs(g):  # x, relu, output, output2
+    g["nodes"].append(dict(copy.deepcopy(g["nodes"][2]), id=3, name="output2", inputs=[2]))
+emit("two_outputs.json", variant(two_outputs),
+     "nodes[2].op (node 'output'): an output node before the last node")
+def output_read(g):  # x, out0 (an output), relu reading out0, output
+    out0 = dict(copy.deepcopy(g["nodes"][2]), name="out0", inputs=[0])
+    g["nodes"].insert(1, out0)
+    for i, n in enumerate(g["nodes"]):
+        n["id"] = i
+    g["nodes"][2]["inputs"] = [1]
+    g["nodes"][3]["inputs"] = [2]
+emit("output_read.json", variant(output_read),
+     "nodes[1].op (node 'out0'): an output node before the last node (a graph has exactly one output node, and it is last)")
+emit("missing_standard_key.json", variant(lambda g: g["nodes"][1]["meta"].pop("val")),
+     "nodes[1].meta (node 'relu'): missing standard key 'val'")
+emit("bad_training.json", variant(lambda g: g.update(training="yes")),
+     "training: expected true, false or null")
 # Duplicate JSON keys cannot be written with json.dumps: splice them into the text.
 dup = good.replace('"debug_handle": 2,', '"debug_handle": 2, "val": {"shape": [1, 8], "dtype": "torch.float32"},', 1)
 assert dup != good
