@@ -27,6 +27,8 @@ they share it; pickling keeps the entries, not the store (it unpickles into the 
 store).
 """
 import collections.abc as _abc
+import copy as _copy
+import copyreg as _copyreg
 
 from . import _core
 
@@ -43,15 +45,58 @@ CppValue = _core.CppValue
 PROTECTED_KEYS = frozenset({"val", "stack_trace", "nn_module_stack", "debug_handle", "tensor_meta"})
 
 
+def _extra_state(obj):
+    """A subclass's own state: its __dict__ (if it has one) and its slots' values."""
+    slots = {}
+    for name in _copyreg._slotnames(type(obj)):
+        try:
+            slots[name] = getattr(obj, name)
+        except AttributeError:
+            pass
+    return getattr(obj, "__dict__", None), slots
+
+
+def _set_extra_state(obj, d, slots):
+    if d:
+        obj.__dict__.update(d)
+    for name, value in slots.items():
+        setattr(obj, name, value)
+
+
 class NodeMetadata(_core.NodeMetadataBase, _abc.MutableMapping):
     """NodeMetadata(data=None): a node's metadata, holding a copy of ``data``.
 
     ``data`` is a dict (or any mapping, or iterable of pairs); protected keys may be given
     here. The node lives in ``nodemeta.default_store``; ``MetadataStore.create(data)``
-    makes one in another store.
+    makes one in another store. Subclasses may give ``__init__`` a signature of their own;
+    copies and pickles keep their slots and ``__dict__`` (``__init__`` is not called again).
     """
 
     __slots__ = ()
+
+    def __reduce_ex__(self, protocol):
+        # __newobj__: the node is made without __init__ and memoized before its entries are
+        # pickled, so a node holding itself round-trips.
+        return (_copyreg.__newobj__, (type(self),), (self._dict(), *_extra_state(self)))
+
+    def __setstate__(self, state):
+        if isinstance(state, tuple):
+            entries, d, slots = state
+        else:  # (an entries dict, as pickled by nodemeta before 0.2)
+            entries, d, slots = state, None, {}
+        _core.NodeMetadataBase.__setstate__(self, entries)
+        _set_extra_state(self, d, slots)
+
+    def __copy__(self):
+        new = self.copy()
+        _set_extra_state(new, *_extra_state(self))
+        return new
+
+    def __deepcopy__(self, memo):
+        new = _core.NodeMetadataBase.__deepcopy__(self, memo)
+        d, slots = _extra_state(self)
+        _set_extra_state(new, _copy.deepcopy(d, memo), _copy.deepcopy(slots, memo))
+        return new
 
 
 class _KeysView(_abc.KeysView):

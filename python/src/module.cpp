@@ -63,6 +63,8 @@ class PyStore {
   explicit PyStore(MetadataStore& borrowed) : store_(&borrowed) {}
   MetadataStore& store() const noexcept { return *store_; }
   bool is_default() const noexcept { return owned_ == nullptr; }
+  // run_passes calls on this store in flight (changed only with the GIL held).
+  int passes_in_flight = 0;
 
  private:
   std::unique_ptr<MetadataStore> owned_;
@@ -77,6 +79,12 @@ struct PyNode {
   PyObject* store;  // the PyStore object: keeps the C++ store alive while this node lives
   PyObject* weakrefs;
 };
+
+// Calls that run C++ on Python's values with the GIL released (run_passes,
+// release_retired_values) in flight: while there are any, other threads may copy and drop
+// values, so the cycle collector is shown no values (see md_traverse). Changed only with
+// the GIL held, so it cannot change during a collection.
+int g_cpp_active = 0;
 
 PyTypeObject* g_base_type = nullptr;  // NodeMetadataBase
 PyTypeObject* g_node_type = nullptr;  // nodemeta.NodeMetadata (set by __init__.py)
@@ -242,7 +250,19 @@ int md_init(PyObject* self, PyObject* args, PyObject* kwds) {
   if (!mapping_items(data, items)) return -1;
   auto* node = reinterpret_cast<PyNode*>(self);
   try {
-    if (node->md.size() == 0 && items.empty()) return 0;
+    if (node->md.size() == 0) {  // a new node (from __new__): filled in place
+      for (const auto& [k, v] : items) {
+        if (!node->md.set_once(k, v)) (void)node->md.try_set(k, v);
+      }
+      return 0;
+    }
+    // Calling __init__ again: the node is replaced by a new one holding data alone. Not
+    // while run_passes runs on this store: its passes may be reading the old node.
+    if (py::cast<PyStore&>(py::handle(node->store)).passes_in_flight > 0) {
+      PyErr_SetString(PyExc_RuntimeError,
+                      "NodeMetadata.__init__: cannot reset a node while nodemeta.fx.run_passes runs on its store");
+      return -1;
+    }
     NodeMetadata fresh = node->md.store().create(std::span<const KeyValue>(items));
     node->md = std::move(fresh);  // the old node dies here (its values are released)
   } catch (...) {
@@ -285,7 +305,10 @@ int md_traverse(PyObject* self, visitproc visit, void* arg) {
   auto* node = reinterpret_cast<PyNode*>(self);
   Py_VISIT(Py_TYPE(self));  // a heap type's instances own a reference to it
   Py_VISIT(node->store);
-  if (!node->md.valid()) return 0;
+  // While C++ runs without the GIL, box counts may change during this collection, and a
+  // box visited in one of its passes but not the next would make a live object look
+  // unreachable: show no values then (conservative).
+  if (!node->md.valid() || g_cpp_active > 0) return 0;
   Items items;
   try {
     items = node->md.items();
@@ -730,8 +753,9 @@ PyObject* md_deepcopy(PyObject* self, PyObject* memo) {
   return guard.release().ptr();
 }
 
-// Pickled as (type, (), entries): the node is memoized before its entries are pickled, so a
-// node holding itself round-trips. It unpickles into the default store.
+// Pickled as (type, (), entries) (nodemeta.NodeMetadata overrides it with __reduce_ex__, to
+// keep a subclass's state and not call __init__): the node is memoized before its entries
+// are pickled, so a node holding itself round-trips. It unpickles into the default store.
 PyObject* md_reduce(PyObject* self, PyObject*) {
   PyObject* data = md_dict(self);
   if (data == nullptr) return nullptr;
@@ -931,6 +955,9 @@ py::list run_passes(py::object store_obj, std::vector<FxNode> nodes, std::vector
     // back while the interpreter finalizes is stopped by a forced unwind, which must not
     // meet a noexcept frame.
     std::exception_ptr error;
+    PyStore& py_store = py::cast<PyStore&>(store_obj);
+    ++g_cpp_active;
+    ++py_store.passes_in_flight;
     PyThreadState* saved = PyEval_SaveThread();
     try {
       tbb::task_arena arena(threads ? *threads : tbb::task_arena::automatic);
@@ -946,6 +973,8 @@ py::list run_passes(py::object store_obj, std::vector<FxNode> nodes, std::vector
       error = std::current_exception();
     }
     PyEval_RestoreThread(saved);
+    --py_store.passes_in_flight;
+    --g_cpp_active;
     drain_pending();
     if (error) std::rethrow_exception(error);
   }
@@ -968,15 +997,18 @@ py::list run_passes(py::object store_obj, std::vector<FxNode> nodes, std::vector
 // release_retired_values() with the GIL released (it waits for reads in flight), taken back
 // in the function body (see run_passes), then the references it handed over dropped.
 std::size_t release_without_gil() {
+  ++g_cpp_active;
   PyThreadState* saved = PyEval_SaveThread();
   std::size_t n = 0;
   try {
     n = release_retired_values();
   } catch (...) {
     PyEval_RestoreThread(saved);
+    --g_cpp_active;
     throw;
   }
   PyEval_RestoreThread(saved);
+  --g_cpp_active;
   drain_pending();
   return n;
 }

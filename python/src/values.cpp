@@ -47,6 +47,14 @@ void drain_pending() noexcept {
 
 std::uint64_t handed_over_count() noexcept { return g_handed_over.load(std::memory_order_relaxed); }
 
+// Whether this thread holds the GIL: its own thread state is the current one. Not
+// PyGILState_Check(), which answers yes on every thread once a sub-interpreter was created
+// (its check is then disabled) and after the interpreter deleted its thread-state key.
+bool holds_gil() noexcept {
+  PyThreadState* current = _PyThreadState_UncheckedGet();
+  return current != nullptr && current == PyGILState_GetThisThreadState();
+}
+
 // With the GIL (any Python thread, or the interpreter finalizing on the main thread): drop
 // it now. Without (a oneTBB worker, or a Python thread inside run_passes): hand it to the
 // interpreter, which drops it on the next drain (a pending call, the next write from
@@ -56,7 +64,7 @@ std::uint64_t handed_over_count() noexcept { return g_handed_over.load(std::memo
 void release_object(PyObject* o) noexcept {
   // Holding the GIL: drop it now, even while the interpreter finalizes (Py_IsInitialized()
   // is already false while modules are torn down, and their values must still die).
-  if (PyGILState_Check()) {
+  if (holds_gil()) {
     Py_DECREF(o);
     return;
   }

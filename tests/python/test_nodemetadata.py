@@ -509,3 +509,20 @@ def test_cycles_through_the_store_are_collected():
     lone_refs = [lone() for _ in range(50)]
     gc.collect()
     assert all(r() is None for r in lone_refs)
+
+
+class Tagged(nodemeta.NodeMetadata):
+    __slots__ = ("tag",)
+
+    def __init__(self, data, tag):  # two required arguments: pickle must not call it
+        super().__init__(data)
+        self.tag = tag
+
+
+def test_subclass_state_survives_copies_and_pickle_without_init():
+    t = Tagged({"val": 1, "a": [1]}, "hello")
+    for again in (copy.copy(t), copy.deepcopy(t), *(pickle.loads(pickle.dumps(t, p)) for p in range(6))):
+        assert type(again) is Tagged and again.tag == "hello" and dict(again) == {"val": 1, "a": [1]}
+        with pytest.raises(RuntimeError):
+            again["val"] = 2
+    assert copy.copy(t)["a"] is t["a"] and copy.deepcopy(t)["a"] is not t["a"]

@@ -169,3 +169,70 @@ def test_exit_while_a_daemon_thread_runs_passes(attempt, tmp_path):
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "exiting" in done.stdout
+
+
+class Obj:
+    finalized = 0
+
+    def __del__(self):
+        Obj.finalized += 1
+
+
+def test_collector_never_finalizes_live_values_while_passes_run():
+    # While run_passes copies values on oneTBB threads (its baseline holds every protected
+    # value), the collector must not be shown box counts that change under it.
+    import gc
+    g = chain_graph(3000)
+    store = nodemeta.fx.attach(g)
+    nodes = list(g.nodes)
+    objs = [Obj() for _ in nodes]
+    refs = [weakref.ref(o) for o in objs]
+    for n, o in zip(nodes, objs):
+        n.meta["payload"] = o
+    del objs
+    done = threading.Event()
+
+    def passes():
+        try:
+            for _ in range(10):
+                nodemeta.fx.run_passes(g, passes=("verify",), threads=2)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=passes)
+    t.start()
+    while not done.is_set():
+        gc.collect()
+    t.join()
+    gc.collect()
+    assert Obj.finalized == 0 and all(r() is not None for r in refs)
+    assert all(isinstance(n.meta["payload"], Obj) for n in nodes)
+    assert store.node_count == len(nodes)
+
+
+def test_reinit_while_passes_run_is_refused():
+    g = chain_graph(2000)
+    nodemeta.fx.attach(g)
+    nodes = list(g.nodes)
+    done = threading.Event()
+    refused = []
+
+    def passes():
+        try:
+            for _ in range(5):
+                nodemeta.fx.run_passes(g, threads=2)
+        finally:
+            done.set()
+
+    t = threading.Thread(target=passes)
+    t.start()
+    i = 0
+    while not done.is_set():
+        md = nodes[1 + i % (len(nodes) - 2)].meta
+        try:
+            md.__init__({"val": None, "tensor_meta": {"shape": [1, 64], "dtype": "torch.float32"}})
+        except RuntimeError as e:
+            refused.append(str(e))
+        i += 1
+    t.join()
+    assert all("run_passes" in r for r in refused)
