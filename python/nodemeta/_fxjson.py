@@ -426,6 +426,7 @@ def graph_document(
     *,
     source: str | None = None,
     tracer: str = "fx",
+    training: bool | None = None,
 ) -> dict:
     """The graph-file document (shared/data/graphs/README.md's schema) of a torch.fx graph.
 
@@ -441,6 +442,10 @@ def graph_document(
     nn_module_stack {}, debug_handle id + 1. torch 2's nn_module_stack values (path, type)
     become {path: type name}. Keys are ordered as nodemeta writes them: the schema's, then
     the others by name.
+
+    "training" (the mode the graph was traced in, which the passes' batch norm, dropout and
+    conv+bn folding depend on) is `training`, else a GraphModule's own `training` flag; a
+    bare Graph without it writes none (unknown).
 
     Raises ValueError naming the node and the key for anything a graph file cannot hold:
     "nodes[12] (relu_3).meta['foo']: cannot convert <class 'X'>".
@@ -471,6 +476,10 @@ def graph_document(
         "torchvision_version": getattr(torchvision, "__version__", None),
         "example_inputs": list(example_inputs),
     }
+    if training is None and not is_graph:
+        training = getattr(gm, "training", None)
+    if training is not None:
+        doc["training"] = bool(training)
     try:
         doc = to_plain(doc)
     except (TypeError, ValueError) as e:

@@ -54,7 +54,7 @@ def store_of(gm: Any) -> Optional[MetadataStore]:
 
 
 def run_passes(gm: Any, passes: Sequence[str] = ("cost", "propagate", "verify"),
-               threads: Optional[int] = None) -> list:
+               threads: Optional[int] = None, training: Optional[bool] = None) -> list:
     """Run nodemeta's C++ passes on ``gm``'s metadata, in place, with the GIL released.
 
     The passes read and write the nodes' NodeMetadata directly (no copy): afterwards
@@ -64,8 +64,10 @@ def run_passes(gm: Any, passes: Sequence[str] = ("cost", "propagate", "verify"),
     threads (default: all cores). ``fuse`` rewrites the graph and is refused here (run it
     with the ``nodemeta`` command on a saved file). Returns one dict per pass, as the
     command prints it: name, nodes_touched, rejected_protected, nodes_before, nodes_after,
-    seconds, summary, problems. Concurrent-safe with other threads reading and writing the
-    same nodes; the graph's structure must not change while it runs.
+    seconds, summary, problems. ``training``: the mode the graph was traced in (batch norm
+    and dropout costs depend on it); default: a GraphModule's own ``training`` flag, unknown
+    for a bare Graph. Concurrent-safe with other threads reading and writing the same nodes;
+    the graph's structure must not change while it runs.
     """
     if isinstance(passes, str):
         passes = [p for p in passes.split(",") if p]
@@ -84,7 +86,15 @@ def run_passes(gm: Any, passes: Sequence[str] = ("cost", "propagate", "verify"),
             if j not in inputs:
                 inputs.append(j)
         spec.append((n.name, n.op, _fxjson.target_name(n), inputs, n.meta))
-    return _core._run_passes(store, spec, list(passes), threads)
+    if training is None and not isinstance(gm, _torch_fx_graph()):
+        training = getattr(gm, "training", None)
+    return _core._run_passes(store, spec, list(passes), threads,
+                             None if training is None else bool(training))
+
+
+def _torch_fx_graph():
+    import torch.fx
+    return torch.fx.Graph
 
 
 def save(gm: Any, path, **kw: Any) -> None:

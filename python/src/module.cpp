@@ -922,7 +922,7 @@ struct FxNode {
 };
 
 py::list run_passes(py::object store_obj, std::vector<FxNode> nodes, std::vector<std::string> names,
-                    std::optional<int> threads) {
+                    std::optional<int> threads, std::optional<bool> training) {
   MetadataStore& store = py::cast<PyStore&>(store_obj).store();
   for (const std::string& n : names) {
     if (n == "fuse") {
@@ -948,6 +948,7 @@ py::list run_passes(py::object store_obj, std::vector<FxNode> nodes, std::vector
                                  std::move(n.inputs), md.view()});
   }
   g.replace_nodes(std::move(gnodes));
+  if (training) g.attrs().emplace_back(std::string(passes::graph_attrs::kTraining), Value(*training));
   std::vector<passes::PassStats> stats;
   {
     // `nodes` keeps every NodeMetadata object (so every viewed node) alive meanwhile. The GIL
@@ -1147,7 +1148,8 @@ PYBIND11_MODULE(_core, m) {
     throw std::invalid_argument("_cpp_as: type must be int, double, bool or str");
   });
   m.def("_run_passes",
-        [](py::object store, py::list nodes, std::vector<std::string> names, std::optional<int> threads) {
+        [](py::object store, py::list nodes, std::vector<std::string> names, std::optional<int> threads,
+           std::optional<bool> training) {
           std::vector<FxNode> fx;
           fx.reserve(nodes.size());
           for (py::handle h : nodes) {
@@ -1156,8 +1158,10 @@ PYBIND11_MODULE(_core, m) {
                                 py::cast<std::string>(t[2]), py::cast<std::vector<std::size_t>>(t[3]),
                                 py::reinterpret_borrow<py::object>(t[4])});
           }
-          return run_passes(store, std::move(fx), std::move(names), threads);
-        });
+          return run_passes(store, std::move(fx), std::move(names), threads, training);
+        },
+        py::arg("store"), py::arg("nodes"), py::arg("names"), py::arg("threads") = py::none(),
+        py::arg("training") = py::none());
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);

@@ -162,5 +162,6 @@ def test_saved_file_loads_in_the_command(attached, cli, tmp_path):
     nodemeta.fx.save(gm, path)
     doc = json.loads(path.read_text())
     assert [n["name"] for n in doc["nodes"]] == [n.name for n in gm.graph.nodes]
+    assert doc["training"] is False  # the model was traced in eval mode
     done = subprocess.run([cli, "run", str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
