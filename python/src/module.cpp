@@ -385,20 +385,30 @@ Py_ssize_t md_length(PyObject* self) {
   }
 }
 
+// The node's consistent snapshot; false with a Python exception set.
+bool snapshot(PyObject* self, Items& items) {
+  try {
+    items = md_of(self).items();
+    return true;
+  } catch (...) {
+    set_python_error();
+    return false;
+  }
+}
+
+// A key name as a str (surrogateescape: a name C++ wrote that is not UTF-8 round-trips).
+PyObject* key_object(std::string_view name) {
+  return PyUnicode_DecodeUTF8(name.data(), static_cast<Py_ssize_t>(name.size()), "surrogateescape");
+}
+
 // A consistent snapshot as a list of (key, value) tuples.
 PyObject* md_items_list(PyObject* self, PyObject* = nullptr) {
   Items items;
-  try {
-    items = md_of(self).items();
-  } catch (...) {
-    set_python_error();
-    return nullptr;
-  }
+  if (!snapshot(self, items)) return nullptr;
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(items.size()));
   if (list == nullptr) return nullptr;
   for (std::size_t i = 0; i < items.size(); ++i) {
-    PyObject* k = PyUnicode_DecodeUTF8(items[i].first.data(),
-                                       static_cast<Py_ssize_t>(items[i].first.size()), "surrogateescape");
+    PyObject* k = key_object(items[i].first);
     PyObject* v = k != nullptr ? to_python(items[i].second) : nullptr;
     PyObject* pair = v != nullptr ? PyTuple_Pack(2, k, v) : nullptr;
     Py_XDECREF(k);
@@ -424,17 +434,11 @@ PyObject* md_dict(PyObject* self, PyObject* = nullptr) {
 
 PyObject* md_keys_list(PyObject* self, PyObject* = nullptr) {
   Items items;
-  try {
-    items = md_of(self).items();
-  } catch (...) {
-    set_python_error();
-    return nullptr;
-  }
+  if (!snapshot(self, items)) return nullptr;
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(items.size()));
   if (list == nullptr) return nullptr;
   for (std::size_t i = 0; i < items.size(); ++i) {
-    PyObject* k = PyUnicode_DecodeUTF8(items[i].first.data(),
-                                       static_cast<Py_ssize_t>(items[i].first.size()), "surrogateescape");
+    PyObject* k = key_object(items[i].first);
     if (k == nullptr) {
       Py_DECREF(list);
       return nullptr;
@@ -695,8 +699,7 @@ PyObject* md_popitem(PyObject* self, PyObject*) {
     }
     return nullptr;
   }
-  PyObject* k = PyUnicode_DecodeUTF8(popped->first.data(), static_cast<Py_ssize_t>(popped->first.size()),
-                                     "surrogateescape");
+  PyObject* k = key_object(popped->first);
   PyObject* v = k != nullptr ? to_python(popped->second) : nullptr;
   PyObject* pair = v != nullptr ? PyTuple_Pack(2, k, v) : nullptr;
   Py_XDECREF(k);

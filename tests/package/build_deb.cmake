@@ -12,15 +12,7 @@ string(REPLACE "," ";" PACKAGES "${PACKAGES}")
 file(REMOVE_RECURSE ${WORK_DIR})
 file(MAKE_DIRECTORY ${WORK_DIR} ${ROOT})
 
-function(run)
-  execute_process(COMMAND ${ARGN} RESULT_VARIABLE _rc OUTPUT_VARIABLE _out ERROR_VARIABLE _err
-                  OUTPUT_STRIP_TRAILING_WHITESPACE)
-  if(NOT _rc EQUAL 0)
-    list(JOIN ARGN " " _cmd)
-    message(FATAL_ERROR "${_cmd}: exit ${_rc}\n${_out}\n${_err}")
-  endif()
-  set(out "${_out}" PARENT_SCOPE)
-endfunction()
+include(${CMAKE_CURRENT_LIST_DIR}/run.cmake)
 
 string(TIMESTAMP _start "%s")
 run(${CPACK} -G DEB --config ${BUILD_DIR}/CPackConfig.cmake -B ${WORK_DIR})

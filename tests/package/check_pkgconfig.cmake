@@ -16,15 +16,8 @@ file(MAKE_DIRECTORY ${WORK_DIR})
 set(ENV{PKG_CONFIG_PATH} ${PCDIR})
 unset(ENV{LD_LIBRARY_PATH})
 
-function(run)
-  execute_process(COMMAND ${ARGN} WORKING_DIRECTORY ${WORK_DIR} RESULT_VARIABLE _rc
-                  OUTPUT_VARIABLE _out ERROR_VARIABLE _err OUTPUT_STRIP_TRAILING_WHITESPACE)
-  if(NOT _rc EQUAL 0)
-    list(JOIN ARGN " " _cmd)
-    message(FATAL_ERROR "${_cmd}: exit ${_rc}\n${_out}\n${_err}")
-  endif()
-  set(out "${_out}" PARENT_SCOPE)
-endfunction()
+set(RUN_WORKING_DIRECTORY ${WORK_DIR})
+include(${CMAKE_CURRENT_LIST_DIR}/run.cmake)
 
 # The three files are there, with the project's version, and point into this prefix.
 foreach(_pc nodemeta nodemeta-graph nodemeta-passes)
