@@ -347,7 +347,9 @@ void md_dealloc(PyObject* self) {
 
 // --- reads ---
 
-PyObject* md_subscript(PyObject* self, PyObject* key) {
+// md[key]'s value as a new reference; `absent` (borrowed, returned as a new reference)
+// when the key is not there, or nullptr with KeyError set when `absent` is nullptr.
+PyObject* lookup(PyObject* self, PyObject* key, PyObject* absent) {
   std::optional<Key> k;
   if (!read_key(key, k)) return nullptr;
   if (k) {
@@ -360,8 +362,16 @@ PyObject* md_subscript(PyObject* self, PyObject* key) {
     }
     if (v) return to_python(*v);
   }
-  set_key_error(key);
-  return nullptr;
+  if (absent == nullptr) {
+    set_key_error(key);
+    return nullptr;
+  }
+  Py_INCREF(absent);
+  return absent;
+}
+
+PyObject* md_subscript(PyObject* self, PyObject* key) {
+  return lookup(self, key, nullptr);
 }
 
 int md_contains(PyObject* self, PyObject* key) {
@@ -401,26 +411,31 @@ PyObject* key_object(std::string_view name) {
   return PyUnicode_DecodeUTF8(name.data(), static_cast<Py_ssize_t>(name.size()), "surrogateescape");
 }
 
-// A consistent snapshot as a list of (key, value) tuples.
-PyObject* md_items_list(PyObject* self, PyObject* = nullptr) {
+// A consistent snapshot as a list: of (key, value) tuples, or of keys alone.
+PyObject* snapshot_list(PyObject* self, bool values) {
   Items items;
   if (!snapshot(self, items)) return nullptr;
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(items.size()));
   if (list == nullptr) return nullptr;
   for (std::size_t i = 0; i < items.size(); ++i) {
-    PyObject* k = key_object(items[i].first);
-    PyObject* v = k != nullptr ? to_python(items[i].second) : nullptr;
-    PyObject* pair = v != nullptr ? PyTuple_Pack(2, k, v) : nullptr;
-    Py_XDECREF(k);
-    Py_XDECREF(v);
-    if (pair == nullptr) {
+    PyObject* element = key_object(items[i].first);
+    if (element != nullptr && values) {
+      PyObject* v = to_python(items[i].second);
+      PyObject* pair = v != nullptr ? PyTuple_Pack(2, element, v) : nullptr;
+      Py_DECREF(element);
+      Py_XDECREF(v);
+      element = pair;
+    }
+    if (element == nullptr) {
       Py_DECREF(list);
       return nullptr;
     }
-    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), pair);
+    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), element);
   }
   return list;
 }
+
+PyObject* md_items_list(PyObject* self, PyObject* = nullptr) { return snapshot_list(self, true); }
 
 // The snapshot as a new dict.
 PyObject* md_dict(PyObject* self, PyObject* = nullptr) {
@@ -432,20 +447,17 @@ PyObject* md_dict(PyObject* self, PyObject* = nullptr) {
   return dict;
 }
 
-PyObject* md_keys_list(PyObject* self, PyObject* = nullptr) {
-  Items items;
-  if (!snapshot(self, items)) return nullptr;
-  PyObject* list = PyList_New(static_cast<Py_ssize_t>(items.size()));
-  if (list == nullptr) return nullptr;
-  for (std::size_t i = 0; i < items.size(); ++i) {
-    PyObject* k = key_object(items[i].first);
-    if (k == nullptr) {
-      Py_DECREF(list);
-      return nullptr;
-    }
-    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), k);
+PyObject* md_keys_list(PyObject* self, PyObject* = nullptr) { return snapshot_list(self, false); }
+
+// Whether a METH_FASTCALL method got between lo and hi arguments; TypeError if not.
+bool arity(const char* name, Py_ssize_t nargs, Py_ssize_t lo, Py_ssize_t hi) {
+  if (nargs >= lo && nargs <= hi) return true;
+  if (lo == hi) {
+    PyErr_Format(PyExc_TypeError, "%s expected %zd arguments, got %zd", name, lo, nargs);
+  } else {
+    PyErr_Format(PyExc_TypeError, "%s expected %zd or %zd arguments, got %zd", name, lo, hi, nargs);
   }
-  return list;
+  return false;
 }
 
 PyObject* md_iter(PyObject* self) {
@@ -457,25 +469,8 @@ PyObject* md_iter(PyObject* self) {
 }
 
 PyObject* md_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs < 1 || nargs > 2) {
-    PyErr_Format(PyExc_TypeError, "get expected 1 or 2 arguments, got %zd", nargs);
-    return nullptr;
-  }
-  std::optional<Key> k;
-  if (!read_key(args[0], k)) return nullptr;
-  if (k) {
-    std::optional<Value> v;
-    try {
-      v = md_of(self).get(*k);
-    } catch (...) {
-      set_python_error();
-      return nullptr;
-    }
-    if (v) return to_python(*v);
-  }
-  PyObject* dflt = nargs == 2 ? args[1] : Py_None;
-  Py_INCREF(dflt);
-  return dflt;
+  if (!arity("get", nargs, 1, 2)) return nullptr;
+  return lookup(self, args[0], nargs == 2 ? args[1] : Py_None);
 }
 
 // --- writes ---
@@ -524,10 +519,7 @@ int md_ass_subscript(PyObject* self, PyObject* key, PyObject* value) {
 }
 
 PyObject* md_try_set(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 2) {
-    PyErr_Format(PyExc_TypeError, "try_set expected 2 arguments, got %zd", nargs);
-    return nullptr;
-  }
+  if (!arity("try_set", nargs, 2, 2)) return nullptr;
   drain_pending();
   NodeMetadata& md = md_of(self);
   Key k = keys::val;  // overwritten
@@ -549,10 +541,7 @@ PyObject* md_try_set(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
 }
 
 PyObject* md_set_once(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs != 2) {
-    PyErr_Format(PyExc_TypeError, "set_once expected 2 arguments, got %zd", nargs);
-    return nullptr;
-  }
+  if (!arity("set_once", nargs, 2, 2)) return nullptr;
   Key k = keys::val;  // overwritten
   if (!write_key(args[0], k)) return nullptr;
   Value v;
@@ -565,28 +554,32 @@ PyObject* md_set_once(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   }
 }
 
+// One atomic edit of the node; false with the Python error set (a protected `key`:
+// ProtectedKeyError naming it as Python spelled it).
+template <class F>
+bool edit_node(PyObject* self, PyObject* key, F&& fn) {
+  try {
+    md_of(self).edit(std::forward<F>(fn));
+    return true;
+  } catch (const ProtectedKeyError&) {
+    set_protected_error(key);
+  } catch (...) {
+    set_python_error();
+  }
+  return false;
+}
+
 // pop(key[, default]): atomic (one edit); a protected key present raises.
 PyObject* md_pop(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs < 1 || nargs > 2) {
-    PyErr_Format(PyExc_TypeError, "pop expected 1 or 2 arguments, got %zd", nargs);
-    return nullptr;
-  }
+  if (!arity("pop", nargs, 1, 2)) return nullptr;
   std::optional<Key> k;
   if (!read_key(args[0], k)) return nullptr;
   std::optional<Value> old;
-  if (k) {
-    try {
-      md_of(self).edit([&](NodeEditor& e) {
+  if (k && !edit_node(self, args[0], [&](NodeEditor& e) {
         old = e.get(*k);
         if (old) e.erase(*k);
-      });
-    } catch (const ProtectedKeyError&) {
-      set_protected_error(args[0]);
-      return nullptr;
-    } catch (...) {
-      set_python_error();
-      return nullptr;
-    }
+      })) {
+    return nullptr;
   }
   if (old) return to_python(*old);
   if (nargs == 2) {
@@ -599,26 +592,17 @@ PyObject* md_pop(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
 
 // setdefault(key, default=None): atomic; inserting a protected key raises.
 PyObject* md_setdefault(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
-  if (nargs < 1 || nargs > 2) {
-    PyErr_Format(PyExc_TypeError, "setdefault expected 1 or 2 arguments, got %zd", nargs);
-    return nullptr;
-  }
+  if (!arity("setdefault", nargs, 1, 2)) return nullptr;
   PyObject* dflt = nargs == 2 ? args[1] : Py_None;
   Key k = keys::val;  // overwritten
   if (!write_key(args[0], k)) return nullptr;
   Value v;
   if (!to_value(dflt, v)) return nullptr;
   std::optional<Value> present;
-  try {
-    md_of(self).edit([&](NodeEditor& e) {
-      present = e.get(k);
-      if (!present) e.set(k, v);
-    });
-  } catch (const ProtectedKeyError&) {
-    set_protected_error(args[0]);
-    return nullptr;
-  } catch (...) {
-    set_python_error();
+  if (!edit_node(self, args[0], [&](NodeEditor& e) {
+        present = e.get(k);
+        if (!present) e.set(k, v);
+      })) {
     return nullptr;
   }
   if (present) return to_python(*present);
