@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <stdexcept>
+#include <optional>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -235,7 +236,8 @@ TEST(KeyTest, LongNamesAndNamesOfEveryShortLength) {
 }
 
 // Many threads interning the same fresh names at once, each through a different
-// constructor, must agree on one id per name; the table grows many times meanwhile, and
+// constructor (and looking them up with Key::find before and after), must agree on one id
+// per name; the table grows many times meanwhile, and
 // names read before the growth stay valid (same bytes, same address).
 TEST(KeyTest, ConcurrentInterningThroughEveryConstructorAgreesWhileTheTableGrows) {
   constexpr int kThreads = 8;
@@ -262,6 +264,8 @@ TEST(KeyTest, ConcurrentInterningThroughEveryConstructorAgreesWhileTheTableGrows
         // Threads walk the names in different orders to collide on first sightings.
         const int n = (t % 2 == 0) ? i : kNames - 1 - i;
         const std::string& name = names[n];
+        // Key::find never interns: before, the name is absent or already has its one id.
+        const std::optional<Key> seen = Key::find(name);
         std::uint32_t id = 0;
         switch ((t + i) % 4) {
           case 0: id = Key(name).id(); break;
@@ -273,6 +277,11 @@ TEST(KeyTest, ConcurrentInterningThroughEveryConstructorAgreesWhileTheTableGrows
             break;
         }
         ids[t][n] = id;
+        if (seen) {
+          EXPECT_EQ(seen->id(), id);
+        }
+        const std::optional<Key> after = Key::find(name);
+        EXPECT_TRUE(after.has_value() && after->id() == id);
         // Lookups of older names while the table grows under them.
         if (i % 64 == 0) {
           EXPECT_EQ(Key("key_test.concurrent.early"), early);
