@@ -127,3 +127,12 @@ nodemeta_cli_test(run_json_equals RC 0 REGEX "^{\"graph\":.*\"threads\":2,.*\"ve
 nodemeta_cli_test(inspect_node_short RC 0 REGEX "node 1 'stem_proj'" ARGS inspect ${_bundled} -n stem_proj)
 nodemeta_cli_test(inspect_node_equals RC 0 REGEX "node 1 'stem_proj'" ARGS inspect ${_bundled} --node=stem_proj)
 
+# inspect's columns stay apart for any length (issue 12): a 34-character name, a 200-character
+# name and a 120-character target each keep two spaces before the next column.
+set(_long_graph ${CMAKE_CURRENT_SOURCE_DIR}/data/ok/long_names.json)
+string(REPEAT "n" 200 _n200)
+string(REPEAT "t" 110 _t110)
+nodemeta_cli_test(inspect_long_names RC 0
+  REGEX "\n +0  down1_maxpool_conv_1_double_conv_0  +placeholder  +down1_maxpool_conv_1_double_conv_0  +\\(\\)  6 keys\n +1  ${_n200}  +call_function  +torch\\.ops\\.${_t110}  +\\(down1_maxpool_conv_1_double_conv_0\\)  6 keys\n +2  output  +output  +output  +\\(${_n200}\\)  6 keys\n"
+  NOT_REGEX "[a-z0-9_](placeholder|call_function|output|torch)"
+  ARGS inspect ${_long_graph})

@@ -559,6 +559,28 @@ CLI::App* add_inspect_command(CLI::App& app, InspectOptions& o) {
   return cmd;
 }
 
+// One line per node: index, name, op, target, (inputs), number of keys. A column is as wide
+// as its longest value, up to a cap; a longer value is printed whole (names are what --node
+// takes) and pushes the rest of its own line right. Columns are always two spaces apart.
+void print_node_table(const Graph& g) {
+  constexpr std::size_t kNameCap = 48, kOpCap = 16, kTargetCap = 48;
+  std::size_t name_w = 0, op_w = 0, target_w = 0;
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    const auto& n = g.node(i);
+    name_w = std::max(name_w, std::min(n.name.size(), kNameCap));
+    op_w = std::max(op_w, std::min(n.op.size(), kOpCap));
+    target_w = std::max(target_w, std::min(n.target.size(), kTargetCap));
+  }
+  const std::size_t index_w = std::max<std::size_t>(5, std::to_string(g.size()).size());
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    const auto& n = g.node(i);
+    std::string ins;
+    for (std::size_t j : n.inputs) ins += (ins.empty() ? "" : ", ") + g.node(j).name;
+    std::cout << pad(std::to_string(i), index_w, true) << "  " << pad(n.name, name_w) << "  " << pad(n.op, op_w)
+              << "  " << pad(n.target, target_w) << "  (" << ins << ")  " << n.meta.size() << " keys\n";
+  }
+}
+
 int cmd_inspect(const InspectOptions& o) {
   const std::optional<std::string> graph_path = o.graph;
   std::optional<std::string> node_name;
@@ -568,13 +590,7 @@ int cmd_inspect(const InspectOptions& o) {
     std::cout << *graph_path << ": " << g.size() << " nodes\n";
     for (const auto& [k, v] : g.attrs()) std::cout << "  " << k << ": " << v.repr() << "\n";
     std::cout << "\n";
-    for (std::size_t i = 0; i < g.size(); ++i) {
-      const auto& n = g.node(i);
-      std::string ins;
-      for (std::size_t j : n.inputs) ins += (ins.empty() ? "" : ", ") + g.node(j).name;
-      std::cout << pad(std::to_string(i), 5, true) << "  " << pad(n.name, 28) << pad(n.op, 14) << pad(n.target, 40)
-                << " (" << ins << ") " << n.meta.size() << " keys\n";
-    }
+    print_node_table(g);
     return 0;
   }
   const auto idx = g.find(*node_name);
