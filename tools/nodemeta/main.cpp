@@ -18,7 +18,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <functional>
 #include <iostream>
 #include <optional>
 #include <sstream>
@@ -183,24 +182,20 @@ void add_load_options(CLI::App& cmd, nodemeta::graph::LoadOptions& load) {
 std::string usage_message(const CLI::ParseError& e) {
   std::string m = e.what();
   // ArgumentMismatch::TypedAtLeast: "--threads: 1 required N missing".
-  if (const std::size_t colon = m.find(": 1 required "); colon != std::string::npos &&
-                                                         m.size() >= 8 && m.ends_with(" missing")) {
+  if (const std::size_t colon = m.find(": 1 required "); colon != std::string::npos && m.ends_with(" missing")) {
     return m.substr(0, colon) + " needs a value";
   }
   return m;
 }
 
-// What CLI11 left over (it was told to allow extras, so that these get our wording): an
-// unknown option, or a second GRAPH.
-void reject_extras(const CLI::App& cmd, const std::string& graph_path) {
-  for (const std::string& a : cmd.remaining()) {
-    if (a.size() > 1 && a[0] == '-') {
-      throw UsageError("unknown option '" + a.substr(0, a.find('=')) + "'", cmd.get_name());
-    }
+// What CLI11 left over for command `cmd` (told to allow extras, so that these get our
+// wording): an unknown option, or a second GRAPH.
+void reject_extras(const std::vector<std::string>& extras, const std::string& graph_path, const std::string& cmd) {
+  for (const std::string& a : extras) {
+    if (a.size() > 1 && a[0] == '-') throw UsageError("unknown option '" + a.substr(0, a.find('=')) + "'", cmd);
   }
-  if (!cmd.remaining().empty()) {
-    throw UsageError("more than one GRAPH given ('" + graph_path + "' and '" + cmd.remaining().front() + "')",
-                     cmd.get_name());
+  if (!extras.empty()) {
+    throw UsageError("more than one GRAPH given ('" + graph_path + "' and '" + extras.front() + "')", cmd);
   }
 }
 
@@ -582,19 +577,19 @@ void print_node_table(const Graph& g) {
 }
 
 int cmd_inspect(const InspectOptions& o) {
-  const std::optional<std::string> graph_path = o.graph;
+  const std::string& graph_path = o.graph;
   std::optional<std::string> node_name;
   if (o.node_opt->count() > 0) node_name = o.node;
-  const Graph g = load_for_command(*graph_path, o.load);
+  const Graph g = load_for_command(graph_path, o.load);
   if (!node_name) {
-    std::cout << *graph_path << ": " << g.size() << " nodes\n";
+    std::cout << graph_path << ": " << g.size() << " nodes\n";
     for (const auto& [k, v] : g.attrs()) std::cout << "  " << k << ": " << v.repr() << "\n";
     std::cout << "\n";
     print_node_table(g);
     return 0;
   }
   const auto idx = g.find(*node_name);
-  if (!idx) throw std::runtime_error(*graph_path + ": no node named '" + *node_name + "'");
+  if (!idx) throw std::runtime_error(graph_path + ": no node named '" + *node_name + "'");
   const auto& n = g.node(*idx);
   std::string ins;
   for (std::size_t j : n.inputs) ins += (ins.empty() ? "" : ", ") + g.node(j).name;
@@ -644,14 +639,14 @@ int main(int argc, char** argv) {
     }
     if (run->parsed()) {
       cmd = "run";
-      reject_extras(*run, run_options.graph);
-      reject_extras(app, run_options.graph);
+      reject_extras(run->remaining(), run_options.graph, cmd);
+      reject_extras(app.remaining(), run_options.graph, cmd);
       return cmd_run(run_options);
     }
     if (inspect->parsed()) {
       cmd = "inspect";
-      reject_extras(*inspect, inspect_options.graph);
-      reject_extras(app, inspect_options.graph);
+      reject_extras(inspect->remaining(), inspect_options.graph, cmd);
+      reject_extras(app.remaining(), inspect_options.graph, cmd);
       return cmd_inspect(inspect_options);
     }
     const std::vector<std::string> rest = app.remaining();
