@@ -501,11 +501,19 @@ std::vector<std::string> parse_pass_list(std::string_view list) {
 }
 
 std::vector<PassStats> run_pipeline(Graph& graph, std::span<const std::string> names, const Baseline& baseline) {
+  return run_pipeline(graph, names, baseline, PipelineProgress());
+}
+
+std::vector<PassStats> run_pipeline(Graph& graph, std::span<const std::string> names, const Baseline& baseline,
+                                    const PipelineProgress& progress) {
   std::vector<PassStats> stats;
-  for (const std::string& name : names) {
-    std::unique_ptr<Pass> pass = make_pass(name);
+  stats.reserve(names.size());
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    std::unique_ptr<Pass> pass = make_pass(names[i]);
+    if (progress) progress(i, names[i]);
     stats.push_back(run_pass(*pass, graph, &baseline));
   }
+  if (progress) progress(names.size(), std::string_view());
   return stats;
 }
 

@@ -20,9 +20,18 @@ function(nodemeta_cli_test name)
   set_tests_properties(cli.${name} PROPERTIES LABELS graph TIMEOUT 120)
 endfunction()
 
-nodemeta_cli_test(help RC 0 REGEX "usage: nodemeta <command>" ARGS --help)
-nodemeta_cli_test(run_help RC 0 REGEX "--threads N" ARGS run --help)
-nodemeta_cli_test(inspect_help RC 0 REGEX "--node NAME" ARGS inspect --help)
+# Help is CLI11's (issue 12): every option, its short form and value name.
+nodemeta_cli_test(help RC 0 REGEX "usage: nodemeta \\[options\\] \\[<command>\\].*--version.*commands:\n +run +load GRAPH.*\n +inspect +print"
+  ARGS --help)
+nodemeta_cli_test(help_short RC 0 REGEX "usage: nodemeta " ARGS -h)
+nodemeta_cli_test(help_command RC 0 REGEX "usage: nodemeta " ARGS help)
+nodemeta_cli_test(run_help RC 0
+  REGEX "usage: nodemeta run \\[options\\] \\[GRAPH\\].*-h,--help.*-t,--threads N.*-p,--passes LIST.*cost,fuse,propagate,strip_debug,verify.*-r,--repeat R.*--json FILE.*-o,--output FILE.*-m,--mode M.*--max-input-bytes N.*--max-depth D.*exit status: 0 verified clean"
+  ARGS run --help)
+nodemeta_cli_test(run_help_short RC 0 REGEX "usage: nodemeta run " ARGS run -h)
+nodemeta_cli_test(inspect_help RC 0
+  REGEX "usage: nodemeta inspect \\[options\\] GRAPH.*-n,--node NAME.*--max-input-bytes N.*--max-depth D"
+  ARGS inspect --help)
 # The version is CMakeLists.txt's project(VERSION), through nodemeta/version.h.
 string(REPLACE "." "\\." _version_re "${PROJECT_VERSION}")
 nodemeta_cli_test(version RC 0 REGEX "^nodemeta ${_version_re}\n$" ARGS --version)
@@ -45,12 +54,25 @@ nodemeta_cli_test(inspect_node RC 0
 nodemeta_cli_test(no_command RC 2 REGEX "error: missing command" ARGS)
 nodemeta_cli_test(unknown_command RC 2 REGEX "unknown command 'frobnicate'" ARGS frobnicate)
 nodemeta_cli_test(unknown_option RC 2 REGEX "nodemeta run: error: unknown option '--bogus'\nTry 'nodemeta run --help'" ARGS run --bogus)
-nodemeta_cli_test(bad_threads RC 2 REGEX "--threads expects a whole number from 1" ARGS run --threads 0)
+nodemeta_cli_test(bad_threads RC 2 REGEX "nodemeta run: error: --threads: expects a whole number from 1 to 1024, got '0'\nTry 'nodemeta run --help'"
+  ARGS run --threads 0)
+nodemeta_cli_test(bad_threads_equals RC 2 REGEX "--threads: expects a whole number from 1 to 1024, got 'two'"
+  ARGS run --threads=two)
+nodemeta_cli_test(bad_threads_short RC 2 REGEX "--threads: expects a whole number from 1 to 1024, got '2000'"
+  ARGS run -t2000)
+nodemeta_cli_test(missing_threads_value_short RC 2 REGEX "--threads needs a value" ARGS run -t)
 nodemeta_cli_test(missing_threads_value RC 2 REGEX "--threads needs a value" ARGS run --threads)
-nodemeta_cli_test(bad_repeat RC 2 REGEX "--repeat expects a whole number" ARGS run --repeat x)
+nodemeta_cli_test(bad_repeat RC 2 REGEX "--repeat: expects a whole number from 1 to 1000000, got 'x'" ARGS run --repeat x)
 nodemeta_cli_test(bad_pass RC 2 REGEX "unknown pass 'bogus' \\(valid: cost, fuse" ARGS run --passes cost,bogus)
 nodemeta_cli_test(two_graphs RC 2 REGEX "more than one GRAPH" ARGS run a.json b.json)
-nodemeta_cli_test(inspect_without_graph RC 2 REGEX "missing GRAPH" ARGS inspect)
+nodemeta_cli_test(inspect_without_graph RC 2 REGEX "nodemeta inspect: error: GRAPH is required" ARGS inspect)
+nodemeta_cli_test(top_unknown_option RC 2 REGEX "nodemeta: error: unknown option '--bogus'\nTry 'nodemeta --help'" ARGS --bogus)
+nodemeta_cli_test(unknown_option_equals RC 2 REGEX "nodemeta run: error: unknown option '--thread'" ARGS run --thread=2)
+nodemeta_cli_test(unknown_short_option RC 2 REGEX "nodemeta run: error: unknown option '-x'" ARGS run -x)
+nodemeta_cli_test(inspect_unknown_option RC 2 REGEX "nodemeta inspect: error: unknown option '--bogus'\nTry 'nodemeta inspect --help'"
+  ARGS inspect ${_bundled} --bogus)
+nodemeta_cli_test(inspect_missing_node_value RC 2 REGEX "nodemeta inspect: error: --node needs a value" ARGS inspect ${_bundled} --node)
+nodemeta_cli_test(inspect_two_graphs RC 2 REGEX "more than one GRAPH given \\('a.json' and 'b.json'\\)" ARGS inspect a.json b.json)
 # Bad input: exit 1 with the loader's one-line error.
 nodemeta_cli_test(missing_file RC 1 REGEX "no_such.json: cannot open: No such file or directory" ARGS run no_such.json)
 nodemeta_cli_test(truncated_gzip RC 1 REGEX "truncated.json.gz: truncated gzip data" ARGS run ${_broken}/truncated.json.gz)
@@ -65,11 +87,12 @@ nodemeta_cli_test(run_input_limit RC 1
   REGEX "mlp_mixer_s16.json.gz: inflates to more than 1024 bytes, the input limit \\(raise it with --max-input-bytes"
   ARGS run ${_bundled} --max-input-bytes 1K)
 nodemeta_cli_test(run_input_limit_raised RC 0 REGEX "verify: clean" ARGS run ${_bundled} --max-input-bytes 64MiB)
-nodemeta_cli_test(run_input_limit_bad RC 2 REGEX "--max-input-bytes expects a size" ARGS run ${_bundled} --max-input-bytes 5X)
-nodemeta_cli_test(run_depth_too_small RC 2 REGEX "--max-depth must be at least 5" ARGS run ${_bundled} --max-depth 4)
+nodemeta_cli_test(run_input_limit_bad RC 2 REGEX "--max-input-bytes: expects a size .*, got '5X'" ARGS run ${_bundled} --max-input-bytes 5X)
+nodemeta_cli_test(run_depth_too_small RC 2 REGEX "--max-depth: must be at least 5 .*, got '4'" ARGS run ${_bundled} --max-depth 4)
 nodemeta_cli_test(run_depth_limit RC 1 REGEX "nested deeper than 5 arrays/objects, the depth limit \\(raise it with --max-depth"
   ARGS run ${_bundled} --max-depth 5)
 nodemeta_cli_test(inspect_limits RC 0 REGEX "137 nodes" ARGS inspect ${_bundled} --max-depth 300 --max-input-bytes 1G)
+nodemeta_cli_test(inspect_limits_equals RC 0 REGEX "137 nodes" ARGS inspect ${_bundled} --max-depth=300 --max-input-bytes=64MiB)
 
 # The annotated graph goes out (issue 14): what --output saves loads again and verifies clean.
 nodemeta_cli_test(run_output RC 0 REGEX "verify: clean"
@@ -90,6 +113,26 @@ nodemeta_cli_test(run_mode_eval RC 0 REGEX "traced in eval mode.*cost unknown fo
 nodemeta_cli_test(run_mode_saved RC 0 REGEX "traced in eval mode" ARGS run ${CMAKE_CURRENT_BINARY_DIR}/cli_eval.json --passes verify)
 nodemeta_cli_test(run_mode_contradicts RC 1 REGEX "cli_eval.json: the file says the graph was traced in eval mode; --mode training contradicts it"
   ARGS run ${CMAKE_CURRENT_BINARY_DIR}/cli_eval.json --mode training)
-nodemeta_cli_test(run_mode_bad RC 2 REGEX "--mode expects eval or training, got 'train'" ARGS run --mode train)
+nodemeta_cli_test(run_mode_bad RC 2 REGEX "--mode: expects eval or training, got 'train'" ARGS run --mode train)
+nodemeta_cli_test(run_mode_bad_short RC 2 REGEX "--mode: expects eval or training, got 'Eval'" ARGS run -m Eval)
 set_tests_properties(cli.run_mode_eval PROPERTIES FIXTURES_SETUP cli_eval)
 set_tests_properties(cli.run_mode_saved cli.run_mode_contradicts PROPERTIES FIXTURES_REQUIRED cli_eval)
+
+# GNU forms and short options (issue 12): --opt=value, -o value, -ovalue.
+nodemeta_cli_test(run_equals_forms RC 0 REGEX "traced in eval mode; 1 thread, 2 repeats.*\ncost .*\nverify .*verify: clean"
+  NOT_REGEX "fuse" ARGS run ${_bundled} --threads=1 --repeat=2 --passes=cost,verify --mode=eval)
+nodemeta_cli_test(run_short_forms RC 0 REGEX "traced in eval mode; 1 thread, 2 repeats.*\ncost .*\nverify .*verify: clean"
+  NOT_REGEX "fuse" ARGS run ${_bundled} -t1 -r 2 -p cost -m eval -o ${CMAKE_CURRENT_BINARY_DIR}/cli_short.json)
+nodemeta_cli_test(run_json_equals RC 0 REGEX "^{\"graph\":.*\"threads\":2,.*\"verified\":true}" ARGS run --json=- -t 2)
+nodemeta_cli_test(inspect_node_short RC 0 REGEX "node 1 'stem_proj'" ARGS inspect ${_bundled} -n stem_proj)
+nodemeta_cli_test(inspect_node_equals RC 0 REGEX "node 1 'stem_proj'" ARGS inspect ${_bundled} --node=stem_proj)
+
+# inspect's columns stay apart for any length (issue 12): a 34-character name, a 200-character
+# name and a 120-character target each keep two spaces before the next column.
+set(_long_graph ${CMAKE_CURRENT_SOURCE_DIR}/data/ok/long_names.json)
+string(REPEAT "n" 200 _n200)
+string(REPEAT "t" 110 _t110)
+nodemeta_cli_test(inspect_long_names RC 0
+  REGEX "\n +0  down1_maxpool_conv_1_double_conv_0  +placeholder  +down1_maxpool_conv_1_double_conv_0  +\\(\\)  6 keys\n +1  ${_n200}  +call_function  +torch\\.ops\\.${_t110}  +\\(down1_maxpool_conv_1_double_conv_0\\)  6 keys\n +2  output  +output  +output  +\\(${_n200}\\)  6 keys\n"
+  NOT_REGEX "[a-z0-9_](placeholder|call_function|output|torch)"
+  ARGS inspect ${_long_graph})

@@ -4,6 +4,8 @@
 
 #include <atomic>
 #include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include <oneapi/tbb/task_arena.h>
@@ -135,6 +137,35 @@ TEST(FusePassTest, FusesConvBnReluAndRemapsUsers) {
   EXPECT_TRUE(stats.back().problems.empty()) << stats.back().problems.front();
   // Protected keys of a fused node are protected too.
   EXPECT_EQ(g.node(*fused).meta.try_set(keys::val, 0), WriteResult::kRejectedProtected);
+}
+
+// The progress overload (what `nodemeta run` draws its bar from): one call before each pass,
+// one after the last, and the same results as the plain overload.
+TEST(PipelineTest, ProgressReportsEachPassThenTheEnd) {
+  Graph g = conv_graph();
+  Graph plain = g.clone();
+  const Baseline base(g);
+  const Baseline plain_base(plain);
+  std::vector<std::pair<std::size_t, std::string>> calls;
+  std::size_t passes_done_at_call = 0;
+  const auto stats = run_pipeline(g, pass_names(), base, [&](std::size_t done, std::string_view next) {
+    calls.emplace_back(done, std::string(next));
+    EXPECT_EQ(done, passes_done_at_call++);  // called in order, between passes
+  });
+  const std::vector<std::pair<std::size_t, std::string>> expected = {
+      {0, "cost"}, {1, "fuse"}, {2, "propagate"}, {3, "strip_debug"}, {4, "verify"}, {5, ""}};
+  EXPECT_EQ(calls, expected);
+  const auto plain_stats = run_pipeline(plain, pass_names(), plain_base);
+  ASSERT_EQ(stats.size(), plain_stats.size());
+  for (std::size_t i = 0; i < stats.size(); ++i) {
+    EXPECT_EQ(stats[i].name, plain_stats[i].name);
+    EXPECT_EQ(stats[i].nodes_touched, plain_stats[i].nodes_touched);
+    EXPECT_EQ(stats[i].summary, plain_stats[i].summary);
+  }
+  // An empty function reports nothing and changes nothing.
+  Graph quiet = conv_graph();
+  const Baseline quiet_base(quiet);
+  EXPECT_EQ(run_pipeline(quiet, pass_names(), quiet_base, PipelineProgress()).size(), 5U);
 }
 
 TEST(FusePassTest, FusedCostIsPartsMinusIntermediateTraffic) {

@@ -1,11 +1,11 @@
 // nodemeta: run the pass pipeline on a graph, or inspect a graph's node metadata.
 //
-//   nodemeta run [GRAPH] [--threads N] [--passes LIST] [--repeat R] [--json FILE] [--output FILE]
-//                [--mode eval|training]
-//   nodemeta inspect GRAPH [--node NAME]
+//   nodemeta run [GRAPH] [-t N] [-p LIST] [-r R] [--json FILE] [-o FILE] [-m eval|training]
+//   nodemeta inspect GRAPH [-n NAME]
 //
-// Exit status: 0 success, 1 a failure (unreadable or invalid graph, verification found
-// problems), 2 bad command-line arguments.
+// Options are parsed by CLI11 (GNU forms: --threads=2, -t 2, -t2; generated --help). Exit
+// status: 0 success (and --help, --version), 1 a failure (unreadable or invalid graph,
+// verification found problems), 2 bad command-line arguments.
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -26,6 +26,7 @@
 #include <string_view>
 #include <vector>
 
+#include <CLI/CLI.hpp>
 #include <oneapi/tbb/global_control.h>
 #include <oneapi/tbb/info.h>
 #include <oneapi/tbb/task_arena.h>
@@ -42,69 +43,14 @@ using nodemeta::graph::Graph;
 using nodemeta::passes::PassStats;
 
 constexpr std::string_view kBundledName = "mlp_mixer_s16.json.gz";
+constexpr long kMaxThreads = 1024;
+constexpr long kMaxRepeat = 1000000;
 
 // A bad command line: reported on one line plus a pointer to --help, exit 2.
 struct UsageError : std::runtime_error {
   UsageError(const std::string& message, std::string cmd) : std::runtime_error(message), command(std::move(cmd)) {}
   std::string command;
 };
-
-#define LOAD_OPTIONS_HELP                                                                   \
-  "  --max-input-bytes N  refuse a graph file whose JSON text (after inflating a .gz) is\n"   \
-  "                   longer than N bytes (suffixes K, M, G: KiB, MiB, GiB; default 1G)\n"     \
-  "  --max-depth D    refuse a graph file that nests arrays/objects deeper than D\n"        \
-  "                   (default 256)\n"
-
-const char* const kMainHelp =
-    "usage: nodemeta <command> [options]\n"
-    "\n"
-    "Thread-safe node metadata for compiler graphs: load a torch.fx graph, run parallel passes\n"
-    "over its node metadata, verify that protected metadata survived.\n"
-    "\n"
-    "commands:\n"
-    "  run [GRAPH]      load GRAPH, run the pass pipeline, verify, print a table per pass\n"
-    "  inspect GRAPH    print a graph's nodes, or one node's metadata\n"
-    "\n"
-    "Run 'nodemeta <command> --help' for a command's options.\n";
-
-const char* const kRunHelp =
-    "usage: nodemeta run [GRAPH] [--threads N] [--passes LIST] [--repeat R] [--json FILE]\n"
-    "                    [--output FILE] [--mode eval|training] [--max-input-bytes N]\n"
-    "                    [--max-depth D]\n"
-    "\n"
-    "Loads GRAPH (a graph file, .json or .json.gz; default: the bundled mlp_mixer_s16 graph),\n"
-    "runs the passes in order, verifies, and prints per pass the nodes touched, the time\n"
-    "(median over repeats), the throughput and the protected writes refused; then totals and\n"
-    "peak memory.\n"
-    "\n"
-    "options:\n"
-    "  --threads N      worker threads (default: all cores)\n"
-    "  --passes LIST    comma-separated, from: cost,fuse,propagate,strip_debug,verify\n"
-    "                   (default: all of them, in that order; verify is always run last)\n"
-    "  --repeat R       run the pipeline R times, each on a fresh copy of the loaded graph\n"
-    "                   (default 1); times are medians\n"
-    "  --json FILE      write the results as JSON to FILE ('-' for stdout) and print nothing else\n"
-    "  --output FILE    save the graph after the passes (of the last repeat) to FILE, a graph\n"
-    "                   file (.json, or gzip for .json.gz) that nodemeta run reads again\n"
-    "  --mode M         the mode the graph was traced in, eval or training, where the file\n"
-    "                   does not say (its \"training\" attribute): batch norm and dropout\n"
-    "                   costs and conv+bn folding depend on it; unknown if neither says\n"
-    LOAD_OPTIONS_HELP
-    "  -h, --help       show this help\n"
-    "\n"
-    "exit status: 0 verified clean, 1 load failure or verification problems, 2 bad arguments\n";
-
-const char* const kInspectHelp =
-    "usage: nodemeta inspect GRAPH [--node NAME] [--max-input-bytes N] [--max-depth D]\n"
-    "\n"
-    "Without --node: the graph's attributes and one line per node (index, name, op, target,\n"
-    "inputs, number of metadata keys). With --node: every metadata key of node NAME, values\n"
-    "shown as Python-like repr (stack traces as indented text).\n"
-    "\n"
-    "options:\n"
-    "  --node NAME      the node to show\n"
-    LOAD_OPTIONS_HELP
-    "  -h, --help       show this help\n";
 
 // ---- where the bundled graph is ---------------------------------------------------------
 
@@ -130,63 +76,127 @@ std::string default_graph() {
   throw std::runtime_error("the bundled graph was not found (looked at:" + tried + "); pass a GRAPH path");
 }
 
-// ---- argument helpers -------------------------------------------------------------------
+// ---- command line ------------------------------------------------------------------------
+// Values are checked by CLI11 validators that name what they expected and what they got; a
+// failed check reaches the user as "nodemeta run: error: --threads: expects ..." (exit 2).
 
-long parse_count(const std::string& opt, const std::string& text, const std::string& cmd, long max) {
-  char* end = nullptr;
-  errno = 0;
-  const long v = std::strtol(text.c_str(), &end, 10);
-  if (text.empty() || *end != '\0' || errno != 0 || v < 1 || v > max) {
-    throw UsageError(opt + " expects a whole number from 1 to " + std::to_string(max) + ", got '" + text + "'", cmd);
+// A whole number in [lo, max] (strtol's syntax), rewritten to plain digits for CLI11's
+// conversion; `why_lo` explains a lower bound other than 1.
+CLI::Validator whole_number(long lo, long max, std::string why_lo = {}) {
+  return CLI::Validator(
+      [lo, max, why_lo](std::string& text) -> std::string {
+        char* end = nullptr;
+        errno = 0;
+        const long v = std::strtol(text.c_str(), &end, 10);
+        if (text.empty() || *end != '\0' || errno != 0 || v < 1 || v > max) {
+          return "expects a whole number from " + std::to_string(lo) + " to " + std::to_string(max) + ", got '" +
+                 text + "'";
+        }
+        if (v < lo) return "must be at least " + std::to_string(lo) + why_lo + ", got '" + text + "'";
+        text = std::to_string(v);
+        return {};
+      },
+      "");
+}
+
+// A byte count: digits, then optionally K, M or G (KiB, MiB, GiB; "KiB", "MB" ... accepted),
+// rewritten to the number of bytes.
+CLI::Validator byte_size(std::uint64_t max) {
+  return CLI::Validator(
+      [max](std::string& text) -> std::string {
+        std::size_t digits = 0;
+        while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
+        std::string unit = text.substr(digits);
+        for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+        const std::uint64_t scale = unit.empty() || unit == "B"                  ? 1
+                                    : unit == "K" || unit == "KB" || unit == "KIB" ? std::uint64_t{1} << 10
+                                    : unit == "M" || unit == "MB" || unit == "MIB" ? std::uint64_t{1} << 20
+                                    : unit == "G" || unit == "GB" || unit == "GIB" ? std::uint64_t{1} << 30
+                                                                                   : 0;
+        errno = 0;
+        char* end = nullptr;
+        const unsigned long long v = digits ? std::strtoull(text.substr(0, digits).c_str(), &end, 10) : 0;
+        if (digits == 0 || scale == 0 || errno != 0 || v == 0 || v > max / scale) {
+          return "expects a size from 1 to " + std::to_string(max) +
+                 " bytes (a number, optionally with K, M or G), got '" + text + "'";
+        }
+        text = std::to_string(v * scale);
+        return {};
+      },
+      "");
+}
+
+// One of `words` (spelled out in the message: "expects eval or training, got 'train'").
+CLI::Validator one_of(std::vector<std::string> words) {
+  std::string list;
+  for (std::size_t i = 0; i < words.size(); ++i) {
+    list += (i == 0 ? "" : i + 1 == words.size() ? " or " : ", ") + words[i];
   }
-  return v;
+  return CLI::Validator(
+      [words, list](std::string& text) -> std::string {
+        if (std::find(words.begin(), words.end(), text) != words.end()) return {};
+        return "expects " + list + ", got '" + text + "'";
+      },
+      "");
 }
 
-std::string take_value(const std::vector<std::string>& args, std::size_t& i, const std::string& cmd) {
-  const std::string& opt = args[i];
-  if (i + 1 >= args.size()) throw UsageError(opt + " needs a value", cmd);
-  return args[++i];
+// A comma-separated list of known pass names (the message lists the valid ones).
+CLI::Validator pass_list() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        try {
+          nodemeta::passes::parse_pass_list(text);
+          return {};
+        } catch (const std::invalid_argument& e) {
+          return e.what();
+        }
+      },
+      "");
 }
 
-// A byte count: digits, then optionally K, M or G (KiB, MiB, GiB; "KiB", "MB" ... accepted).
-std::uint64_t parse_bytes(const std::string& opt, const std::string& text, const std::string& cmd,
-                          std::uint64_t max) {
-  std::size_t digits = 0;
-  while (digits < text.size() && std::isdigit(static_cast<unsigned char>(text[digits]))) ++digits;
-  std::string unit = text.substr(digits);
-  for (char& c : unit) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  const std::uint64_t scale = unit.empty() || unit == "B"                  ? 1
-                              : unit == "K" || unit == "KB" || unit == "KIB" ? std::uint64_t{1} << 10
-                              : unit == "M" || unit == "MB" || unit == "MIB" ? std::uint64_t{1} << 20
-                              : unit == "G" || unit == "GB" || unit == "GIB" ? std::uint64_t{1} << 30
-                                                                             : 0;
-  errno = 0;
-  char* end = nullptr;
-  const unsigned long long v = digits ? std::strtoull(text.substr(0, digits).c_str(), &end, 10) : 0;
-  if (digits == 0 || scale == 0 || errno != 0 || v == 0 || v > max / scale) {
-    throw UsageError(opt + " expects a size from 1 to " + std::to_string(max) +
-                         " bytes (a number, optionally with K, M or G), got '" + text + "'",
-                     cmd);
+// CLI11's help with a blank line between the description and the usage line.
+class HelpFormatter : public CLI::Formatter {
+ public:
+  std::string make_description(const CLI::App* app) const override {
+    std::string d = CLI::Formatter::make_description(app);
+    return d.empty() ? d : d + "\n";
   }
-  return v * scale;
-}
+};
 
-// --max-input-bytes and --max-depth; true if args[i] was one of them.
-bool take_load_option(const std::vector<std::string>& args, std::size_t& i, const std::string& cmd,
-                      nodemeta::graph::LoadOptions& load) {
+// --max-input-bytes and --max-depth, which both commands take.
+void add_load_options(CLI::App& cmd, nodemeta::graph::LoadOptions& load) {
   using nodemeta::graph::LoadOptions;
-  const std::string& a = args[i];
-  if (a == "--max-input-bytes") {
-    load.max_input_bytes = parse_bytes(a, take_value(args, i, cmd), cmd, LoadOptions::kMaxInputBytesCeiling);
-    return true;
+  cmd.add_option("--max-input-bytes", load.max_input_bytes,
+                 "refuse a graph file whose JSON text (after inflating a .gz) is\n"
+                 "longer than N bytes (suffixes K, M, G: KiB, MiB, GiB; default 1G)")
+      ->type_name("N")
+      ->transform(byte_size(LoadOptions::kMaxInputBytesCeiling));
+  cmd.add_option("--max-depth", load.max_depth,
+                 "refuse a graph file that nests arrays/objects deeper than D\n(default 256)")
+      ->type_name("D")
+      ->transform(whole_number(5, static_cast<long>(LoadOptions::kMaxDepthCeiling),
+                               " (a node's metadata value sits at depth 5)"));
+}
+
+// The option part of a CLI11 error, reworded where CLI11's own words are unclear.
+std::string usage_message(const CLI::ParseError& e) {
+  std::string m = e.what();
+  // ArgumentMismatch::TypedAtLeast: "--threads: 1 required N missing".
+  if (const std::size_t colon = m.find(": 1 required "); colon != std::string::npos && m.ends_with(" missing")) {
+    return m.substr(0, colon) + " needs a value";
   }
-  if (a == "--max-depth") {
-    const long d = parse_count(a, take_value(args, i, cmd), cmd, static_cast<long>(LoadOptions::kMaxDepthCeiling));
-    if (d < 5) throw UsageError(a + " must be at least 5 (a node's metadata value sits at depth 5)", cmd);
-    load.max_depth = static_cast<std::size_t>(d);
-    return true;
+  return m;
+}
+
+// What CLI11 left over for command `cmd` (told to allow extras, so that these get our
+// wording): an unknown option, or a second GRAPH.
+void reject_extras(const std::vector<std::string>& extras, const std::string& graph_path, const std::string& cmd) {
+  for (const std::string& a : extras) {
+    if (a.size() > 1 && a[0] == '-') throw UsageError("unknown option '" + a.substr(0, a.find('=')) + "'", cmd);
   }
-  return false;
+  if (!extras.empty()) {
+    throw UsageError("more than one GRAPH given ('" + graph_path + "' and '" + extras.front() + "')", cmd);
+  }
 }
 
 // ---- output helpers ---------------------------------------------------------------------
@@ -320,58 +330,86 @@ void declare_mode(Graph& g, bool training, const std::string& path) {
   g.attrs().emplace_back(std::string(nodemeta::passes::graph_attrs::kTraining), Value(training));
 }
 
-int cmd_run(const std::vector<std::string>& args) {
-  std::optional<std::string> graph_path;
+// `nodemeta run`'s options, as CLI11 leaves them (already checked).
+struct RunOptions {
+  std::string graph;  // empty: the bundled graph
   long threads = static_cast<long>(tbb::info::default_concurrency());
   long repeat = 1;
-  std::vector<std::string> passes = nodemeta::passes::pass_names();
-  std::optional<std::string> json_path;
-  std::optional<std::string> output_path;
-  std::optional<bool> training;  // --mode
+  std::string passes;  // comma-separated; empty: all of them
+  std::string json;    // with --json: the results file, '-' for stdout
+  std::string output;  // with --output: where the graph goes after the passes
+  std::string mode;    // eval, training, or empty
   nodemeta::graph::LoadOptions load;
-  for (std::size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a == "-h" || a == "--help") {
-      std::cout << kRunHelp;
-      return 0;
-    } else if (a == "--threads") {
-      threads = parse_count(a, take_value(args, i, "run"), "run", 1024);
-    } else if (a == "--repeat") {
-      repeat = parse_count(a, take_value(args, i, "run"), "run", 1000000);
-    } else if (a == "--passes") {
-      try {
-        passes = nodemeta::passes::parse_pass_list(take_value(args, i, "run"));
-      } catch (const std::invalid_argument& e) {
-        throw UsageError(std::string("--passes: ") + e.what(), "run");
-      }
-    } else if (a == "--json") {
-      json_path = take_value(args, i, "run");
-    } else if (a == "--output") {
-      output_path = take_value(args, i, "run");
-    } else if (a == "--mode") {
-      const std::string m = take_value(args, i, "run");
-      if (m != "eval" && m != "training") throw UsageError("--mode expects eval or training, got '" + m + "'", "run");
-      training = m == "training";
-    } else if (take_load_option(args, i, "run", load)) {
-    } else if (a.size() > 1 && a[0] == '-') {
-      throw UsageError("unknown option '" + a + "'", "run");
-    } else if (graph_path) {
-      throw UsageError("more than one GRAPH given ('" + *graph_path + "' and '" + a + "')", "run");
-    } else {
-      graph_path = a;
-    }
-  }
+  const CLI::Option* json_opt = nullptr;
+  const CLI::Option* output_opt = nullptr;
+};
+
+CLI::App* add_run_command(CLI::App& app, RunOptions& o) {
+  CLI::App* cmd = app.add_subcommand("run", "load GRAPH, run the pass pipeline, verify, print a table per pass");
+  cmd->group("commands");
+  cmd->add_option("GRAPH", o.graph,
+                  "a graph file, .json or .json.gz (default: the bundled\nmlp_mixer_s16 graph)")
+      ->type_name("");
+  cmd->add_option("-t,--threads", o.threads, "worker threads (default: all cores)")
+      ->type_name("N")
+      ->transform(whole_number(1, kMaxThreads));
+  std::string all;
+  for (const std::string& n : nodemeta::passes::pass_names()) all += (all.empty() ? "" : ",") + n;
+  cmd->add_option("-p,--passes", o.passes,
+                  "comma-separated, from: " + all +
+                      "\n(default: all of them, in that order; verify is always run last)")
+      ->type_name("LIST")
+      ->check(pass_list());
+  cmd->add_option("-r,--repeat", o.repeat,
+                  "run the pipeline R times, each on a fresh copy of the loaded\n"
+                  "graph (default 1); times are medians")
+      ->type_name("R")
+      ->transform(whole_number(1, kMaxRepeat));
+  o.json_opt = cmd->add_option("--json", o.json,
+                               "write the results as JSON to FILE ('-' for stdout) and print\nnothing else")
+                   ->type_name("FILE");
+  o.output_opt = cmd->add_option("-o,--output", o.output,
+                                 "save the graph after the passes (of the last repeat) to FILE,\n"
+                                 "a graph file (.json, or gzip for .json.gz) that nodemeta run\nreads again")
+                     ->type_name("FILE");
+  cmd->add_option("-m,--mode", o.mode,
+                  "the mode the graph was traced in, eval or training, where the\n"
+                  "file does not say (its \"training\" attribute): batch norm and\n"
+                  "dropout costs and conv+bn folding depend on it; unknown if\nneither says")
+      ->type_name("M")
+      ->check(one_of({"eval", "training"}));
+  add_load_options(*cmd, o.load);
+  cmd->footer(
+      "Loads GRAPH, runs the passes in order, verifies, and prints per pass the nodes touched,\n"
+      "the time (median over repeats), the throughput and the protected writes refused; then\n"
+      "totals and peak memory.\n"
+      "\n"
+      "exit status: 0 verified clean, 1 load failure or verification problems, 2 bad arguments");
+  cmd->allow_extras();  // reject_extras() words them
+  return cmd;
+}
+
+int cmd_run(const RunOptions& o) {
+  const long threads = o.threads;
+  const long repeat = o.repeat;
+  std::vector<std::string> passes =
+      o.passes.empty() ? nodemeta::passes::pass_names() : nodemeta::passes::parse_pass_list(o.passes);
+  std::optional<std::string> json_path, output_path;
+  if (o.json_opt->count() > 0) json_path = o.json;
+  if (o.output_opt->count() > 0) output_path = o.output;
+  std::optional<bool> training;
+  if (!o.mode.empty()) training = o.mode == "training";
   if (std::find(passes.begin(), passes.end(), "verify") == passes.end() || passes.back() != "verify") {
     passes.push_back("verify");
   }
-  const std::string path = graph_path ? *graph_path : default_graph();
+  const std::string path = o.graph.empty() ? default_graph() : o.graph;
   const bool quiet = json_path.has_value();
 
   tbb::global_control limit(tbb::global_control::max_allowed_parallelism, static_cast<std::size_t>(threads));
   tbb::task_arena arena(static_cast<int>(threads));
 
   const auto t0 = std::chrono::steady_clock::now();
-  Graph loaded = load_for_command(path, load);
+  Graph loaded = load_for_command(path, o.load);
   if (training) declare_mode(loaded, *training, path);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::optional<nodemeta::passes::Baseline> baseline;
@@ -379,20 +417,16 @@ int cmd_run(const std::vector<std::string>& args) {
 
   std::vector<std::vector<PassStats>> runs;  // [repeat][pass]
   Progress progress(!quiet, static_cast<std::size_t>(repeat) * passes.size());
-  std::size_t done = 0;
   for (long r = 0; r < repeat; ++r) {
     Graph g = loaded.clone();
-    std::vector<PassStats> stats;
-    for (const std::string& name : passes) {
-      progress.step(done, "repeat " + std::to_string(r + 1) + ": " + name);
-      auto pass = nodemeta::passes::make_pass(name);
-      arena.execute([&] { stats.push_back(nodemeta::passes::run_pass(*pass, g, &*baseline)); });
-      ++done;
-    }
-    runs.push_back(std::move(stats));
+    const std::size_t before = static_cast<std::size_t>(r) * passes.size();
+    const auto step = [&](std::size_t i, std::string_view next) {
+      if (i < passes.size()) progress.step(before + i, "repeat " + std::to_string(r + 1) + ": " + std::string(next));
+    };
+    arena.execute([&] { runs.push_back(nodemeta::passes::run_pipeline(g, passes, *baseline, step)); });
     if (output_path && r + 1 == repeat) nodemeta::graph::save_graph(g, *output_path);
   }
-  progress.step(done, "done");
+  progress.step(static_cast<std::size_t>(repeat) * passes.size(), "done");
   progress.finish();
 
   const std::vector<PassStats>& last = runs.back();
@@ -496,42 +530,66 @@ void print_value(const std::string& key, const Value& v) {
   std::cout << "  " << key << ": " << v.repr() << "\n";
 }
 
-int cmd_inspect(const std::vector<std::string>& args) {
-  std::optional<std::string> graph_path, node_name;
+// `nodemeta inspect`'s options, as CLI11 leaves them.
+struct InspectOptions {
+  std::string graph;
+  std::string node;  // empty: list the nodes
   nodemeta::graph::LoadOptions load;
-  for (std::size_t i = 0; i < args.size(); ++i) {
-    const std::string& a = args[i];
-    if (a == "-h" || a == "--help") {
-      std::cout << kInspectHelp;
-      return 0;
-    } else if (a == "--node") {
-      node_name = take_value(args, i, "inspect");
-    } else if (take_load_option(args, i, "inspect", load)) {
-    } else if (a.size() > 1 && a[0] == '-') {
-      throw UsageError("unknown option '" + a + "'", "inspect");
-    } else if (graph_path) {
-      throw UsageError("more than one GRAPH given ('" + *graph_path + "' and '" + a + "')", "inspect");
-    } else {
-      graph_path = a;
-    }
+  const CLI::Option* node_opt = nullptr;
+};
+
+CLI::App* add_inspect_command(CLI::App& app, InspectOptions& o) {
+  CLI::App* cmd = app.add_subcommand("inspect", "print a graph's nodes, or one node's metadata");
+  cmd->group("commands");
+  cmd->add_option("GRAPH", o.graph, "a graph file, .json or .json.gz")->type_name("")->required();
+  o.node_opt = cmd->add_option("-n,--node", o.node, "the node to show")->type_name("NAME");
+  add_load_options(*cmd, o.load);
+  cmd->footer(
+      "Without --node: the graph's attributes and one line per node (index, name, op, target,\n"
+      "inputs, number of metadata keys). With --node: every metadata key of node NAME, values\n"
+      "shown as Python-like repr (stack traces as indented text).\n"
+      "\n"
+      "exit status: 0 success, 1 load failure or no such node, 2 bad arguments");
+  cmd->allow_extras();  // reject_extras() words them
+  return cmd;
+}
+
+// One line per node: index, name, op, target, (inputs), number of keys. A column is as wide
+// as its longest value, up to a cap; a longer value is printed whole (names are what --node
+// takes) and pushes the rest of its own line right. Columns are always two spaces apart.
+void print_node_table(const Graph& g) {
+  constexpr std::size_t kNameCap = 48, kOpCap = 16, kTargetCap = 48;
+  std::size_t name_w = 0, op_w = 0, target_w = 0;
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    const auto& n = g.node(i);
+    name_w = std::max(name_w, std::min(n.name.size(), kNameCap));
+    op_w = std::max(op_w, std::min(n.op.size(), kOpCap));
+    target_w = std::max(target_w, std::min(n.target.size(), kTargetCap));
   }
-  if (!graph_path) throw UsageError("missing GRAPH", "inspect");
-  const Graph g = load_for_command(*graph_path, load);
+  const std::size_t index_w = std::max<std::size_t>(5, std::to_string(g.size()).size());
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    const auto& n = g.node(i);
+    std::string ins;
+    for (std::size_t j : n.inputs) ins += (ins.empty() ? "" : ", ") + g.node(j).name;
+    std::cout << pad(std::to_string(i), index_w, true) << "  " << pad(n.name, name_w) << "  " << pad(n.op, op_w)
+              << "  " << pad(n.target, target_w) << "  (" << ins << ")  " << n.meta.size() << " keys\n";
+  }
+}
+
+int cmd_inspect(const InspectOptions& o) {
+  const std::string& graph_path = o.graph;
+  std::optional<std::string> node_name;
+  if (o.node_opt->count() > 0) node_name = o.node;
+  const Graph g = load_for_command(graph_path, o.load);
   if (!node_name) {
-    std::cout << *graph_path << ": " << g.size() << " nodes\n";
+    std::cout << graph_path << ": " << g.size() << " nodes\n";
     for (const auto& [k, v] : g.attrs()) std::cout << "  " << k << ": " << v.repr() << "\n";
     std::cout << "\n";
-    for (std::size_t i = 0; i < g.size(); ++i) {
-      const auto& n = g.node(i);
-      std::string ins;
-      for (std::size_t j : n.inputs) ins += (ins.empty() ? "" : ", ") + g.node(j).name;
-      std::cout << pad(std::to_string(i), 5, true) << "  " << pad(n.name, 28) << pad(n.op, 14) << pad(n.target, 40)
-                << " (" << ins << ") " << n.meta.size() << " keys\n";
-    }
+    print_node_table(g);
     return 0;
   }
   const auto idx = g.find(*node_name);
-  if (!idx) throw std::runtime_error(*graph_path + ": no node named '" + *node_name + "'");
+  if (!idx) throw std::runtime_error(graph_path + ": no node named '" + *node_name + "'");
   const auto& n = g.node(*idx);
   std::string ins;
   for (std::size_t j : n.inputs) ins += (ins.empty() ? "" : ", ") + g.node(j).name;
@@ -547,23 +605,60 @@ int cmd_inspect(const std::vector<std::string>& args) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::vector<std::string> args(argv + 1, argv + argc);
+  CLI::App app(
+      "Thread-safe node metadata for compiler graphs: load a torch.fx graph, run parallel passes\n"
+      "over its node metadata, verify that protected metadata survived.",
+      "nodemeta");
+  // Before the commands are added: they copy the formatter, the option defaults and the help flag.
+  app.formatter(std::make_shared<HelpFormatter>());
+  app.get_formatter()->label("Usage", "usage");
+  app.get_formatter()->label("SUBCOMMAND", "<command>");
+  app.get_formatter()->label("OPTIONS", "options");
+  app.get_formatter()->label("Positionals", "arguments");
+  app.get_formatter()->label("REQUIRED", "(required)");
+  app.get_formatter()->column_width(24);
+  app.option_defaults()->group("options");
+  app.set_help_flag("-h,--help", "show this help");
+  app.set_version_flag("--version", std::string("nodemeta ") + NODEMETA_VERSION_STRING, "show the version");
+  app.footer("Run 'nodemeta <command> --help' for a command's options.");
+  app.require_subcommand(0, 1);
+  app.allow_extras();  // an unknown command is worded below
+  RunOptions run_options;
+  InspectOptions inspect_options;
+  CLI::App* run = add_run_command(app, run_options);
+  CLI::App* inspect = add_inspect_command(app, inspect_options);
+
   std::string cmd;
   try {
-    if (args.empty()) throw UsageError("missing command (run or inspect)", "");
-    cmd = args[0];
-    const std::vector<std::string> rest(args.begin() + 1, args.end());
-    if (cmd == "-h" || cmd == "--help" || cmd == "help") {
-      std::cout << kMainHelp;
+    try {
+      app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+      if (e.get_exit_code() == static_cast<int>(CLI::ExitCodes::Success)) return app.exit(e);  // --help, --version
+      const auto used = app.get_subcommands();
+      throw UsageError(usage_message(e), used.empty() ? "" : used.front()->get_name());
+    }
+    if (run->parsed()) {
+      cmd = "run";
+      reject_extras(run->remaining(), run_options.graph, cmd);
+      reject_extras(app.remaining(), run_options.graph, cmd);
+      return cmd_run(run_options);
+    }
+    if (inspect->parsed()) {
+      cmd = "inspect";
+      reject_extras(inspect->remaining(), inspect_options.graph, cmd);
+      reject_extras(app.remaining(), inspect_options.graph, cmd);
+      return cmd_inspect(inspect_options);
+    }
+    const std::vector<std::string> rest = app.remaining();
+    if (rest.empty()) throw UsageError("missing command (run or inspect)", "");
+    if (rest.front() == "help") {
+      std::cout << app.help();
       return 0;
     }
-    if (cmd == "--version") {
-      std::cout << "nodemeta " << NODEMETA_VERSION_STRING << "\n";
-      return 0;
+    if (rest.front().size() > 1 && rest.front()[0] == '-') {
+      throw UsageError("unknown option '" + rest.front().substr(0, rest.front().find('=')) + "'", "");
     }
-    if (cmd == "run") return cmd_run(rest);
-    if (cmd == "inspect") return cmd_inspect(rest);
-    throw UsageError("unknown command '" + cmd + "' (expected run or inspect)", "");
+    throw UsageError("unknown command '" + rest.front() + "' (expected run or inspect)", "");
   } catch (const UsageError& e) {
     std::cerr << "nodemeta" << (e.command.empty() ? "" : " " + e.command) << ": error: " << e.what() << "\n"
               << "Try 'nodemeta" << (e.command.empty() ? "" : " " + e.command) << " --help'.\n";

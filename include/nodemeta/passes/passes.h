@@ -16,6 +16,7 @@
 
 #include <array>
 #include <cstddef>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -113,6 +114,17 @@ NODEMETA_PASSES_API std::vector<std::string> parse_pass_list(std::string_view li
 NODEMETA_PASSES_API std::vector<PassStats> run_pipeline(graph::Graph& graph,
                                                         std::span<const std::string> names,
                                                         const Baseline& baseline);
+
+// Told where a pipeline is: progress(i, names[i]) right before pass i starts, then
+// progress(names.size(), "") once the last one has returned. Called from the thread that
+// runs the pipeline, between passes (never while one runs), so it needs no locking.
+using PipelineProgress = std::function<void(std::size_t done, std::string_view next)>;
+
+// run_pipeline() that reports each step to `progress` (an empty function reports nothing).
+NODEMETA_PASSES_API std::vector<PassStats> run_pipeline(graph::Graph& graph,
+                                                        std::span<const std::string> names,
+                                                        const Baseline& baseline,
+                                                        const PipelineProgress& progress);
 
 }  // namespace nodemeta::passes
 

@@ -125,3 +125,11 @@ nulls["nodes"][1]["meta"].update(nn_module_stack=None, debug_handle=None, val=No
                                  stack_trace=None)
 with open(os.path.join("ok", "null_standard_keys.json"), "w") as f:
     f.write(json.dumps(nulls))
+# Long names and targets (issue 12): `nodemeta inspect` must keep its columns apart. A
+# 34-character name from a real U-Net trace, a 200-character name and a 120-character target.
+long_names = copy.deepcopy(BASE)
+long_names["nodes"][0]["name"] = long_names["nodes"][0]["target"] = "down1_maxpool_conv_1_double_conv_0"
+long_names["nodes"][1]["name"] = "n" * 200
+long_names["nodes"][1]["target"] = "torch.ops." + "t" * 110
+with open(os.path.join("ok", "long_names.json"), "w") as f:
+    f.write(json.dumps(long_names))
