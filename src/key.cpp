@@ -209,9 +209,24 @@ class InternTable {
   Table* create_locked() {
     Table* t = make_table(64, nullptr);
     used_ = 0;
-    for (std::uint32_t i = 0; i < kPredefinedNames.size(); ++i) {
-      const std::string_view n = kPredefinedNames[i];
-      add_locked(t, n, detail::key_hash(n.data(), n.size()), i + 1);  // 5 in 64 slots: no growth
+    std::uint32_t added = 0;
+    try {
+      for (std::uint32_t i = 0; i < kPredefinedNames.size(); ++i) {
+        const std::string_view n = kPredefinedNames[i];
+        add_locked(t, n, detail::key_hash(n.data(), n.size()), i + 1);  // 5 in 64 slots: no growth
+        ++added;
+      }
+    } catch (...) {
+      // Out of memory. Only the predefined ids' entries were published (in segment 0), and
+      // no reader looks them up there (name() answers ids 1-5 from kPredefinedNames): take
+      // them back with the table, so the next attempt leaks nothing.
+      Slot* segment = segments_[0].load(std::memory_order_relaxed);
+      for (std::uint32_t id = 1; id <= added; ++id) {
+        ::operator delete(const_cast<Entry*>(segment[id].exchange(nullptr, std::memory_order_relaxed)));
+      }
+      ::operator delete(t);
+      used_ = 0;
+      throw;
     }
     table_.store(t, std::memory_order_release);
     return t;

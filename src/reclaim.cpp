@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -219,19 +220,15 @@ void after_fork_in_child() noexcept {
 
 ReclaimThread* create_thread() {
   Domain& d = domain();  // decides g_asymmetric_pin before this thread's first pin
-  auto* t = new ReclaimThread();
+  // Everything that may throw before the record is claimed (a new record is the last
+  // allocation), so a failure leaves nothing behind.
+  std::unique_ptr<ReclaimThread> t(new ReclaimThread());
+  t->bag.reserve(16);
   t->record = d.acquire_record();
   t->state = &t->record->state;
-  try {
-    t->bag.reserve(16);
-  } catch (...) {
-    t->record->in_use.store(false, std::memory_order_release);
-    delete t;
-    throw;
-  }
-  tls_thread = t;
-  pthread_setspecific(d.exit_key, t);
-  return t;
+  tls_thread = t.get();
+  pthread_setspecific(d.exit_key, t.get());
+  return t.release();
 }
 
 void reserve_retired_slow(std::size_t n) {

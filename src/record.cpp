@@ -1,11 +1,27 @@
 #include "nodemeta/detail/record.h"
 
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
 #include <string>
 
 namespace nodemeta::detail {
+
+#if !(defined(NODEMETA_STD_ALLOCATOR) && NODEMETA_STD_ALLOCATOR) && \
+    defined(NODEMETA_FAULT_INJECTION) && NODEMETA_FAULT_INJECTION
+namespace {
+std::atomic<AllocationHook> g_allocation_hook{nullptr};
+}  // namespace
+
+void set_allocation_hook(AllocationHook hook) noexcept {
+  g_allocation_hook.store(hook, std::memory_order_release);
+}
+
+void allocation_fault_point(std::size_t bytes) {
+  if (AllocationHook hook = g_allocation_hook.load(std::memory_order_acquire)) hook(bytes);
+}
+#endif
 
 Slot* allocate_slots(std::uint32_t capacity) {
   Allocator<Slot> alloc;

@@ -61,6 +61,11 @@ std::size_t Graph::add_node(std::string name, std::string op, std::string target
 }
 
 void Graph::replace_nodes(std::vector<Node> nodes) {
+  swap_nodes(nodes);
+  // The previous list dies here, after the graph holds the new one.
+}
+
+void Graph::swap_nodes(std::vector<Node>& nodes) {
   NameIndex names;
   names.reserve(nodes.size());
   for (std::size_t i = 0; i < nodes.size(); ++i) {
@@ -80,10 +85,9 @@ void Graph::replace_nodes(std::vector<Node> nodes) {
       throw GraphError("node " + std::to_string(i) + " '" + n.name + "': duplicate node name");
     }
   }
-  names_.clear();
-  nodes_.clear();
-  nodes_ = std::move(nodes);
-  names_ = std::move(names);
+  // Nothing below throws.
+  nodes_.swap(nodes);
+  names_.swap(names);
 }
 
 std::vector<Node> Graph::release_nodes() noexcept {

@@ -668,4 +668,8 @@ CostEstimate estimate_cost(const graph::Graph& graph, std::size_t index) {
   return Estimator(graph, graph.node(index)).run();
 }
 
+CostEstimate estimate_cost(const graph::Graph& graph, const graph::Node& node) {
+  return Estimator(graph, node).run();
+}
+
 }  // namespace nodemeta::passes

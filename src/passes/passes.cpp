@@ -157,7 +157,12 @@ class FusePass final : public Pass {
       ctx.summary = "no fusable chains";
       return;
     }
-    // 3. Build the fused nodes (sequentially: names and ids do not depend on threads).
+    // Steps 3-5 allocate everything and write only to the new nodes; step 6 changes the
+    // graph with noexcept moves and one swap_nodes() that puts everything back if it
+    // throws. So the pass is all or nothing: a throw (out of memory) leaves the graph, its
+    // nodes' metadata and its store as they were (tests/faults/).
+    // 3. Build the fused nodes (sequentially: names and ids do not depend on threads). A
+    // fused node's inputs are, for now, the old graph's indices of what its chain reads.
     struct Fused {
       std::size_t head;
       Node node;
@@ -176,11 +181,22 @@ class FusePass final : public Pass {
            ++k) {
         unique = name + "_" + std::to_string(k);
       }
-      fused.push_back(Fused{h, Node{std::move(unique), "call_function", "nodemeta.fused." + pattern[h], {},
-                                    g.store().create()}});
+      std::vector<std::size_t> inputs;
+      for (std::size_t m : chain[h]) {
+        for (std::size_t in : g.node(m).inputs) {
+          if (owner[in] == h) continue;  // inside the chain
+          // What another chain's last member was read as, its fused node will be.
+          if (std::find(inputs.begin(), inputs.end(), in) == inputs.end()) inputs.push_back(in);
+        }
+      }
+      fused.push_back(Fused{h, Node{std::move(unique), "call_function", "nodemeta.fused." + pattern[h],
+                                    std::move(inputs), g.store().create()}});
     }
-    // 4. Carry provenance onto each fused node, in parallel (distinct targets).
-    std::vector<char> costed(fused.size(), 0);  // cost ran on every member
+    // 4. Carry provenance onto each fused node, in parallel (distinct targets), and where
+    // cost ran on every member, cost it as the cost pass does (the sum of its parts,
+    // keeping the known part as a lower bound), so any order of cost and fuse agrees. Its
+    // inputs are still old indices: each names the node (or the last member of the chain)
+    // whose result the spliced node reads, with the same tensor metadata.
     parallel_indices(fused.size(), 1, [&](std::size_t f) {
       const std::vector<std::size_t>& members = chain[fused[f].head];
       std::vector<SourceNode> sources;
@@ -191,52 +207,62 @@ class FusePass final : public Pass {
       NodeMetadata& target = fused[f].node.meta;
       ctx.count_rejected(transfer_provenance(sources, target, name()).rejected);
       ctx.write(target, pk().fused_pattern, Value(pattern[fused[f].head]));
-      costed[f] = std::all_of(members.begin(), members.end(),
-                              [&](std::size_t m) { return g.node(m).meta.contains(pk().flops); });
+      const bool costed = std::all_of(members.begin(), members.end(),
+                                      [&](std::size_t m) { return g.node(m).meta.contains(pk().flops); });
+      if (costed) write_cost(ctx, target, estimate_cost(g, fused[f].node));
       ctx.count_touched();
     });
-    // 5. Splice: the fused node takes its last member's place; inputs are remapped.
-    std::vector<Node> old = g.release_nodes();
-    std::vector<std::size_t> remap(old.size(), SIZE_MAX);
-    std::vector<Node> next;
-    next.reserve(old.size());
-    std::vector<std::size_t> at(fused.size());  // each fused node's index in `next`
-    for (std::size_t i = 0; i < old.size(); ++i) {
+    // 5. Plan the splice: the fused node takes its last member's place; inputs are remapped.
+    // Every allocation of the splice happens here.
+    const std::size_t n_old = g.size();
+    std::vector<std::size_t> remap(n_old, SIZE_MAX);
+    std::vector<std::size_t> from;  // per new position: an old index, or n_old + fused index
+    from.reserve(n_old);
+    for (std::size_t i = 0; i < n_old; ++i) {
       if (owner[i] == SIZE_MAX) {
-        Node n = std::move(old[i]);
-        for (std::size_t& in : n.inputs) in = remap[in];
-        remap[i] = next.size();
-        next.push_back(std::move(n));
-        continue;
+        remap[i] = from.size();
+        from.push_back(i);
+      } else if (i == chain[owner[i]].back()) {
+        // Chains end in another order than they start (one may end inside another's span):
+        // each takes its own node.
+        for (std::size_t m : chain[owner[i]]) remap[m] = from.size();
+        from.push_back(n_old + fused_of[owner[i]]);
       }
-      const std::vector<std::size_t>& members = chain[owner[i]];
-      if (i != members.back()) continue;
-      // Chains end in another order than they start (one may end inside another's span):
-      // each takes its own node.
-      const std::size_t f = fused_of[owner[i]];
-      Node n = std::move(fused[f].node);
-      for (std::size_t m : members) {
-        for (std::size_t in : old[m].inputs) {
-          if (owner[in] == owner[i]) continue;  // inside the chain
-          const std::size_t r = remap[in];
-          if (std::find(n.inputs.begin(), n.inputs.end(), r) == n.inputs.end()) n.inputs.push_back(r);
-        }
-      }
-      for (std::size_t m : members) remap[m] = next.size();
-      at[f] = next.size();
-      next.push_back(std::move(n));
     }
+    std::vector<std::vector<std::size_t>> inputs(from.size());
+    for (std::size_t p = 0; p < from.size(); ++p) {
+      const std::vector<std::size_t>& old_inputs =
+          from[p] < n_old ? g.node(from[p]).inputs : fused[from[p] - n_old].node.inputs;
+      inputs[p].reserve(old_inputs.size());
+      for (std::size_t in : old_inputs) inputs[p].push_back(remap[in]);
+    }
+    std::vector<Node> next;
+    next.reserve(from.size());
     std::size_t replaced = 0;
     for (std::size_t h : heads) replaced += chain[h].size();
-    g.replace_nodes(std::move(next));
-    // 6. Where cost ran, cost each fused node as the cost pass does (the sum of its parts,
-    // keeping the known part as a lower bound), so any order of cost and fuse agrees.
-    parallel_indices(fused.size(), 1, [&](std::size_t k) {
-      if (costed[k]) write_cost(ctx, g.node(at[k]).meta, estimate_cost(g, at[k]));
-    });
-    ctx.summary = std::to_string(heads.size()) + " chain" + (heads.size() == 1 ? "" : "s") + " fused (" +
-                  std::to_string(replaced) + " nodes replaced)";
-    // `old` (the replaced nodes' handles) dies here, after the transfer above.
+    std::string summary = std::to_string(heads.size()) + " chain" + (heads.size() == 1 ? "" : "s") +
+                          " fused (" + std::to_string(replaced) + " nodes replaced)";
+    // 6. Splice: noexcept moves into `next`, then one swap_nodes(), which either takes the
+    // new list (handing back the old one, whose replaced nodes die with it) or throws
+    // having changed nothing, and then every node moves back where it was.
+    auto node_at = [&](std::size_t source) -> Node& {
+      return source < n_old ? g.node(source) : fused[source - n_old].node;
+    };
+    for (std::size_t p = 0; p < from.size(); ++p) {
+      next.push_back(std::move(node_at(from[p])));  // within capacity: no allocation
+      next.back().inputs.swap(inputs[p]);
+    }
+    try {
+      g.swap_nodes(next);
+    } catch (...) {
+      for (std::size_t p = 0; p < from.size(); ++p) {
+        next[p].inputs.swap(inputs[p]);
+        node_at(from[p]) = std::move(next[p]);
+      }
+      throw;
+    }
+    ctx.summary = std::move(summary);
+    // `next` (the old list: the replaced nodes' handles) dies here, after the transfer above.
   }
 
  private:
@@ -506,12 +532,17 @@ std::vector<PassStats> run_pipeline(Graph& graph, std::span<const std::string> n
 
 std::vector<PassStats> run_pipeline(Graph& graph, std::span<const std::string> names, const Baseline& baseline,
                                     const PipelineProgress& progress) {
+  // Everything that may throw besides the passes themselves (and the caller's progress
+  // callback) happens first: a pass that completed is never followed by a throw of the
+  // pipeline's own (docs/passes.md).
+  std::vector<std::unique_ptr<Pass>> passes;
+  passes.reserve(names.size());
+  for (const std::string& name : names) passes.push_back(make_pass(name));
   std::vector<PassStats> stats;
   stats.reserve(names.size());
-  for (std::size_t i = 0; i < names.size(); ++i) {
-    std::unique_ptr<Pass> pass = make_pass(names[i]);
+  for (std::size_t i = 0; i < passes.size(); ++i) {
     if (progress) progress(i, names[i]);
-    stats.push_back(run_pass(*pass, graph, &baseline));
+    stats.push_back(run_pass(*passes[i], graph, &baseline));
   }
   if (progress) progress(names.size(), std::string_view());
   return stats;

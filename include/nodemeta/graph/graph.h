@@ -75,6 +75,10 @@ class NODEMETA_GRAPH_API Graph {
   // Replaces the node list with `nodes` (whose metadata must live in this graph's store),
   // checking names and topological order as add_node does. Strong guarantee.
   void replace_nodes(std::vector<Node> nodes);
+  // Replaces the node list with `nodes`, checked as replace_nodes() checks it, and hands
+  // the previous list back in `nodes`. Strong guarantee: if it throws, neither the graph
+  // nor `nodes` has changed (a rewrite can then put back what it moved out).
+  void swap_nodes(std::vector<Node>& nodes);
   // Takes the node list out (the graph is left empty); with replace_nodes, lets a rewrite
   // pass rebuild the list while keeping the surviving nodes' metadata handles.
   std::vector<Node> release_nodes() noexcept;

@@ -97,6 +97,9 @@ struct CostEstimate {
   std::optional<std::int64_t> flops_lower_bound;
 };
 NODEMETA_PASSES_API CostEstimate estimate_cost(const graph::Graph& graph, std::size_t node);
+// The same for a node that need not be in `graph` (a rewrite's new node before it is
+// spliced in): its inputs are indices of `graph`'s nodes.
+NODEMETA_PASSES_API CostEstimate estimate_cost(const graph::Graph& graph, const graph::Node& node);
 // The bytes of every tensor a node produces (from tensor_meta, else val; tuples nested to
 // any depth); 0 for a result the metadata says is not a tensor; nullopt when the metadata
 // cannot say (null shapes on a tensor result, an unknown dtype, a negative dimension, a size
