@@ -52,32 +52,40 @@ struct PassStats {
 };
 
 // The state a running pass shares between its threads: the graph, the baseline of loaded
-// protected values (may be null), and atomic counters. Concurrent-safe, except `summary` and
-// `problems`, which only the pass's sequential part (outside its parallel loops) may touch.
-class PassContext {
+// protected values (may be null), atomic counters, and the journal that makes a pass all or
+// nothing. Concurrent-safe, except `summary` and `problems`, which only the pass's
+// sequential part (outside its parallel loops) may touch.
+//
+// All or nothing: write() and erase() on the metadata of one of the graph's nodes record the
+// value they replace (in a per-thread journal, reserved before the write, so recording never
+// fails after the write happened). When the pass throws, run_pass() calls undo(), which puts
+// back every value those calls replaced, newest first, and then rethrows. This relies on the
+// driver's rule that one pass writes each key of a node from one thread at a time (a pass
+// writes only the node it visits); writes to nodes that are not in the graph (a node the pass
+// is building) are not recorded. A pass that changes the graph's structure is all or nothing
+// on its own (fuse is): if the node list is no longer the one the pass started with, undo()
+// leaves the metadata as it is rather than guess which node is which.
+class NODEMETA_PASSES_API PassContext {
  public:
-  PassContext(graph::Graph& graph, const Baseline* baseline, std::string pass_name)
-      : graph_(graph), baseline_(baseline), pass_name_(std::move(pass_name)) {}
+  PassContext(graph::Graph& graph, const Baseline* baseline, std::string pass_name);
+  PassContext(const PassContext&) = delete;
+  PassContext& operator=(const PassContext&) = delete;
+  ~PassContext();
 
   graph::Graph& graph() noexcept { return graph_; }
   const Baseline* baseline() const noexcept { return baseline_; }
   const std::string& pass_name() const noexcept { return pass_name_; }
 
-  // try_set() that counts a refused protected write instead of applying or throwing it.
-  WriteResult write(NodeMetadata& node, Key key, Value value) {
-    const WriteResult r = node.try_set(key, std::move(value));
-    if (r == WriteResult::kRejectedProtected) count_rejected();
-    return r;
-  }
-  // erase() that counts a refused protected erase instead of throwing it.
-  bool erase(NodeMetadata& node, Key key) {
-    try {
-      return node.erase(key);
-    } catch (const ProtectedKeyError&) {
-      count_rejected();
-      return false;
-    }
-  }
+  // try_set() that counts a refused protected write instead of applying or throwing it, and
+  // journals the value it replaces (strong guarantee: a throw changes nothing).
+  WriteResult write(NodeMetadata& node, Key key, Value value);
+  // erase() that counts a refused protected erase instead of throwing it, and journals the
+  // value it removes.
+  bool erase(NodeMetadata& node, Key key);
+  // Puts back what write() and erase() changed on the graph's nodes, newest first (see
+  // above). Called by run_pass() when the pass throws; the journal is empty afterwards.
+  void undo() noexcept;
+
   void count_touched(std::size_t n = 1) noexcept { touched_.fetch_add(n, std::memory_order_relaxed); }
   void count_rejected(std::size_t n = 1) noexcept { rejected_.fetch_add(n, std::memory_order_relaxed); }
   std::size_t touched() const noexcept { return touched_.load(); }
@@ -88,9 +96,19 @@ class PassContext {
   std::vector<std::string> problems;
 
  private:
+  struct Change;   // one journaled write (driver.cpp)
+  struct Journal;  // the per-thread journals (driver.cpp)
+  // The journal of the calling thread, with room for one more entry, when `node` is the
+  // metadata of one of the graph's nodes (its index in `index`); null otherwise. May throw
+  // (before anything was written).
+  std::vector<Change>* journal_for(const NodeMetadata& node, std::size_t& index);
+
   graph::Graph& graph_;
   const Baseline* baseline_;
   std::string pass_name_;
+  graph::Node* first_;  // the node list the pass started with
+  std::size_t size_;
+  std::unique_ptr<Journal> journal_;
   std::atomic<std::size_t> touched_{0};
   std::atomic<std::size_t> rejected_{0};
 };
@@ -130,7 +148,9 @@ class NODEMETA_PASSES_API Pass {
   virtual void run(PassContext& ctx) = 0;
 };
 
-// Runs `pass` on `graph`, timing it. The baseline is what verify checks against.
+// Runs `pass` on `graph`, timing it. The baseline is what verify checks against. If the pass
+// throws, what it wrote through its PassContext is undone (PassContext::undo()) before the
+// exception propagates.
 NODEMETA_PASSES_API PassStats run_pass(Pass& pass, graph::Graph& graph, const Baseline* baseline);
 
 }  // namespace nodemeta::passes
