@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -246,6 +247,75 @@ TEST(DriverTest, PassListParsing) {
   EXPECT_THROW(parse_pass_list("cost,,verify"), std::invalid_argument);
   EXPECT_THROW(parse_pass_list("cost,bogus"), std::invalid_argument);
   EXPECT_THROW(parse_pass_list(""), std::invalid_argument);
+}
+
+// A pass that throws part-way is undone: every value its PassContext wrote, replaced or
+// erased on the graph's nodes is put back, whichever threads wrote them, before the
+// exception leaves run_pass.
+class ThrowingPass final : public Pass {
+ public:
+  explicit ThrowingPass(std::size_t throw_at) : throw_at_(throw_at) {}
+  std::string_view name() const noexcept override { return "throwing"; }
+  std::string_view description() const noexcept override { return "writes, erases, then throws"; }
+  void run(PassContext& ctx) override {
+    ctx.write(outside_, Key("annotated"), Value(std::int64_t{1}));  // not a graph node: kept
+    for_each_node(ctx.graph(), [&](std::size_t i) {
+      NodeMetadata& m = ctx.graph().node(i).meta;
+      ctx.write(m, Key("annotated"), Value(static_cast<std::int64_t>(i)));  // new key
+      ctx.write(m, Key("annotated"), Value(static_cast<std::int64_t>(i + 1)));  // twice
+      ctx.write(m, Key("flops"), Value(std::string("replaced")));  // replaces cost's value
+      ctx.erase(m, Key("cost_rule"));                               // erases cost's value
+      ctx.write(m, keys::val, Value());                             // refused: protected
+      if (i == throw_at_) throw std::runtime_error("pass failed at node " + std::to_string(i));
+    });
+  }
+  NodeMetadata outside_;
+
+ private:
+  std::size_t throw_at_;
+};
+
+TEST(DriverTest, APassThatThrowsIsUndoneOnEveryNode) {
+  Graph loaded = graph::load_graph(NODEMETA_BUNDLED_GRAPH);
+  const std::vector<std::string> cost{"cost"};
+  (void)run_pipeline(loaded, cost, Baseline(loaded));
+  const std::string before = graph::to_json(loaded);
+  for (int threads : {1, 2, 4}) {
+    for (int round = 0; round < 20; ++round) {
+      Graph g = loaded.clone();
+      const std::size_t nodes_in_store = g.store().node_count();
+      ThrowingPass pass((g.size() * static_cast<std::size_t>(round)) / 20);
+      EXPECT_THROW(tbb::task_arena(threads).execute([&] { run_pass(pass, g, nullptr); }), std::runtime_error);
+      ASSERT_EQ(graph::to_json(g), before) << threads << " threads, round " << round;
+      EXPECT_EQ(g.store().node_count(), nodes_in_store);
+      EXPECT_EQ(pass.outside_.get(Key("annotated")), Value(std::int64_t{1}));
+    }
+  }
+}
+
+// A pass that replaced the node list before it threw is left to undo itself (fuse does):
+// the journal then changes nothing, and never touches the nodes it no longer has.
+class RestructuringPass final : public Pass {
+ public:
+  std::string_view name() const noexcept override { return "restructuring"; }
+  std::string_view description() const noexcept override { return "writes, replaces the nodes, throws"; }
+  void run(PassContext& ctx) override {
+    for_each_node(ctx.graph(), [&](std::size_t i) { ctx.write(ctx.graph().node(i).meta, Key("annotated"), Value(true)); });
+    std::vector<graph::Node> old = ctx.graph().release_nodes();
+    std::vector<graph::Node> moved;  // a new array: the journal's node addresses are gone
+    moved.reserve(old.size());
+    for (graph::Node& n : old) moved.push_back(std::move(n));
+    old = {};
+    ctx.graph().replace_nodes(std::move(moved));
+    throw std::runtime_error("after the splice");
+  }
+};
+
+TEST(DriverTest, AJournalNeverTouchesNodesThePassReplaced) {
+  Graph g = graph::load_graph(NODEMETA_BUNDLED_GRAPH);
+  RestructuringPass pass;
+  EXPECT_THROW(run_pass(pass, g, nullptr), std::runtime_error);
+  for (const graph::Node& n : g.nodes()) EXPECT_TRUE(n.meta.contains(Key("annotated"))) << n.name;
 }
 
 TEST(DeterminismTest, BundledGraphSameResultWithOneTwoAndFourThreads) {
