@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "nodemeta/passes/provenance.h"
+#include "internal.h"
 
 namespace nodemeta::passes {
 
@@ -97,33 +98,10 @@ class CostPass final : public Pass {
 
 // ---- fuse ------------------------------------------------------------------------------
 
-// The type of a call_module node's module as nn_module_stack records it, qualified
-// ("torch.nn.modules.conv.Conv2d"), or "". Fusion matches torch.nn's own classes only: a
-// quantized Conv2d or a user class named Conv2d computes something else.
-std::string module_type(const Node& n) {
-  if (n.op != "call_module") return {};
-  auto stack = n.meta.get(keys::nn_module_stack);
-  if (!stack) return {};
-  const Value* t = stack->find(n.target);
-  const auto* s = t ? t->get_if<std::string>() : nullptr;
-  return s ? *s : std::string();
-}
-
-constexpr std::string_view kConv2d = "torch.nn.modules.conv.Conv2d";
-constexpr std::string_view kBatchNorm2d = "torch.nn.modules.batchnorm.BatchNorm2d";
-constexpr std::string_view kLinear = "torch.nn.modules.linear.Linear";
-
-// The pattern name of a torch.nn activation module ("relu" for ReLU), or "" for any other type.
-std::string_view activation(std::string_view type) {
-  static constexpr std::pair<std::string_view, std::string_view> kActivations[] = {
-      {"torch.nn.modules.activation.ReLU", "relu"},  {"torch.nn.modules.activation.ReLU6", "relu6"},
-      {"torch.nn.modules.activation.GELU", "gelu"},  {"torch.nn.modules.activation.SiLU", "silu"},
-      {"torch.nn.modules.activation.Hardswish", "hardswish"}};
-  for (const auto& [t, name] : kActivations) {
-    if (type == t) return name;
-  }
-  return {};
-}
+// Fusion matches torch.nn's own classes by their qualified type (detail::module_type): a
+// quantized Conv2d or a user class named Conv2d computes something else. The classes and
+// the pattern parts are internal.h's tables.
+using detail::module_type;
 
 class FusePass final : public Pass {
  public:
@@ -248,12 +226,12 @@ class FusePass final : public Pass {
       const std::size_t u = users[j][0];
       return g.node(u).inputs.size() == 1 ? u : SIZE_MAX;
     };
-    auto act_of = [&](std::size_t j) { return j == SIZE_MAX ? std::string_view() : activation(module_type(g.node(j))); };
+    auto act_of = [&](std::size_t j) { return j == SIZE_MAX ? std::string_view() : detail::activation_part(module_type(g.node(j))); };
     const std::string head = module_type(g.node(i));
-    if (head == kConv2d) {
+    if (head == detail::kConv2dModule) {
       if (!eval) return;
       const std::size_t bn = next(i);
-      if (bn == SIZE_MAX || module_type(g.node(bn)) != kBatchNorm2d) return;
+      if (bn == SIZE_MAX || module_type(g.node(bn)) != detail::kBatchNorm2dModule) return;
       out = {i, bn};
       pattern = "conv_bn";
       const std::size_t act = next(bn);
@@ -261,17 +239,18 @@ class FusePass final : public Pass {
         out.push_back(act);
         pattern += "_" + std::string(act_of(act));
       }
-    } else if (head == kBatchNorm2d) {
+    } else if (head == detail::kBatchNorm2dModule) {
       // Only where no conv+bn chain will take this bn (in eval mode, its input a single-use conv).
       const Node& n = g.node(i);
-      if (eval && n.inputs.size() == 1 && module_type(g.node(n.inputs[0])) == kConv2d && next(n.inputs[0]) == i) {
+      if (eval && n.inputs.size() == 1 && module_type(g.node(n.inputs[0])) == detail::kConv2dModule &&
+          next(n.inputs[0]) == i) {
         return;
       }
       const std::size_t act = next(i);
       if (act_of(act).empty()) return;
       out = {i, act};
       pattern = "bn_" + std::string(act_of(act));
-    } else if (head == kLinear) {
+    } else if (head == detail::kLinearModule) {
       const std::size_t act = next(i);
       if (act_of(act).empty()) return;
       out = {i, act};
