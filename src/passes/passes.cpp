@@ -226,19 +226,28 @@ class FusePass final : public Pass {
       const std::size_t u = users[j][0];
       return g.node(u).inputs.size() == 1 ? u : SIZE_MAX;
     };
-    auto act_of = [&](std::size_t j) { return j == SIZE_MAX ? std::string_view() : detail::activation_part(module_type(g.node(j))); };
+    // The chain `members` (pattern `name`), extended by the activation module that is the
+    // single reader of its last member if there is one. Without one, it is the result only
+    // when the activation is optional.
+    auto end_with_activation = [&](std::vector<std::size_t> members, std::string name, bool optional) {
+      const std::size_t act = next(members.back());
+      const std::string_view part =
+          act == SIZE_MAX ? std::string_view() : detail::activation_part(module_type(g.node(act)));
+      if (part.empty() && !optional) return;
+      if (!part.empty()) {
+        members.push_back(act);
+        name += "_" + std::string(part);
+      }
+      out = std::move(members);
+      pattern = std::move(name);
+    };
     const std::string head = module_type(g.node(i));
     if (head == detail::kConv2dModule) {
       if (!eval) return;
       const std::size_t bn = next(i);
       if (bn == SIZE_MAX || module_type(g.node(bn)) != detail::kBatchNorm2dModule) return;
-      out = {i, bn};
-      pattern = "conv_bn";
-      const std::size_t act = next(bn);
-      if (!act_of(act).empty()) {
-        out.push_back(act);
-        pattern += "_" + std::string(act_of(act));
-      }
+      const std::string conv_bn = std::string(detail::kConvPart) + "_" + std::string(detail::kBatchNormPart);
+      end_with_activation({i, bn}, conv_bn, /*optional=*/true);
     } else if (head == detail::kBatchNorm2dModule) {
       // Only where no conv+bn chain will take this bn (in eval mode, its input a single-use conv).
       const Node& n = g.node(i);
@@ -246,15 +255,9 @@ class FusePass final : public Pass {
           next(n.inputs[0]) == i) {
         return;
       }
-      const std::size_t act = next(i);
-      if (act_of(act).empty()) return;
-      out = {i, act};
-      pattern = "bn_" + std::string(act_of(act));
+      end_with_activation({i}, std::string(detail::kBatchNormPart), /*optional=*/false);
     } else if (head == detail::kLinearModule) {
-      const std::size_t act = next(i);
-      if (act_of(act).empty()) return;
-      out = {i, act};
-      pattern = "linear_" + std::string(act_of(act));
+      end_with_activation({i}, std::string(detail::kLinearPart), /*optional=*/false);
     }
   }
 };
