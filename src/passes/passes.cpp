@@ -335,6 +335,16 @@ class StripDebugPass final : public Pass {
 
 // ---- verify ------------------------------------------------------------------------------
 
+// The position of a protected key in Baseline::protected_keys(), and so in Baseline::values().
+std::size_t baseline_slot(Key key) {
+  const auto& pkeys = Baseline::protected_keys();
+  const auto it = std::find(pkeys.begin(), pkeys.end(), key);
+  if (it == pkeys.end()) {
+    throw std::logic_error("baseline_slot: '" + std::string(key.name()) + "' is not a baseline key");
+  }
+  return static_cast<std::size_t>(it - pkeys.begin());
+}
+
 class VerifyPass final : public Pass {
  public:
   std::string_view name() const noexcept override { return "verify"; }
@@ -377,13 +387,14 @@ class VerifyPass final : public Pass {
                          std::vector<std::string>& covered) {
     const Node& n = g.node(i);
     const auto& pkeys = Baseline::protected_keys();
+    // Whether n's value of pkeys[k] differs from the one baseline node b was loaded with
+    // (present on one side only, or not equal).
+    auto differs = [&](std::size_t b, std::size_t k) { return base.values(b)[k] != n.meta.get(pkeys[k]); };
     // A loaded node keeps every protected value as loaded, whatever else it carries: one
     // with from_node (a rewrite's result, saved and loaded again) is a loaded node now.
     if (const auto b = base.find(n.name)) {
       for (std::size_t k = 0; k < Baseline::kKeys; ++k) {
-        const std::optional<Value>& want = base.values(*b)[k];
-        const std::optional<Value> have = n.meta.get(pkeys[k]);
-        if (want.has_value() != have.has_value() || (want && !(*want == *have))) {
+        if (differs(*b, k)) {
           problems.push_back("node '" + n.name + "': protected key '" + std::string(pkeys[k].name()) +
                              "' changed since load");
         }
@@ -425,22 +436,21 @@ class VerifyPass final : public Pass {
     if (direct.empty()) return;
     // Policy checks: output source's val/debug_handle; merged module stack covers every source's.
     const std::size_t out = direct.back();
-    for (std::size_t k : {std::size_t{0}, std::size_t{3}}) {  // val, debug_handle
-      const std::optional<Value>& want = base.values(out)[k];
-      const std::optional<Value> have = n.meta.get(pkeys[k]);
-      if (want && (!have || !(*want == *have))) {
+    for (Key key : {keys::val, keys::debug_handle}) {
+      const std::size_t k = baseline_slot(key);
+      if (base.values(out)[k] && differs(out, k)) {
         problems.push_back(who + std::string(pkeys[k].name()) + " differs from its output source '" +
                            base.name(out) + "'");
       }
     }
     const std::optional<Value> stack = n.meta.get(keys::nn_module_stack);
     for (std::size_t b : direct) {
-      const std::optional<Value>& src = base.values(b)[2];
+      const std::optional<Value>& src = base.values(b)[baseline_slot(keys::nn_module_stack)];
       const auto* entries = src ? src->get_if<Value::Dict>() : nullptr;
       if (!entries || !stack) continue;
       for (const auto& [path, type] : *entries) {
         const Value* have = stack->find(path);
-        if (!have || !(*have == type)) {
+        if (!have || *have != type) {
           problems.push_back(who + "nn_module_stack lacks '" + path + "' of source '" + base.name(b) + "'");
         }
       }
