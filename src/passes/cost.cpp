@@ -579,6 +579,13 @@ class Estimator {
   CostEstimate fused(const std::string& pattern) {
     Count total = 0, lower = 0;
     std::vector<std::string> terms, lower_terms, unknown_parts;  // lower_terms: what flops_lower_bound adds
+    // A part whose count is known: it adds to the total and to the lower bound.
+    auto add_known = [&](Count flops, std::string term) {
+      total = total ? sum({total, flops}) : total;
+      lower = sum({lower, flops});
+      terms.push_back(term);
+      lower_terms.push_back(std::move(term));
+    };
     std::size_t start = 0;
     while (start <= pattern.size()) {
       const std::size_t end = std::min(pattern.find('_', start), pattern.size());
@@ -589,11 +596,8 @@ class Estimator {
         total = std::nullopt;
       } else if (part == detail::kBatchNormPart) {
         if (training_) {
-          const Count f = product({*training_ ? 5 : 2, numel_});
-          terms.push_back(*training_ ? "5*numel(out) (bn, training mode)" : "2*numel(out) (bn, eval mode)");
-          lower_terms.push_back(terms.back());
-          total = total ? sum({total, f}) : total;
-          lower = sum({lower, f});
+          add_known(product({*training_ ? 5 : 2, numel_}),
+                    *training_ ? "5*numel(out) (bn, training mode)" : "2*numel(out) (bn, eval mode)");
         } else {
           unknown_parts.push_back("bn (" + mode_unknown() + ")");
           total = std::nullopt;
@@ -603,15 +607,9 @@ class Estimator {
       } else if (part == detail::kLinearPart) {
         const Count f = linear();
         if (!flops_ok_) return unknown(why_);
-        terms.push_back("2*numel(out)*in_features (linear)");
-        lower_terms.push_back(terms.back());
-        total = total ? sum({total, f}) : total;
-        lower = sum({lower, f});
+        add_known(f, "2*numel(out)*in_features (linear)");
       } else if (detail::is_activation_part(part)) {
-        terms.push_back("numel(out) (" + part + ")");
-        lower_terms.push_back(terms.back());
-        total = total ? sum({total, numel_}) : total;
-        lower = sum({lower, numel_});
+        add_known(numel_, "numel(out) (" + part + ")");
       } else {
         return unknown("no cost formula for " + key_ + " (unknown part '" + part + "')");
       }
