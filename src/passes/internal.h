@@ -25,20 +25,22 @@ namespace nodemeta::passes::detail {
 
 inline constexpr std::string_view kNoComputation[] = {"placeholder", "get_attr", "output"};
 inline constexpr std::string_view kViewOps[] = {
-    "view",   "_unsafe_view", "_reshape_alias", "reshape", "permute", "transpose", "t",
-    "expand", "slice",        "split",          "unsqueeze", "squeeze", "flatten",  "getitem",
-    "getattr", "detach",      "dim",            "size",    "Identity", "Flatten", "_assert"};
+    "view",     "_unsafe_view", "_reshape_alias", "reshape", "permute",   "transpose",
+    "t",        "expand",       "slice",          "split",   "unsqueeze", "squeeze",
+    "flatten",  "getitem",      "getattr",        "detach",  "dim",       "size",
+    "Identity", "Flatten",      "_assert"};
 inline constexpr std::string_view kScalarOps[] = {"eq", "floordiv", "mul", "add", "sub", "truediv"};
 inline constexpr std::string_view kDropout[] = {"Dropout"};
 inline constexpr std::string_view kCopies[] = {"clone", "contiguous"};
-inline constexpr std::string_view kAllocations[] = {"empty", "empty_like", "full", "arange", "zeros", "ones"};
+inline constexpr std::string_view kAllocations[] = {"empty",  "empty_like", "full",
+                                                    "arange", "zeros",      "ones"};
 inline constexpr std::string_view kConcatenation[] = {"cat"};
 inline constexpr std::string_view kEmbedding[] = {"embedding"};
 inline constexpr std::string_view kElementwise[] = {
-    "add",  "sub",  "mul",  "div",     "truediv",   "neg",         "pow",   "exp",       "log",   "sqrt",
-    "rsqrt", "relu", "relu6", "gelu",  "silu",      "sigmoid",     "tanh",  "hardswish", "hardsigmoid",
-    "where", "bernoulli", "ReLU", "ReLU6", "GELU",  "SiLU",        "Sigmoid", "Tanh",    "Hardswish",
-    "Hardsigmoid"};
+    "add",  "sub",       "mul",         "div",       "truediv",    "neg",  "pow",   "exp",
+    "log",  "sqrt",      "rsqrt",       "relu",      "relu6",      "gelu", "silu",  "sigmoid",
+    "tanh", "hardswish", "hardsigmoid", "where",     "bernoulli",  "ReLU", "ReLU6", "GELU",
+    "SiLU", "Sigmoid",   "Tanh",        "Hardswish", "Hardsigmoid"};
 inline constexpr std::string_view kBatchNorm[] = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
                                                   "native_batch_norm", "batch_norm"};
 inline constexpr std::string_view kLayerNorm[] = {"LayerNorm", "native_layer_norm", "layer_norm"};
@@ -50,9 +52,10 @@ inline constexpr std::string_view kMatrixProductWithBias[] = {"addmm"};
 inline constexpr std::string_view kConvolution[] = {"convolution"};
 inline constexpr std::string_view kAttention[] = {"MultiheadAttention"};
 // Always unknown: the kernel size (and groups) are not in the node metadata.
-inline constexpr std::string_view kConvModules[] = {"Conv1d",          "Conv2d",          "Conv3d",
-                                                    "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"};
-inline constexpr std::string_view kPooling[] = {"MaxPool2d", "AvgPool2d", "max_pool2d", "avg_pool2d"};
+inline constexpr std::string_view kConvModules[] = {
+    "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"};
+inline constexpr std::string_view kPooling[] = {"MaxPool2d", "AvgPool2d", "max_pool2d",
+                                                "avg_pool2d"};
 
 // ---- fuse's chains, and the parts of a fused node's pattern that cost reads ---------------
 
@@ -67,8 +70,10 @@ struct FuseActivation {
   std::string_view part;
 };
 inline constexpr FuseActivation kFuseActivations[] = {
-    {"torch.nn.modules.activation.ReLU", "relu"},  {"torch.nn.modules.activation.ReLU6", "relu6"},
-    {"torch.nn.modules.activation.GELU", "gelu"},  {"torch.nn.modules.activation.SiLU", "silu"},
+    {"torch.nn.modules.activation.ReLU", "relu"},
+    {"torch.nn.modules.activation.ReLU6", "relu6"},
+    {"torch.nn.modules.activation.GELU", "gelu"},
+    {"torch.nn.modules.activation.SiLU", "silu"},
     {"torch.nn.modules.activation.Hardswish", "hardswish"}};
 
 // A pattern ("conv_bn_relu") joins its parts with '_'.
@@ -77,8 +82,10 @@ inline constexpr std::string_view kBatchNormPart = "bn";
 inline constexpr std::string_view kLinearPart = "linear";
 // Every part cost knows: the three above, then the activations'.
 inline constexpr auto kFusedParts = [] {
-  std::array<std::string_view, 3 + std::size(kFuseActivations)> parts{kConvPart, kBatchNormPart, kLinearPart};
-  for (std::size_t i = 0; i < std::size(kFuseActivations); ++i) parts[3 + i] = kFuseActivations[i].part;
+  std::array<std::string_view, 3 + std::size(kFuseActivations)> parts{kConvPart, kBatchNormPart,
+                                                                      kLinearPart};
+  for (std::size_t i = 0; i < std::size(kFuseActivations); ++i)
+    parts[3 + i] = kFuseActivations[i].part;
   return parts;
 }();
 
@@ -136,9 +143,9 @@ struct DtypeSize {
   std::int64_t bytes;
 };
 inline constexpr DtypeSize kDtypeSizes[] = {
-    {"torch.bool", 1},     {"torch.uint8", 1},     {"torch.int8", 1},      {"torch.float16", 2},
-    {"torch.bfloat16", 2}, {"torch.int16", 2},     {"torch.float32", 4},   {"torch.int32", 4},
-    {"torch.float64", 8},  {"torch.int64", 8},     {"torch.complex64", 8}, {"torch.complex128", 16}};
+    {"torch.bool", 1},     {"torch.uint8", 1}, {"torch.int8", 1},      {"torch.float16", 2},
+    {"torch.bfloat16", 2}, {"torch.int16", 2}, {"torch.float32", 4},   {"torch.int32", 4},
+    {"torch.float64", 8},  {"torch.int64", 8}, {"torch.complex64", 8}, {"torch.complex128", 16}};
 
 // The element size of a dtype ("torch.float32": 4), or 0 where the model does not know it.
 constexpr std::int64_t dtype_bytes(std::string_view dtype) {

@@ -24,11 +24,11 @@ struct OpMix {
   // one of the strings "s0" .. "s<strings - 1>".
   int ints = 1;
   int strings = 0;
-  int max_delta = 1;         // kUpdateAdd: delta in [1, max_delta]
-  int max_steps = 1;         // kEdit: 1 .. max_steps steps
-  int step_ints = 1;         // an edit step's value: an integer in [0, step_ints)
-  int throw_one_in = 1;      // kEdit: the callback throws at the end one time in this many
-  std::string protect_key;   // kProtect / kIsProtected: this key, not a random one
+  int max_delta = 1;        // kUpdateAdd: delta in [1, max_delta]
+  int max_steps = 1;        // kEdit: 1 .. max_steps steps
+  int step_ints = 1;        // an edit step's value: an integer in [0, step_ints)
+  int throw_one_in = 1;     // kEdit: the callback throws at the end one time in this many
+  std::string protect_key;  // kProtect / kIsProtected: this key, not a random one
 };
 
 template <class Rng>
