@@ -9,12 +9,15 @@
 #include <algorithm>
 #include <array>
 #include <cstdint>
+#include <initializer_list>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "nodemeta/passes/passes.h"
+#include "internal.h"
 
 namespace nodemeta::passes {
 namespace {
@@ -41,15 +44,6 @@ Count sum(std::initializer_list<Count> terms) {
     if (!t || __builtin_add_overflow(s, *t, &s)) return std::nullopt;
   }
   return s;
-}
-
-std::int64_t dtype_bytes(std::string_view dtype) {
-  if (dtype == "torch.float32" || dtype == "torch.int32") return 4;
-  if (dtype == "torch.float64" || dtype == "torch.int64" || dtype == "torch.complex64") return 8;
-  if (dtype == "torch.float16" || dtype == "torch.bfloat16" || dtype == "torch.int16") return 2;
-  if (dtype == "torch.bool" || dtype == "torch.uint8" || dtype == "torch.int8") return 1;
-  if (dtype == "torch.complex128") return 16;
-  return 0;
 }
 
 struct Tensor {
@@ -96,7 +90,7 @@ bool parse_tensor(const Value& v, Tensor& t, std::string& why) {
     }
     t.shape.push_back(*n);
   }
-  const std::int64_t elem = dtype_bytes(*dt);
+  const std::int64_t elem = detail::dtype_bytes(*dt);
   if (elem == 0) {
     why = "a tensor of dtype " + *dt + ", whose element size the model does not know";
     return false;
@@ -159,8 +153,11 @@ const Key& type_key() {
   return k;
 }
 
-bool one_of(std::string_view k, std::initializer_list<std::string_view> names) {
+bool one_of(std::string_view k, std::span<const std::string_view> names) {
   return std::find(names.begin(), names.end(), k) != names.end();
+}
+bool one_of(std::string_view k, std::initializer_list<std::string_view> names) {
+  return one_of(k, std::span<const std::string_view>(names.begin(), names.size()));
 }
 
 // What a node produces, as the cost model sees it.
@@ -230,12 +227,7 @@ std::string last_component(std::string_view s) {
 // no formula matches.
 std::string op_key(const graph::Node& n) {
   if (n.op == "call_module") {
-    std::string type;
-    if (auto stack = n.meta.get(keys::nn_module_stack)) {
-      if (const Value* t = stack->find(n.target)) {
-        if (const auto* s = t->get_if<std::string>()) type = *s;
-      }
-    }
+    const std::string type = detail::module_type(n);
     if (type.empty()) return "module:" + n.target + " (no type in nn_module_stack)";
     if (type.rfind("torch.nn.modules.", 0) == 0) return "module:" + last_component(type);
     return "module:" + type;
@@ -302,18 +294,16 @@ class Estimator {
       : graph_(graph), n_(n), key_(op_key(n)), base_(base_name(key_)), training_(training_mode(graph)) {}
 
   CostEstimate run() {
-    if (n_.op == "placeholder" || n_.op == "get_attr" || n_.op == "output") {
+    if (one_of(n_.op, detail::kNoComputation)) {
       return {0, 0, "no computation (" + n_.op + ")", std::nullopt};
     }
     // Views and metadata ops: no arithmetic, no copy.
-    if (one_of(base_, {"view", "_unsafe_view", "_reshape_alias", "reshape", "permute", "transpose", "t",
-                       "expand", "slice", "split", "unsqueeze", "squeeze", "flatten", "getitem",
-                       "getattr", "detach", "dim", "size", "Identity", "Flatten", "_assert"})) {
+    if (one_of(base_, detail::kViewOps)) {
       return {0, 0, "view/metadata op " + key_ + ": no arithmetic, no copy", std::nullopt};
     }
     out_ = node_result(n_);
     if (out_.kind == Result::Kind::kNonTensor) {
-      if (one_of(base_, {"eq", "floordiv", "mul", "add", "sub", "truediv"})) {
+      if (one_of(base_, detail::kScalarOps)) {
         return {0, 0, "scalar op " + key_ + " (non-tensor result)", std::nullopt};
       }
       return unknown(key_ + " has a non-tensor result and no cost formula");
@@ -364,56 +354,53 @@ class Estimator {
 
   CostEstimate formulas() {
     if (key_.rfind("nodemeta.fused.", 0) == 0) return fused(key_.substr(15));
-    if (one_of(base_, {"Dropout"})) {
+    if (one_of(base_, detail::kDropout)) {
       if (!training_) return unknown(key_ + ": identity in eval mode, elementwise in training mode; " + mode_unknown());
       if (!*training_) return {0, 0, "Dropout (eval mode): identity", std::nullopt};
       return known(numel_, io_bytes_, "Dropout (training mode): flops = numel(out) (mask and scale)");
     }
-    if (one_of(base_, {"clone", "contiguous"})) return known(0, io_bytes_, key_ + ": copy, 0 flops; bytes = read + write");
-    if (one_of(base_, {"empty", "empty_like", "full", "arange", "zeros", "ones"})) {
+    if (one_of(base_, detail::kCopies)) return known(0, io_bytes_, key_ + ": copy, 0 flops; bytes = read + write");
+    if (one_of(base_, detail::kAllocations)) {
       return known(0, out_.bytes, key_ + ": allocation/fill, 0 flops; bytes = output written");
     }
-    if (one_of(base_, {"cat"})) return known(0, io_bytes_, "cat: 0 flops; bytes = inputs read + output written");
-    if (base_ == "embedding") {  // embedding(weight, indices)
+    if (one_of(base_, detail::kConcatenation)) return known(0, io_bytes_, "cat: 0 flops; bytes = inputs read + output written");
+    if (one_of(base_, detail::kEmbedding)) {  // embedding(weight, indices)
       const Tensor* indices = operand(0) ? operand(1) : nullptr;
       if (!indices) return unknown(why_);
       return known(0, sum({product({2, y_->bytes}), indices->bytes}),
                    "embedding: gather, 0 flops; bytes = rows read + output written + indices");
     }
     // Elementwise: one flop per output element.
-    if (one_of(base_, {"add", "sub", "mul", "div", "truediv", "neg", "pow", "exp", "log", "sqrt", "rsqrt",
-                       "relu", "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid",
-                       "where", "bernoulli", "ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh",
-                       "Hardswish", "Hardsigmoid"})) {
+    if (one_of(base_, detail::kElementwise)) {
       return known(numel_, io_bytes_, "elementwise " + key_ + ": flops = numel(out)");
     }
-    if (one_of(base_, {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "native_batch_norm", "batch_norm"})) {
-      return batch_norm();
-    }
-    if (one_of(base_, {"LayerNorm", "native_layer_norm", "layer_norm"})) {
+    if (one_of(base_, detail::kBatchNorm)) return batch_norm();
+    if (one_of(base_, detail::kLayerNorm)) {
       return known(product({5, numel_}), io_bytes_,
                    "layer norm: flops = 5*numel(out) (mean, centre, variance, normalise, affine)");
     }
-    if (one_of(base_, {"_softmax", "softmax", "Softmax"})) {
+    if (one_of(base_, detail::kSoftmax)) {
       return known(product({5, numel_}), io_bytes_, "softmax: flops = 5*numel(out) (max, subtract, exp, sum, divide)");
     }
-    if (one_of(base_, {"AdaptiveAvgPool2d", "adaptive_avg_pool2d", "mean"})) {
+    if (one_of(base_, detail::kMean)) {
       const Tensor* x = operand(0);
       if (!x) return unknown(why_);
       return known(x->numel, io_bytes_, key_ + ": flops = numel(input) (one add per input element)");
     }
-    if (base_ == "Linear") {
+    if (one_of(base_, detail::kLinearLayer)) {
       const Count flops = linear();
       if (!flops_ok_) return unknown(why_);
       return known(flops, io_bytes_, "Linear: flops = 2*numel(out)*in_features; bias add and weights not in fx metadata");
     }
-    if (one_of(base_, {"addmm", "mm", "bmm", "matmul"})) return matrix_product();
-    if (base_ == "convolution") return convolution();
-    if (base_ == "MultiheadAttention") return attention();
-    if (one_of(base_, {"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"})) {
+    if (one_of(base_, detail::kMatrixProduct) || one_of(base_, detail::kMatrixProductWithBias)) {
+      return matrix_product();
+    }
+    if (one_of(base_, detail::kConvolution)) return convolution();
+    if (one_of(base_, detail::kAttention)) return attention();
+    if (one_of(base_, detail::kConvModules)) {
       return unknown(key_ + ": kernel size and groups are not in fx call_module metadata");
     }
-    if (one_of(base_, {"MaxPool2d", "AvgPool2d", "max_pool2d", "avg_pool2d"})) {
+    if (one_of(base_, detail::kPooling)) {
       return unknown(key_ + ": kernel size is not in the node metadata");
     }
     return unknown("no cost formula for " + key_);
@@ -450,7 +437,7 @@ class Estimator {
   // addmm(bias, a, b); mm(a, b); bmm(a, b); matmul(a, b): K is a's last dimension, and b's
   // contracted one.
   CostEstimate matrix_product() {
-    const bool addmm = base_ == "addmm";
+    const bool addmm = one_of(base_, detail::kMatrixProductWithBias);
     const std::size_t first = addmm ? 1 : 0;
     if (addmm && !operand(0)) return unknown(why_);
     const Tensor* a = operand(first);
@@ -592,39 +579,37 @@ class Estimator {
   CostEstimate fused(const std::string& pattern) {
     Count total = 0, lower = 0;
     std::vector<std::string> terms, lower_terms, unknown_parts;  // lower_terms: what flops_lower_bound adds
+    // A part whose count is known: it adds to the total and to the lower bound.
+    auto add_known = [&](Count flops, std::string term) {
+      total = total ? sum({total, flops}) : total;
+      lower = sum({lower, flops});
+      terms.push_back(term);
+      lower_terms.push_back(std::move(term));
+    };
     std::size_t start = 0;
     while (start <= pattern.size()) {
       const std::size_t end = std::min(pattern.find('_', start), pattern.size());
       const std::string part = pattern.substr(start, end - start);
       start = end + 1;
-      if (part == "conv") {
+      if (part == detail::kConvPart) {
         unknown_parts.push_back("conv (kernel size and groups are not in fx call_module metadata)");
         total = std::nullopt;
-      } else if (part == "bn") {
+      } else if (part == detail::kBatchNormPart) {
         if (training_) {
-          const Count f = product({*training_ ? 5 : 2, numel_});
-          terms.push_back(*training_ ? "5*numel(out) (bn, training mode)" : "2*numel(out) (bn, eval mode)");
-          lower_terms.push_back(terms.back());
-          total = total ? sum({total, f}) : total;
-          lower = sum({lower, f});
+          add_known(product({*training_ ? 5 : 2, numel_}),
+                    *training_ ? "5*numel(out) (bn, training mode)" : "2*numel(out) (bn, eval mode)");
         } else {
           unknown_parts.push_back("bn (" + mode_unknown() + ")");
           total = std::nullopt;
           lower = sum({lower, product({2, numel_})});
           lower_terms.push_back("2*numel(out) (bn at the eval-mode rate)");
         }
-      } else if (part == "linear") {
+      } else if (part == detail::kLinearPart) {
         const Count f = linear();
         if (!flops_ok_) return unknown(why_);
-        terms.push_back("2*numel(out)*in_features (linear)");
-        lower_terms.push_back(terms.back());
-        total = total ? sum({total, f}) : total;
-        lower = sum({lower, f});
-      } else if (one_of(part, {"relu", "relu6", "gelu", "silu", "hardswish"})) {
-        terms.push_back("numel(out) (" + part + ")");
-        lower_terms.push_back(terms.back());
-        total = total ? sum({total, numel_}) : total;
-        lower = sum({lower, numel_});
+        add_known(f, "2*numel(out)*in_features (linear)");
+      } else if (detail::is_activation_part(part)) {
+        add_known(numel_, "numel(out) (" + part + ")");
       } else {
         return unknown("no cost formula for " + key_ + " (unknown part '" + part + "')");
       }

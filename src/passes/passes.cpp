@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "nodemeta/passes/provenance.h"
+#include "internal.h"
 
 namespace nodemeta::passes {
 
@@ -97,33 +98,10 @@ class CostPass final : public Pass {
 
 // ---- fuse ------------------------------------------------------------------------------
 
-// The type of a call_module node's module as nn_module_stack records it, qualified
-// ("torch.nn.modules.conv.Conv2d"), or "". Fusion matches torch.nn's own classes only: a
-// quantized Conv2d or a user class named Conv2d computes something else.
-std::string module_type(const Node& n) {
-  if (n.op != "call_module") return {};
-  auto stack = n.meta.get(keys::nn_module_stack);
-  if (!stack) return {};
-  const Value* t = stack->find(n.target);
-  const auto* s = t ? t->get_if<std::string>() : nullptr;
-  return s ? *s : std::string();
-}
-
-constexpr std::string_view kConv2d = "torch.nn.modules.conv.Conv2d";
-constexpr std::string_view kBatchNorm2d = "torch.nn.modules.batchnorm.BatchNorm2d";
-constexpr std::string_view kLinear = "torch.nn.modules.linear.Linear";
-
-// The pattern name of a torch.nn activation module ("relu" for ReLU), or "" for any other type.
-std::string_view activation(std::string_view type) {
-  static constexpr std::pair<std::string_view, std::string_view> kActivations[] = {
-      {"torch.nn.modules.activation.ReLU", "relu"},  {"torch.nn.modules.activation.ReLU6", "relu6"},
-      {"torch.nn.modules.activation.GELU", "gelu"},  {"torch.nn.modules.activation.SiLU", "silu"},
-      {"torch.nn.modules.activation.Hardswish", "hardswish"}};
-  for (const auto& [t, name] : kActivations) {
-    if (type == t) return name;
-  }
-  return {};
-}
+// Fusion matches torch.nn's own classes by their qualified type (detail::module_type): a
+// quantized Conv2d or a user class named Conv2d computes something else. The classes and
+// the pattern parts are internal.h's tables.
+using detail::module_type;
 
 class FusePass final : public Pass {
  public:
@@ -274,34 +252,38 @@ class FusePass final : public Pass {
       const std::size_t u = users[j][0];
       return g.node(u).inputs.size() == 1 ? u : SIZE_MAX;
     };
-    auto act_of = [&](std::size_t j) { return j == SIZE_MAX ? std::string_view() : activation(module_type(g.node(j))); };
+    // The chain `members` (pattern `name`), extended by the activation module that is the
+    // single reader of its last member if there is one. Without one, it is the result only
+    // when the activation is optional.
+    auto end_with_activation = [&](std::vector<std::size_t> members, std::string name, bool optional) {
+      const std::size_t act = next(members.back());
+      const std::string_view part =
+          act == SIZE_MAX ? std::string_view() : detail::activation_part(module_type(g.node(act)));
+      if (part.empty() && !optional) return;
+      if (!part.empty()) {
+        members.push_back(act);
+        name += "_" + std::string(part);
+      }
+      out = std::move(members);
+      pattern = std::move(name);
+    };
     const std::string head = module_type(g.node(i));
-    if (head == kConv2d) {
+    if (head == detail::kConv2dModule) {
       if (!eval) return;
       const std::size_t bn = next(i);
-      if (bn == SIZE_MAX || module_type(g.node(bn)) != kBatchNorm2d) return;
-      out = {i, bn};
-      pattern = "conv_bn";
-      const std::size_t act = next(bn);
-      if (!act_of(act).empty()) {
-        out.push_back(act);
-        pattern += "_" + std::string(act_of(act));
-      }
-    } else if (head == kBatchNorm2d) {
+      if (bn == SIZE_MAX || module_type(g.node(bn)) != detail::kBatchNorm2dModule) return;
+      const std::string conv_bn = std::string(detail::kConvPart) + "_" + std::string(detail::kBatchNormPart);
+      end_with_activation({i, bn}, conv_bn, /*optional=*/true);
+    } else if (head == detail::kBatchNorm2dModule) {
       // Only where no conv+bn chain will take this bn (in eval mode, its input a single-use conv).
       const Node& n = g.node(i);
-      if (eval && n.inputs.size() == 1 && module_type(g.node(n.inputs[0])) == kConv2d && next(n.inputs[0]) == i) {
+      if (eval && n.inputs.size() == 1 && module_type(g.node(n.inputs[0])) == detail::kConv2dModule &&
+          next(n.inputs[0]) == i) {
         return;
       }
-      const std::size_t act = next(i);
-      if (act_of(act).empty()) return;
-      out = {i, act};
-      pattern = "bn_" + std::string(act_of(act));
-    } else if (head == kLinear) {
-      const std::size_t act = next(i);
-      if (act_of(act).empty()) return;
-      out = {i, act};
-      pattern = "linear_" + std::string(act_of(act));
+      end_with_activation({i}, std::string(detail::kBatchNormPart), /*optional=*/false);
+    } else if (head == detail::kLinearModule) {
+      end_with_activation({i}, std::string(detail::kLinearPart), /*optional=*/false);
     }
   }
 };
@@ -379,6 +361,16 @@ class StripDebugPass final : public Pass {
 
 // ---- verify ------------------------------------------------------------------------------
 
+// The position of a protected key in Baseline::protected_keys(), and so in Baseline::values().
+std::size_t baseline_slot(Key key) {
+  const auto& pkeys = Baseline::protected_keys();
+  const auto it = std::find(pkeys.begin(), pkeys.end(), key);
+  if (it == pkeys.end()) {
+    throw std::logic_error("baseline_slot: '" + std::string(key.name()) + "' is not a baseline key");
+  }
+  return static_cast<std::size_t>(it - pkeys.begin());
+}
+
 class VerifyPass final : public Pass {
  public:
   std::string_view name() const noexcept override { return "verify"; }
@@ -421,13 +413,14 @@ class VerifyPass final : public Pass {
                          std::vector<std::string>& covered) {
     const Node& n = g.node(i);
     const auto& pkeys = Baseline::protected_keys();
+    // Whether n's value of pkeys[k] differs from the one baseline node b was loaded with
+    // (present on one side only, or not equal).
+    auto differs = [&](std::size_t b, std::size_t k) { return base.values(b)[k] != n.meta.get(pkeys[k]); };
     // A loaded node keeps every protected value as loaded, whatever else it carries: one
     // with from_node (a rewrite's result, saved and loaded again) is a loaded node now.
     if (const auto b = base.find(n.name)) {
       for (std::size_t k = 0; k < Baseline::kKeys; ++k) {
-        const std::optional<Value>& want = base.values(*b)[k];
-        const std::optional<Value> have = n.meta.get(pkeys[k]);
-        if (want.has_value() != have.has_value() || (want && !(*want == *have))) {
+        if (differs(*b, k)) {
           problems.push_back("node '" + n.name + "': protected key '" + std::string(pkeys[k].name()) +
                              "' changed since load");
         }
@@ -469,22 +462,21 @@ class VerifyPass final : public Pass {
     if (direct.empty()) return;
     // Policy checks: output source's val/debug_handle; merged module stack covers every source's.
     const std::size_t out = direct.back();
-    for (std::size_t k : {std::size_t{0}, std::size_t{3}}) {  // val, debug_handle
-      const std::optional<Value>& want = base.values(out)[k];
-      const std::optional<Value> have = n.meta.get(pkeys[k]);
-      if (want && (!have || !(*want == *have))) {
+    for (Key key : {keys::val, keys::debug_handle}) {
+      const std::size_t k = baseline_slot(key);
+      if (base.values(out)[k] && differs(out, k)) {
         problems.push_back(who + std::string(pkeys[k].name()) + " differs from its output source '" +
                            base.name(out) + "'");
       }
     }
     const std::optional<Value> stack = n.meta.get(keys::nn_module_stack);
     for (std::size_t b : direct) {
-      const std::optional<Value>& src = base.values(b)[2];
+      const std::optional<Value>& src = base.values(b)[baseline_slot(keys::nn_module_stack)];
       const auto* entries = src ? src->get_if<Value::Dict>() : nullptr;
       if (!entries || !stack) continue;
       for (const auto& [path, type] : *entries) {
         const Value* have = stack->find(path);
-        if (!have || !(*have == type)) {
+        if (!have || *have != type) {
           problems.push_back(who + "nn_module_stack lacks '" + path + "' of source '" + base.name(b) + "'");
         }
       }

@@ -11,6 +11,7 @@
 #include <optional>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <oneapi/tbb/blocked_range.h>
@@ -20,6 +21,7 @@
 #include <nodemeta/nodemeta.h>
 
 #include "support/node_ops.h"
+#include "support/random_ops.h"
 #include "support/stress.h"
 
 namespace nodemeta::test {
@@ -35,33 +37,21 @@ void parallel_chunks(std::size_t n, std::size_t grain, Fn fn) {
                     [&](const tbb::blocked_range<std::size_t>& r) { fn(r.begin(), r.end()); });
 }
 
-Op random_op(SplitMix64& rng) {
-  auto pick = [&](int n) { return static_cast<int>(rng() % static_cast<std::uint64_t>(n)); };
-  Op op;
-  op.key = kKeys[pick(7)];
-  op.value = pick(2) ? Value(pick(100)) : Value("s" + std::to_string(pick(10)));
-  switch (pick(13)) {
-    case 0: op.kind = OpKind::kGet; break;
-    case 1: op.kind = OpKind::kAt; break;
-    case 2: op.kind = OpKind::kItems; break;
-    case 3: op.kind = OpKind::kSet; break;
-    case 4: op.kind = OpKind::kTrySet; break;
-    case 5: op.kind = OpKind::kSetOnce; break;
-    case 6: op.kind = OpKind::kErase; break;
-    case 7:
-    case 8: op.kind = OpKind::kUpdateAdd; op.delta = 1 + pick(5); break;
-    case 9: op.kind = OpKind::kUpdateThrow; break;
-    default: {
-      op.kind = OpKind::kEdit;
-      for (int s = 1 + pick(3); s > 0; --s) {
-        op.steps.push_back({static_cast<EditStep::Kind>(pick(5)), kKeys[pick(7)], Value(pick(9)), pick(2) == 0});
-      }
-      op.throw_at_end = pick(5) == 0;
-      break;
-    }
-  }
-  return op;
-}
+// Node-level reads and writes only: no protect / is_protected, since protection changes
+// only between passes (every node's oracle shares the store's protected keys).
+constexpr std::pair<OpKind, int> kKinds[] = {
+    {OpKind::kGet, 1},    {OpKind::kAt, 1},        {OpKind::kItems, 1},       {OpKind::kSet, 1},
+    {OpKind::kTrySet, 1}, {OpKind::kSetOnce, 1},   {OpKind::kErase, 1},       {OpKind::kUpdateAdd, 2},
+    {OpKind::kUpdateThrow, 1}, {OpKind::kEdit, 3}};
+const OpMix kMix{.keys = kKeys,
+                 .kinds = kKinds,
+                 .ints = 100,
+                 .strings = 10,
+                 .max_delta = 5,
+                 .max_steps = 3,
+                 .step_ints = 9,
+                 .throw_one_in = 5,
+                 .protect_key = ""};  // no protect in this mix
 
 TEST(GraphScaleStress, ParallelForOverAWholeGraphMatchesPerNodeOracles) {
   const std::uint64_t seed = test_seed();
@@ -99,7 +89,7 @@ TEST(GraphScaleStress, ParallelForOverAWholeGraphMatchesPerNodeOracles) {
         SplitMix64 rng(mix_seed(seed, i * passes + static_cast<std::size_t>(pass)));
         NodeMetadata& node = *nodes[i];
         for (int k = 0; k < ops_per_node; ++k) {
-          const Op op = random_op(rng);
+          const Op op = random_op(rng, kMix);
           const std::string real = apply_real(store, node, op);
           const std::string model = apply_model(ms, oracle[i], op);
           if (real != model && mismatches.fetch_add(1) < 5) {

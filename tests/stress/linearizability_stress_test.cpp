@@ -7,12 +7,14 @@
 #include <optional>
 #include <random>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
 #include <nodemeta/nodemeta.h>
 
 #include "support/linearizability.h"
+#include "support/random_ops.h"
 #include "support/stress.h"
 
 namespace nodemeta::test {
@@ -22,40 +24,20 @@ namespace {
 // protect at run time.
 const char* const kKeys[] = {"a", "b", "val", "p"};
 
-Op random_op(std::mt19937_64& rng) {
-  auto pick = [&](int n) { return static_cast<int>(rng() % static_cast<std::uint64_t>(n)); };
-  Op op;
-  op.key = kKeys[pick(4)];
-  op.value = Value(pick(3));
-  switch (pick(16)) {
-    case 0: op.kind = OpKind::kGet; break;
-    case 1: op.kind = OpKind::kAt; break;
-    case 2: op.kind = OpKind::kContains; break;
-    case 3: op.kind = OpKind::kSize; break;
-    case 4: op.kind = OpKind::kItems; break;
-    case 5: op.kind = OpKind::kSet; break;
-    case 6: op.kind = OpKind::kTrySet; break;
-    case 7: op.kind = OpKind::kSetOnce; break;
-    case 8: op.kind = OpKind::kErase; break;
-    case 9:
-    case 10: op.kind = OpKind::kUpdateAdd; op.delta = 1 + pick(3); break;
-    case 11: op.kind = OpKind::kUpdateThrow; break;
-    case 12:
-    case 13: {
-      op.kind = OpKind::kEdit;
-      const int steps = 1 + pick(3);
-      for (int s = 0; s < steps; ++s) {
-        EditStep step{static_cast<EditStep::Kind>(pick(5)), kKeys[pick(4)], Value(pick(3)), pick(2) == 0};
-        op.steps.push_back(std::move(step));
-      }
-      op.throw_at_end = pick(4) == 0;
-      break;
-    }
-    case 14: op.kind = OpKind::kProtect; op.key = "p"; break;
-    default: op.kind = OpKind::kIsProtected; op.key = "p"; break;
-  }
-  return op;
-}
+// Small value and key domains, so operations collide; store.protect of "p" at run time.
+constexpr std::pair<OpKind, int> kKinds[] = {
+    {OpKind::kGet, 1},       {OpKind::kAt, 1},          {OpKind::kContains, 1}, {OpKind::kSize, 1},
+    {OpKind::kItems, 1},     {OpKind::kSet, 1},         {OpKind::kTrySet, 1},   {OpKind::kSetOnce, 1},
+    {OpKind::kErase, 1},     {OpKind::kUpdateAdd, 2},   {OpKind::kUpdateThrow, 1}, {OpKind::kEdit, 2},
+    {OpKind::kProtect, 1},   {OpKind::kIsProtected, 1}};
+const OpMix kMix{.keys = kKeys,
+                 .kinds = kKinds,
+                 .ints = 3,
+                 .max_delta = 3,
+                 .max_steps = 3,
+                 .step_ints = 3,
+                 .throw_one_in = 4,
+                 .protect_key = "p"};
 
 TEST(LinearizabilityStress, RandomSingleNodeHistoriesAreLinearizable) {
   const std::uint64_t seed = test_seed();
@@ -103,7 +85,7 @@ TEST(LinearizabilityStress, RandomSingleNodeHistoriesAreLinearizable) {
             recorded[i].clear();
             if (i >= active) continue;
             const int ops = 2 + static_cast<int>(rng() % 3);
-            for (int k = 0; k < ops; ++k) plan[i].push_back(random_op(rng));
+            for (int k = 0; k < ops; ++k) plan[i].push_back(random_op(rng, kMix));
           }
         }
       }

@@ -19,6 +19,7 @@
 #include <gtest/gtest.h>
 #include <nodemeta/nodemeta.h>
 
+#include "support/keys.h"
 #include "support/stress.h"
 
 namespace nodemeta::test {
@@ -40,13 +41,11 @@ TEST(ProtectRaceStress, NoWriteLandsAfterProtectReturns) {
   constexpr int kWritesBefore = 256;  // at most this many before: then wait for protect()
   RoundBudget budget(300);
 
-  // Key ids are dense in order of first use: "k" gets a small one; after 80 more names,
-  // the second key's id is >= 64 (the large-id part of the protected set).
+  // Key ids are dense in order of first use: "k" gets a small one; the second key's id is
+  // past the protected set's first word.
   const Key low_key("k");
-  for (int i = 0; i < 80; ++i) (void)Key("protect_race_pad_" + std::to_string(i));
-  const Key high_key("protect_race_high");
-  ASSERT_LT(low_key.id(), 64u);
-  ASSERT_GE(high_key.id(), 64u);
+  const Key high_key = large_id_key("protect_race_high");
+  ASSERT_LT(low_key.id(), kFirstLargeKeyId);
 
   std::optional<MetadataStore> store;
   std::vector<NodeMetadata> nodes;

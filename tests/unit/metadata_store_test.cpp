@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "support/keys.h"
 #include "support/stress.h"
 
 namespace nodemeta {
@@ -70,7 +71,7 @@ TEST(MetadataStoreTest, ProtectWorksForKeysWithLargeIds) {
   // Intern enough names that some ids are >= 64 (the store's second protection tier).
   std::vector<Key> many;
   for (int i = 0; i < 200; ++i) many.emplace_back("store_test.many." + std::to_string(i));
-  ASSERT_GE(many.back().id(), 64u);
+  ASSERT_GE(many.back().id(), test::kFirstLargeKeyId);
   MetadataStore store;
   NodeMetadata n = store.create();
   for (Key k : many) EXPECT_EQ(n.try_set(k, 1), WriteResult::kInserted);

@@ -1,0 +1,172 @@
+// src/passes/internal.h: what cost.cpp and passes.cpp share, private to nodemeta_passes
+// (never installed). The tables are the operator families, dtypes and fusable activations
+// docs/passes.md lists: tests/graph/passes_docs_test.cpp reads that page and compares it
+// with these tables both ways, so change the page with them.
+#ifndef NODEMETA_SRC_PASSES_INTERNAL_H_
+#define NODEMETA_SRC_PASSES_INTERNAL_H_
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "nodemeta/graph/graph.h"
+#include "nodemeta/key.h"
+#include "nodemeta/value.h"
+
+namespace nodemeta::passes::detail {
+
+// ---- The cost model's operator families (docs/passes.md, "cost": the family column) -------
+// Names are base names (cost.cpp's base_name: "aten.relu_", "relu" and "module:ReLU" give
+// "relu", "relu" and "ReLU"), except kNoComputation, which lists fx op codes.
+
+inline constexpr std::string_view kNoComputation[] = {"placeholder", "get_attr", "output"};
+inline constexpr std::string_view kViewOps[] = {
+    "view",     "_unsafe_view", "_reshape_alias", "reshape", "permute",   "transpose",
+    "t",        "expand",       "slice",          "split",   "unsqueeze", "squeeze",
+    "flatten",  "getitem",      "getattr",        "detach",  "dim",       "size",
+    "Identity", "Flatten",      "_assert"};
+inline constexpr std::string_view kScalarOps[] = {"eq", "floordiv", "mul", "add", "sub", "truediv"};
+inline constexpr std::string_view kDropout[] = {"Dropout"};
+inline constexpr std::string_view kCopies[] = {"clone", "contiguous"};
+inline constexpr std::string_view kAllocations[] = {"empty",  "empty_like", "full",
+                                                    "arange", "zeros",      "ones"};
+inline constexpr std::string_view kConcatenation[] = {"cat"};
+inline constexpr std::string_view kEmbedding[] = {"embedding"};
+inline constexpr std::string_view kElementwise[] = {
+    "add",  "sub",       "mul",         "div",       "truediv",    "neg",  "pow",   "exp",
+    "log",  "sqrt",      "rsqrt",       "relu",      "relu6",      "gelu", "silu",  "sigmoid",
+    "tanh", "hardswish", "hardsigmoid", "where",     "bernoulli",  "ReLU", "ReLU6", "GELU",
+    "SiLU", "Sigmoid",   "Tanh",        "Hardswish", "Hardsigmoid"};
+inline constexpr std::string_view kBatchNorm[] = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+                                                  "native_batch_norm", "batch_norm"};
+inline constexpr std::string_view kLayerNorm[] = {"LayerNorm", "native_layer_norm", "layer_norm"};
+inline constexpr std::string_view kSoftmax[] = {"_softmax", "softmax", "Softmax"};
+inline constexpr std::string_view kMean[] = {"AdaptiveAvgPool2d", "adaptive_avg_pool2d", "mean"};
+inline constexpr std::string_view kLinearLayer[] = {"Linear"};
+inline constexpr std::string_view kMatrixProduct[] = {"mm", "bmm", "matmul"};
+inline constexpr std::string_view kMatrixProductWithBias[] = {"addmm"};
+inline constexpr std::string_view kConvolution[] = {"convolution"};
+inline constexpr std::string_view kAttention[] = {"MultiheadAttention"};
+// Always unknown: the kernel size (and groups) are not in the node metadata.
+inline constexpr std::string_view kConvModules[] = {
+    "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"};
+inline constexpr std::string_view kPooling[] = {"MaxPool2d", "AvgPool2d", "max_pool2d",
+                                                "avg_pool2d"};
+
+// ---- fuse's chains, and the parts of a fused node's pattern that cost reads ---------------
+
+// The torch.nn classes fuse matches, qualified as nn_module_stack records them.
+inline constexpr std::string_view kConv2dModule = "torch.nn.modules.conv.Conv2d";
+inline constexpr std::string_view kBatchNorm2dModule = "torch.nn.modules.batchnorm.BatchNorm2d";
+inline constexpr std::string_view kLinearModule = "torch.nn.modules.linear.Linear";
+
+// The activation modules that end a chain, and each one's part of the pattern name.
+struct FuseActivation {
+  std::string_view module;
+  std::string_view part;
+};
+inline constexpr FuseActivation kFuseActivations[] = {
+    {"torch.nn.modules.activation.ReLU", "relu"},
+    {"torch.nn.modules.activation.ReLU6", "relu6"},
+    {"torch.nn.modules.activation.GELU", "gelu"},
+    {"torch.nn.modules.activation.SiLU", "silu"},
+    {"torch.nn.modules.activation.Hardswish", "hardswish"}};
+
+// A pattern ("conv_bn_relu") joins its parts with '_'.
+inline constexpr std::string_view kConvPart = "conv";
+inline constexpr std::string_view kBatchNormPart = "bn";
+inline constexpr std::string_view kLinearPart = "linear";
+// Every part cost knows: the three above, then the activations'.
+inline constexpr auto kFusedParts = [] {
+  std::array<std::string_view, 3 + std::size(kFuseActivations)> parts{kConvPart, kBatchNormPart,
+                                                                      kLinearPart};
+  for (std::size_t i = 0; i < std::size(kFuseActivations); ++i)
+    parts[3 + i] = kFuseActivations[i].part;
+  return parts;
+}();
+
+// The pattern part of an activation module's qualified type ("relu" for ReLU), or "" for
+// any other type.
+constexpr std::string_view activation_part(std::string_view module) {
+  for (const auto& [m, part] : kFuseActivations) {
+    if (module == m) return part;
+  }
+  return {};
+}
+
+// True if `part` is an activation's part of a pattern ("relu").
+constexpr bool is_activation_part(std::string_view part) {
+  for (const auto& a : kFuseActivations) {
+    if (part == a.part) return true;
+  }
+  return false;
+}
+
+// ---- Every family, by the label its row has in docs/passes.md ------------------------------
+
+struct OpFamily {
+  std::string_view label;
+  std::span<const std::string_view> ops;
+};
+inline constexpr OpFamily kOpFamilies[] = {
+    {"no computation", kNoComputation},
+    {"views and metadata", kViewOps},
+    {"scalar Python ops", kScalarOps},
+    {"dropout", kDropout},
+    {"copies", kCopies},
+    {"allocation", kAllocations},
+    {"concatenation", kConcatenation},
+    {"embedding", kEmbedding},
+    {"elementwise", kElementwise},
+    {"batch norm", kBatchNorm},
+    {"layer norm", kLayerNorm},
+    {"softmax", kSoftmax},
+    {"mean", kMean},
+    {"linear layer", kLinearLayer},
+    {"matrix product", kMatrixProduct},
+    {"matrix product with bias", kMatrixProductWithBias},
+    {"convolution", kConvolution},
+    {"attention", kAttention},
+    {"fused nodes", kFusedParts},
+    {"conv modules", kConvModules},
+    {"pooling", kPooling},
+};
+
+// ---- Element sizes (docs/passes.md, "cost": the element size table) -------------------------
+
+struct DtypeSize {
+  std::string_view dtype;
+  std::int64_t bytes;
+};
+inline constexpr DtypeSize kDtypeSizes[] = {
+    {"torch.bool", 1},     {"torch.uint8", 1}, {"torch.int8", 1},      {"torch.float16", 2},
+    {"torch.bfloat16", 2}, {"torch.int16", 2}, {"torch.float32", 4},   {"torch.int32", 4},
+    {"torch.float64", 8},  {"torch.int64", 8}, {"torch.complex64", 8}, {"torch.complex128", 16}};
+
+// The element size of a dtype ("torch.float32": 4), or 0 where the model does not know it.
+constexpr std::int64_t dtype_bytes(std::string_view dtype) {
+  for (const auto& [name, bytes] : kDtypeSizes) {
+    if (dtype == name) return bytes;
+  }
+  return 0;
+}
+
+// ---- Node helpers ------------------------------------------------------------------------------
+
+// The type of a call_module node's module as its nn_module_stack entry records it,
+// qualified ("torch.nn.modules.conv.Conv2d"), or "" (another op, or no such entry).
+inline std::string module_type(const graph::Node& n) {
+  if (n.op != "call_module") return {};
+  const std::optional<Value> stack = n.meta.get(keys::nn_module_stack);
+  const Value* t = stack ? stack->find(n.target) : nullptr;
+  const auto* s = t ? t->get_if<std::string>() : nullptr;
+  return s ? *s : std::string();
+}
+
+}  // namespace nodemeta::passes::detail
+
+#endif  // NODEMETA_SRC_PASSES_INTERNAL_H_
