@@ -1,10 +1,13 @@
 #include "nodemeta/passes/driver.h"
 
 #include <chrono>
+#include <exception>
 #include <functional>
+#include <mutex>
 #include <optional>
+#include <stdexcept>
+#include <thread>
 
-#include <oneapi/tbb/enumerable_thread_specific.h>
 
 namespace nodemeta::passes {
 
@@ -20,14 +23,32 @@ std::vector<std::vector<std::size_t>> wavefronts(const graph::Graph& graph) {
 
 // ---- PassContext's journal --------------------------------------------------------------
 
-struct PassContext::Change {
-  std::size_t index;          // the node's index in the graph
-  Key key;
-  std::optional<Value> old;   // what the key held before; nullopt: it was absent
-};
+// The first change of each key of one node in this pass, and the lock that makes "read the
+// old value, write, record" one step for that node.
+struct PassContext::NodeLog {
+  struct Change {
+    Key key;
+    std::optional<Value> old;  // the key's value before the pass; nullopt: it was absent
+  };
+  std::atomic<bool> locked{false};
+  MetadataStore* store;  // the node's identity when first written
+  NodeId id;
+  std::vector<Change> changes;
 
-struct PassContext::Journal {
-  tbb::enumerable_thread_specific<std::vector<Change>> logs;
+  void lock() noexcept {
+    for (unsigned spins = 0; locked.exchange(true, std::memory_order_acquire); ++spins) {
+      if (spins > 16) std::this_thread::yield();
+    }
+  }
+  void unlock() noexcept { locked.store(false, std::memory_order_release); }
+  // Whether `key` already has its entry; if not, makes room for one (may throw).
+  bool recorded(Key key) {
+    for (const Change& c : changes) {
+      if (c.key == key) return true;
+    }
+    if (changes.size() == changes.capacity()) changes.reserve(changes.empty() ? 4 : 2 * changes.size());
+    return false;
+  }
 };
 
 PassContext::PassContext(graph::Graph& graph, const Baseline* baseline, std::string pass_name)
@@ -36,75 +57,109 @@ PassContext::PassContext(graph::Graph& graph, const Baseline* baseline, std::str
       pass_name_(std::move(pass_name)),
       first_(graph.size() != 0 ? &graph.node(0) : nullptr),
       size_(graph.size()),
-      journal_(std::make_unique<Journal>()) {}
+      logs_(graph.size() != 0 ? std::make_unique<std::atomic<NodeLog*>[]>(graph.size()) : nullptr) {}
 
-PassContext::~PassContext() = default;
+PassContext::~PassContext() { commit(); }
 
-std::vector<PassContext::Change>* PassContext::journal_for(const NodeMetadata& node, std::size_t& index) {
-  // Is `node` the metadata of one of the nodes the pass started with? (std::less: a total
+bool PassContext::same_nodes() const noexcept {
+  return graph_.size() == size_ && (size_ == 0 || &graph_.node(0) == first_);
+}
+
+PassContext::NodeLog* PassContext::log_for(const NodeMetadata& node) {
+  // Is `node` the handle of one of the nodes the pass started with? (std::less: a total
   // order on pointers, where `<` between unrelated objects is unspecified.)
-  if (first_ == nullptr || graph_.size() != size_ || &graph_.node(0) != first_) return nullptr;
+  if (size_ == 0 || !same_nodes()) return nullptr;
   const auto* p = reinterpret_cast<const char*>(&node);
   const auto* begin = reinterpret_cast<const char*>(first_);
   const auto* end = reinterpret_cast<const char*>(first_ + size_);
   if (std::less<const char*>()(p, begin) || !std::less<const char*>()(p, end)) return nullptr;
-  index = static_cast<std::size_t>(p - begin) / sizeof(graph::Node);
-  if (&first_[index].meta != &node) return nullptr;
-  std::vector<Change>& log = journal_->logs.local();  // may throw: nothing written yet
-  if (log.size() == log.capacity()) log.reserve(2 * log.size() + 16);
-  return &log;
+  const std::size_t i = static_cast<std::size_t>(p - begin) / sizeof(graph::Node);
+  if (&first_[i].meta != &node || !node.valid()) return nullptr;
+  std::atomic<NodeLog*>& slot = logs_[i];
+  NodeLog* log = slot.load(std::memory_order_acquire);
+  if (log == nullptr) {
+    auto made = std::make_unique<NodeLog>();  // may throw: nothing written yet
+    made->store = &node.store();
+    made->id = node.id();
+    if (slot.compare_exchange_strong(log, made.get(), std::memory_order_acq_rel, std::memory_order_acquire)) {
+      log = made.release();
+    }
+  }
+  return log;
 }
 
 WriteResult PassContext::write(NodeMetadata& node, Key key, Value value) {
-  std::size_t index = 0;
-  std::vector<Change>* log = journal_for(node, index);
+  NodeLog* log = log_for(node);
+  if (log == nullptr) {
+    const WriteResult r = node.try_set(key, std::move(value));
+    if (r == WriteResult::kRejectedProtected) count_rejected();
+    return r;
+  }
+  std::lock_guard<NodeLog> hold(*log);
+  const bool first = !log->recorded(key);  // may throw: nothing written yet
   std::optional<Value> old;
-  if (log != nullptr) old = node.get(key);
-  const WriteResult r = node.try_set(key, std::move(value));
+  if (first) old = node.get(key);
+  const WriteResult r = node.try_set(key, std::move(value));  // may throw: node unchanged
   if (r == WriteResult::kRejectedProtected) {
     count_rejected();
-  } else if (log != nullptr) {
-    log->push_back(Change{index, key, std::move(old)});  // room reserved: cannot throw
+  } else if (first) {
+    log->changes.push_back(NodeLog::Change{key, std::move(old)});  // room made: cannot throw
   }
   return r;
 }
 
 bool PassContext::erase(NodeMetadata& node, Key key) {
-  std::size_t index = 0;
-  std::vector<Change>* log = journal_for(node, index);
+  NodeLog* log = log_for(node);
+  std::unique_lock<NodeLog> hold;
+  bool first = false;
   std::optional<Value> old;
-  if (log != nullptr) old = node.get(key);
+  if (log != nullptr) {
+    hold = std::unique_lock<NodeLog>(*log);
+    first = !log->recorded(key);
+    if (first) old = node.get(key);
+  }
   try {
     if (!node.erase(key)) return false;
   } catch (const ProtectedKeyError&) {
     count_rejected();
     return false;
   }
-  if (log != nullptr && old) log->push_back(Change{index, key, std::move(old)});
+  if (first) log->changes.push_back(NodeLog::Change{key, std::move(old)});
   return true;
 }
 
-void PassContext::undo() noexcept {
-  const bool same_nodes = graph_.size() == size_ && (size_ == 0 || &graph_.node(0) == first_);
-  for (std::vector<Change>& log : journal_->logs) {
-    if (same_nodes) {
-      for (auto it = log.rbegin(); it != log.rend(); ++it) {
-        NodeMetadata& m = first_[it->index].meta;
+std::size_t PassContext::undo() noexcept {
+  std::size_t lost = 0;
+  if (size_ == 0) return 0;
+  const bool same = same_nodes();
+  // Erase what the pass added first, then put back what it replaced or erased: each node
+  // then only returns to sizes it had before the pass, so none needs a bigger array.
+  for (int phase = 0; phase < 2 && same; ++phase) {
+    for (std::size_t i = 0; i < size_; ++i) {
+      NodeLog* log = logs_[i].load(std::memory_order_acquire);
+      if (log == nullptr) continue;
+      NodeMetadata& m = first_[i].meta;
+      if (!m.valid() || &m.store() != log->store || m.id() != log->id) continue;  // another node now
+      for (NodeLog::Change& c : log->changes) {
+        if (c.old.has_value() != (phase == 1)) continue;
         try {
-          // The key held a value the pass replaced or erased, or nothing: put it back. Both
-          // touch a slot the node already has, so neither allocates a node array.
-          if (it->old) {
-            (void)m.try_set(it->key, std::move(*it->old));
-          } else {
-            (void)m.erase(it->key);
+          if (phase == 0) {
+            (void)m.erase(c.key);
+          } else if (m.try_set(c.key, std::move(*c.old)) == WriteResult::kRejectedProtected) {
+            ++lost;  // protected since the pass wrote it
           }
         } catch (...) {
-          // A key protected since the write (protection is forever) keeps the pass's value.
+          ++lost;  // protected since (erase), out of memory, or inside a callback
         }
       }
     }
-    log.clear();
   }
+  commit();
+  return lost;
+}
+
+void PassContext::commit() noexcept {
+  for (std::size_t i = 0; i < size_; ++i) delete logs_[i].exchange(nullptr, std::memory_order_acq_rel);
 }
 
 // ---- run_pass --------------------------------------------------------------------------
@@ -118,8 +173,11 @@ PassStats run_pass(Pass& pass, graph::Graph& graph, const Baseline* baseline) {
   try {
     pass.run(ctx);
   } catch (...) {
-    ctx.undo();
-    throw;
+    const std::size_t lost = ctx.undo();
+    if (lost == 0) throw;
+    std::throw_with_nested(std::runtime_error(
+        "pass '" + stats.name + "' threw, and " + std::to_string(lost) + " of the keys it changed could not be " +
+        "put back (protected since, out of memory, or run inside an update()/edit() callback)"));
   }
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   stats.nodes_after = graph.size();

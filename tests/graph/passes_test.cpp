@@ -318,6 +318,97 @@ TEST(DriverTest, AJournalNeverTouchesNodesThePassReplaced) {
   for (const graph::Node& n : g.nodes()) EXPECT_TRUE(n.meta.contains(Key("annotated"))) << n.name;
 }
 
+// Two loops of one pass write the same key of every node, each node's two writes on
+// whichever threads the loops give them: undo puts back the value from before the pass,
+// not the one between the loops.
+class TwoLoopsPass final : public Pass {
+ public:
+  std::string_view name() const noexcept override { return "two_loops"; }
+  std::string_view description() const noexcept override { return "writes one key in two loops, throws"; }
+  void run(PassContext& ctx) override {
+    for (std::int64_t loop = 1; loop <= 2; ++loop) {
+      for_each_node(ctx.graph(), [&](std::size_t i) { ctx.write(ctx.graph().node(i).meta, Key("x"), Value(loop)); });
+    }
+    throw std::runtime_error("after both loops");
+  }
+};
+
+TEST(DriverTest, UndoRestoresTheValueBeforeThePassWhicheverThreadsWrote) {
+  Graph g = graph::load_graph(NODEMETA_BUNDLED_GRAPH);
+  for (std::size_t i = 0; i < g.size(); i += 2) g.node(i).meta.set(Key("x"), Value(std::int64_t{-1}));
+  const std::string before = graph::to_json(g);
+  TwoLoopsPass pass;
+  for (int round = 0; round < 50; ++round) {
+    EXPECT_THROW(tbb::task_arena(4).execute([&] { run_pass(pass, g, nullptr); }), std::runtime_error);
+    ASSERT_EQ(graph::to_json(g), before) << "round " << round;
+  }
+}
+
+// A pass that rebuilds its node list in the same array (release_nodes, reorder,
+// replace_nodes) before it throws: undo checks each handle still holds the node it
+// journaled, and leaves a slot that now holds another node alone.
+class ReorderingPass final : public Pass {
+ public:
+  std::string_view name() const noexcept override { return "reordering"; }
+  std::string_view description() const noexcept override { return "writes node 0, swaps two nodes, throws"; }
+  void run(PassContext& ctx) override {
+    Graph& g = ctx.graph();
+    ctx.write(g.node(0).meta, Key("x"), Value(std::int64_t{1}));
+    std::vector<graph::Node> nodes = g.release_nodes();
+    std::swap(nodes[0], nodes[1]);  // two placeholders: still in topological order
+    g.replace_nodes(std::move(nodes));
+    throw std::runtime_error("after the reorder");
+  }
+};
+
+TEST(DriverTest, UndoLeavesAHandleThatNowHoldsAnotherNodeAlone) {
+  const std::string text = R"({"nodes":[)"
+                           R"({"id":0,"name":"a","op":"placeholder","target":"a","inputs":[],"meta":{"val":null,"stack_trace":null,"nn_module_stack":null,"debug_handle":null,"tensor_meta":null,"x":100}},)"
+                           R"({"id":1,"name":"b","op":"placeholder","target":"b","inputs":[],"meta":{"val":null,"stack_trace":null,"nn_module_stack":null,"debug_handle":null,"tensor_meta":null,"x":200}},)"
+                           R"({"id":2,"name":"out","op":"output","target":"output","inputs":[0,1],"meta":{"val":null,"stack_trace":null,"nn_module_stack":null,"debug_handle":null,"tensor_meta":null}}]})";
+  Graph g = graph::parse_graph(text, "two_placeholders");
+  ReorderingPass pass;
+  EXPECT_THROW(run_pass(pass, g, nullptr), std::runtime_error);
+  ASSERT_EQ(g.node(0).name, "b");
+  EXPECT_EQ(g.node(0).meta.get(Key("x")), Value(std::int64_t{200}));  // never written: untouched
+  EXPECT_EQ(g.node(1).meta.get(Key("x")), Value(std::int64_t{1}));    // moved: the pass's value kept
+}
+
+// A key the pass protected after writing it cannot be put back: run_pass says so, with the
+// pass's own exception nested.
+class ProtectingPass final : public Pass {
+ public:
+  std::string_view name() const noexcept override { return "protecting"; }
+  std::string_view description() const noexcept override { return "writes a key, protects it, throws"; }
+  void run(PassContext& ctx) override {
+    ctx.write(ctx.graph().node(0).meta, Key("protected_by_the_pass"), Value(std::int64_t{9}));
+    ctx.write(ctx.graph().node(1).meta, Key("undone"), Value(std::int64_t{9}));
+    ctx.graph().store().protect(Key("protected_by_the_pass"));
+    throw std::invalid_argument("the pass's own error");
+  }
+};
+
+TEST(DriverTest, AKeyProtectedDuringThePassIsReportedNotLost) {
+  Graph g = graph::load_graph(NODEMETA_BUNDLED_GRAPH);
+  ProtectingPass pass;
+  try {
+    run_pass(pass, g, nullptr);
+    ADD_FAILURE() << "no exception";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("pass 'protecting' threw, and 1 of the keys it changed could not be put back"),
+              std::string::npos)
+        << e.what();
+    try {
+      std::rethrow_if_nested(e);
+      ADD_FAILURE() << "nothing nested";
+    } catch (const std::invalid_argument& inner) {
+      EXPECT_STREQ(inner.what(), "the pass's own error");
+    }
+  }
+  EXPECT_EQ(g.node(0).meta.get(Key("protected_by_the_pass")), Value(std::int64_t{9}));
+  EXPECT_FALSE(g.node(1).meta.contains(Key("undone")));
+}
+
 TEST(DeterminismTest, BundledGraphSameResultWithOneTwoAndFourThreads) {
   const Graph loaded = graph::load_graph(NODEMETA_BUNDLED_GRAPH);
   const Baseline base(loaded);

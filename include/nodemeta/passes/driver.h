@@ -56,15 +56,25 @@ struct PassStats {
 // nothing. Concurrent-safe, except `summary` and `problems`, which only the pass's
 // sequential part (outside its parallel loops) may touch.
 //
-// All or nothing: write() and erase() on the metadata of one of the graph's nodes record the
-// value they replace (in a per-thread journal, reserved before the write, so recording never
-// fails after the write happened). When the pass throws, run_pass() calls undo(), which puts
-// back every value those calls replaced, newest first, and then rethrows. This relies on the
-// driver's rule that one pass writes each key of a node from one thread at a time (a pass
-// writes only the node it visits); writes to nodes that are not in the graph (a node the pass
-// is building) are not recorded. A pass that changes the graph's structure is all or nothing
-// on its own (fuse is): if the node list is no longer the one the pass started with, undo()
-// leaves the metadata as it is rather than guess which node is which.
+// All or nothing: write() and erase() through the graph's own node handles
+// (graph().node(i).meta, for the nodes the pass started with) journal the value the key
+// held before the pass first changed it: one entry per (node, key), whatever thread or loop
+// writes it and however often, taken under a per-node lock together with the write. When
+// the pass throws, run_pass() calls undo(), which puts every journaled key back to that
+// value (erasing the keys the pass added first, then restoring the others, so no node needs
+// a bigger array) and rethrows. What is not journaled: writes through other handles (a
+// view() or a copy of a graph node, a node the pass is building), writes made with
+// NodeMetadata's own calls, and an inner run_pass() (it commits or undoes on its own). If
+// the node list is no longer the one the pass started with, or a handle now holds another
+// node, undo() leaves that metadata as it is rather than guess which node is which: a pass
+// that changes the structure is all or nothing on its own (fuse is). A key protected since
+// the pass wrote it keeps the pass's value (protection is forever); so does a key whose
+// restore fails (out of memory again, or a ReentrancyError when run_pass is called inside
+// an update()/edit() callback): run_pass() then throws a std::runtime_error saying how
+// many keys were not put back, with the pass's exception nested (std::throw_with_nested).
+// Cost: per journaled write, a per-node lock and a scan of that node's entries; per first
+// write of a (node, key), a read of the old value and an entry; per node written, one small
+// allocation; per pass, one pointer per node.
 class NODEMETA_PASSES_API PassContext {
  public:
   PassContext(graph::Graph& graph, const Baseline* baseline, std::string pass_name);
@@ -77,14 +87,18 @@ class NODEMETA_PASSES_API PassContext {
   const std::string& pass_name() const noexcept { return pass_name_; }
 
   // try_set() that counts a refused protected write instead of applying or throwing it, and
-  // journals the value it replaces (strong guarantee: a throw changes nothing).
+  // journals the key's value before the pass (strong guarantee: a throw changes nothing).
   WriteResult write(NodeMetadata& node, Key key, Value value);
   // erase() that counts a refused protected erase instead of throwing it, and journals the
-  // value it removes.
+  // key's value before the pass.
   bool erase(NodeMetadata& node, Key key);
-  // Puts back what write() and erase() changed on the graph's nodes, newest first (see
-  // above). Called by run_pass() when the pass throws; the journal is empty afterwards.
-  void undo() noexcept;
+  // Puts every journaled key back to its value before the pass (see above) and empties the
+  // journal; returns how many keys could not be put back. Called by run_pass() when the
+  // pass throws. Not concurrent with the pass's writes.
+  std::size_t undo() noexcept;
+  // Empties the journal, keeping what the pass wrote (run_pass() does not need it: the
+  // journal dies with the context). For code that drives a PassContext itself.
+  void commit() noexcept;
 
   void count_touched(std::size_t n = 1) noexcept { touched_.fetch_add(n, std::memory_order_relaxed); }
   void count_rejected(std::size_t n = 1) noexcept { rejected_.fetch_add(n, std::memory_order_relaxed); }
@@ -96,19 +110,18 @@ class NODEMETA_PASSES_API PassContext {
   std::vector<std::string> problems;
 
  private:
-  struct Change;   // one journaled write (driver.cpp)
-  struct Journal;  // the per-thread journals (driver.cpp)
-  // The journal of the calling thread, with room for one more entry, when `node` is the
-  // metadata of one of the graph's nodes (its index in `index`); null otherwise. May throw
-  // (before anything was written).
-  std::vector<Change>* journal_for(const NodeMetadata& node, std::size_t& index);
+  struct NodeLog;  // one journaled node's entries and lock (driver.cpp)
+  // The journal of `node` when it is the handle of one of the nodes the pass started with,
+  // made on first use (may throw, before anything was written); null otherwise.
+  NodeLog* log_for(const NodeMetadata& node);
+  bool same_nodes() const noexcept;
 
   graph::Graph& graph_;
   const Baseline* baseline_;
   std::string pass_name_;
   graph::Node* first_;  // the node list the pass started with
   std::size_t size_;
-  std::unique_ptr<Journal> journal_;
+  std::unique_ptr<std::atomic<NodeLog*>[]> logs_;  // one per node, null until written
   std::atomic<std::size_t> touched_{0};
   std::atomic<std::size_t> rejected_{0};
 };
@@ -149,8 +162,8 @@ class NODEMETA_PASSES_API Pass {
 };
 
 // Runs `pass` on `graph`, timing it. The baseline is what verify checks against. If the pass
-// throws, what it wrote through its PassContext is undone (PassContext::undo()) before the
-// exception propagates.
+// throws, what it wrote through its PassContext is undone (PassContext::undo()) and the
+// exception propagates (nested in a std::runtime_error if some keys could not be put back).
 NODEMETA_PASSES_API PassStats run_pass(Pass& pass, graph::Graph& graph, const Baseline* baseline);
 
 }  // namespace nodemeta::passes
