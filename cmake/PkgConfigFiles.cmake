@@ -29,6 +29,9 @@ function(nodemeta_install_pkgconfig name)
   if(NODEMETA_ENABLE_ASSERTS)
     string(APPEND NODEMETA_PC_CFLAGS " -DNODEMETA_ENABLE_ASSERTS=1")
   endif()
+  if(NODEMETA_FAULT_INJECTION)  # changes detail::Allocator: consumers must see it too
+    string(APPEND NODEMETA_PC_CFLAGS " -DNODEMETA_FAULT_INJECTION=1")
+  endif()
 
   configure_file(${PROJECT_SOURCE_DIR}/cmake/pkgconfig/${name}.pc.in
                  ${PROJECT_BINARY_DIR}/pkgconfig/${name}.pc @ONLY)
