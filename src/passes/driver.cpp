@@ -1,6 +1,8 @@
 #include "nodemeta/passes/driver.h"
 
+#include <array>
 #include <chrono>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <mutex>
@@ -27,13 +29,17 @@ std::vector<std::vector<std::size_t>> wavefronts(const graph::Graph& graph) {
 // old value, write, record" one step for that node.
 struct PassContext::NodeLog {
   struct Change {
-    Key key;
+    Key key = keys::val;       // (Key has no default; an unused inline entry holds this)
     std::optional<Value> old;  // the key's value before the pass; nullopt: it was absent
   };
+  static constexpr std::size_t kInline = 4;  // a pass writes a few keys per node
+
   std::atomic<bool> locked{false};
+  std::uint32_t inline_used = 0;
   MetadataStore* store;  // the node's identity when first written
   NodeId id;
-  std::vector<Change> changes;
+  std::array<Change, kInline> first;  // the first kInline changes (no second allocation)
+  std::vector<Change> more;           // the rest
 
   void lock() noexcept {
     for (unsigned spins = 0; locked.exchange(true, std::memory_order_acquire); ++spins) {
@@ -41,13 +47,26 @@ struct PassContext::NodeLog {
     }
   }
   void unlock() noexcept { locked.store(false, std::memory_order_release); }
+  template <class F>
+  void for_each(F&& f) {
+    for (std::uint32_t i = 0; i < inline_used; ++i) f(first[i]);
+    for (Change& c : more) f(c);
+  }
   // Whether `key` already has its entry; if not, makes room for one (may throw).
   bool recorded(Key key) {
-    for (const Change& c : changes) {
-      if (c.key == key) return true;
+    bool found = false;
+    for_each([&](const Change& c) { found = found || c.key == key; });
+    if (!found && inline_used == kInline && more.size() == more.capacity()) {
+      more.reserve(more.empty() ? kInline : 2 * more.size());
     }
-    if (changes.size() == changes.capacity()) changes.reserve(changes.empty() ? 4 : 2 * changes.size());
-    return false;
+    return found;
+  }
+  void record(Key key, std::optional<Value> old) noexcept {  // after recorded() made room
+    if (inline_used < kInline) {
+      first[inline_used++] = Change{key, std::move(old)};
+    } else {
+      more.push_back(Change{key, std::move(old)});
+    }
   }
 };
 
@@ -89,7 +108,9 @@ PassContext::NodeLog* PassContext::log_for(const NodeMetadata& node) {
 }
 
 WriteResult PassContext::write(NodeMetadata& node, Key key, Value value) {
-  NodeLog* log = log_for(node);
+  // A protected key is refused without a journal entry (protection is forever, so a write
+  // this check lets through and try_set then refuses changes nothing either).
+  NodeLog* log = node.valid() && node.store().is_protected(key) ? nullptr : log_for(node);
   if (log == nullptr) {
     const WriteResult r = node.try_set(key, std::move(value));
     if (r == WriteResult::kRejectedProtected) count_rejected();
@@ -103,7 +124,7 @@ WriteResult PassContext::write(NodeMetadata& node, Key key, Value value) {
   if (r == WriteResult::kRejectedProtected) {
     count_rejected();
   } else if (first) {
-    log->changes.push_back(NodeLog::Change{key, std::move(old)});  // room made: cannot throw
+    log->record(key, std::move(old));  // room made: cannot throw
   }
   return r;
 }
@@ -124,7 +145,7 @@ bool PassContext::erase(NodeMetadata& node, Key key) {
     count_rejected();
     return false;
   }
-  if (first) log->changes.push_back(NodeLog::Change{key, std::move(old)});
+  if (first) log->record(key, std::move(old));
   return true;
 }
 
@@ -140,8 +161,8 @@ std::size_t PassContext::undo() noexcept {
       if (log == nullptr) continue;
       NodeMetadata& m = first_[i].meta;
       if (!m.valid() || &m.store() != log->store || m.id() != log->id) continue;  // another node now
-      for (NodeLog::Change& c : log->changes) {
-        if (c.old.has_value() != (phase == 1)) continue;
+      log->for_each([&](NodeLog::Change& c) {
+        if (c.old.has_value() != (phase == 1)) return;
         try {
           if (phase == 0) {
             (void)m.erase(c.key);
@@ -151,7 +172,7 @@ std::size_t PassContext::undo() noexcept {
         } catch (...) {
           ++lost;  // protected since (erase), out of memory, or inside a callback
         }
-      }
+      });
     }
   }
   commit();
@@ -159,7 +180,11 @@ std::size_t PassContext::undo() noexcept {
 }
 
 void PassContext::commit() noexcept {
-  for (std::size_t i = 0; i < size_; ++i) delete logs_[i].exchange(nullptr, std::memory_order_acq_rel);
+  for (std::size_t i = 0; i < size_; ++i) {
+    if (logs_[i].load(std::memory_order_relaxed) != nullptr) {
+      delete logs_[i].exchange(nullptr, std::memory_order_acq_rel);
+    }
+  }
 }
 
 // ---- run_pass --------------------------------------------------------------------------
