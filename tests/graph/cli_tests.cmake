@@ -2,7 +2,8 @@
 set(_bundled ${PROJECT_SOURCE_DIR}/data/graphs/mlp_mixer_s16.json.gz)
 set(_broken ${CMAKE_CURRENT_SOURCE_DIR}/data/broken)
 
-# nodemeta_cli_test(<name> RC <status> [REGEX <re>] [NOT_REGEX <re>] ARGS <args...>)
+# nodemeta_cli_test(<name> RC <status> [REGEX <re>] [NOT_REGEX <re>] ARGS <args...>); an
+# argument <empty> is passed as an empty string.
 function(nodemeta_cli_test name)
   cmake_parse_arguments(ARG "STDOUT_EMPTY" "RC;REGEX;NOT_REGEX" "ARGS" ${ARGN})
   string(REPLACE ";" "\\;" _args "${ARG_ARGS}")
@@ -138,7 +139,7 @@ nodemeta_cli_test(inspect_long_names RC 0
   NOT_REGEX "[a-z0-9_](placeholder|call_function|output|torch)"
   ARGS inspect ${_long_graph})
 
-# Printing what an argument or a graph file says (issue 16): C0/C1 controls, DEL, U+2028/2029
+# Printing what an argument or a graph file says (review of the command): C0/C1 controls, DEL, U+2028/2029
 # and bidirectional controls come out as \uXXXX, invalid UTF-8 as \xNN, a value past 200
 # bytes shortened; nothing reaches the terminal raw (ESC, tab, newline, U+202E RTL override).
 string(ASCII 27 _esc)
@@ -170,14 +171,14 @@ string(REPEAT "9" 200 _first_200)
 nodemeta_cli_test(long_value_shortened RC 2 REGEX "got '${_first_200}\\.\\.\\. \\(300 bytes\\)'\n"
   ARGS run --repeat ${_long_value})
 
-# inspect pads by terminal columns, not bytes (issue 16): 输入层 takes 6 columns in 9 bytes,
+# inspect pads by terminal columns, not bytes (review of the command): 输入层 takes 6 columns in 9 bytes,
 # café_relu 9 in 10, résumé (with combining accents) 6 in 10; every row's op and target start
 # at the same column.
 nodemeta_cli_test(inspect_display_width RC 0
   REGEX "\n    0  输入层     placeholder    résumé      \\(\\)  6 keys\n    1  café_relu  call_function  torch\\.relu  \\(输入层\\)  6 keys\n    2  output     output         output      \\(café_relu\\)  6 keys\n"
   ARGS inspect ${CMAKE_CURRENT_SOURCE_DIR}/data/ok/wide_names.json)
 
-# The command line (issue 16): "--" ends the options, so a GRAPH may start with '-'; options go
+# The command line (review of the command): "--" ends the options, so a GRAPH may start with '-'; options go
 # after the command; --help wins wherever it is; a repeated option takes its last value.
 nodemeta_cli_test(dashes_run RC 0 REGEX "\ncost .*verify: clean" ARGS run -p cost -- ${_bundled})
 nodemeta_cli_test(dashes_inspect RC 0 REGEX "137 nodes" ARGS inspect -- ${_bundled})
@@ -207,3 +208,55 @@ nodemeta_cli_test(help_topic RC 0 REGEX "^print a graph's.*usage: nodemeta inspe
 nodemeta_cli_test(help_bad_topic RC 2 REGEX "^nodemeta: error: help: expects run or inspect, got 'bogus'\n" ARGS help bogus)
 nodemeta_cli_test(repeated_option RC 0 REGEX "\"threads\":2,.*\"passes\":.{\"name\":\"verify\""
   NOT_REGEX "\"name\":\"cost\"" ARGS run ${_bundled} -t 1 -p cost --threads=2 -p verify --json -)
+
+# Output files (review of the command): an empty name, a directory, '-' for the graph, the
+# GRAPH itself or the other output are bad arguments (exit 2); an output that cannot be
+# written fails before the run (exit 1, with the reason).
+set(_tiny ${CMAKE_CURRENT_SOURCE_DIR}/data/ok/tiny.json)
+nodemeta_cli_test(run_json_empty RC 2 REGEX "nodemeta run: error: --json: expects a file name, got ''\n" ARGS run --json <empty>)
+nodemeta_cli_test(run_output_empty RC 2 REGEX "nodemeta run: error: --output: expects a file name, got ''\n" ARGS run -o <empty>)
+nodemeta_cli_test(run_json_directory RC 2 REGEX "--json: expects a file name, got '[^']+', a directory\n"
+  ARGS run --json ${CMAKE_CURRENT_BINARY_DIR})
+nodemeta_cli_test(run_output_directory RC 2 REGEX "--output: expects a file name, got '[^']+', a directory\n"
+  ARGS run ${_tiny} -o ${CMAKE_CURRENT_BINARY_DIR})
+nodemeta_cli_test(run_output_stdout RC 2 REGEX "--output: writing a graph to stdout is not supported, got '-'\n" ARGS run -o -)
+nodemeta_cli_test(run_output_is_graph RC 2 REGEX "--output: '[^']*cli_eval.json' is the GRAPH being read; save to another file\n"
+  ARGS run ${CMAKE_CURRENT_BINARY_DIR}/cli_eval.json -o ${CMAKE_CURRENT_BINARY_DIR}/./cli_eval.json)
+nodemeta_cli_test(run_json_is_graph RC 2 REGEX "--json: '[^']*cli_eval.json' is the GRAPH being read"
+  ARGS run ${CMAKE_CURRENT_BINARY_DIR}/cli_eval.json --json ${CMAKE_CURRENT_BINARY_DIR}/cli_eval.json)
+set_tests_properties(cli.run_output_is_graph cli.run_json_is_graph PROPERTIES FIXTURES_REQUIRED cli_eval)
+nodemeta_cli_test(run_json_same_as_output RC 2 REGEX "--json and --output both name '[^']*cli_both.json'\n"
+  ARGS run ${_tiny} -o ${CMAKE_CURRENT_BINARY_DIR}/cli_both.json --json ${CMAKE_CURRENT_BINARY_DIR}/sub/../cli_both.json)
+# Checked before a million repeats: this would otherwise outlast the test's timeout.
+nodemeta_cli_test(run_json_unwritable RC 1 STDOUT_EMPTY
+  REGEX "^nodemeta run: error: [^:]*/no_such_dir/r.json: cannot write: No such file or directory\n$"
+  ARGS run ${_tiny} -p verify -r 1000000 --json ${CMAKE_CURRENT_BINARY_DIR}/no_such_dir/r.json)
+nodemeta_cli_test(run_output_unwritable RC 1 REGEX "^nodemeta run: error: [^:]*/no_such_dir/g.json: cannot write: No such file or directory\n$"
+  ARGS run ${_tiny} -p verify -r 1000000 -o ${CMAKE_CURRENT_BINARY_DIR}/no_such_dir/g.json)
+# A .gz suffix in any case means gzip.
+nodemeta_cli_test(run_output_gz_uppercase RC 0 REGEX "verify: clean" ARGS run ${_tiny} -p cost -o ${CMAKE_CURRENT_BINARY_DIR}/cli_upper.JSON.GZ)
+add_test(NAME cli.run_output_gz_uppercase_is_gzip
+  COMMAND ${CMAKE_COMMAND} -DFILE=${CMAKE_CURRENT_BINARY_DIR}/cli_upper.JSON.GZ -DGZIP=1 -P ${CMAKE_CURRENT_SOURCE_DIR}/check_gzip.cmake)
+set_tests_properties(cli.run_output_gz_uppercase PROPERTIES FIXTURES_SETUP cli_upper)
+set_tests_properties(cli.run_output_gz_uppercase_is_gzip PROPERTIES LABELS graph FIXTURES_REQUIRED cli_upper)
+
+# Numbers are digits only; a limit of 1 byte says "byte".
+nodemeta_cli_test(bad_threads_space RC 2 REGEX "--threads: expects a whole number from 1 to 1024, got ' 2'" ARGS run -t " 2")
+nodemeta_cli_test(bad_threads_plus RC 2 REGEX "--threads: expects a whole number from 1 to 1024, got '\\+2'" ARGS run -t +2)
+nodemeta_cli_test(run_input_limit_one_byte RC 1 REGEX "tiny.json: is larger than 1 byte, the input limit"
+  ARGS run ${_tiny} --max-input-bytes 1)
+
+# Memory stays bounded (review of the command): at most 64 --passes entries, and per repeat
+# only the times of a bounded sample are kept (every repeat's statistics were kept: ~40 MiB
+# for 63 passes x 3000 repeats of a 3-node graph).
+string(REPEAT "cost," 64 _65_passes)
+nodemeta_cli_test(run_too_many_passes RC 2 REGEX "nodemeta run: error: --passes: expects at most 64 passes, got 65\n"
+  ARGS run --passes ${_65_passes}verify)
+string(REPEAT "cost," 62 _63_passes)
+nodemeta_cli_test(run_many_passes RC 0 REGEX "\"repeat\":2,.*\"verified\":true" ARGS run ${_tiny} -r 2 -p ${_63_passes}cost --json -)
+if(NODEMETA_SANITIZER STREQUAL "")
+  nodemeta_cli_test(run_repeat_memory RC 0 REGEX "\"peak_rss_mib\":(1?[0-9])\\.[0-9]*,\"verified\":true"
+    ARGS run ${_tiny} -r 3000 -p ${_63_passes}cost --json -)
+endif()
+nodemeta_cli_test(run_graph_empty RC 2 REGEX "nodemeta run: error: GRAPH: expects a file name, got ''\n" ARGS run <empty>)
+nodemeta_cli_test(dashes_graph_empty RC 2 REGEX "nodemeta run: error: GRAPH: expects a file name, got ''\n" ARGS run -- <empty>)

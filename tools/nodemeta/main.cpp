@@ -16,10 +16,13 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <optional>
+#include <random>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -45,6 +48,8 @@ using nodemeta::passes::PassStats;
 constexpr std::string_view kBundledName = "mlp_mixer_s16.json.gz";
 constexpr long kMaxThreads = 1024;
 constexpr long kMaxRepeat = 1000000;
+constexpr std::size_t kMaxPasses = 64;       // entries in --passes
+constexpr std::size_t kTimeSamples = 10000;  // per pass: the repeats whose times are kept
 
 // A bad command line: reported on one line plus a pointer to --help, exit 2.
 struct UsageError : std::runtime_error {
@@ -199,15 +204,16 @@ std::string default_graph() {
 // Values are checked by CLI11 validators that name what they expected and what they got; a
 // failed check reaches the user as "nodemeta run: error: --threads: expects ..." (exit 2).
 
-// A whole number in [lo, max] (strtol's syntax), rewritten to plain digits for CLI11's
-// conversion; `why_lo` explains a lower bound other than 1.
+// A whole number in [lo, max], digits only (no sign, no spaces), rewritten to plain digits
+// for CLI11's conversion; `why_lo` explains a lower bound other than 1.
 CLI::Validator whole_number(long lo, long max, std::string why_lo = {}) {
   return CLI::Validator(
       [lo, max, why_lo](std::string& text) -> std::string {
-        char* end = nullptr;
+        const bool digits =
+            !text.empty() && std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; });
         errno = 0;
-        const long v = std::strtol(text.c_str(), &end, 10);
-        if (text.empty() || *end != '\0' || errno != 0 || v < 1 || v > max) {
+        const long v = digits ? std::strtol(text.c_str(), nullptr, 10) : 0;
+        if (!digits || errno != 0 || v < 1 || v > max) {
           return "expects a whole number from " + std::to_string(lo) + " to " + std::to_string(max) + ", got '" +
                  shown(text) + "'";
         }
@@ -259,10 +265,14 @@ CLI::Validator one_of(std::vector<std::string> words) {
       "");
 }
 
-// A comma-separated list of known pass names (the message lists the valid ones).
+// A comma-separated list of known pass names (the message lists the valid ones), at most
+// kMaxPasses of them (a name may repeat: running a pass twice is a legitimate experiment).
 CLI::Validator pass_list() {
   return CLI::Validator(
       [](std::string& text) -> std::string {
+        if (const auto n = static_cast<std::size_t>(std::count(text.begin(), text.end(), ',')) + 1; n > kMaxPasses) {
+          return "expects at most " + std::to_string(kMaxPasses) + " passes, got " + std::to_string(n);
+        }
         try {
           nodemeta::passes::parse_pass_list(text);
           return {};
@@ -277,6 +287,19 @@ CLI::Validator pass_list() {
 CLI::Validator file_name() {
   return CLI::Validator(
       [](std::string& text) -> std::string { return text.empty() ? "expects a file name, got ''" : std::string(); },
+      "");
+}
+
+// A file to write: a name, not a directory; "-" (stdout) only where `stdout_ok`.
+CLI::Validator output_file(bool stdout_ok) {
+  return CLI::Validator(
+      [stdout_ok](std::string& text) -> std::string {
+        if (text.empty()) return "expects a file name, got ''";
+        if (text == "-") return stdout_ok ? std::string() : "writing a graph to stdout is not supported, got '-'";
+        std::error_code ec;
+        if (fs::is_directory(text, ec)) return "expects a file name, got '" + shown(text) + "', a directory";
+        return {};
+      },
       "");
 }
 
@@ -369,13 +392,14 @@ class Progress {
     if (std::chrono::steady_clock::now() - start_ < std::chrono::milliseconds(300)) return;
     constexpr std::size_t kWidth = 30;
     const std::size_t fill = total_ ? done * kWidth / total_ : kWidth;
-    std::fprintf(stderr, "\r[%s%s] %zu/%zu %-24s", std::string(fill, '#').c_str(),
-                 std::string(kWidth - fill, '.').c_str(), done, total_, what.c_str());
+    const int n = std::fprintf(stderr, "\r[%s%s] %zu/%zu %-24s", std::string(fill, '#').c_str(),
+                               std::string(kWidth - fill, '.').c_str(), done, total_, printable(what).c_str());
     std::fflush(stderr);
+    if (n > 1) width_ = std::max(width_, static_cast<std::size_t>(n - 1));
     drawn_ = true;
   }
   void finish() {
-    if (drawn_) std::fprintf(stderr, "\r%s\r", std::string(72, ' ').c_str());
+    if (drawn_) std::fprintf(stderr, "\r%s\r", std::string(width_, ' ').c_str());
     drawn_ = false;
   }
 
@@ -383,6 +407,7 @@ class Progress {
   bool enabled_;
   std::size_t total_;
   bool drawn_ = false;
+  std::size_t width_ = 0;  // the longest line drawn, which finish() clears
   std::chrono::steady_clock::time_point start_ = std::chrono::steady_clock::now();
 };
 
@@ -442,6 +467,37 @@ std::string json_string(const std::string& s) { return nodemeta::graph::value_to
 
 // ---- run --------------------------------------------------------------------------------
 
+// Whether two paths name the same file: the same inode where both exist, else the same
+// absolute, lexically normal path.
+bool same_file(const std::string& a, const std::string& b) {
+  std::error_code ec;
+  if (fs::exists(a, ec) && fs::exists(b, ec)) return fs::equivalent(a, b, ec);
+  const fs::path pa = fs::absolute(a, ec).lexically_normal(), pb = fs::absolute(b, ec).lexically_normal();
+  return pa == pb;
+}
+
+// Fails (exit 1, naming the file and the reason) if `path` could not be written: an existing
+// file without write permission, or a folder that does not exist or cannot take a new file.
+void check_writable(const std::string& path) {
+  std::error_code ec;
+  const bool exists = fs::exists(path, ec);
+  fs::path dir = fs::path(path).parent_path();
+  if (dir.empty()) dir = ".";
+  if (exists ? access(path.c_str(), W_OK) != 0 : access(dir.c_str(), W_OK | X_OK) != 0) {
+    throw std::runtime_error(path + ": cannot write: " + std::strerror(errno));
+  }
+}
+
+// Writes `text` to the file `path` (replacing it), naming the file and the reason on failure.
+void write_text(const std::string& path, const std::string& text) {
+  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "wb"), &std::fclose);
+  if (!f) throw std::runtime_error(path + ": cannot open for writing: " + std::strerror(errno));
+  if (std::fwrite(text.data(), 1, text.size(), f.get()) != text.size() || std::fflush(f.get()) != 0) {
+    throw std::runtime_error(path + ": cannot write the JSON results: " + std::strerror(errno));
+  }
+  if (std::fclose(f.release()) != 0) throw std::runtime_error(path + ": cannot write the JSON results: " + std::strerror(errno));
+}
+
 // Records --mode as the graph's "training" attribute. A file that records the other mode
 // is an error (exit 1), never silently overridden.
 void declare_mode(Graph& g, bool training, const std::string& path) {
@@ -487,21 +543,25 @@ CLI::App* add_run_command(CLI::App& app, RunOptions& o) {
   for (const std::string& n : nodemeta::passes::pass_names()) all += (all.empty() ? "" : ",") + n;
   cmd->add_option("-p,--passes", o.passes,
                   "comma-separated, from: " + all +
-                      "\n(default: all of them, in that order; verify is always run last)")
+                      "\n(default: all of them, in that order; verify is always run last;\n"
+                      "at most " + std::to_string(kMaxPasses) + " entries, a name may repeat)")
       ->type_name("LIST")
       ->check(pass_list());
   cmd->add_option("-r,--repeat", o.repeat,
                   "run the pipeline R times, each on a fresh copy of the loaded\n"
-                  "graph (default 1); times are medians")
+                  "graph (default 1, at most " + std::to_string(kMaxRepeat) + "); times are medians (over\n"
+                  "a uniform sample of " + std::to_string(kTimeSamples) + " repeats when there are more)")
       ->type_name("R")
       ->transform(whole_number(1, kMaxRepeat));
   o.json_opt = cmd->add_option("--json", o.json,
                                "write the results as JSON to FILE ('-' for stdout) and print\nnothing else")
-                   ->type_name("FILE");
+                   ->type_name("FILE")
+                   ->check(output_file(true));
   o.output_opt = cmd->add_option("-o,--output", o.output,
                                  "save the graph after the passes (of the last repeat) to FILE,\n"
-                                 "a graph file (.json, or gzip for .json.gz) that nodemeta run\nreads again")
-                     ->type_name("FILE");
+                                 "a graph file (.json, or gzip for .json.gz) that nodemeta run\nreads again; not GRAPH itself")
+                     ->type_name("FILE")
+                     ->check(output_file(false));
   cmd->add_option("-m,--mode", o.mode,
                   "the mode the graph was traced in, eval or training, where the\n"
                   "file does not say (its \"training\" attribute): batch norm and\n"
@@ -534,6 +594,21 @@ int cmd_run(const RunOptions& o) {
   }
   const std::string path = o.graph.empty() ? default_graph() : o.graph;
   const bool quiet = json_path.has_value();
+  // Before the (possibly long) run: no output overwrites the input or the other output, and
+  // each output can be written.
+  if (output_path && same_file(*output_path, path)) {
+    throw UsageError("--output: '" + shown(*output_path) + "' is the GRAPH being read; save to another file", "run");
+  }
+  if (json_path && *json_path != "-") {
+    if (same_file(*json_path, path)) {
+      throw UsageError("--json: '" + shown(*json_path) + "' is the GRAPH being read; write to another file", "run");
+    }
+    if (output_path && same_file(*json_path, *output_path)) {
+      throw UsageError("--json and --output both name '" + shown(*json_path) + "'", "run");
+    }
+    check_writable(*json_path);
+  }
+  if (output_path) check_writable(*output_path);
 
   tbb::global_control limit(tbb::global_control::max_allowed_parallelism, static_cast<std::size_t>(threads));
   tbb::task_arena arena(static_cast<int>(threads));
@@ -545,7 +620,13 @@ int cmd_run(const RunOptions& o) {
   std::optional<nodemeta::passes::Baseline> baseline;
   arena.execute([&] { baseline.emplace(loaded); });
 
-  std::vector<std::vector<PassStats>> runs;  // [repeat][pass]
+  // Memory stays bounded whatever --repeat says: the last repeat's statistics, each pass's
+  // fastest time, and the times of at most kTimeSamples repeats (a uniform sample, reservoir
+  // style, with a fixed seed so that a run is reproducible) for the median.
+  std::vector<PassStats> last;
+  std::vector<std::vector<double>> samples(passes.size());  // [pass][sampled repeat]
+  std::vector<double> fastest(passes.size(), 0.0);
+  std::mt19937_64 sampler(0x6e6f64656d657461);
   Progress progress(!quiet, static_cast<std::size_t>(repeat) * passes.size());
   for (long r = 0; r < repeat; ++r) {
     Graph g = loaded.clone();
@@ -553,20 +634,28 @@ int cmd_run(const RunOptions& o) {
     const auto step = [&](std::size_t i, std::string_view next) {
       if (i < passes.size()) progress.step(before + i, "repeat " + std::to_string(r + 1) + ": " + std::string(next));
     };
-    arena.execute([&] { runs.push_back(nodemeta::passes::run_pipeline(g, passes, *baseline, step)); });
+    arena.execute([&] { last = nodemeta::passes::run_pipeline(g, passes, *baseline, step); });
+    const std::size_t seen = static_cast<std::size_t>(r);
+    const std::size_t slot = seen < kTimeSamples ? seen : static_cast<std::size_t>(sampler() % (seen + 1));
+    for (std::size_t p = 0; p < passes.size(); ++p) {
+      const double t = last[p].seconds;
+      fastest[p] = r == 0 ? t : std::min(fastest[p], t);
+      if (seen < kTimeSamples) {
+        samples[p].push_back(t);
+      } else if (slot < kTimeSamples) {
+        samples[p][slot] = t;
+      }
+    }
     if (output_path && r + 1 == repeat) nodemeta::graph::save_graph(g, *output_path);
   }
   progress.step(static_cast<std::size_t>(repeat) * passes.size(), "done");
   progress.finish();
 
-  const std::vector<PassStats>& last = runs.back();
   std::vector<double> med(passes.size());
   double total_s = 0;
   std::size_t total_rejected = 0, total_touched = 0;
   for (std::size_t p = 0; p < passes.size(); ++p) {
-    std::vector<double> times;
-    for (const auto& run : runs) times.push_back(run[p].seconds);
-    med[p] = median(times);
+    med[p] = median(std::move(samples[p]));
     total_s += med[p];
     total_rejected += last[p].rejected_protected;
     total_touched += last[p].nodes_touched;
@@ -588,8 +677,7 @@ int cmd_run(const RunOptions& o) {
        << ",\"repeat\":" << repeat << ",\"load_seconds\":" << load_s << ",\"passes\":[";
     for (std::size_t p = 0; p < passes.size(); ++p) {
       const PassStats& s = last[p];
-      double lo = runs[0][p].seconds;
-      for (const auto& run : runs) lo = std::min(lo, run[p].seconds);
+      const double lo = fastest[p];
       js << (p ? "," : "") << "{\"name\":" << json_string(s.name) << ",\"nodes_before\":" << s.nodes_before
          << ",\"nodes_after\":" << s.nodes_after << ",\"nodes_touched\":" << s.nodes_touched
          << ",\"rejected_protected\":" << s.rejected_protected << ",\"seconds_median\":" << med[p]
@@ -604,10 +692,7 @@ int cmd_run(const RunOptions& o) {
     if (*json_path == "-") {
       std::cout << js.str();
     } else {
-      std::ofstream out(*json_path);
-      out << js.str();
-      out.close();
-      if (!out) throw std::runtime_error(*json_path + ": cannot write the JSON results");
+      write_text(*json_path, js.str());
     }
     return clean ? 0 : 1;
   }
