@@ -2,8 +2,10 @@
 //
 //   nodemeta run [GRAPH] [-t N] [-p LIST] [-r R] [--json FILE] [-o FILE] [-m eval|training]
 //   nodemeta inspect GRAPH [-n NAME]
+//   nodemeta help [run | inspect]
 //
-// Options are parsed by CLI11 (GNU forms: --threads=2, -t 2, -t2; generated --help). Exit
+// Options are parsed by CLI11 (GNU forms: --threads=2, -t 2, -t2; generated --help); where
+// the command is, "--", --help and --version are decided here first (main). Exit
 // status: 0 success (and --help, --version), 1 a failure (unreadable or invalid graph,
 // verification found problems), 2 bad command-line arguments.
 #include <sys/resource.h>
