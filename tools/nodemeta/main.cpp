@@ -445,7 +445,7 @@ class LoadDisplay {
     drawn_ = true;
   }
   void finish() {
-    if (drawn_) std::fprintf(stderr, "\r%s\r", std::string(display_width(path_) + 49, ' ').c_str());
+    if (drawn_) std::fprintf(stderr, "\r%s\r", std::string(display_width(path_) + 52, ' ').c_str());
     drawn_ = false;
   }
 
