@@ -196,9 +196,12 @@ std::size_t read_some(const std::string& path, int fd, char* p, std::size_t n) {
   }
 }
 
+// "1 byte", "2 bytes".
+std::string bytes_text(std::uint64_t n) { return std::to_string(n) + (n == 1 ? " byte" : " bytes"); }
+
 [[noreturn]] void fail_too_large(const std::string& path, std::uint64_t limit, bool inflated) {
-  fail(path, std::string(inflated ? "inflates to more than " : "is larger than ") +
-                 std::to_string(limit) + " bytes, the input limit (" + limit_advice() + ")");
+  fail(path, std::string(inflated ? "inflates to more than " : "is larger than ") + bytes_text(limit) +
+                 ", the input limit (" + limit_advice() + ")");
 }
 
 class ProgressReporter {
@@ -1426,8 +1429,7 @@ Graph parse_graph(std::string_view json, std::string_view source, StoreOptions o
                   const LoadOptions& load) {
   check_options(source, load);
   if (json.size() > load.max_input_bytes) {
-    fail(source, "is larger than " + std::to_string(load.max_input_bytes) + " bytes, the input limit (" +
-                     limit_advice() + ")");
+    fail(source, "is larger than " + bytes_text(load.max_input_bytes) + ", the input limit (" + limit_advice() + ")");
   }
   return memory_guarded(source, [&] {
     Input input;
@@ -1490,7 +1492,10 @@ void save_graph(const Graph& graph, const std::string& path) {
   } catch (const GraphError& e) {
     fail(path, e.what());
   }
-  const bool gz = path.size() >= 3 && path.compare(path.size() - 3, 3, ".gz") == 0;
+  // ".gz" in any case (x.JSON.GZ too), as gzip itself and file managers see it.
+  const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; };
+  const bool gz = path.size() >= 3 && path[path.size() - 3] == '.' && lower(path[path.size() - 2]) == 'g' &&
+                  lower(path[path.size() - 1]) == 'z';
   write_file(path, text, gz);
 }
 

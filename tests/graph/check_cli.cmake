@@ -1,6 +1,19 @@
-# cmake -DEXE=<nodemeta> -DARGS=<a;b;c> -DRC=<expected exit status> -DREGEX=<must match the
+# cmake -DEXE=<nodemeta> -DARGS=<a;b;c (<empty>: an empty argument)> -DRC=<expected exit status> -DREGEX=<must match the
 #       combined stdout+stderr> [-DNOT_REGEX=<must not match>] -P check_cli.cmake
-execute_process(COMMAND ${EXE} ${ARGS} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+cmake_minimum_required(VERSION 3.25)
+# An argument spelled <empty> is passed as an empty string (a CMake list cannot hold one).
+if("<empty>" IN_LIST ARGS)
+  set(_call "execute_process(COMMAND [==[${EXE}]==]")
+  foreach(a IN LISTS ARGS)
+    if(a STREQUAL "<empty>")
+      set(a "")
+    endif()
+    string(APPEND _call " [==[${a}]==]")
+  endforeach()
+  cmake_language(EVAL CODE "${_call} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)")
+else()
+  execute_process(COMMAND ${EXE} ${ARGS} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+endif()
 set(all "${out}${err}")
 if(NOT rc STREQUAL RC)
   message(FATAL_ERROR "nodemeta ${ARGS}: exit status ${rc}, expected ${RC}\n${all}")

@@ -95,7 +95,8 @@ NODEMETA_GRAPH_API Graph parse_graph(std::string_view json, std::string_view sou
 // The graph as compact JSON. Meta keys come in schema order (stack_trace, nn_module_stack,
 // tensor_meta, val, debug_handle, is_wrapped, type), then the others sorted by name.
 NODEMETA_GRAPH_API std::string to_json(const Graph& graph);
-// Writes to_json(graph) to `path`, gzip-compressed when the path ends in ".gz". Throws
+// Writes to_json(graph) to `path`, gzip-compressed when the path ends in ".gz" (in any
+// case: ".GZ" and ".Gz" too). Throws
 // GraphError naming the path if it cannot be written. The file is opened only after the
 // whole text was made, so a graph that cannot be saved (NaN, invalid UTF-8, a user object,
 // nesting past kMaxDepthCeiling) leaves it untouched; the path is written through (symlinks

@@ -133,3 +133,21 @@ long_names["nodes"][1]["name"] = "n" * 200
 long_names["nodes"][1]["target"] = "torch.ops." + "t" * 110
 with open(os.path.join("ok", "long_names.json"), "w") as f:
     f.write(json.dumps(long_names))
+# Names a terminal shows wider or narrower than their bytes: `nodemeta inspect` pads by
+# display columns (CJK characters take two, a combining accent none, é one).
+wide = copy.deepcopy(BASE)
+wide["nodes"][0]["name"] = "输入层"
+wide["nodes"][0]["target"] = "re\u0301sume\u0301"
+wide["nodes"][1]["name"] = "café_relu"
+with open(os.path.join("ok", "wide_names.json"), "w", encoding="utf-8") as f:
+    f.write(json.dumps(wide, ensure_ascii=False))
+# Control characters and bidirectional overrides in a model attribute, node names, an op's
+# target and a metadata value: the command prints them escaped, never raw.
+control = copy.deepcopy(BASE)
+control["model"] = "evil\x1b[2J\u202e"
+control["nodes"][0]["name"] = "x\ty\u202ez"
+control["nodes"][1]["name"] = "line\nbreak"
+control["nodes"][1]["target"] = "torch.relu\x1b]0;title\x07"
+control["nodes"][1]["meta"]["note"] = "a\x9bb\u2028c"
+with open(os.path.join("ok", "control_names.json"), "w", encoding="utf-8") as f:
+    f.write(json.dumps(control, ensure_ascii=False))
