@@ -490,13 +490,13 @@ def graph_document(
 
 def save(gm: Any, path: str | os.PathLike, **kw: Any) -> None:
     """Writes graph_document(gm, **kw) to `path` as compact JSON, gzip-compressed if the
-    path ends with ".gz". The text is built whole before the file is opened, so a graph
+    path ends with ".gz" in any case (as the C++ writer decides). The text is built whole before the file is opened, so a graph
     that cannot be written (ValueError from graph_document) leaves the file untouched.
     """
     text = json.dumps(graph_document(gm, **kw), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     data = text.encode("utf-8")
     p = os.fspath(path)
-    if p.endswith(b".gz" if isinstance(p, bytes) else ".gz"):
+    if p.lower().endswith(b".gz" if isinstance(p, bytes) else ".gz"):
         data = gzip.compress(data, compresslevel=6, mtime=0)
     with open(p, "wb") as f:
         f.write(data)
