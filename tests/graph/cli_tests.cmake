@@ -233,6 +233,22 @@ nodemeta_cli_test(run_json_unwritable RC 1 STDOUT_EMPTY
   ARGS run ${_tiny} -p verify -r 1000000 --json ${CMAKE_CURRENT_BINARY_DIR}/no_such_dir/r.json)
 nodemeta_cli_test(run_output_unwritable RC 1 REGEX "^nodemeta run: error: [^:]*/no_such_dir/g.json: cannot write: No such file or directory\n$"
   ARGS run ${_tiny} -p verify -r 1000000 -o ${CMAKE_CURRENT_BINARY_DIR}/no_such_dir/g.json)
+# Outputs compared through symlinks, a dangling symlink, a folder that is a file, and a
+# GRAPH that does not exist (its load says so, exit 1, not a same-file refusal).
+set(_links ${CMAKE_CURRENT_BINARY_DIR}/cli_links)
+file(MAKE_DIRECTORY ${_links}/real)
+file(CREATE_LINK real ${_links}/link SYMBOLIC)
+file(CREATE_LINK /nonexistent_nodemeta_dir/zz.json ${_links}/dangling.json SYMBOLIC)
+nodemeta_cli_test(run_json_same_as_output_via_symlink RC 2 REGEX "--json and --output both name '[^']*link/out.json'\n"
+  ARGS run ${_tiny} -o ${_links}/real/out.json --json ${_links}/link/out.json)
+nodemeta_cli_test(run_output_dangling_symlink RC 1 STDOUT_EMPTY
+  REGEX "^nodemeta run: error: [^:]*/dangling.json: cannot write: No such file or directory\n$"
+  ARGS run ${_tiny} -p verify -r 1000000 -o ${_links}/dangling.json)
+nodemeta_cli_test(run_output_under_a_file RC 1 STDOUT_EMPTY
+  REGEX "^nodemeta run: error: [^:]*tiny.json/g.json: cannot write: Not a directory\n$"
+  ARGS run ${_tiny} -p verify -r 1000000 -o ${_tiny}/g.json)
+nodemeta_cli_test(run_missing_graph_as_output RC 1 REGEX "no_such_graph.json"
+  ARGS run ${CMAKE_CURRENT_BINARY_DIR}/no_such_graph.json -o ${CMAKE_CURRENT_BINARY_DIR}/no_such_graph.json)
 # A .gz suffix in any case means gzip.
 nodemeta_cli_test(run_output_gz_uppercase RC 0 REGEX "verify: clean" ARGS run ${_tiny} -p cost -o ${CMAKE_CURRENT_BINARY_DIR}/cli_upper.JSON.GZ)
 add_test(NAME cli.run_output_gz_uppercase_is_gzip

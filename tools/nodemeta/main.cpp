@@ -131,16 +131,49 @@ std::string printable(std::string_view s) {
 // A value echoed in a message: printable, and past kShownBytes cut (at a character) and
 // followed by its length, so that a huge argument cannot flood the terminal.
 constexpr std::size_t kShownBytes = 200;
+// Where to cut `s` at most `limit` bytes in: not inside a UTF-8 sequence (backing off at
+// most three continuation bytes; stray ones are printed as \xNN anyway).
+std::size_t cut_at(std::string_view s, std::size_t limit) {
+  std::size_t cut = limit;
+  for (int back = 0; back < 3 && cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xc0) == 0x80; ++back) --cut;
+  return (static_cast<unsigned char>(s[cut]) & 0xc0) == 0x80 ? limit : cut;
+}
 std::string shown(std::string_view s) {
   if (s.size() <= kShownBytes) return printable(s);
-  std::size_t cut = kShownBytes;
-  while (cut > 0 && (static_cast<unsigned char>(s[cut]) & 0xc0) == 0x80) --cut;
-  return printable(s.substr(0, cut)) + "... (" + std::to_string(s.size()) + " bytes)";
+  return printable(s.substr(0, cut_at(s, kShownBytes))) + "... (" + std::to_string(s.size()) + " bytes)";
+}
+// A message from the library, made printable, with every run of non-blank bytes longer
+// than any shown() value can be (a long path or value it echoed, escaped or not) cut to
+// kShownBytes, never inside an escape, keeping a trailing ':'.
+std::string shown_message(std::string_view m) {
+  constexpr std::size_t kLongRun = 6 * kShownBytes + 32;  // \uXXXX for every 3 bytes, or \xNN
+  const std::string p = printable(m);
+  std::string out;
+  for (std::size_t i = 0; i < p.size();) {
+    const std::size_t end = std::min(p.find(' ', i), p.size());
+    std::string_view run = std::string_view(p).substr(i, end - i);
+    const bool colon = !run.empty() && run.back() == ':';
+    if (colon) run.remove_suffix(1);
+    if (run.size() > kLongRun) {
+      std::size_t cut = cut_at(run, kShownBytes);
+      const std::size_t escape = run.substr(0, cut).rfind('\\');
+      if (escape != std::string_view::npos && cut - escape < 6) cut = escape;  // not inside \uXXXX
+      out.append(run.substr(0, cut)).append("... (" + std::to_string(run.size()) + " bytes)");
+    } else {
+      out.append(run);
+    }
+    if (colon) out += ':';
+    if (end < p.size()) out += ' ';
+    i = end + 1;
+  }
+  return out;
 }
 
-// The columns a character takes on a terminal, as wcwidth() says in a UTF-8 locale but
-// without depending on the user's locale: 0 for combining marks and zero-width characters,
-// 2 for East Asian Wide and Fullwidth characters (their main blocks), 1 otherwise.
+// The columns a character takes on a terminal, approximately as wcwidth() says in a UTF-8
+// locale but without depending on the user's locale: 0 for the common combining marks and
+// zero-width characters, 2 for the main blocks of East Asian Wide and Fullwidth characters
+// and of emoji, 1 otherwise. Not a full Unicode width table: a rare character may be off
+// by a column, which shifts only its own row.
 int char_columns(char32_t cp) {
   struct Range {
     char32_t lo, hi;
@@ -152,13 +185,27 @@ int char_columns(char32_t cp) {
       {0x093a, 0x093a}, {0x093c, 0x093c}, {0x0941, 0x0948}, {0x094d, 0x094d}, {0x0951, 0x0957},
       {0x0e31, 0x0e31}, {0x0e34, 0x0e3a}, {0x0e47, 0x0e4e}, {0x1ab0, 0x1aff}, {0x1dc0, 0x1dff},
       {0x200b, 0x200d}, {0x20d0, 0x20ff}, {0x302a, 0x302d}, {0x3099, 0x309a}, {0xfe00, 0xfe0f},
-      {0xfe20, 0xfe2f}, {0xfeff, 0xfeff}, {0xe0100, 0xe01ef}};
+      {0xfe20, 0xfe2f}, {0xfeff, 0xfeff}, {0x1160, 0x11ff}, {0x2060, 0x2064}, {0xe0001, 0xe0001},
+      {0xe0020, 0xe007f}, {0xe0100, 0xe01ef}};
   static constexpr Range kWide[] = {
       {0x1100, 0x115f}, {0x231a, 0x231b}, {0x2329, 0x232a}, {0x23e9, 0x23ec}, {0x23f0, 0x23f0},
       {0x23f3, 0x23f3}, {0x25fd, 0x25fe}, {0x2614, 0x2615}, {0x2e80, 0x303e}, {0x3041, 0x33ff},
       {0x3400, 0x4dbf}, {0x4e00, 0x9fff}, {0xa000, 0xa4cf}, {0xa960, 0xa97f}, {0xac00, 0xd7a3},
       {0xf900, 0xfaff}, {0xfe10, 0xfe19}, {0xfe30, 0xfe6f}, {0xff00, 0xff60}, {0xffe0, 0xffe6},
-      {0x1f300, 0x1f64f}, {0x1f900, 0x1f9ff}, {0x20000, 0x2fffd}, {0x30000, 0x3fffd}};
+      {0x2648, 0x2653}, {0x26a1, 0x26a1}, {0x26aa, 0x26ab}, {0x26bd, 0x26be}, {0x26c4, 0x26c5},
+      {0x26ce, 0x26ce}, {0x26d4, 0x26d4}, {0x26ea, 0x26ea}, {0x26f2, 0x26f5}, {0x26fa, 0x26fa},
+      {0x26fd, 0x26fd}, {0x2705, 0x2705}, {0x270a, 0x270b}, {0x2728, 0x2728}, {0x274c, 0x274c},
+      {0x2753, 0x2755}, {0x2757, 0x2757}, {0x2795, 0x2797}, {0x27b0, 0x27b0}, {0x27bf, 0x27bf},
+      {0x2b1b, 0x2b1c}, {0x2b50, 0x2b50}, {0x2b55, 0x2b55}, {0x1f004, 0x1f004}, {0x1f0cf, 0x1f0cf},
+      {0x1f18e, 0x1f18e}, {0x1f191, 0x1f19a}, {0x1f200, 0x1f202}, {0x1f210, 0x1f23b},
+      {0x1f300, 0x1f320}, {0x1f32d, 0x1f335}, {0x1f337, 0x1f37c}, {0x1f37e, 0x1f393},
+      {0x1f3a0, 0x1f3ca}, {0x1f3cf, 0x1f3d3}, {0x1f3e0, 0x1f3f0}, {0x1f3f4, 0x1f3f4},
+      {0x1f3f8, 0x1f43e}, {0x1f440, 0x1f440}, {0x1f442, 0x1f4fc}, {0x1f4ff, 0x1f53d},
+      {0x1f54b, 0x1f54e}, {0x1f550, 0x1f567}, {0x1f57a, 0x1f57a}, {0x1f595, 0x1f596},
+      {0x1f5a4, 0x1f5a4}, {0x1f5fb, 0x1f64f}, {0x1f680, 0x1f6c5}, {0x1f6cc, 0x1f6cc},
+      {0x1f6d0, 0x1f6d2}, {0x1f6d5, 0x1f6d7}, {0x1f6eb, 0x1f6ec}, {0x1f6f4, 0x1f6fc},
+      {0x1f7e0, 0x1f7eb}, {0x1f90c, 0x1f93a}, {0x1f93c, 0x1f945}, {0x1f947, 0x1f9ff},
+      {0x1fa70, 0x1faff}, {0x20000, 0x2fffd}, {0x30000, 0x3fffd}};
   const auto in = [cp](const auto& table) {
     return std::any_of(std::begin(table), std::end(table), [cp](const Range& r) { return cp >= r.lo && cp <= r.hi; });
   };
@@ -474,7 +521,11 @@ std::string json_string(const std::string& s) { return nodemeta::graph::value_to
 bool same_file(const std::string& a, const std::string& b) {
   std::error_code ec;
   if (fs::exists(a, ec) && fs::exists(b, ec)) return fs::equivalent(a, b, ec);
-  const fs::path pa = fs::absolute(a, ec).lexically_normal(), pb = fs::absolute(b, ec).lexically_normal();
+  // weakly_canonical resolves symlinks (and then "..") in the part of each path that exists.
+  std::error_code ea, eb;
+  const fs::path pa = fs::weakly_canonical(fs::absolute(a, ea), ea);
+  const fs::path pb = fs::weakly_canonical(fs::absolute(b, eb), eb);
+  if (ea || eb) return fs::absolute(a, ec).lexically_normal() == fs::absolute(b, ec).lexically_normal();
   return pa == pb;
 }
 
@@ -482,10 +533,19 @@ bool same_file(const std::string& a, const std::string& b) {
 // file without write permission, or a folder that does not exist or cannot take a new file.
 void check_writable(const std::string& path) {
   std::error_code ec;
-  const bool exists = fs::exists(path, ec);
-  fs::path dir = fs::path(path).parent_path();
+  // A dangling symlink is written through: what matters is its target's folder.
+  fs::path target = path;
+  if (fs::is_symlink(fs::symlink_status(target, ec)) && !fs::exists(target, ec)) {
+    const fs::path link = fs::read_symlink(target, ec);
+    if (!ec) target = link.is_absolute() ? link : fs::path(path).parent_path() / link;
+  }
+  const bool exists = fs::exists(target, ec);
+  fs::path dir = target.parent_path();
   if (dir.empty()) dir = ".";
-  if (exists ? access(path.c_str(), W_OK) != 0 : access(dir.c_str(), W_OK | X_OK) != 0) {
+  if (!exists && fs::exists(dir, ec) && !fs::is_directory(dir, ec)) {
+    throw std::runtime_error(path + ": cannot write: " + std::strerror(ENOTDIR));
+  }
+  if (exists ? access(target.c_str(), W_OK) != 0 : access(dir.c_str(), W_OK | X_OK) != 0) {
     throw std::runtime_error(path + ": cannot write: " + std::strerror(errno));
   }
 }
@@ -598,11 +658,13 @@ int cmd_run(const RunOptions& o) {
   const bool quiet = json_path.has_value();
   // Before the (possibly long) run: no output overwrites the input or the other output, and
   // each output can be written.
-  if (output_path && same_file(*output_path, path)) {
+  std::error_code graph_ec;
+  const bool graph_exists = fs::exists(path, graph_ec);  // if not, loading it says so (exit 1)
+  if (output_path && graph_exists && same_file(*output_path, path)) {
     throw UsageError("--output: '" + shown(*output_path) + "' is the GRAPH being read; save to another file", "run");
   }
   if (json_path && *json_path != "-") {
-    if (same_file(*json_path, path)) {
+    if (graph_exists && same_file(*json_path, path)) {
       throw UsageError("--json: '" + shown(*json_path) + "' is the GRAPH being read; write to another file", "run");
     }
     if (output_path && same_file(*json_path, *output_path)) {
@@ -902,6 +964,18 @@ void take_graph(std::string& graph, const CLI::Option* graph_opt, const CommandL
 
 }  // namespace
 
+// The exceptions nested in `e` (std::throw_with_nested), one "caused by" line each.
+void print_causes(const std::exception& e) {
+  try {
+    std::rethrow_if_nested(e);
+  } catch (const std::exception& inner) {
+    std::cerr << "  caused by: " << shown_message(inner.what()) << "\n";
+    print_causes(inner);
+  } catch (...) {
+    std::cerr << "  caused by: an exception that is not a std::exception\n";
+  }
+}
+
 int main(int argc, char** argv) {
   CLI::App app(
       "Thread-safe node metadata for compiler graphs: load a torch.fx graph, run parallel passes\n"
@@ -1005,13 +1079,15 @@ int main(int argc, char** argv) {
               << "Try 'nodemeta" << (e.command.empty() ? "" : " " + e.command) << " --help'.\n";
     return 2;
   } catch (const std::exception& e) {
+    // A path or value echoed by the library is shortened as the command's own messages
+    // shorten values; a nested cause (a pass that threw and could not be fully undone) too.
     std::string m = e.what();
-    // A path echoed by the library is shortened as the command's own messages shorten values.
     for (const std::string* p : {&run_options.graph, &run_options.json, &run_options.output, &inspect_options.graph}) {
       if (p->size() <= kShownBytes) continue;
       for (std::size_t at = m.find(*p); at != std::string::npos; at = m.find(*p, at + 1)) m.replace(at, p->size(), shown(*p));
     }
-    std::cerr << "nodemeta" << (cmd.empty() ? "" : " " + cmd) << ": error: " << printable(m) << "\n";
+    std::cerr << "nodemeta" << (cmd.empty() ? "" : " " + cmd) << ": error: " << shown_message(m) << "\n";
+    print_causes(e);
     return 1;
   }
 }
