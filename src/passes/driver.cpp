@@ -41,6 +41,14 @@ struct PassContext::NodeLog {
   std::array<Change, kInline> first;  // the first kInline changes (no second allocation)
   std::vector<Change> more;           // the rest
 
+  // From the store's allocator (tbbmalloc's per-thread caches in release builds; what the
+  // sanitizers and the allocation-failure hook see in theirs): one NodeLog per node a pass
+  // writes, made and freed by many threads.
+  static void* operator new(std::size_t n) { return detail::Allocator<char>().allocate(n); }
+  static void operator delete(void* p, std::size_t n) noexcept {
+    detail::Allocator<char>().deallocate(static_cast<char*>(p), n);
+  }
+
   void lock() noexcept {
     for (unsigned spins = 0; locked.exchange(true, std::memory_order_acquire); ++spins) {
       if (spins > 16) std::this_thread::yield();
