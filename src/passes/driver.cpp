@@ -138,7 +138,8 @@ WriteResult PassContext::write(NodeMetadata& node, Key key, Value value) {
 }
 
 bool PassContext::erase(NodeMetadata& node, Key key) {
-  NodeLog* log = log_for(node);
+  // As in write(): erasing a protected key is refused (and counted) without a journal entry.
+  NodeLog* log = node.valid() && node.store().is_protected(key) ? nullptr : log_for(node);
   std::unique_lock<NodeLog> hold;
   bool first = false;
   std::optional<Value> old;

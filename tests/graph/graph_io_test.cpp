@@ -60,6 +60,30 @@ TEST(GraphTest, CloneIsDeepAndIndependent) {
   EXPECT_NE(first_difference(g, c), "");
 }
 
+// swap_nodes: the new list is checked first; if it is refused, neither the graph nor the
+// list changed (strong guarantee), and if it is taken, the previous list comes back.
+TEST(GraphTest, SwapNodesIsAllOrNothingAndHandsTheOldListBack) {
+  Graph g = load_graph(data("ok/tiny.json"));
+  const std::string before = to_json(g);
+  Graph other = g.clone();  // outlives `bad`, whose metadata lives in its store
+  std::vector<nodemeta::graph::Node> bad = other.release_nodes();  // another store's metadata
+  const std::size_t bad_size = bad.size();
+  EXPECT_THROW(g.swap_nodes(bad), nodemeta::graph::GraphError);
+  EXPECT_EQ(to_json(g), before);
+  EXPECT_EQ(bad.size(), bad_size);
+  std::vector<nodemeta::graph::Node> dup = g.release_nodes();
+  g.swap_nodes(dup);  // g takes the list back; dup now holds what g had (nothing)
+  EXPECT_TRUE(dup.empty());
+  EXPECT_EQ(to_json(g), before);
+  std::vector<nodemeta::graph::Node> reordered = g.release_nodes();
+  const std::string name0 = reordered[0].name;
+  reordered[1].name = name0;  // a duplicate name: refused, the list is handed back as it was
+  EXPECT_THROW(g.swap_nodes(reordered), nodemeta::graph::GraphError);
+  EXPECT_EQ(g.size(), 0U);
+  EXPECT_EQ(reordered[1].name, name0);
+  EXPECT_TRUE(g.find(name0) == std::nullopt);
+}
+
 TEST(GraphTest, MoveKeepsNodesValid) {
   Graph g = load_graph(data("ok/tiny.json"));
   Graph moved(std::move(g));
