@@ -8,7 +8,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -196,6 +195,8 @@ std::size_t release_from(ThreadRecord& r, std::uint64_t safe, bool wait) noexcep
 // record; release_retired() flips the generation and waits for the old one to drain.
 std::atomic<unsigned> g_generation{0};
 std::atomic<std::size_t> g_collectors[2];
+// Serializes release_retired()'s flips (a flag rather than a mutex: a fork()ed child resets it).
+std::atomic<bool> g_flipping{false};
 
 class CollectorScope {
  public:
@@ -273,6 +274,10 @@ void thread_exit(void* state) noexcept {
 // After fork(), only the forking thread exists in the child: every other record would stay
 // pinned, or locked, forever. Released objects stay where they are, to be released later.
 void after_fork_in_child() noexcept {
+  // Collections and releases in flight in the parent's other threads never finish here.
+  g_collectors[0].store(0, std::memory_order_relaxed);
+  g_collectors[1].store(0, std::memory_order_relaxed);
+  g_flipping.store(false, std::memory_order_relaxed);
   ThreadRecord* mine = tls_thread != nullptr ? tls_thread->record : nullptr;
   for (ThreadRecord* r = domain().records(); r != nullptr; r = r->next) {
     r->list_lock.store(false, std::memory_order_relaxed);
@@ -286,14 +291,17 @@ void after_fork_in_child() noexcept {
 // serialized, so while one waits the other generation holds no collection that began
 // before the previous flip (its flipper waited for them).
 void wait_for_collections() noexcept {
-  static std::mutex flip_mutex;
-  const std::lock_guard<std::mutex> lock(flip_mutex);
+  while (g_flipping.exchange(true, std::memory_order_acquire)) {
+    g_flipping.wait(true, std::memory_order_relaxed);
+  }
   const unsigned old = g_generation.load(std::memory_order_seq_cst);
   g_generation.store(old ^ 1u, std::memory_order_seq_cst);
   for (std::size_t n = g_collectors[old].load(std::memory_order_seq_cst); n != 0;
        n = g_collectors[old].load(std::memory_order_seq_cst)) {
     g_collectors[old].wait(n, std::memory_order_seq_cst);
   }
+  g_flipping.store(false, std::memory_order_release);
+  g_flipping.notify_all();
 }
 
 }  // namespace
