@@ -162,17 +162,25 @@ void seal_into(ReclaimThread& t) noexcept {
   t.bag.clear();
 }
 
+// At most this many objects a routine collection takes out of one record at a time: what a
+// collector has taken out is no longer counted (retired_total()), so this bounds how far
+// the objects not yet destroyed may exceed the count (docs/design.md, "Bounded retired
+// memory").
+constexpr std::size_t kReleaseBatch = 512;
+
 // Takes out of `r` the objects retired at epoch <= safe (a prefix: the list is in epoch
-// order) and releases them, outside the lock. `wait`: block for the lock, else skip a
-// record another thread holds.
-std::size_t release_from(ThreadRecord& r, std::uint64_t safe, bool wait) noexcept {
+// order), at most `limit` of them, and releases them, outside the lock. `wait`: block for
+// the lock, else skip a record another thread holds.
+std::size_t release_from(ThreadRecord& r, std::uint64_t safe, bool wait,
+                         std::size_t limit) noexcept {
   if (wait) {
     r.lock();
   } else if (!r.try_lock()) {
     return 0;
   }
   std::vector<RetiredObject> ready;
-  const auto end = std::find_if(r.list.begin(), r.list.end(),
+  const auto last = r.list.begin() + static_cast<std::ptrdiff_t>(std::min(limit, r.list.size()));
+  const auto end = std::find_if(r.list.begin(), last,
                                 [safe](const RetiredObject& o) { return o.epoch > safe; });
   if (end == r.list.end()) {
     ready.swap(r.list);  // no allocation
@@ -226,8 +234,9 @@ std::size_t release_all(ReclaimThread& t, std::uint64_t safe, bool wait) noexcep
   t.collecting = true;
   {
     const CollectorScope scope;
+    const std::size_t limit = wait ? ~std::size_t{0} : kReleaseBatch;
     for (ThreadRecord* r = domain().records(); r != nullptr; r = r->next) {
-      n += release_from(*r, safe, wait);
+      n += release_from(*r, safe, wait, limit);
     }
   }
   t.collecting = false;
@@ -251,14 +260,19 @@ std::size_t retired_total() noexcept {
 // older epoch to finish their read: docs/design.md has why that always happens.
 void wait_for_room(ReclaimThread& t) noexcept {
   Domain& d = domain();
-  for (unsigned tries = 0; retired_total() > kRetiredBound; ++tries) {
+  unsigned tries = 0;
+  while (retired_total() > kRetiredBound) {
+    const std::uint64_t e = d.try_advance();
+    if (release_all(t, e - 2, /*wait=*/false) != 0) {
+      tries = 0;  // progress (a batch at a time): go on at once
+      continue;
+    }
     if (tries < 4) {
       std::this_thread::yield();
     } else {
       std::this_thread::sleep_for(std::chrono::microseconds(10u << std::min(tries - 4, 6u)));
     }
-    const std::uint64_t e = d.try_advance();
-    release_all(t, e - 2, /*wait=*/false);
+    ++tries;
   }
 }
 
