@@ -343,9 +343,10 @@ void seal_retired_slow(ReclaimThread& t) noexcept { seal_into(t); }
 void collect(ReclaimThread& t) noexcept {
   t.since_collect = 0;
   const std::uint64_t e = domain().try_advance();
-  // Releases only what became safe, from every record nobody else is collecting: a thread
-  // pinned for long holds back only the objects retired while it was pinned, never a
-  // writer, and an idle thread's retirements are released by whoever collects.
+  // Releases only what became safe, from every record nobody else is collecting (a batch
+  // from each): an idle thread's retirements are released by whoever collects. A thread
+  // pinned for long holds back the objects retired since it pinned; once they exceed the
+  // bound, writers wait for it (backpressure).
   release_all(t, e - 2, /*wait=*/false);
   if (retired_total() > kRetiredBound) wait_for_room(t);
 }
