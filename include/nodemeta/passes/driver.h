@@ -4,10 +4,12 @@
 // Two schedules:
 //   for_each_node(graph, fn)                 node-parallel: tbb::parallel_for over all nodes;
 //                                            fn(i) may run for any nodes at the same time.
-//   for_each_in_dependency_order(graph, fn)  wavefront by topological level: fn(i) runs after
+//   for_each_in_dependency_order(graph, fn)  driven by dependencies: fn(i) runs as soon as
 //                                            fn(j) has returned for every input j of node i
-//                                            (each level is one tbb::parallel_for; the level
-//                                            barrier makes the inputs' writes visible).
+//                                            (an atomic count of pending inputs per node,
+//                                            tbb::parallel_for_each with a feeder; no level
+//                                            barrier: the last input's release makes the
+//                                            inputs' writes visible).
 // Both call fn from the current tbb::task_arena, so a caller limits threads with
 // tbb::task_arena(N).execute(...). Results must not depend on the thread count: a pass
 // writes only to the node it is visiting (reading its inputs), or builds new nodes in a
@@ -20,6 +22,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -29,6 +32,7 @@
 
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/parallel_for_each.h>
 
 #include "nodemeta/errors.h"
 #include "nodemeta/export.h"
@@ -144,12 +148,62 @@ void for_each_node(const graph::Graph& graph, F&& fn) {
 // The nodes grouped by topological level (graph.levels()), ascending index within a level.
 NODEMETA_PASSES_API std::vector<std::vector<std::size_t>> wavefronts(const graph::Graph& graph);
 
-// fn(std::size_t node_index) for every node, each after all of its inputs.
+// What a graph's dependencies leave to run in parallel (the bound for_each_in_dependency_order
+// can reach). A node's work is 1 + its number of inputs (what propagate reads and writes).
+struct Parallelism {
+  std::size_t nodes = 0;
+  std::size_t depth = 0;  // nodes on the longest path (topological levels)
+  std::size_t work = 0;   // every node's work
+  std::size_t span = 0;   // the most work on one path (the critical path's)
+  // Total work over the critical path's work, and nodes over depth; 0 for an empty graph.
+  double by_work() const noexcept { return span == 0 ? 0.0 : static_cast<double>(work) / static_cast<double>(span); }
+  double by_nodes() const noexcept { return depth == 0 ? 0.0 : static_cast<double>(nodes) / static_cast<double>(depth); }
+};
+NODEMETA_PASSES_API Parallelism available_parallelism(const graph::Graph& graph);
+
+// The schedule for_each_in_dependency_order runs: each node's users (CSR: the users of node
+// i are users[offsets[i]..offsets[i+1]), each once), each node's count of distinct inputs,
+// and the nodes without inputs. Throws std::logic_error if an input is not an earlier node
+// (a Graph never holds one; a cycle would leave nodes that never run).
+struct NODEMETA_PASSES_API DependencySchedule {
+  explicit DependencySchedule(const graph::Graph& graph);
+  std::vector<std::size_t> offsets;
+  std::vector<std::uint32_t> users;
+  std::vector<std::uint32_t> inputs;  // distinct inputs per node
+  std::vector<std::size_t> roots;
+};
+
+// fn(std::size_t node_index) for every node, each after all of its inputs, and as soon as
+// they are done: each node counts its inputs still pending; the thread that finishes a
+// node's last input (its decrement acq_rel, after fn's writes) runs that node itself if it
+// is the first user it made ready and hands the others to tbb::parallel_for_each's feeder,
+// where idle threads take them. So a chain runs on one thread without a task per node, and
+// there is no barrier between levels. If fn throws, the nodes not started yet never run and
+// the exception propagates (after the running ones return).
 template <class F>
 void for_each_in_dependency_order(const graph::Graph& graph, F&& fn) {
-  for (const std::vector<std::size_t>& level : wavefronts(graph)) {
-    parallel_indices(level.size(), 4, [&fn, &level](std::size_t i) { fn(level[i]); });
-  }
+  const DependencySchedule s(graph);
+  const std::size_t n = s.inputs.size();
+  std::unique_ptr<std::atomic<std::uint32_t>[]> pending(new std::atomic<std::uint32_t>[n]);
+  for (std::size_t i = 0; i < n; ++i) pending[i].store(s.inputs[i], std::memory_order_relaxed);
+  tbb::parallel_for_each(s.roots.begin(), s.roots.end(),
+                         [&fn, &s, &pending](std::size_t i, tbb::feeder<std::size_t>& feeder) {
+                           for (;;) {
+                             fn(i);
+                             std::size_t next = SIZE_MAX;
+                             for (std::size_t k = s.offsets[i]; k != s.offsets[i + 1]; ++k) {
+                               const std::size_t u = s.users[k];
+                               if (pending[u].fetch_sub(1, std::memory_order_acq_rel) != 1) continue;
+                               if (next == SIZE_MAX) {
+                                 next = u;
+                               } else {
+                                 feeder.add(u);
+                               }
+                             }
+                             if (next == SIZE_MAX) return;
+                             i = next;
+                           }
+                         });
 }
 
 // A compiler pass over a Graph.
