@@ -254,6 +254,18 @@ void PassContext::commit() noexcept {
   }
 }
 
+std::size_t PassContext::touched() const noexcept {
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < kCounts; ++i) n += counts_[i].touched.load(std::memory_order_relaxed);
+  return n;
+}
+
+std::size_t PassContext::rejected() const noexcept {
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < kCounts; ++i) n += counts_[i].rejected.load(std::memory_order_relaxed);
+  return n;
+}
+
 // ---- run_pass --------------------------------------------------------------------------
 
 PassStats run_pass(Pass& pass, graph::Graph& graph, const Baseline* baseline) {

@@ -33,6 +33,7 @@
 #include <oneapi/tbb/blocked_range.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/parallel_for_each.h>
+#include <oneapi/tbb/task_arena.h>
 
 #include "nodemeta/errors.h"
 #include "nodemeta/export.h"
@@ -104,10 +105,12 @@ class NODEMETA_PASSES_API PassContext {
   // journal dies with the context). For code that drives a PassContext itself.
   void commit() noexcept;
 
-  void count_touched(std::size_t n = 1) noexcept { touched_.fetch_add(n, std::memory_order_relaxed); }
-  void count_rejected(std::size_t n = 1) noexcept { rejected_.fetch_add(n, std::memory_order_relaxed); }
-  std::size_t touched() const noexcept { return touched_.load(); }
-  std::size_t rejected() const noexcept { return rejected_.load(); }
+  // Counted per thread (see Count below); touched() and rejected() sum the threads' counts,
+  // exact once the pass's loops have returned.
+  void count_touched(std::size_t n = 1) noexcept { count_slot().touched.fetch_add(n, std::memory_order_relaxed); }
+  void count_rejected(std::size_t n = 1) noexcept { count_slot().rejected.fetch_add(n, std::memory_order_relaxed); }
+  std::size_t touched() const noexcept;
+  std::size_t rejected() const noexcept;
 
   // Filled by the pass.
   std::string summary;
@@ -126,8 +129,18 @@ class NODEMETA_PASSES_API PassContext {
   graph::Node* first_;  // the node list the pass started with
   std::size_t size_;
   std::unique_ptr<std::atomic<NodeLog*>[]> logs_;  // one per node, null until written
-  std::atomic<std::size_t> touched_{0};
-  std::atomic<std::size_t> rejected_{0};
+  // A pass that counts every node (strip_debug counts each refused write) would make all its
+  // threads increment one cache line, and share it with the fields every write reads: the
+  // counts are per oneTBB thread index instead, one cache line each, apart from the context.
+  struct alignas(64) Count {
+    std::atomic<std::size_t> touched{0};
+    std::atomic<std::size_t> rejected{0};
+  };
+  static constexpr std::size_t kCounts = 64;  // thread indices beyond share (still atomic)
+  Count& count_slot() noexcept {
+    return counts_[static_cast<unsigned>(tbb::this_task_arena::current_thread_index()) % kCounts];
+  }
+  std::unique_ptr<Count[]> counts_{new Count[kCounts]};
 };
 
 // fn(std::size_t i) for every i in [0, n), in parallel (tbb::parallel_for, grain `grain`).
