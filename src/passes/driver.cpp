@@ -59,6 +59,17 @@ DependencySchedule::DependencySchedule(const graph::Graph& graph) : offsets(grap
   }
 }
 
+void check_dependency_order(const graph::Graph& graph) {
+  for (std::size_t i = 0; i < graph.size(); ++i) {
+    for (std::size_t j : graph.node(i).inputs) {
+      if (j >= i) {
+        throw std::logic_error("for_each_in_dependency_order: node " + std::to_string(i) + " reads node " +
+                               std::to_string(j) + ", which is not an earlier node");
+      }
+    }
+  }
+}
+
 Parallelism available_parallelism(const graph::Graph& graph) {
   Parallelism p;
   p.nodes = graph.size();

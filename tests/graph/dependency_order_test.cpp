@@ -1,7 +1,9 @@
-// for_each_in_dependency_order (driven by pending-input counts, no level barrier) and
-// available_parallelism: inputs always first, with the inputs' writes visible (plain
-// writes, so TSAN checks the schedule's happens-before edges), every node once, a throw
-// stops the nodes that depend on it; propagate's results identical at 1, 2, 3 and 8 threads.
+// for_each_in_dependency_order (driven by pending-input counts, no level barrier; forced
+// with min_parallelism 0 where a test needs the parallel schedule, which the default keeps
+// for graphs whose dependencies leave >= 2x) and available_parallelism: inputs always first,
+// with the inputs' writes visible (plain writes, so TSAN checks the schedule's happens-before
+// edges), every node once, a throw stops the nodes that depend on it; the pipeline's results
+// identical at 1, 2, 3 and 8 threads, and the parallel schedule's on the large graph too.
 // The large graph (data/graphs/gpt2_deep_train_aten.json.gz, 18,267 nodes) runs whole in the
 // debug and release presets; under ASAN and TSAN its first 4,000 nodes (a prefix of a
 // topologically ordered graph is a graph), to keep those runs short.
@@ -56,15 +58,18 @@ TEST(DependencyOrderTest, InputsRunFirstAndTheirWritesAreVisible) {
       std::vector<int> runs(g.size(), 0);
       std::atomic<int> bad{0};
       tbb::task_arena(threads).execute([&] {
-        for_each_in_dependency_order(g, [&](std::size_t i) {
-          std::int64_t v = 1;
-          for (std::size_t j : g.node(i).inputs) {
-            if (value[j] < 0) bad.fetch_add(1, std::memory_order_relaxed);
-            v = std::max(v, value[j] + 1);
-          }
-          value[i] = v;
-          ++runs[i];
-        });
+        for_each_in_dependency_order(
+            g,
+            [&](std::size_t i) {
+              std::int64_t v = 1;
+              for (std::size_t j : g.node(i).inputs) {
+                if (value[j] < 0) bad.fetch_add(1, std::memory_order_relaxed);
+                v = std::max(v, value[j] + 1);
+              }
+              value[i] = v;
+              ++runs[i];
+            },
+            /*min_parallelism=*/round == 4 ? kDependencyMinParallelism : 0.0);
       });
       EXPECT_EQ(bad.load(), 0) << threads << " threads";
       const std::vector<std::size_t> levels = g.levels();
@@ -88,16 +93,21 @@ TEST(DependencyOrderTest, EmptyAndRootOnlyGraphs) {
   EXPECT_EQ(seen.load(), 100);
 }
 
-TEST(DependencyOrderTest, AThrowStopsWhatDependsOnIt) {
+class DependencyOrderThrowTest : public ::testing::TestWithParam<double> {};
+
+TEST_P(DependencyOrderThrowTest, AThrowStopsWhatDependsOnIt) {
   const graph::Graph g = random_dag(3000, 3, 11);
   const std::size_t bad_node = 1500;
   std::vector<std::atomic<int>> ran(g.size());
   tbb::global_control allow(tbb::global_control::max_allowed_parallelism, 4);
   tbb::task_arena(4).execute([&] {
-    EXPECT_THROW(for_each_in_dependency_order(g, [&](std::size_t i) {
-                   if (i == bad_node) throw std::runtime_error("node 1500");
-                   ran[i].store(1);
-                 }),
+    EXPECT_THROW(for_each_in_dependency_order(
+                     g,
+                     [&](std::size_t i) {
+                       if (i == bad_node) throw std::runtime_error("node 1500");
+                       ran[i].store(1);
+                     },
+                     GetParam()),
                  std::runtime_error);
   });
   // Every node that reads bad_node (directly or not) never ran.
@@ -112,6 +122,15 @@ TEST(DependencyOrderTest, AThrowStopsWhatDependsOnIt) {
     }
   }
   EXPECT_GT(below, 10u);  // the check above checked something
+}
+
+// 0: the parallel schedule; 1e9: the calling thread, in index order.
+INSTANTIATE_TEST_SUITE_P(Schedules, DependencyOrderThrowTest, ::testing::Values(0.0, 1e9));
+
+TEST(DependencyOrderTest, ARandomDagLeavesParallelismTheDefaultUses) {
+  // The random DAG's reads reach far back: its dependencies leave more than 2x, so the
+  // default takes the parallel schedule there (the test above then tests it).
+  EXPECT_GE(available_parallelism(random_dag(5000, 4, 7)).by_work(), kDependencyMinParallelism);
 }
 
 TEST(DependencyOrderTest, AvailableParallelism) {
@@ -146,6 +165,40 @@ graph::Graph large_graph() {
     part.add_node(n.name, n.op, n.target, n.inputs, meta);
   }
   return part;
+}
+
+TEST(DependencyOrderTest, ParallelScheduleOnTheLargeGraphIdenticalAt1_2_3And8Threads) {
+  // Depth and the longest path's work per node, as propagate computes them, through the
+  // parallel schedule (forced: the large graph leaves 1.44x, below the default's 2x).
+  const graph::Graph g = large_graph();
+  tbb::global_control allow(tbb::global_control::max_allowed_parallelism, 8);
+  std::vector<std::int64_t> reference;
+  for (int threads : {1, 2, 3, 8}) {
+    for (int round = 0; round < 3; ++round) {
+      std::vector<std::int64_t> depth(g.size(), -1), path(g.size(), -1);
+      tbb::task_arena(threads).execute([&] {
+        for_each_in_dependency_order(
+            g,
+            [&](std::size_t i) {
+              std::int64_t d = 0, w = 0;
+              for (std::size_t j : g.node(i).inputs) {
+                d = std::max(d, depth[j] + 1);
+                w = std::max(w, path[j]);
+              }
+              depth[i] = d;
+              path[i] = w + 1 + static_cast<std::int64_t>(g.node(i).inputs.size());
+            },
+            0.0);
+      });
+      depth.insert(depth.end(), path.begin(), path.end());
+      if (reference.empty()) {
+        reference = depth;
+        const std::vector<std::size_t> levels = g.levels();
+        for (std::size_t i = 0; i < g.size(); ++i) ASSERT_EQ(reference[i], static_cast<std::int64_t>(levels[i]));
+      }
+      EXPECT_EQ(depth, reference) << threads << " threads, round " << round;
+    }
+  }
 }
 
 TEST(DependencyOrderTest, PipelineIdenticalAt1_2_3And8Threads) {

@@ -20,6 +20,7 @@
 #ifndef NODEMETA_PASSES_DRIVER_H_
 #define NODEMETA_PASSES_DRIVER_H_
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -31,6 +32,7 @@
 #include <vector>
 
 #include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/info.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/parallel_for_each.h>
 #include <oneapi/tbb/task_arena.h>
@@ -143,13 +145,32 @@ class NODEMETA_PASSES_API PassContext {
   std::unique_ptr<Count[]> counts_{new Count[kCounts]};
 };
 
-// fn(std::size_t i) for every i in [0, n), in parallel (tbb::parallel_for, grain `grain`).
+// Runs body() with the current arena's threads, but no more than the machine's cores
+// (tbb::info::default_concurrency(), which respects the affinity mask): an arena made larger
+// (with a tbb::global_control, as `nodemeta run -t 8` on 2 cores does) gets a nested arena of
+// that many. More threads than cores only add preemption: a thread descheduled in the middle
+// of its share holds the loop's end back by a time slice. Exceptions propagate.
+template <class Body>
+void within_cores(Body&& body) {
+  const int cores = tbb::info::default_concurrency();
+  if (tbb::this_task_arena::max_concurrency() <= cores) {
+    body();
+    return;
+  }
+  tbb::task_arena limited(cores);
+  limited.execute(body);
+}
+
+// fn(std::size_t i) for every i in [0, n), in parallel (tbb::parallel_for, grain `grain`,
+// within_cores).
 template <class F>
 void parallel_indices(std::size_t n, std::size_t grain, F&& fn) {
-  tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, grain),
-                    [&fn](const tbb::blocked_range<std::size_t>& r) {
-                      for (std::size_t i = r.begin(); i != r.end(); ++i) fn(i);
-                    });
+  within_cores([&] {
+    tbb::parallel_for(tbb::blocked_range<std::size_t>(0, n, grain),
+                      [&fn](const tbb::blocked_range<std::size_t>& r) {
+                        for (std::size_t i = r.begin(); i != r.end(); ++i) fn(i);
+                      });
+  });
 }
 
 // fn(std::size_t node_index) for every node, in parallel.
@@ -186,15 +207,43 @@ struct NODEMETA_PASSES_API DependencySchedule {
   std::vector<std::size_t> roots;
 };
 
+// Below this available parallelism (Parallelism::by_work()), for_each_in_dependency_order
+// runs the nodes on the calling thread, in index order (a topological order): measured on
+// 2 cores, two threads running passes at once each run 1.3-1.4x slower than one alone (cost
+// reaches 1.45x at 2 threads, verify 1.6x), so where the critical path is more than half the
+// work, a second thread costs the critical path more than it takes off it (docs/passes.md).
+inline constexpr double kDependencyMinParallelism = 2.0;
+
+template <class F>
+void run_dependency_schedule(const graph::Graph& graph, F&& fn);
+// Throws std::logic_error naming the first node with an input that is not an earlier node.
+NODEMETA_PASSES_API void check_dependency_order(const graph::Graph& graph);
+
 // fn(std::size_t node_index) for every node, each after all of its inputs, and as soon as
 // they are done: each node counts its inputs still pending; the thread that finishes a
 // node's last input (its decrement acq_rel, after fn's writes) runs that node itself if it
 // is the first user it made ready and hands the others to tbb::parallel_for_each's feeder,
 // where idle threads take them. So a chain runs on one thread without a task per node, and
-// there is no barrier between levels. If fn throws, the nodes not started yet never run and
-// the exception propagates (after the running ones return).
+// there is no barrier between levels. With one thread (the arena's, within_cores), or where
+// the graph's available parallelism is below `min_parallelism`, the nodes run in index order
+// on the calling thread instead (no atomics, no tasks). Either way, if fn throws, nothing that
+// depends on that node runs and the exception propagates (after the running nodes return).
+// Throws std::logic_error if an input is not an earlier node (a Graph never holds one).
 template <class F>
-void for_each_in_dependency_order(const graph::Graph& graph, F&& fn) {
+void for_each_in_dependency_order(const graph::Graph& graph, F&& fn,
+                                  double min_parallelism = kDependencyMinParallelism) {
+  const bool one_thread = std::min(tbb::this_task_arena::max_concurrency(), tbb::info::default_concurrency()) <= 1;
+  if (one_thread || available_parallelism(graph).by_work() < min_parallelism) {
+    check_dependency_order(graph);
+    for (std::size_t i = 0; i < graph.size(); ++i) fn(i);
+    return;
+  }
+  within_cores([&] { run_dependency_schedule(graph, fn); });
+}
+
+// The parallel schedule for_each_in_dependency_order runs (whatever the parallelism).
+template <class F>
+void run_dependency_schedule(const graph::Graph& graph, F&& fn) {
   const DependencySchedule s(graph);
   const std::size_t n = s.inputs.size();
   std::unique_ptr<std::atomic<std::uint32_t>[]> pending(new std::atomic<std::uint32_t>[n]);
