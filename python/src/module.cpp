@@ -1105,6 +1105,17 @@ PYBIND11_MODULE(_core, m) {
     Py_INCREF(views.ptr());
     Py_XSETREF(g_views, views.ptr());
   });
+  // An empty node of type tp (a NodeMetadataBase subclass) in store, __init__ not called
+  // (what unpickling a NodeMetadata builds before its entries are set).
+  m.def("_new_in", [](py::handle tp, py::handle store) {
+    if (!PyType_Check(tp.ptr()) || !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(tp.ptr()), g_base_type)) {
+      throw py::type_error("_new_in: not a NodeMetadataBase subclass");
+    }
+    if (!py::isinstance<PyStore>(store)) throw py::type_error("_new_in: not a MetadataStore");
+    PyObject* r = create_in(reinterpret_cast<PyTypeObject*>(tp.ptr()), store.ptr(), nullptr);
+    if (r == nullptr) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(r);
+  });
   m.def("_set_converter_hook", [](py::object fn) { set_converter_hook(fn.ptr()); });
   m.def("_shutdown", [] {
     clear_caches();
