@@ -3,6 +3,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <chrono>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -34,8 +35,9 @@ struct CallbackFlags {
 // lock; the scope only tells the commit what the callback's own thread did meanwhile.
 // Empty on the fast path: one TLS load.
 struct CallbackScope {
-  CallbackScope(const MetadataStore* s, NodeId n, std::uint32_t k, CallbackFlags& f) noexcept
-      : store(s), node(n), key(k), flags(f), outer(innermost) {
+  CallbackScope(const MetadataStore* s, NodeId n, const NodeState* st, std::uint32_t k,
+                CallbackFlags& f) noexcept
+      : store(s), node(n), state(st), key(k), flags(f), outer(innermost) {
     innermost = this;
   }
   ~CallbackScope() { innermost = outer; }
@@ -44,6 +46,7 @@ struct CallbackScope {
 
   const MetadataStore* store;
   NodeId node;
+  const NodeState* state;
   std::uint32_t key;  // the key update() read, or kWholeNode (edit)
   CallbackFlags& flags;
   CallbackScope* outer;
@@ -71,9 +74,9 @@ void note_own_write(const MetadataStore* store, NodeId node, std::uint32_t key) 
 // itself spawned, never an outer task of the caller's loop, so what this thread writes
 // meanwhile is the callback's own doing.
 template <class F>
-decltype(auto) run_callback(const MetadataStore* store, NodeId node, std::uint32_t key,
+decltype(auto) run_callback(const MetadataStore* store, const NodeEntry& node, std::uint32_t key,
                             CallbackFlags& flags, F&& f) {
-  CallbackScope scope(store, node, key, flags);
+  CallbackScope scope(store, node.first, &node.second, key, flags);
   return tbb::this_task_arena::isolate(std::forward<F>(f));
 }
 
@@ -183,22 +186,60 @@ bool is_torn(std::uint64_t w) noexcept {
 // before it opens, so a window stays a few stores long whatever the node's size.
 constexpr std::uint32_t kScanInWindow = 16;
 
-// Readers waiting for a node's lock (optimistic_read's fallback), counted per hash of the
-// node's address: a writer defers to them before it takes the lock, so that a hot writer
-// that relocks at once cannot starve them (its unlock-to-relock gap is a few instructions).
-// A writer only reads its counter (a shared, rarely written line); a waiting reader holds no
-// lock and waits only for lock holders, which wait for nothing: no cycle.
+// Threads waiting for a node's lock with priority, counted per hash of the node's address:
+// a read's fallback (optimistic_read), and an update()/edit() whose callback another
+// writer of its node has outrun kPoliteAfter times. Other writers of the node defer to them
+// before taking its lock, so that a hot writer (whose unlock-to-relock gap is a few
+// instructions) cannot starve them, but for at most kMaxDefer each: a writer waiting here
+// holds no lock, and may be a task that a waiting callback itself waits for, so an
+// unbounded wait could deadlock. A writer only reads its counter (a shared line, written
+// only on these slow paths).
 constexpr std::size_t kWaitSlots = 64;
 struct alignas(64) WaitSlots {
+  std::atomic<std::uint32_t> any{0};  // the sum of count[]: the only load of a fast write
   std::atomic<std::uint32_t> count[kWaitSlots] = {};
 };
-WaitSlots g_waiting_readers;
+WaitSlots g_priority_waiters;
 void clear_waiting_readers() noexcept {
-  for (auto& c : g_waiting_readers.count) c.store(0, std::memory_order_relaxed);
+  g_priority_waiters.any.store(0, std::memory_order_relaxed);
+  for (auto& c : g_priority_waiters.count) c.store(0, std::memory_order_relaxed);
 }
-std::atomic<std::uint32_t>& waiting_readers(const NodeState& node) noexcept {
+std::atomic<std::uint32_t>& priority_waiters(const NodeState& node) noexcept {
   const auto a = reinterpret_cast<std::uintptr_t>(&node);
-  return g_waiting_readers.count[((a >> 4) * 0x9E3779B97F4A7C15ULL) >> 58];
+  return g_priority_waiters.count[((a >> 4) * 0x9E3779B97F4A7C15ULL) >> 58];
+}
+constexpr std::chrono::microseconds kMaxDefer{2000};
+
+// Counts the calling thread among the node's priority waiters while it lives.
+class PriorityWait {
+ public:
+  PriorityWait() noexcept = default;
+  explicit PriorityWait(const NodeState& node) noexcept { start(node); }
+  ~PriorityWait() {
+    if (count_ != nullptr) {
+      count_->fetch_sub(1, std::memory_order_relaxed);
+      g_priority_waiters.any.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+  PriorityWait(const PriorityWait&) = delete;
+  PriorityWait& operator=(const PriorityWait&) = delete;
+  void start(const NodeState& node) noexcept {
+    if (count_ != nullptr) return;
+    count_ = &priority_waiters(node);
+    count_->fetch_add(1, std::memory_order_relaxed);
+    g_priority_waiters.any.fetch_add(1, std::memory_order_relaxed);
+  }
+
+ private:
+  std::atomic<std::uint32_t>* count_ = nullptr;
+};
+
+// Whether this thread runs a callback on `node` (its writes there never defer to it).
+bool in_callback_on(const NodeState& node) noexcept {
+  for (const CallbackScope* s = CallbackScope::innermost; s != nullptr; s = s->outer) {
+    if (s->state == &node) return true;
+  }
+  return false;
 }
 
 // A node's write lock, and the write window inside it. Only the holder stores to ctl while
@@ -208,40 +249,23 @@ class WriteLock {
   // `open`: take the lock with the write window already open, in the same CAS (a seq_cst
   // read-modify-write, which also serves as the window's fence). For writes that need no
   // allocation and no long scan before their stores, which is nearly all of them.
-  // `reader`: a read's fallback, which writers let go first.
+  // `priority`: the caller is counted among the node's priority waiters (it does not defer).
   // Throws std::logic_error on a torn node (see LockNote), std::bad_alloc once per thread.
-  WriteLock(NodeState& node, bool open, bool reader = false) : node_(node) {
+  WriteLock(NodeState& node, bool open, bool priority = false) : node_(node), open_(open) {
     LockNote* note = tls_lock_note;
     if (note == nullptr) note = create_lock_note();
     note_ = note;
-    std::atomic<std::uint32_t>* waiting = nullptr;
-    if (reader) {
-      waiting = &waiting_readers(node);
-      waiting->fetch_add(1, std::memory_order_relaxed);
-    }
-    Backoff backoff;
     const std::uint64_t bits = NodeState::kLocked | (open ? NodeState::kWriting : 0);
     std::uint64_t w = node.ctl.load(std::memory_order_relaxed);
     note->held.store(&node.ctl, std::memory_order_relaxed);  // ordered before the CAS
-    for (;;) {
-      if ((w & (NodeState::kLocked | NodeState::kWriting)) == 0 &&
-          (reader || waiting_readers(node).load(std::memory_order_relaxed) == 0) &&
-          node.ctl.compare_exchange_weak(w, w | bits, std::memory_order_seq_cst,
-                                         std::memory_order_relaxed)) {
-        if (waiting != nullptr) waiting->fetch_sub(1, std::memory_order_relaxed);
-        word_ = w | NodeState::kLocked;
-        open_ = open;
-        if (open) std::atomic_thread_fence(std::memory_order_release);  // (seqlock writer)
-        return;
-      }
-      if (is_torn(w)) {
-        if (waiting != nullptr) waiting->fetch_sub(1, std::memory_order_relaxed);
-        note->held.store(nullptr, std::memory_order_relaxed);
-        throw_torn();
-      }
-      backoff.pause();
-      w = node.ctl.load(std::memory_order_relaxed);
+    if ((w & (NodeState::kLocked | NodeState::kWriting)) != 0 ||
+        (!priority && g_priority_waiters.any.load(std::memory_order_relaxed) != 0) ||
+        !node.ctl.compare_exchange_strong(w, w | bits, std::memory_order_seq_cst,
+                                          std::memory_order_relaxed)) {
+      w = acquire_slow(bits, priority);
     }
+    word_ = w | NodeState::kLocked;
+    if (open) std::atomic_thread_fence(std::memory_order_release);  // (seqlock writer)
   }
   ~WriteLock() {
     node_.ctl.store(word_ & ~NodeState::kLocked, std::memory_order_release);
@@ -272,10 +296,42 @@ class WriteLock {
   std::uint64_t version() const noexcept { return word_ & ~(NodeState::kLocked | NodeState::kWriting); }
 
  private:
+  // The lock was taken, or a priority waiter may want it: spin (then yield) until the CAS
+  // succeeds, deferring to a waiter of this node for at most kMaxDefer. Returns the word
+  // the CAS replaced.
+  [[gnu::noinline]] std::uint64_t acquire_slow(std::uint64_t bits, bool priority) {
+    Backoff backoff;
+    bool defer = !priority;
+    std::chrono::steady_clock::time_point defer_until{};
+    std::uint64_t w = node_.ctl.load(std::memory_order_relaxed);
+    for (;;) {
+      if ((w & (NodeState::kLocked | NodeState::kWriting)) == 0) {
+        if (defer && g_priority_waiters.any.load(std::memory_order_relaxed) != 0 &&
+            priority_waiters(node_).load(std::memory_order_relaxed) != 0) {
+          const auto now = std::chrono::steady_clock::now();
+          if (defer_until == std::chrono::steady_clock::time_point{}) {
+            defer_until = now + kMaxDefer;
+            if (in_callback_on(node_)) defer = false;
+          } else if (now >= defer_until) {
+            defer = false;
+          }
+        } else if (node_.ctl.compare_exchange_weak(w, w | bits, std::memory_order_seq_cst,
+                                                   std::memory_order_relaxed)) {
+          return w;
+        }
+      } else if (is_torn(w)) {
+        note_->held.store(nullptr, std::memory_order_relaxed);
+        throw_torn();
+      }
+      backoff.pause();
+      w = node_.ctl.load(std::memory_order_relaxed);
+    }
+  }
+
   NodeState& node_;
   LockNote* note_;
   std::uint64_t word_;
-  bool open_ = false;
+  bool open_;
 };
 
 // Whether a write should open its window with the lock: only for a node small enough to be
@@ -302,7 +358,8 @@ auto optimistic_read(const NodeState& node, F&& read, std::uint64_t* version = n
   Backoff backoff;
   for (int attempt = 0;; ++attempt) {
     if (attempt == kOptimisticReads) {
-      WriteLock lock(const_cast<NodeState&>(node), false, /*reader=*/true);
+      PriorityWait waiting(node);
+      WriteLock lock(const_cast<NodeState&>(node), false, /*priority=*/true);
       auto result = read(node.slots.load(std::memory_order_relaxed),
                          node.size.load(std::memory_order_relaxed));
       if (version != nullptr) *version = lock.version();
@@ -686,10 +743,14 @@ bool MetadataStore::erase(NodeEntry& node, Key key) {
 
 namespace {
 
-// The most runs of one update()/edit() callback whose reads were each invalidated by
-// another thread's write before nodemeta gives up (ReentrancyError): by then the writes are
-// taken to be the callback's own, made by tasks it hands to other threads.
-constexpr unsigned kMaxCallbackRuns = 1000;
+// After this many runs of one update()/edit() callback whose reads were each invalidated by
+// another thread's write, the call asks the node's other writers to defer to it (for up to
+// kMaxDefer each: see PriorityWait), so that a callback slower than another thread's
+// writes of the same node gets an interval without them.
+constexpr unsigned kPoliteAfter = 4;
+// The most runs before nodemeta gives up (ReentrancyError): by then the writes are taken to
+// be the callback's own, made by tasks it hands to other threads.
+constexpr unsigned kMaxCallbackRuns = 64;
 
 [[noreturn]] void throw_self_invalidated(const char* op, const Key* key, bool own_thread) {
   std::string what = std::string("nodemeta: ") + op;
@@ -714,7 +775,9 @@ Value MetadataStore::update(NodeEntry& node, Key key,
   if (is_protected(key)) throw ProtectedKeyError(key.name());
   NodeState& state = node.second;
   const std::uint32_t id = key.id();
+  PriorityWait polite;
   for (unsigned run = 1;; ++run) {
+    if (run == kPoliteAfter) polite.start(state);
     // What the callback reads, and what the commit validates: the key's slot (kind and bits).
     // `seen` holds a reference to a box it names, so that box cannot be freed and its
     // address reused for another value before the commit compares (no ABA).
@@ -731,13 +794,13 @@ Value MetadataStore::update(NodeEntry& node, Key key,
     CallbackFlags flags;
     // No lock held: fn may read or write anything, this node included, and wait for tasks
     // that do.
-    Value next = run_callback(this, node.first, id, flags, [&] { return fn(seen); });
+    Value next = run_callback(this, node, id, flags, [&] { return fn(seen); });
     if (flags.node_destroyed) throw_destroyed_in_callback("update()");
     detail::reserve_retired(1);  // may throw: nothing changed yet
     Value stored = next;         // dies after the lock (declared before it)
     bool committed = false;
     {
-      WriteLock lock(state, false);
+      WriteLock lock(state, false, /*priority=*/run >= kPoliteAfter);
       const std::uint32_t i = find_owned(state, id);
       const bool unchanged =
           i == kAbsent ? !slot
@@ -769,14 +832,16 @@ Value MetadataStore::update(NodeEntry& node, Key key,
 
 void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)> fn) {
   NodeState& state = node.second;
+  PriorityWait polite;
   for (unsigned run = 1;; ++run) {
+    if (run == kPoliteAfter) polite.start(state);
     // The working copy, and the node's version it was copied at: the commit validates the
     // whole node (the editor's items() and size() read all of it).
     std::uint64_t version = 0;
     NodeEditor editor(*this, snapshot(state, 0, &version));
     const std::uint32_t base_size = editor.record_.size();
     CallbackFlags flags;
-    run_callback(this, node.first, kWholeNode, flags, [&] { fn(editor); });  // no lock held
+    run_callback(this, node, kWholeNode, flags, [&] { fn(editor); });  // no lock held
     if (flags.node_destroyed) throw_destroyed_in_callback("edit()");
 
     // Commit: everything that may throw first.
@@ -786,7 +851,7 @@ void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)>
     bool committed = false;
     bool stale = false;
     {
-      WriteLock lock(state, false);
+      WriteLock lock(state, false, /*priority=*/run >= kPoliteAfter);
       if (lock.version() == version) {
         // Unchanged since the copy: size and slots are the copy's. A node too large to
         // rewrite inside a window (or one that must grow) adopts the working copy's array.

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <barrier>
+#include <chrono>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -81,6 +82,43 @@ TEST(WritePathStressTest, ContendedUpdatesAndEditsLoseNothing) {
   EXPECT_EQ(node["count"].as<std::int64_t>(), threads * per_thread);
   EXPECT_EQ(node["edits"].as<std::int64_t>(), threads * ((per_thread + 3) / 4));
   for (int t = 0; t < threads; ++t) EXPECT_EQ(node["t" + std::to_string(t)].as<std::int64_t>(), per_thread - 1);
+}
+
+// A callback much slower than another thread's writes of the same node would be
+// invalidated on every run (an edit validates the whole node; an update its key): after a
+// few failed runs the call asks the node's other writers to defer to it (up to 2 ms per
+// write), so it commits instead of running until it gives up with ReentrancyError.
+TEST(WritePathStressTest, SlowCallbacksCommitUnderAHotWriterOfTheSameNode) {
+  MetadataStore store;
+  NodeMetadata node = store.create({{"hot", 0}, {"k", 0}});
+  std::atomic<bool> done{false};
+  std::atomic<std::int64_t> writes{0};
+  std::thread writer([&] {
+    for (std::int64_t i = 1; !done.load(std::memory_order_relaxed); ++i) {
+      node.set("hot", i);
+      writes.store(i, std::memory_order_relaxed);
+    }
+  });
+  while (writes.load() < 100) std::this_thread::yield();
+  auto slow = [] {  // 200 us: the writer writes many times meanwhile
+    const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
+    while (std::chrono::steady_clock::now() < end) {
+    }
+  };
+  const std::uint64_t rounds = test::rounds(20);
+  for (std::uint64_t r = 0; r < rounds; ++r) {
+    EXPECT_NO_THROW(node.edit([&](NodeEditor& e) {
+      slow();
+      e.set("k", e["k"].as<std::int64_t>() + 1);
+    })) << "round " << r;
+    EXPECT_NO_THROW((void)node.update("hot", [&](std::optional<Value> old) {
+      slow();
+      return Value(old->as<std::int64_t>());
+    })) << "round " << r;
+  }
+  done = true;
+  writer.join();
+  EXPECT_EQ(node["k"].as<std::int64_t>(), static_cast<std::int64_t>(rounds));
 }
 
 // Reproducer 01: items() and get() of a 10,000-key node while one thread writes it back to
