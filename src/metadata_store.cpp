@@ -343,21 +343,26 @@ bool open_with_lock(const NodeState& node) noexcept {
   return size <= kScanInWindow && size < node.capacity.load(std::memory_order_relaxed);
 }
 
-// Optimistic attempts a read makes before it takes the node's lock for one locked attempt.
-constexpr int kOptimisticReads = 4;
+// Optimistic attempts a read makes before it takes the node's lock for one locked attempt:
+// few for a large node (each attempt copies or scans all of it, and a hot writer
+// invalidates nearly every one), many for a small one (an attempt is a few loads, and
+// the next one nearly always validates: a lock would only slow its writers down).
+constexpr int kOptimisticReadsLarge = 4;
+constexpr int kOptimisticReadsSmall = 64;
 
 // Runs `read(slots, size)` on a consistent view of the node and returns its result; the
 // node's version it saw goes to `*version` if given. `read` may only load (load_shared) and
 // copy plain data out; it runs again if a write window overlapped it. The caller is pinned
-// (ReadGuard) if `read` dereferences slots. After kOptimisticReads failed validations (a
-// hot writer on a node large enough that every copy overlaps one of its windows) it waits
-// for the node's lock and reads under it: a lock holder is a write's commit, a few stores
+// (ReadGuard) if `read` dereferences slots. After kOptimisticReadsLarge failed validations
+// (a hot writer on a node large enough that every copy overlaps one of its windows; 64 for
+// a node of at most 16 keys) it waits for the node's lock and reads under it: a lock holder is a write's commit, a few stores
 // and at most one scan of the node, never user code, so the read then ends.
 template <class F>
 auto optimistic_read(const NodeState& node, F&& read, std::uint64_t* version = nullptr) {
   Backoff backoff;
+  int limit = kOptimisticReadsLarge;
   for (int attempt = 0;; ++attempt) {
-    if (attempt == kOptimisticReads) {
+    if (attempt >= limit) {
       PriorityWait waiting(node);
       WriteLock lock(const_cast<NodeState&>(node), false, /*priority=*/true);
       auto result = read(node.slots.load(std::memory_order_relaxed),
@@ -369,6 +374,7 @@ auto optimistic_read(const NodeState& node, F&& read, std::uint64_t* version = n
     if ((w1 & NodeState::kWriting) == 0) {
       const std::uint32_t size = node.size.load(std::memory_order_seq_cst);
       const Slot* slots = node.slots.load(std::memory_order_seq_cst);
+      limit = size <= kScanInWindow ? kOptimisticReadsSmall : kOptimisticReadsLarge;
       auto result = read(slots, size);
       std::atomic_thread_fence(std::memory_order_acquire);
       const std::uint64_t w2 = node.ctl.load(std::memory_order_relaxed);
@@ -747,10 +753,10 @@ namespace {
 // another thread's write, the call asks the node's other writers to defer to it (for up to
 // kMaxDefer each: see PriorityWait), so that a callback slower than another thread's
 // writes of the same node gets an interval without them.
-constexpr unsigned kPoliteAfter = 4;
+constexpr unsigned kPoliteAfter = 32;
 // The most runs before nodemeta gives up (ReentrancyError): by then the writes are taken to
 // be the callback's own, made by tasks it hands to other threads.
-constexpr unsigned kMaxCallbackRuns = 64;
+constexpr unsigned kMaxCallbackRuns = 256;
 
 [[noreturn]] void throw_self_invalidated(const char* op, const Key* key, bool own_thread) {
   std::string what = std::string("nodemeta: ") + op;

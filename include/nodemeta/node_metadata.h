@@ -84,10 +84,13 @@ using Items = std::vector<std::pair<std::string, Value>>;
 //   that writes this node outside its NodeEditor). When that write is made on the
 //   callback's thread (directly, or by a task oneTBB runs there) the call throws
 //   ReentrancyError after that run; when it comes from other threads nodemeta cannot tell
-//   it from contention, and throws ReentrancyError once kMaxCallbackRuns (1000) runs in a
-//   row were invalidated. Either way the node keeps what those writes stored, and the
-//   callback's result is not stored. Destroying or assigning to this handle inside its own
-//   callback destroys the node: the update()/edit() then throws std::logic_error and
+//   it from contention, and throws ReentrancyError once 256 runs in a row were
+//   invalidated. Either way the node keeps what those writes stored, and the callback's
+//   result is not stored. Under contention a callback runs again only because another
+//   write of what it read committed; one outrun 32 times asks the node's other writers to
+//   defer to it (at most 2 ms per write), so callbacks shorter than that commit even
+//   against a writer in a tight loop. Destroying or assigning to this handle inside its
+//   own callback destroys the node: the update()/edit() then throws std::logic_error and
 //   commits nothing.
 // Differences from std::unordered_map: no references or iterators into the node are ever
 //   handed out (values come back by copy, and Values are cheap to copy); operator[] is

@@ -87,7 +87,8 @@ TEST(WritePathStressTest, ContendedUpdatesAndEditsLoseNothing) {
 // A callback much slower than another thread's writes of the same node would be
 // invalidated on every run (an edit validates the whole node; an update its key): after a
 // few failed runs the call asks the node's other writers to defer to it (up to 2 ms per
-// write), so it commits instead of running until it gives up with ReentrancyError.
+// write), so it commits instead of running until it gives up with ReentrancyError
+// (checked: without the deferral every call here throws ReentrancyError).
 TEST(WritePathStressTest, SlowCallbacksCommitUnderAHotWriterOfTheSameNode) {
   MetadataStore store;
   NodeMetadata node = store.create({{"hot", 0}, {"k", 0}});
@@ -100,10 +101,12 @@ TEST(WritePathStressTest, SlowCallbacksCommitUnderAHotWriterOfTheSameNode) {
     }
   });
   while (writes.load() < 100) std::this_thread::yield();
-  auto slow = [] {  // 200 us: the writer writes many times meanwhile
-    const auto end = std::chrono::steady_clock::now() + std::chrono::microseconds(200);
-    while (std::chrono::steady_clock::now() < end) {
-    }
+  // Each run lasts until the writer has written again (so, without the deferral, every
+  // run is invalidated), or 1 ms without a write (what the deferral gives it).
+  auto slow = [&] {
+    const std::int64_t w0 = writes.load();
+    const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+    while (writes.load() == w0 && std::chrono::steady_clock::now() < end) std::this_thread::yield();
   };
   const std::uint64_t rounds = test::rounds(20);
   for (std::uint64_t r = 0; r < rounds; ++r) {
