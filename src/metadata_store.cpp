@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -541,9 +543,22 @@ MetadataStore::MetadataStore(StoreOptions options) {
 }
 
 MetadataStore::~MetadataStore() {
-  NODEMETA_ASSERT(map_.empty(),
-                  "MetadataStore destroyed while NodeMetadata handles still refer to it: "
-                  "the store must outlive its nodes");
+  // A node may still be owned by a retired value (a user object holding a NodeMetadata that
+  // a write replaced): release those first, where releasing is allowed on this thread.
+  if (!map_.empty() && CallbackScope::innermost == nullptr && detail::may_release_retired()) {
+    (void)detail::release_retired();
+  }
+  if (!map_.empty()) {
+    // A destructor cannot throw, and the nodes' handles would use freed memory: stop, in
+    // every build.
+    std::fprintf(stderr,
+                 "nodemeta: MetadataStore %p destroyed with %zu node(s) still alive "
+                 "(NodeMetadata handles, or values holding them, still refer to it): the store "
+                 "must outlive its nodes\n",
+                 static_cast<const void*>(this), map_.size());
+    std::fflush(stderr);
+    std::abort();
+  }
 }
 
 MetadataStore& MetadataStore::default_store() {

@@ -59,9 +59,11 @@ struct StoreOptions {
 //   no write to k succeeds on any node of this store, including writes already in flight:
 //   a write re-checks protection inside its write window, which readers cannot see past
 //   (docs/design.md has the argument).
-// Lifetime: the store must outlive its nodes; debug builds assert that no node is left
-//   when it is destroyed. Values that writes replaced or erased are released later (see
-//   release_retired_values()), on whichever thread next collects, never under a lock.
+// Lifetime: the store must outlive its nodes. Its destructor first releases retired values
+//   (one may own a node of the store); if a node is still left it prints a message naming
+//   the store and the count and calls std::abort(), in every build. Values that writes
+//   replaced or erased are released later (see release_retired_values()), on whichever
+//   thread next collects, never under a lock.
 class NODEMETA_API MetadataStore {
  public:
   MetadataStore() : MetadataStore(StoreOptions{}) {}
@@ -126,16 +128,20 @@ class NODEMETA_API MetadataStore {
   detail::ProtectedSet protection_;
 };
 
-// Releases now every value and slot array that writes on this thread (and on threads that
-// have exited) replaced or erased, after waiting for the reads in flight that might still
-// be looking at them (it never waits for writes). Returns how many were released.
+// Releases now every value and slot array that completed writes of any thread (live
+// threads, oneTBB workers, threads that have exited) replaced or erased before the call,
+// after waiting for the reads in flight that might still be looking at them, and waits
+// for other threads' collections that already took some of them out to finish destroying
+// them: when it returns, every one of them has been destroyed. Returns how many this call
+// released itself.
 //
-// Old values are otherwise released in batches, at the end of later writes on the thread
-// that replaced them, outside every lock: a value's destructor may read or write any node,
-// including the one that held it. Call this when a destructor's effect must happen now
-// (a test, a shutdown, releasing a large value). Allowed inside update()/edit() callbacks
-// (they hold no lock, and the callback's thread is not reading); must not be called while
-// a read on this thread is in flight (it is not: reads are not reentrant).
+// Old values are otherwise released in batches, at the end of later writes on any thread,
+// outside every lock: a value's destructor may read or write any node, including the one
+// that held it. Call this when a destructor's effect must happen now (a test, a shutdown,
+// before unloading a module that defines a value type). Allowed inside update()/edit()
+// callbacks (they hold no lock, and the callback's thread is not reading); returns 0 at
+// once when called from a value's destructor that a release is running; must not be called
+// while a read on this thread is in flight (it is not: reads are not reentrant).
 NODEMETA_API std::size_t release_retired_values();
 
 }  // namespace nodemeta
