@@ -67,6 +67,14 @@ class Input {
     return a != 0 ? std::min(a, want) : want;
   }
   void grow(std::size_t n) noexcept { size_ += n; }
+  // Room for `n` more bytes, allocated but not touched: for a writer given a size that may
+  // be a lie, whose pages then fault in only as far as it really writes.
+  char* untouched_tail(std::size_t n) {
+    ensure(n, false);
+    return data_ + size_;
+  }
+  // Forgets the bytes written, keeping the allocation.
+  void clear() noexcept { size_ = 0; }
   void append(const char* p, std::size_t n) {
     if (n > kMaxBytes) throw std::bad_alloc();
     std::memcpy(tail(n), p, n);

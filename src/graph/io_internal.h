@@ -75,6 +75,14 @@ constexpr std::size_t kChunk = std::size_t{1} << 18;  // 256 KiB reads and infla
 std::size_t read_some(const std::string& path, int fd, char* p, std::size_t n);
 // Reads `path` whole (inflating gzip) into `out`, within load.max_input_bytes.
 void read_input(const std::string& path, const LoadOptions& load, Input& out);
+// The fast path for a regular gzip file of one member whose trailer gives its inflated size
+// `isize` (<= load.max_input_bytes, at least 8x the file's size): the compressed file read whole and inflated by
+// libdeflate into exactly `isize` bytes of `out` (empty on entry). Returns false, having
+// written at most `isize` bytes, for anything else (a lying size field, several members,
+// zero padding, corrupt or truncated data): then the caller resets `out` and streams the
+// file through zlib (inflate_into), which enforces the limit and words every error.
+bool inflate_whole(const std::string& path, int fd, std::uint64_t file_size, std::uint64_t isize,
+                   const LoadOptions& load, Input& out);
 // Inflates the gzip stream on `fd` (whose first `first_size` bytes were read into `first`)
 // into `out`, refusing it as soon as it passes load.max_input_bytes.
 void inflate_into(const std::string& path, int fd, const char* first, std::size_t first_size,

@@ -1,6 +1,6 @@
 // Graph -> JSON text (a direct serializer, no intermediate tree) and saving it, plain or
 // gzip. See graph_io.h for the contract (schema key order, what cannot be saved).
-#include <zlib.h>
+#include <libdeflate.h>
 
 #include <algorithm>
 #include <array>
@@ -276,7 +276,7 @@ void write_graph(Writer& w, const Graph& graph) {
   w.out += "]}";
 }
 
-// Writes `text` to `path`, gzip-compressed when asked, in pieces zlib's 32-bit sizes take.
+// Writes `text` to `path`, gzip-compressed (libdeflate) when asked.
 // The file is opened only once the whole text is ready, so a graph that cannot be saved
 // (NaN, invalid UTF-8, a user object) leaves the file untouched. The path is written through
 // (symlinks, /dev/stdout, hard links, the file's mode and owner all behave as with any
@@ -293,31 +293,27 @@ void write_file(const std::string& path, std::string_view text, bool gz) {
   if (!gz) {
     put(text.data(), text.size());
   } else {
-    z_stream zs{};
-    if (deflateInit2(&zs, 6, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) {
-      fail(path, "gzip: cannot initialise zlib");
-    }
-    struct End {
-      z_stream* zs;
-      ~End() { deflateEnd(zs); }
-    } end{&zs};
-    auto buf = std::make_unique<unsigned char[]>(kChunk);
+    // libdeflate's whole-buffer compressor at level 5 (on the large shared graph, 74 MB of
+    // JSON: 300-343 ms against zlib -6's 567-727 ms, 1.15x its size; a loaded machine), in
+    // pieces of at most 1 GiB, one gzip member each
+    // (every reader inflates concatenated members as one stream).
+    constexpr int kLevel = 5;
+    struct Free {
+      void operator()(libdeflate_compressor* c) const noexcept { libdeflate_free_compressor(c); }
+    };
+    const std::unique_ptr<libdeflate_compressor, Free> c(libdeflate_alloc_compressor(kLevel));
+    if (!c) fail(path, "gzip: cannot initialise libdeflate");
+    constexpr std::size_t kPiece = std::size_t{1} << 30;
     std::size_t pos = 0;
-    int ret = Z_OK;
+    std::vector<char> buf;
     do {
-      const std::size_t n = std::min(text.size() - pos, kChunk);
-      zs.next_in = reinterpret_cast<Bytef*>(const_cast<char*>(text.data() + pos));
-      zs.avail_in = static_cast<uInt>(n);
+      const std::size_t n = std::min(text.size() - pos, kPiece);
+      buf.resize(libdeflate_gzip_compress_bound(c.get(), n));
+      const std::size_t made = libdeflate_gzip_compress(c.get(), text.data() + pos, n, buf.data(), buf.size());
+      if (made == 0) fail(path, "gzip: compression failed");
+      put(buf.data(), made);
       pos += n;
-      const int flush = pos == text.size() ? Z_FINISH : Z_NO_FLUSH;
-      do {
-        zs.next_out = buf.get();
-        zs.avail_out = static_cast<uInt>(kChunk);
-        ret = deflate(&zs, flush);
-        if (ret == Z_STREAM_ERROR) fail(path, "gzip: compression failed");
-        put(buf.get(), kChunk - zs.avail_out);
-      } while (zs.avail_out == 0);
-    } while (ret != Z_STREAM_END);
+    } while (pos < text.size());
   }
   if (std::fflush(f.get()) != 0) fail(path, std::string("cannot write: ") + std::strerror(errno));
   std::FILE* raw = f.release();
