@@ -81,8 +81,10 @@ class Input {
     size_ += n;
   }
   // Zeroes the padding (simdjson reads it; it must be initialised for the sanitizers).
+  // Populates nothing: after libdeflate's whole-buffer inflate the text is resident already.
   void finish() {
-    std::memset(tail(0) + 0, 0, simdjson::SIMDJSON_PADDING);
+    ensure(0, false);
+    std::memset(data_ + size_, 0, simdjson::SIMDJSON_PADDING);
   }
   void release() noexcept {
     std::free(data_);
