@@ -378,11 +378,35 @@ def io_section(L, results):
         rt = "" if x.get("round_trip", True) else " (round trip differs!)"
         L.append(f"| {x['graph']}{rt} | {x['nodes']} | {x['inflated_bytes'] / 1e6:.2f} | {x['load_ms']:.2f} | "
                  f"{x['floor_ms']:.2f} | {lf:.2f}x {verdict(lf <= 2.0)} | "
-                 + (f"{pl:.2f} | {rl:.1f}x {verdict(rl >= 5.0)} | " if pl else "n/a | | ")
+                 + ((f"{pl:.2f} | {rl:.1f}x (noisy: no verdict) | " if p.get("noisy") else
+                     f"{pl:.2f} | {rl:.1f}x {verdict(rl >= 5.0)} | ") if pl else "n/a | | ")
                  + f"{x['save_ms']:.2f} | "
                  + (f"{pd:.2f} | {rs:.1f}x {verdict(rs >= 3.0)} | " if pd else "n/a | | ")
                  + (f"{pr:.2f}x {verdict(pr <= 3.0)} |" if pr is not None else "n/a |"))
     L.append("")
+    inter = [p for p in pyio.values() if "nodemeta_warm_ms" in p]
+    if inter:
+        L.append("**Warm and cold loads, interleaved** (`benchmarks/python_io.py --nodemeta-bench=... "
+                 "--nodemeta-cli=...`, issue 22): repetition by repetition, Python's warm `json.load` (in the "
+                 "driver), nodemeta's warm load (`nodemeta_io_benchmark --reps=1`), Python's first `json.load` in "
+                 "a fresh `/usr/bin/python3` and `nodemeta run`'s reported load in a fresh process; medians, MB/s "
+                 "of JSON text. A row with a spread over 30% or a Python rate outside 20-2000 MB/s is marked "
+                 "noisy and gets no verdict.")
+        L.append("")
+        L.append("| graph | JSON MB | nodemeta warm ms (MB/s) | Python warm ms (MB/s) | warm ratio (goal >= 5) "
+                 "| nodemeta cold ms (MB/s) | Python cold ms (MB/s) | cold ratio (goal >= 5) | noisy |")
+        L.append("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+        for p in inter:
+            wr = p["python_warm_ms"] / p["nodemeta_warm_ms"]
+            cr = p["python_cold_ms"] / p["nodemeta_cold_ms"]
+            nz = p.get("noisy")
+            v = (lambda ok: "no verdict" if nz else verdict(ok))
+            L.append(f"| {p['graph']} | {p['json_bytes'] / 1e6:.2f} | {p['nodemeta_warm_ms']:.2f} "
+                     f"({p['nodemeta_warm_mbps']:.0f}) | {p['python_warm_ms']:.2f} ({p['python_warm_mbps']:.0f}) | "
+                     f"{wr:.1f}x {v(wr >= 5.0)} | {p['nodemeta_cold_ms']:.2f} ({p['nodemeta_cold_mbps']:.0f}) | "
+                     f"{p['python_cold_ms']:.2f} ({p['python_cold_mbps']:.0f}) | {cr:.1f}x {v(cr >= 5.0)} | "
+                     f"{nz or ''} |")
+        L.append("")
     bomb_path = os.path.join(results, "io_bomb.json")
     if os.path.exists(bomb_path):
         with open(bomb_path) as f:
