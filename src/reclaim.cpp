@@ -8,7 +8,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -163,17 +162,25 @@ void seal_into(ReclaimThread& t) noexcept {
   t.bag.clear();
 }
 
+// At most this many objects a routine collection takes out of one record at a time: what a
+// collector has taken out is no longer counted (retired_total()), so this bounds how far
+// the objects not yet destroyed may exceed the count (docs/design.md, "Bounded retired
+// memory").
+constexpr std::size_t kReleaseBatch = 512;
+
 // Takes out of `r` the objects retired at epoch <= safe (a prefix: the list is in epoch
-// order) and releases them, outside the lock. `wait`: block for the lock, else skip a
-// record another thread holds.
-std::size_t release_from(ThreadRecord& r, std::uint64_t safe, bool wait) noexcept {
+// order), at most `limit` of them, and releases them, outside the lock. `wait`: block for
+// the lock, else skip a record another thread holds.
+std::size_t release_from(ThreadRecord& r, std::uint64_t safe, bool wait,
+                         std::size_t limit) noexcept {
   if (wait) {
     r.lock();
   } else if (!r.try_lock()) {
     return 0;
   }
   std::vector<RetiredObject> ready;
-  const auto end = std::find_if(r.list.begin(), r.list.end(),
+  const auto last = r.list.begin() + static_cast<std::ptrdiff_t>(std::min(limit, r.list.size()));
+  const auto end = std::find_if(r.list.begin(), last,
                                 [safe](const RetiredObject& o) { return o.epoch > safe; });
   if (end == r.list.end()) {
     ready.swap(r.list);  // no allocation
@@ -196,6 +203,8 @@ std::size_t release_from(ThreadRecord& r, std::uint64_t safe, bool wait) noexcep
 // record; release_retired() flips the generation and waits for the old one to drain.
 std::atomic<unsigned> g_generation{0};
 std::atomic<std::size_t> g_collectors[2];
+// Serializes release_retired()'s flips (a flag rather than a mutex: a fork()ed child resets it).
+std::atomic<bool> g_flipping{false};
 
 class CollectorScope {
  public:
@@ -225,8 +234,9 @@ std::size_t release_all(ReclaimThread& t, std::uint64_t safe, bool wait) noexcep
   t.collecting = true;
   {
     const CollectorScope scope;
+    const std::size_t limit = wait ? ~std::size_t{0} : kReleaseBatch;
     for (ThreadRecord* r = domain().records(); r != nullptr; r = r->next) {
-      n += release_from(*r, safe, wait);
+      n += release_from(*r, safe, wait, limit);
     }
   }
   t.collecting = false;
@@ -250,14 +260,19 @@ std::size_t retired_total() noexcept {
 // older epoch to finish their read: docs/design.md has why that always happens.
 void wait_for_room(ReclaimThread& t) noexcept {
   Domain& d = domain();
-  for (unsigned tries = 0; retired_total() > kRetiredBound; ++tries) {
+  unsigned tries = 0;
+  while (retired_total() > kRetiredBound) {
+    const std::uint64_t e = d.try_advance();
+    if (release_all(t, e - 2, /*wait=*/false) != 0) {
+      tries = 0;  // progress (a batch at a time): go on at once
+      continue;
+    }
     if (tries < 4) {
       std::this_thread::yield();
     } else {
       std::this_thread::sleep_for(std::chrono::microseconds(10u << std::min(tries - 4, 6u)));
     }
-    const std::uint64_t e = d.try_advance();
-    release_all(t, e - 2, /*wait=*/false);
+    ++tries;
   }
 }
 
@@ -273,6 +288,10 @@ void thread_exit(void* state) noexcept {
 // After fork(), only the forking thread exists in the child: every other record would stay
 // pinned, or locked, forever. Released objects stay where they are, to be released later.
 void after_fork_in_child() noexcept {
+  // Collections and releases in flight in the parent's other threads never finish here.
+  g_collectors[0].store(0, std::memory_order_relaxed);
+  g_collectors[1].store(0, std::memory_order_relaxed);
+  g_flipping.store(false, std::memory_order_relaxed);
   ThreadRecord* mine = tls_thread != nullptr ? tls_thread->record : nullptr;
   for (ThreadRecord* r = domain().records(); r != nullptr; r = r->next) {
     r->list_lock.store(false, std::memory_order_relaxed);
@@ -286,14 +305,17 @@ void after_fork_in_child() noexcept {
 // serialized, so while one waits the other generation holds no collection that began
 // before the previous flip (its flipper waited for them).
 void wait_for_collections() noexcept {
-  static std::mutex flip_mutex;
-  const std::lock_guard<std::mutex> lock(flip_mutex);
+  while (g_flipping.exchange(true, std::memory_order_acquire)) {
+    g_flipping.wait(true, std::memory_order_relaxed);
+  }
   const unsigned old = g_generation.load(std::memory_order_seq_cst);
   g_generation.store(old ^ 1u, std::memory_order_seq_cst);
   for (std::size_t n = g_collectors[old].load(std::memory_order_seq_cst); n != 0;
        n = g_collectors[old].load(std::memory_order_seq_cst)) {
     g_collectors[old].wait(n, std::memory_order_seq_cst);
   }
+  g_flipping.store(false, std::memory_order_release);
+  g_flipping.notify_all();
 }
 
 }  // namespace
@@ -321,9 +343,10 @@ void seal_retired_slow(ReclaimThread& t) noexcept { seal_into(t); }
 void collect(ReclaimThread& t) noexcept {
   t.since_collect = 0;
   const std::uint64_t e = domain().try_advance();
-  // Releases only what became safe, from every record nobody else is collecting: a thread
-  // pinned for long holds back only the objects retired while it was pinned, never a
-  // writer, and an idle thread's retirements are released by whoever collects.
+  // Releases only what became safe, from every record nobody else is collecting (a batch
+  // from each): an idle thread's retirements are released by whoever collects. A thread
+  // pinned for long holds back the objects retired since it pinned; once they exceed the
+  // bound, writers wait for it (backpressure).
   release_all(t, e - 2, /*wait=*/false);
   if (retired_total() > kRetiredBound) wait_for_room(t);
 }

@@ -32,9 +32,10 @@ struct Blob {
 };
 
 constexpr long kWriters = 2;
-// src/reclaim.h: kRetiredBound, plus per writing thread kCollectThreshold (128) and one
-// write's retirements (1), plus the values the writers' nodes hold.
-constexpr long kBound = 16384 + kWriters * (128 + 1) + kWriters;
+// docs/design.md ("Bounded retired memory"): kRetiredBound, plus per writing thread
+// kCollectThreshold (128), one write's retirements (1) and the batch its collection may be
+// destroying (512), plus per writer the value its node holds and the one being built.
+constexpr long kBound = 16384 + kWriters * (128 + 1 + 512) + 2 * kWriters;
 // Writers stop here, so that a regression fails fast instead of exhausting memory.
 constexpr long kCap = 8 * kBound;
 
