@@ -181,7 +181,7 @@ WriteResult PassContext::write(NodeMetadata& node, Key key, Value value) {
   // store drops under the lock is the last one either).
   std::optional<Value> old;
   std::optional<Value> last(value);
-  WriteResult r;
+  WriteResult r = WriteResult::kRejectedProtected;  // (assigned below)
   {
     std::lock_guard<NodeLog> hold(*log);
     NodeLog::Change* change = log->find(key);  // may throw: nothing written yet
