@@ -1,7 +1,13 @@
 #include "nodemeta/metadata_store.h"
 
+#include <pthread.h>
+
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -18,11 +24,23 @@ namespace {
 using detail::NodeState;
 using detail::Slot;
 
-// The nodes whose callbacks (update/edit) are running on this thread, innermost first.
-// Any write from inside a callback is refused (check_writable); destroying the node whose
-// callback runs is fatal (remove). Empty on the fast path: one TLS load.
+constexpr std::uint32_t kAbsent = ~std::uint32_t{0};
+// The key of a callback scope (or of a write) that stands for the whole node: edit().
+constexpr std::uint32_t kWholeNode = ~std::uint32_t{0};
+
+// What a callback's own thread did while the callback ran (CallbackScope).
+struct CallbackFlags {
+  bool self_wrote = false;      // wrote what the callback read: rerunning it cannot help
+  bool node_destroyed = false;  // destroyed the callback's node
+};
+
+// A callback (update/edit) running on this thread, innermost first. Callbacks hold no
+// lock; the scope only tells the commit what the callback's own thread did meanwhile.
+// Empty on the fast path: one TLS load.
 struct CallbackScope {
-  CallbackScope(const MetadataStore* s, NodeId n) noexcept : store(s), node(n), outer(innermost) {
+  CallbackScope(const MetadataStore* s, NodeId n, const NodeState* st, std::uint32_t k,
+                CallbackFlags& f) noexcept
+      : store(s), node(n), state(st), key(k), flags(f), outer(innermost) {
     innermost = this;
   }
   ~CallbackScope() { innermost = outer; }
@@ -30,7 +48,10 @@ struct CallbackScope {
   CallbackScope& operator=(const CallbackScope&) = delete;
 
   const MetadataStore* store;
-  NodeId node;  // the node whose lock the callback runs under
+  NodeId node;
+  const NodeState* state;
+  std::uint32_t key;  // the key update() read, or kWholeNode (edit)
+  CallbackFlags& flags;
   CallbackScope* outer;
   static thread_local CallbackScope* innermost;
 };
@@ -39,13 +60,26 @@ struct CallbackScope {
 __attribute__((tls_model("initial-exec"))) thread_local CallbackScope* CallbackScope::innermost =
     nullptr;
 
-// Runs a user callback under this node's scope, isolated from unrelated oneTBB work: while
-// the callback waits inside oneTBB (a task_group::wait, a nested parallel_for) this thread
-// may only run tasks the callback itself spawned, never an outer task of the caller's loop
-// (whose writes would be refused here, though nothing nested).
+// After a write on this thread changed `key` of `node` (kWholeNode: possibly every key):
+// marks the callbacks running on this thread that read it.
+void note_own_write(const MetadataStore* store, NodeId node, std::uint32_t key) noexcept {
+  for (CallbackScope* s = CallbackScope::innermost; s != nullptr; s = s->outer) {
+    if (s->store == store && s->node == node &&
+        (s->key == kWholeNode || key == kWholeNode || s->key == key)) {
+      s->flags.self_wrote = true;
+    }
+  }
+}
+
+// Runs a user callback, with no lock held, in a scope that records what this thread does
+// meanwhile, isolated from unrelated oneTBB work: while the callback waits inside oneTBB
+// (a task_group::wait, a nested parallel_for) this thread only runs tasks the callback
+// itself spawned, never an outer task of the caller's loop, so what this thread writes
+// meanwhile is the callback's own doing.
 template <class F>
-decltype(auto) run_callback(const MetadataStore* store, NodeId node, F&& f) {
-  CallbackScope scope(store, node);
+decltype(auto) run_callback(const MetadataStore* store, const NodeEntry& node, std::uint32_t key,
+                            CallbackFlags& flags, F&& f) {
+  CallbackScope scope(store, node.first, &node.second, key, flags);
   return tbb::this_task_arena::isolate(std::forward<F>(f));
 }
 
@@ -73,31 +107,173 @@ class Backoff {
   int count_ = 1;
 };
 
+// --- fork(): the node locks of threads a child does not have -------------------------------
+//
+// Every thread that takes node locks has a LockNote: the control word of the node whose lock
+// it holds or is taking (a thread holds at most one: nothing that runs under a node lock
+// takes another). Stored before the lock's CAS, cleared after the unlock: plain stores to
+// the thread's own note. A fork()ed child has only the forking thread, so the child handler
+// (pthread_atfork) unlocks every node another thread's note names. A node whose write window
+// was open may be torn: the handler leaves its writing bit set without the lock bit, a state
+// no live writer produces, and every later operation on it throws std::logic_error.
+struct alignas(64) LockNote {
+  std::atomic<std::atomic<std::uint64_t>*> held{nullptr};
+  std::atomic<bool> in_use{true};
+  LockNote* next = nullptr;  // immutable once published
+};
+std::atomic<LockNote*> g_lock_notes{nullptr};
+__attribute__((tls_model("initial-exec"))) thread_local LockNote* tls_lock_note = nullptr;
+pthread_key_t g_lock_note_key;
+
+void clear_waiting_readers() noexcept;
+
+void clear_inherited_locks() noexcept {
+  clear_waiting_readers();  // the waiting readers were other threads
+  const LockNote* mine = tls_lock_note;  // the forking thread's: it held no lock in fork()
+  for (LockNote* n = g_lock_notes.load(std::memory_order_acquire); n != nullptr; n = n->next) {
+    if (n == mine) continue;
+    if (std::atomic<std::uint64_t>* ctl = n->held.exchange(nullptr, std::memory_order_relaxed)) {
+      const std::uint64_t w = ctl->load(std::memory_order_relaxed);
+      if ((w & NodeState::kLocked) != 0) ctl->store(w & ~NodeState::kLocked, std::memory_order_relaxed);
+    }
+    n->in_use.store(false, std::memory_order_relaxed);  // its thread does not exist here
+  }
+}
+
+LockNote* create_lock_note() {
+  static const bool registered = [] {
+    // The key's destructor gives an exiting thread's note back for reuse.
+    if (pthread_key_create(&g_lock_note_key, [](void* note) {
+          tls_lock_note = nullptr;
+          static_cast<LockNote*>(note)->in_use.store(false, std::memory_order_release);
+        }) != 0 ||
+        pthread_atfork(nullptr, nullptr, &clear_inherited_locks) != 0) {
+      throw std::runtime_error("nodemeta: cannot register the node locks' fork() handler");
+    }
+    return true;
+  }();
+  (void)registered;
+  LockNote* note = nullptr;
+  for (LockNote* n = g_lock_notes.load(std::memory_order_acquire); n != nullptr; n = n->next) {
+    bool free = false;
+    if (!n->in_use.load(std::memory_order_relaxed) &&
+        n->in_use.compare_exchange_strong(free, true, std::memory_order_acquire)) {
+      note = n;
+      break;
+    }
+  }
+  if (note == nullptr) {
+    note = new LockNote();  // immortal, like the reclamation records
+    LockNote* head = g_lock_notes.load(std::memory_order_relaxed);
+    do {
+      note->next = head;
+    } while (!g_lock_notes.compare_exchange_weak(head, note, std::memory_order_release,
+                                                 std::memory_order_relaxed));
+  }
+  pthread_setspecific(g_lock_note_key, note);
+  tls_lock_note = note;
+  return note;
+}
+
+// A node a fork()ed child inherited with another thread's write window open.
+bool is_torn(std::uint64_t w) noexcept {
+  return (w & (NodeState::kWriting | NodeState::kLocked)) == NodeState::kWriting;
+}
+[[noreturn]] void throw_torn() {
+  throw std::logic_error(
+      "nodemeta: this node was being written by another thread when the process was "
+      "fork()ed; in the child its contents may be torn, and it may only be destroyed");
+}
+
+// Writes at most this many slots inside a window; larger nodes are scanned under the lock
+// before it opens, so a window stays a few stores long whatever the node's size.
+constexpr std::uint32_t kScanInWindow = 16;
+
+// Threads waiting for a node's lock with priority, counted per hash of the node's address:
+// a read's fallback (optimistic_read), and an update()/edit() whose callback another
+// writer of its node has outrun kPoliteAfter times. Other writers of the node defer to them
+// before taking its lock, so that a hot writer (whose unlock-to-relock gap is a few
+// instructions) cannot starve them, but for at most kMaxDefer each: a writer waiting here
+// holds no lock, and may be a task that a waiting callback itself waits for, so an
+// unbounded wait could deadlock. A writer only reads its counter (a shared line, written
+// only on these slow paths).
+constexpr std::size_t kWaitSlots = 64;
+struct alignas(64) WaitSlots {
+  std::atomic<std::uint32_t> any{0};  // the sum of count[]: the only load of a fast write
+  std::atomic<std::uint32_t> count[kWaitSlots] = {};
+};
+WaitSlots g_priority_waiters;
+void clear_waiting_readers() noexcept {
+  g_priority_waiters.any.store(0, std::memory_order_relaxed);
+  for (auto& c : g_priority_waiters.count) c.store(0, std::memory_order_relaxed);
+}
+std::atomic<std::uint32_t>& priority_waiters(const NodeState& node) noexcept {
+  const auto a = reinterpret_cast<std::uintptr_t>(&node);
+  return g_priority_waiters.count[((a >> 4) * 0x9E3779B97F4A7C15ULL) >> 58];
+}
+constexpr std::chrono::microseconds kMaxDefer{2000};
+
+// Counts the calling thread among the node's priority waiters while it lives.
+class PriorityWait {
+ public:
+  PriorityWait() noexcept = default;
+  explicit PriorityWait(const NodeState& node) noexcept { start(node); }
+  ~PriorityWait() {
+    if (count_ != nullptr) {
+      count_->fetch_sub(1, std::memory_order_relaxed);
+      g_priority_waiters.any.fetch_sub(1, std::memory_order_relaxed);
+    }
+  }
+  PriorityWait(const PriorityWait&) = delete;
+  PriorityWait& operator=(const PriorityWait&) = delete;
+  void start(const NodeState& node) noexcept {
+    if (count_ != nullptr) return;
+    count_ = &priority_waiters(node);
+    count_->fetch_add(1, std::memory_order_relaxed);
+    g_priority_waiters.any.fetch_add(1, std::memory_order_relaxed);
+  }
+
+ private:
+  std::atomic<std::uint32_t>* count_ = nullptr;
+};
+
+// Whether this thread runs a callback on `node` (its writes there never defer to it).
+bool in_callback_on(const NodeState& node) noexcept {
+  for (const CallbackScope* s = CallbackScope::innermost; s != nullptr; s = s->outer) {
+    if (s->state == &node) return true;
+  }
+  return false;
+}
+
 // A node's write lock, and the write window inside it. Only the holder stores to ctl while
 // the lock is held, so it tracks the word itself and publishes with plain stores.
 class WriteLock {
  public:
   // `open`: take the lock with the write window already open, in the same CAS (a seq_cst
   // read-modify-write, which also serves as the window's fence). For writes that need no
-  // allocation before their stores, which is nearly all of them.
-  WriteLock(NodeState& node, bool open) noexcept : node_(node) {
-    Backoff backoff;
+  // allocation and no long scan before their stores, which is nearly all of them.
+  // `priority`: the caller is counted among the node's priority waiters (it does not defer).
+  // Throws std::logic_error on a torn node (see LockNote), std::bad_alloc once per thread.
+  WriteLock(NodeState& node, bool open, bool priority = false) : node_(node), open_(open) {
+    LockNote* note = tls_lock_note;
+    if (note == nullptr) note = create_lock_note();
+    note_ = note;
     const std::uint64_t bits = NodeState::kLocked | (open ? NodeState::kWriting : 0);
     std::uint64_t w = node.ctl.load(std::memory_order_relaxed);
-    for (;;) {
-      if ((w & NodeState::kLocked) == 0 &&
-          node.ctl.compare_exchange_weak(w, w | bits, std::memory_order_seq_cst,
-                                         std::memory_order_relaxed)) {
-        word_ = w | NodeState::kLocked;
-        open_ = open;
-        if (open) std::atomic_thread_fence(std::memory_order_release);  // (seqlock writer)
-        return;
-      }
-      backoff.pause();
-      w = node.ctl.load(std::memory_order_relaxed);
+    note->held.store(&node.ctl, std::memory_order_relaxed);  // ordered before the CAS
+    if ((w & (NodeState::kLocked | NodeState::kWriting)) != 0 ||
+        (!priority && g_priority_waiters.any.load(std::memory_order_relaxed) != 0) ||
+        !node.ctl.compare_exchange_strong(w, w | bits, std::memory_order_seq_cst,
+                                          std::memory_order_relaxed)) {
+      w = acquire_slow(bits, priority);
     }
+    word_ = w | NodeState::kLocked;
+    if (open) std::atomic_thread_fence(std::memory_order_release);  // (seqlock writer)
   }
-  ~WriteLock() { node_.ctl.store(word_ & ~NodeState::kLocked, std::memory_order_release); }
+  ~WriteLock() {
+    node_.ctl.store(word_ & ~NodeState::kLocked, std::memory_order_release);
+    note_->held.store(nullptr, std::memory_order_relaxed);
+  }
   WriteLock(const WriteLock&) = delete;
   WriteLock& operator=(const WriteLock&) = delete;
 
@@ -119,41 +295,102 @@ class WriteLock {
     open_ = false;
     node_.ctl.store(word_, std::memory_order_release);
   }
+  // The node's version while the lock is held (what optimistic reads validate).
+  std::uint64_t version() const noexcept { return word_ & ~(NodeState::kLocked | NodeState::kWriting); }
 
  private:
+  // The lock was taken, or a priority waiter may want it: spin (then yield) until the CAS
+  // succeeds, deferring to a waiter of this node for at most kMaxDefer. Returns the word
+  // the CAS replaced.
+  [[gnu::noinline]] std::uint64_t acquire_slow(std::uint64_t bits, bool priority) {
+    Backoff backoff;
+    bool defer = !priority;
+    std::chrono::steady_clock::time_point defer_until{};
+    std::uint64_t w = node_.ctl.load(std::memory_order_relaxed);
+    for (;;) {
+      if ((w & (NodeState::kLocked | NodeState::kWriting)) == 0) {
+        if (defer && g_priority_waiters.any.load(std::memory_order_relaxed) != 0 &&
+            priority_waiters(node_).load(std::memory_order_relaxed) != 0) {
+          const auto now = std::chrono::steady_clock::now();
+          if (defer_until == std::chrono::steady_clock::time_point{}) {
+            defer_until = now + kMaxDefer;
+            if (in_callback_on(node_)) defer = false;
+          } else if (now >= defer_until) {
+            defer = false;
+          }
+        } else if (node_.ctl.compare_exchange_weak(w, w | bits, std::memory_order_seq_cst,
+                                                   std::memory_order_relaxed)) {
+          return w;
+        }
+      } else if (is_torn(w)) {
+        note_->held.store(nullptr, std::memory_order_relaxed);
+        throw_torn();
+      }
+      backoff.pause();
+      w = node_.ctl.load(std::memory_order_relaxed);
+    }
+  }
+
   NodeState& node_;
+  LockNote* note_;
   std::uint64_t word_;
-  bool open_ = false;
+  bool open_;
 };
 
-// Whether a write should open its window with the lock: not when the node's array looks
-// full (a hint read without the lock: an append may then need to allocate, which it does
-// before opening, so readers never wait on the allocator).
+// Whether a write should open its window with the lock: only for a node small enough to be
+// scanned inside it, and not when its array looks full (hints read without the lock: an
+// append may then need to allocate, which it does before opening, so readers never wait on
+// the allocator).
 bool open_with_lock(const NodeState& node) noexcept {
-  return node.size.load(std::memory_order_relaxed) < node.capacity.load(std::memory_order_relaxed);
+  const std::uint32_t size = node.size.load(std::memory_order_relaxed);
+  return size <= kScanInWindow && size < node.capacity.load(std::memory_order_relaxed);
 }
 
-// Runs `read(slots, size)` on a consistent view of the node and returns its result.
-// `read` may only load (load_shared) and copy plain data out; it runs again if a write
-// window overlapped it. The caller is pinned (ReadGuard) if `read` dereferences slots.
+// Optimistic attempts a read makes before it takes the node's lock for one locked attempt:
+// few for a large node (each attempt copies or scans all of it, and a hot writer
+// invalidates nearly every one), many for a small one (an attempt is a few loads, and
+// the next one nearly always validates: a lock would only slow its writers down).
+constexpr int kOptimisticReadsLarge = 4;
+constexpr int kOptimisticReadsSmall = 64;
+
+// Runs `read(slots, size)` on a consistent view of the node and returns its result; the
+// node's version it saw goes to `*version` if given. `read` may only load (load_shared) and
+// copy plain data out; it runs again if a write window overlapped it. The caller is pinned
+// (ReadGuard) if `read` dereferences slots. After kOptimisticReadsLarge failed validations
+// (a hot writer on a node large enough that every copy overlaps one of its windows; 64 for
+// a node of at most 16 keys) it waits for the node's lock and reads under it: a lock holder is a write's commit, a few stores
+// and at most one scan of the node, never user code, so the read then ends.
 template <class F>
-auto optimistic_read(const NodeState& node, F&& read) {
+auto optimistic_read(const NodeState& node, F&& read, std::uint64_t* version = nullptr) {
   Backoff backoff;
-  for (;;) {
+  int limit = kOptimisticReadsLarge;
+  for (int attempt = 0;; ++attempt) {
+    if (attempt >= limit) {
+      PriorityWait waiting(node);
+      WriteLock lock(const_cast<NodeState&>(node), false, /*priority=*/true);
+      auto result = read(node.slots.load(std::memory_order_relaxed),
+                         node.size.load(std::memory_order_relaxed));
+      if (version != nullptr) *version = lock.version();
+      return result;
+    }
     const std::uint64_t w1 = node.ctl.load(std::memory_order_seq_cst);
     if ((w1 & NodeState::kWriting) == 0) {
       const std::uint32_t size = node.size.load(std::memory_order_seq_cst);
       const Slot* slots = node.slots.load(std::memory_order_seq_cst);
+      limit = size <= kScanInWindow ? kOptimisticReadsSmall : kOptimisticReadsLarge;
       auto result = read(slots, size);
       std::atomic_thread_fence(std::memory_order_acquire);
       const std::uint64_t w2 = node.ctl.load(std::memory_order_relaxed);
-      if (((w1 ^ w2) & ~NodeState::kLocked) == 0) return result;
+      if (((w1 ^ w2) & ~NodeState::kLocked) == 0) {
+        if (version != nullptr) *version = w1 & ~NodeState::kLocked;
+        return result;
+      }
+    } else if (is_torn(w1)) {
+      throw_torn();
     }
     backoff.pause();
   }
 }
-
-constexpr std::uint32_t kAbsent = ~std::uint32_t{0};
 
 // The index of `key` among the first `size` slots, or kAbsent (concurrent loads).
 std::uint32_t find_shared(const Slot* slots, std::uint32_t size, std::uint32_t key) noexcept {
@@ -260,7 +497,9 @@ Items named_sorted(const detail::Record& record) {
 }
 
 // A consistent copy of the node's slots, holding its own references.
-detail::Record snapshot(const NodeState& node, std::uint32_t spare) {
+// `version`, if given: the version of the node it copied.
+detail::Record snapshot(const NodeState& node, std::uint32_t spare,
+                        std::uint64_t* version = nullptr) {
   detail::ReadGuard guard;
   // Small nodes are copied to the stack; larger ones to a heap buffer sized on the way.
   constexpr std::uint32_t kInline = 16;
@@ -278,7 +517,7 @@ detail::Record snapshot(const NodeState& node, std::uint32_t spare) {
     }
     for (std::uint32_t i = 0; i < n; ++i) out[i] = detail::load_slot(s[i]);
     return std::pair<const Slot*, std::uint32_t>(out, n);
-  });
+  }, version);
   // Validated while pinned: every box is still referenced by the node or awaits release.
   for (std::uint32_t i = 0; i < size; ++i) {
     detail::ValueAccess::add_ref(slots[i].bits, slots[i].kind);
@@ -305,9 +544,22 @@ MetadataStore::MetadataStore(StoreOptions options) {
 }
 
 MetadataStore::~MetadataStore() {
-  NODEMETA_ASSERT(map_.empty(),
-                  "MetadataStore destroyed while NodeMetadata handles still refer to it: "
-                  "the store must outlive its nodes");
+  // A node may still be owned by a retired value (a user object holding a NodeMetadata that
+  // a write replaced): release those first, where releasing is allowed on this thread.
+  if (!map_.empty() && CallbackScope::innermost == nullptr && detail::may_release_retired()) {
+    (void)detail::release_retired();
+  }
+  if (!map_.empty()) {
+    // A destructor cannot throw, and the nodes' handles would use freed memory: stop, in
+    // every build.
+    std::fprintf(stderr,
+                 "nodemeta: MetadataStore %p destroyed with %zu node(s) still alive "
+                 "(NodeMetadata handles, or values holding them, still refer to it): the store "
+                 "must outlive its nodes\n",
+                 static_cast<const void*>(this), map_.size());
+    std::fflush(stderr);
+    std::abort();
+  }
 }
 
 MetadataStore& MetadataStore::default_store() {
@@ -355,18 +607,8 @@ std::vector<std::string> MetadataStore::protected_keys() const {
 }
 
 void MetadataStore::check_writable(Key key) {
-  check_not_in_callback();
   if (!key.valid()) {
     throw std::invalid_argument("nodemeta: write with an invalid (zero-initialised) Key");
-  }
-}
-
-void MetadataStore::check_not_in_callback() {
-  if (CallbackScope::innermost != nullptr) {
-    throw ReentrancyError(
-        "nodemeta: write to a node from inside an update()/edit() callback (a thread holding "
-        "one node's lock must not wait for another's: it could deadlock); use the NodeEditor, "
-        "or write after the callback returns. Reads are allowed");
   }
 }
 
@@ -394,20 +636,16 @@ NodeEntry* MetadataStore::clone(const NodeEntry& node) const {
 }
 
 void MetadataStore::remove(NodeEntry& node) noexcept {
-  // Destroying (or assigning to) the handle of the node whose callback is running would free
-  // the node under its own held lock. A destructor cannot throw: stop with a clear message
-  // (in every build) rather than corrupt memory.
-  for (const CallbackScope* s = CallbackScope::innermost; s != nullptr; s = s->outer) {
-    if (s->store == this && s->node == node.first) {
-      detail::assertion_failed("node is not the one whose update()/edit() callback is running",
-                               "a NodeMetadata was destroyed or assigned to inside its own "
-                               "update()/edit() callback",
-                               __FILE__, __LINE__);
-    }
+  // A node destroyed (its handle destroyed or assigned to) inside its own update()/edit()
+  // callback: callbacks hold no lock, so this is safe; the callback's commit sees the flag
+  // and throws instead of touching the node.
+  for (CallbackScope* s = CallbackScope::innermost; s != nullptr; s = s->outer) {
+    if (s->store == this && s->node == node.first) s->flags.node_destroyed = true;
   }
   // Take the slots out first: the values are released after the node has left the map, so
   // their destructors run under no lock of ours or of the map's, and may use this store.
   NodeState& state = node.second;
+  const bool torn = is_torn(state.ctl.load(std::memory_order_relaxed));
   const std::uint32_t size = state.size.load(std::memory_order_relaxed);
   Slot* slots = state.slots.exchange(nullptr, std::memory_order_relaxed);
   const std::uint32_t capacity = state.capacity.exchange(0, std::memory_order_relaxed);
@@ -415,6 +653,7 @@ void MetadataStore::remove(NodeEntry& node) noexcept {
   const bool erased = map_.erase(node.first);
   NODEMETA_ASSERT(erased, "a live NodeMetadata's node is in its store");
   (void)erased;
+  if (torn) return;  // a fork()ed child's torn node: its slots may name freed boxes; leaked
   for (std::uint32_t i = 0; i < size; ++i) detail::ValueAccess::drop(slots[i].bits, slots[i].kind);
   detail::deallocate_slots(slots, capacity);
 }
@@ -454,6 +693,7 @@ WriteResult MetadataStore::write(NodeEntry& node, Key key, Value&& value) {
   NodeState& state = node.second;
   WriteResult result;
   {
+    // A large node is scanned under the lock before the window opens (readers go on).
     WriteLock lock(state, open_with_lock(state));
     const std::uint32_t i = find_owned(state, key.id());
     FreshSlots fresh;
@@ -469,6 +709,7 @@ WriteResult MetadataStore::write(NodeEntry& node, Key key, Value&& value) {
                                                                      : WriteResult::kUpdated;
     lock.close(true);
   }
+  note_own_write(this, node.first, key.id());
   after_write();
   return result;
 }
@@ -490,6 +731,7 @@ bool MetadataStore::set_once(NodeEntry& node, Key key, Value&& value) {
     append_in_window(state, Slot{key.id(), rep.kind, rep.bits}, fresh);
     lock.close(true);
   }
+  note_own_write(this, node.first, key.id());
   after_write();
   return true;
 }
@@ -500,12 +742,10 @@ bool MetadataStore::erase(NodeEntry& node, Key key) {
   detail::reserve_retired(1);
   NodeState& state = node.second;
   {
-    WriteLock lock(state, true);
+    WriteLock lock(state, false);
     const std::uint32_t i = find_owned(state, key.id());
-    if (i == kAbsent) {  // nothing changes: linearized at the lookup
-      lock.close(false);
-      return false;
-    }
+    if (i == kAbsent) return false;  // nothing changes: linearized at the lookup
+    lock.open();
     if (is_protected(key)) {
       lock.close(false);
       throw ProtectedKeyError(key.name());
@@ -518,107 +758,171 @@ bool MetadataStore::erase(NodeEntry& node, Key key) {
     retire_value(old);
     lock.close(true);
   }
+  note_own_write(this, node.first, key.id());
   after_write();
   return true;
 }
+
+namespace {
+
+// After this many runs of one update()/edit() callback whose reads were each invalidated by
+// another thread's write, the call asks the node's other writers to defer to it (for up to
+// kMaxDefer each: see PriorityWait), so that a callback slower than another thread's
+// writes of the same node gets an interval without them.
+constexpr unsigned kPoliteAfter = 32;
+// The most runs before nodemeta gives up (ReentrancyError): by then the writes are taken to
+// be the callback's own, made by tasks it hands to other threads.
+constexpr unsigned kMaxCallbackRuns = 256;
+
+[[noreturn]] void throw_self_invalidated(const char* op, const Key* key, bool own_thread) {
+  std::string what = std::string("nodemeta: ") + op;
+  if (key != nullptr) what += "('" + std::string(key->name()) + "')";
+  what += own_thread ? ": the callback's own thread wrote what the callback read"
+                     : ": what the callback read changed during each of its " +
+                           std::to_string(kMaxCallbackRuns) + " runs";
+  what += " (its commit could never succeed; return the new value instead of writing it)";
+  throw ReentrancyError(what);
+}
+
+[[noreturn]] void throw_destroyed_in_callback(const char* op) {
+  throw std::logic_error(std::string("nodemeta: the node was destroyed inside its own ") + op +
+                         " callback; nothing was committed");
+}
+
+}  // namespace
 
 Value MetadataStore::update(NodeEntry& node, Key key,
                             detail::FunctionRef<Value(std::optional<Value>)> fn) {
   check_writable(key);
   if (is_protected(key)) throw ProtectedKeyError(key.name());
-  detail::reserve_retired(1);
   NodeState& state = node.second;
-  // Declared before the lock: whatever of these dies on the way out dies after unlocking.
-  Value next;
-  Value stored;
-  {
-    WriteLock lock(state, false);  // the window opens after the callback
-    const std::uint32_t i = find_owned(state, key.id());
-    std::optional<Value> old;
-    if (i != kAbsent) old = state.slots.load(std::memory_order_relaxed)[i].value();
-    next = run_callback(this, node.first, [&] { return fn(std::move(old)); });  // may throw
-    stored = next;
-    FreshSlots fresh;
-    if (i == kAbsent) prepare_append(state, fresh);
-    lock.open();
-    if (is_protected(key)) {  // protected while fn ran: linearized now, rejected
-      lock.close(false);
-      throw ProtectedKeyError(key.name());
+  const std::uint32_t id = key.id();
+  PriorityWait polite;
+  for (unsigned run = 1;; ++run) {
+    if (run == kPoliteAfter) polite.start(state);
+    // What the callback reads, and what the commit validates: the key's slot (kind and bits).
+    // `seen` holds a reference to a box it names, so that box cannot be freed and its
+    // address reused for another value before the commit compares (no ABA).
+    std::optional<Slot> slot;
+    std::optional<Value> seen;
+    {
+      detail::ReadGuard guard;
+      slot = optimistic_read(state, [id](const Slot* s, std::uint32_t n) {
+        const std::uint32_t i = find_shared(s, n, id);
+        return i == kAbsent ? std::optional<Slot>() : std::optional<Slot>(detail::load_slot(s[i]));
+      });
+      if (slot) seen = slot->value();  // validated while pinned
     }
-    (void)store_in_window(state, i, key, std::move(stored), fresh);
-    lock.close(true);
+    CallbackFlags flags;
+    // No lock held: fn may read or write anything, this node included, and wait for tasks
+    // that do.
+    Value next = run_callback(this, node, id, flags, [&] { return fn(seen); });
+    if (flags.node_destroyed) throw_destroyed_in_callback("update()");
+    detail::reserve_retired(1);  // may throw: nothing changed yet
+    Value stored = next;         // dies after the lock (declared before it)
+    bool committed = false;
+    {
+      WriteLock lock(state, false, /*priority=*/run >= kPoliteAfter);
+      const std::uint32_t i = find_owned(state, id);
+      const bool unchanged =
+          i == kAbsent ? !slot
+                       : slot && state.slots.load(std::memory_order_relaxed)[i].kind == slot->kind &&
+                             state.slots.load(std::memory_order_relaxed)[i].bits == slot->bits;
+      if (unchanged) {
+        FreshSlots fresh;
+        if (i == kAbsent) prepare_append(state, fresh);  // may throw: nothing changed yet
+        lock.open();
+        if (is_protected(key)) {  // protected while fn ran: linearized now, rejected
+          lock.close(false);
+          throw ProtectedKeyError(key.name());
+        }
+        (void)store_in_window(state, i, key, std::move(stored), fresh);
+        lock.close(true);
+        committed = true;
+      }
+    }
+    if (committed) {
+      note_own_write(this, node.first, id);
+      after_write();
+      return next;
+    }
+    if (flags.self_wrote) throw_self_invalidated("update", &key, true);
+    if (run == kMaxCallbackRuns) throw_self_invalidated("update", &key, false);
+    // Another thread changed the key meanwhile: run fn again on its new value.
   }
-  after_write();
-  return next;
 }
 
 void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)> fn) {
-  check_not_in_callback();
   NodeState& state = node.second;
-  // Declared before the lock, so that every working copy (and every value it holds) dies
-  // after unlocking, whether the edit commits, retries or throws.
-  NodeEditor editor(*this, detail::Record());
-  std::vector<detail::Record> discarded;
-  {
-    WriteLock lock(state, false);  // the window opens after the callback
-    const std::uint32_t size = state.size.load(std::memory_order_relaxed);
-    for (;;) {
-      // No other writer can change the node while we hold its lock: every attempt starts
-      // from the same state.
-      if (editor.record_.capacity() != 0) discarded.push_back(std::move(editor.record_));
-      editor.record_ = detail::Record(state.slots.load(std::memory_order_relaxed), size, size);
-      for (const Slot& s : editor.record_) detail::ValueAccess::add_ref(s.bits, s.kind);
-      editor.checked_.clear();
-      run_callback(this, node.first, [&] { fn(editor); });  // may throw: the node is untouched
+  PriorityWait polite;
+  for (unsigned run = 1;; ++run) {
+    if (run == kPoliteAfter) polite.start(state);
+    // The working copy, and the node's version it was copied at: the commit validates the
+    // whole node (the editor's items() and size() read all of it).
+    std::uint64_t version = 0;
+    NodeEditor editor(*this, snapshot(state, 0, &version));
+    const std::uint32_t base_size = editor.record_.size();
+    CallbackFlags flags;
+    run_callback(this, node, kWholeNode, flags, [&] { fn(editor); });  // no lock held
+    if (flags.node_destroyed) throw_destroyed_in_callback("edit()");
 
-      // Commit: everything that may throw first.
-      detail::Record& next = editor.record_;
-      detail::reserve_retired(size + 1);
-      discarded.reserve(discarded.size() + 1);
-      FreshSlots fresh;
-      if (next.size() > state.capacity.load(std::memory_order_relaxed)) {
-        fresh.capacity = next.size();
-        fresh.slots = detail::allocate_slots(fresh.capacity);
-      }
-      lock.open();
-      // Linearized at this window. Every NodeEditor write found its key unprotected when it
-      // was called; if one of those keys was protected since, the callback saw an instant
-      // that is not this one: run it again (protection only grows, so this ends).
-      const bool stale = std::any_of(editor.checked_.begin(), editor.checked_.end(),
-                                     [this](std::uint32_t id) { return protection_.contains(id); });
-      if (stale) {
-        lock.close(false);
-        continue;
-      }
-      Slot* slots = state.slots.load(std::memory_order_relaxed);
-      for (std::uint32_t j = 0; j < size; ++j) retire_value(slots[j]);
-      const std::uint32_t n = next.size();
-      if (fresh.slots != nullptr) {
-        std::copy_n(next.begin(), n, fresh.slots);
-        state.slots.store(fresh.take(), std::memory_order_release);
-        state.size.store(n, std::memory_order_release);
-        if (slots != nullptr) {
-          detail::retire(slots, &free_slots, state.capacity.load(std::memory_order_relaxed));
+    // Commit: everything that may throw first.
+    detail::Record& next = editor.record_;
+    const std::uint32_t n = next.size();
+    detail::reserve_retired(base_size + 1);
+    bool committed = false;
+    bool stale = false;
+    {
+      WriteLock lock(state, false, /*priority=*/run >= kPoliteAfter);
+      if (lock.version() == version) {
+        // Unchanged since the copy: size and slots are the copy's. A node too large to
+        // rewrite inside a window (or one that must grow) adopts the working copy's array.
+        Slot* slots = state.slots.load(std::memory_order_relaxed);
+        const std::uint32_t capacity = state.capacity.load(std::memory_order_relaxed);
+        const bool adopt = n > capacity || n > kScanInWindow || base_size > kScanInWindow;
+        lock.open();
+        // Linearized at this window. Every NodeEditor write found its key unprotected when
+        // it was called; if one of those keys was protected since, the callback saw an
+        // instant that is not this one: run it again (protection only grows, so this ends).
+        stale = std::any_of(editor.checked_.begin(), editor.checked_.end(),
+                            [this](std::uint32_t k) { return protection_.contains(k); });
+        if (stale) {
+          lock.close(false);
+        } else if (adopt) {
+          const std::uint32_t next_capacity = next.capacity();
+          state.slots.store(next.release(), std::memory_order_release);  // with its references
+          state.size.store(n, std::memory_order_release);
+          state.capacity.store(next_capacity, std::memory_order_relaxed);
+          lock.close(true);
+          // Outside the window, under the lock: the old array and its references, retired.
+          for (std::uint32_t j = 0; j < base_size; ++j) retire_value(slots[j]);
+          if (slots != nullptr) detail::retire(slots, &free_slots, capacity);
+          committed = true;
+        } else {
+          for (std::uint32_t j = 0; j < base_size; ++j) retire_value(slots[j]);
+          for (std::uint32_t j = 0; j < n; ++j) detail::store_slot(slots[j], next.begin()[j]);
+          state.size.store(n, std::memory_order_release);
+          const std::uint32_t next_capacity = next.capacity();
+          detail::deallocate_slots(next.release(), next_capacity);  // its references are the node's now
+          lock.close(true);
+          committed = true;
         }
-        state.capacity.store(fresh.capacity, std::memory_order_relaxed);
-      } else {
-        for (std::uint32_t j = 0; j < n; ++j) detail::store_slot(slots[j], next.begin()[j]);
-        state.size.store(n, std::memory_order_release);
       }
-      const std::uint32_t next_capacity = next.capacity();
-      detail::deallocate_slots(next.release(), next_capacity);  // its references are the node's now
-      lock.close(true);
-      break;
     }
+    if (committed) {
+      note_own_write(this, node.first, kWholeNode);
+      after_write();
+      return;
+    }
+    if (!stale && flags.self_wrote) throw_self_invalidated("edit", nullptr, true);
+    if (run == kMaxCallbackRuns) throw_self_invalidated("edit", nullptr, false);
+    // Another thread wrote the node (or protected a key the edit wrote): run fn again on
+    // a fresh copy. The editor and the values it holds die here, outside every lock.
   }
-  after_write();
 }
 
 std::size_t release_retired_values() {
-  if (CallbackScope::innermost != nullptr) {
-    throw ReentrancyError("nodemeta: release_retired_values() inside an update()/edit() "
-                          "callback (released values' destructors may write)");
-  }
+  // Callbacks hold no lock: allowed inside one too (it is not pinned there).
   return detail::release_retired();
 }
 
@@ -748,6 +1052,7 @@ JournalAccess::Restore JournalAccess::restore(NodeMetadata& node, Key key,
     }
     lock.close(true);
   }
+  note_own_write(&store, node.id(), key.id());
   seal_retired();  // collected by a later collect() or write
   return Restore::kRestored;
 }

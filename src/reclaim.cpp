@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -34,6 +36,8 @@ struct alignas(64) ThreadRecord {
   // takes what has become safe (release_retired_values() takes from every record).
   std::atomic<bool> list_lock{false};
   std::vector<RetiredObject> list;
+  // list.size(), for collectors summing every record's without its lock (written under it).
+  std::atomic<std::size_t> pending{0};
 
   void lock() noexcept {
     for (unsigned spins = 0; list_lock.exchange(true, std::memory_order_acquire); ++spins) {
@@ -147,6 +151,7 @@ void seal_into(ReclaimThread& t) noexcept {
   r.lock();
   try {
     r.list.insert(r.list.end(), t.bag.begin(), t.bag.end());
+    r.pending.store(r.list.size(), std::memory_order_relaxed);
   } catch (...) {
     // Out of memory: the objects stay in the bag, stamped; the next seal stamps them again
     // with a later epoch, which only delays their release.
@@ -180,19 +185,80 @@ std::size_t release_from(ThreadRecord& r, std::uint64_t safe, bool wait) noexcep
       ready.clear();  // out of memory: leave them for a later call
     }
   }
+  r.pending.store(r.list.size(), std::memory_order_relaxed);
   r.unlock();
   for (const RetiredObject& o : ready) o.fn(o.object, o.arg);  // may retire more: appends
   return ready.size();
 }
 
+// Collections in flight, by generation (docs/design.md, "Reclamation"): a collector counts
+// itself in the current generation for as long as it may hold objects it took out of a
+// record; release_retired() flips the generation and waits for the old one to drain.
+std::atomic<unsigned> g_generation{0};
+std::atomic<std::size_t> g_collectors[2];
+
+class CollectorScope {
+ public:
+  CollectorScope() noexcept {
+    for (;;) {
+      index_ = g_generation.load(std::memory_order_seq_cst);
+      g_collectors[index_].fetch_add(1, std::memory_order_seq_cst);
+      if (g_generation.load(std::memory_order_seq_cst) == index_) return;
+      leave();  // flipped in between: count in the new generation instead
+    }
+  }
+  ~CollectorScope() { leave(); }
+  CollectorScope(const CollectorScope&) = delete;
+  CollectorScope& operator=(const CollectorScope&) = delete;
+
+ private:
+  void leave() noexcept {
+    if (g_collectors[index_].fetch_sub(1, std::memory_order_seq_cst) == 1) {
+      g_collectors[index_].notify_all();
+    }
+  }
+  unsigned index_;
+};
+
 std::size_t release_all(ReclaimThread& t, std::uint64_t safe, bool wait) noexcept {
   std::size_t n = 0;
   t.collecting = true;
-  for (ThreadRecord* r = domain().records(); r != nullptr; r = r->next) {
-    n += release_from(*r, safe, wait);
+  {
+    const CollectorScope scope;
+    for (ThreadRecord* r = domain().records(); r != nullptr; r = r->next) {
+      n += release_from(*r, safe, wait);
+    }
   }
   t.collecting = false;
   return n;
+}
+
+// Objects retired by completed writes and not yet taken by a collection, all threads
+// together (a sum of per-record counts: no shared counter is written per retirement).
+std::size_t retired_total() noexcept {
+  std::size_t n = 0;
+  for (ThreadRecord* r = domain().records(); r != nullptr; r = r->next) {
+    n += r->pending.load(std::memory_order_relaxed);
+  }
+  return n;
+}
+
+// Backpressure: called by a writer at the end of its write, unpinned, holding no lock of
+// nodemeta's and not inside a collection. While more than kRetiredBound objects wait, it
+// advances and collects, and between tries gives up the processor (sleeping, so that even a
+// SCHED_IDLE reader it waits for gets scheduled). It waits only for threads pinned in an
+// older epoch to finish their read: docs/design.md has why that always happens.
+void wait_for_room(ReclaimThread& t) noexcept {
+  Domain& d = domain();
+  for (unsigned tries = 0; retired_total() > kRetiredBound; ++tries) {
+    if (tries < 4) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(10u << std::min(tries - 4, 6u)));
+    }
+    const std::uint64_t e = d.try_advance();
+    release_all(t, e - 2, /*wait=*/false);
+  }
 }
 
 void thread_exit(void* state) noexcept {
@@ -213,6 +279,20 @@ void after_fork_in_child() noexcept {
     if (r == mine) continue;
     r->state.store(0, std::memory_order_relaxed);
     r->in_use.store(false, std::memory_order_relaxed);
+  }
+}
+
+// Waits until every collection counted in the current generation has finished. Flips are
+// serialized, so while one waits the other generation holds no collection that began
+// before the previous flip (its flipper waited for them).
+void wait_for_collections() noexcept {
+  static std::mutex flip_mutex;
+  const std::lock_guard<std::mutex> lock(flip_mutex);
+  const unsigned old = g_generation.load(std::memory_order_seq_cst);
+  g_generation.store(old ^ 1u, std::memory_order_seq_cst);
+  for (std::size_t n = g_collectors[old].load(std::memory_order_seq_cst); n != 0;
+       n = g_collectors[old].load(std::memory_order_seq_cst)) {
+    g_collectors[old].wait(n, std::memory_order_seq_cst);
   }
 }
 
@@ -245,6 +325,7 @@ void collect(ReclaimThread& t) noexcept {
   // pinned for long holds back only the objects retired while it was pinned, never a
   // writer, and an idle thread's retirements are released by whoever collects.
   release_all(t, e - 2, /*wait=*/false);
+  if (retired_total() > kRetiredBound) wait_for_room(t);
 }
 
 std::size_t release_retired() {
@@ -265,11 +346,19 @@ std::size_t release_retired() {
     }
     const std::size_t released = release_all(t, e - 2, /*wait=*/true);
     n += released;
+    // Another thread's collection may still hold objects it took out before ours: wait for
+    // every collection that began before this point to finish its destructors.
+    wait_for_collections();
     if (released == 0) break;
     seal_into(t);
     target = e + 2;
   }
   return n;
+}
+
+bool may_release_retired() noexcept {
+  const ReclaimThread* t = tls_thread;
+  return t == nullptr || (t->pins == 0 && !t->collecting);
 }
 
 }  // namespace nodemeta::detail

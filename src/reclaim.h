@@ -128,7 +128,16 @@ inline void seal_retired() noexcept {
 }
 // Releases what is safe of the retired objects when this thread has sealed enough since it
 // last did. Runs destructors of user values: call only with no node lock held.
+//
+// Backpressure: when, after collecting, more than kRetiredBound objects retired by
+// completed writes (all threads together) are still waiting, because some thread has stayed
+// pinned since they were retired (a reader preempted mid-read, a SCHED_IDLE thread, a
+// debugger), the collecting writer keeps advancing and collecting, sleeping in between,
+// until the total is back under the bound. So the retired objects never exceed
+// kRetiredBound + (threads) x (kCollectThreshold + one write's retirements): each thread
+// checks when it collects. docs/design.md ("Reclamation") has why the wait always ends.
 inline constexpr std::size_t kCollectThreshold = 128;
+inline constexpr std::size_t kRetiredBound = std::size_t{1} << 14;
 void collect(ReclaimThread& t) noexcept;
 inline void maybe_collect() noexcept {
   ReclaimThread* t = tls_thread;
@@ -139,9 +148,13 @@ inline void maybe_collect() noexcept {
 
 // Waits until every read in flight has finished, then releases every object that any
 // thread's completed writes retired before the call (live threads, oneTBB workers and
-// threads that have exited alike). Returns how many it released. Must not be called while
-// this thread is pinned.
+// threads that have exited alike), and waits for every other thread's collection that may
+// hold some of them to finish destroying them: when it returns, all are destroyed. Returns
+// how many it released itself. Must not be called while this thread is pinned; inside a
+// destructor that a collection runs it returns 0 at once (may_release_retired() is false).
 std::size_t release_retired();
+// Whether release_retired() may release on this thread now (not pinned, not collecting).
+bool may_release_retired() noexcept;
 
 }  // namespace nodemeta::detail
 

@@ -63,10 +63,12 @@ class NODEMETA_API BadValueCast : public std::bad_cast {
   std::string message_;
 };
 
-// A call into a MetadataStore from inside a callback that store is running
-// (NodeMetadata::update or NodeMetadata::edit). Such a call could wait on the node lock the
-// callback's own thread holds (the lock is not recursive), so nodemeta refuses it instead of
-// deadlocking.
+// An update()/edit() whose callback's own work keeps changing what the callback read, so
+// that its commit can never succeed: an update(k) callback that writes k, an edit()
+// callback that writes its node outside the NodeEditor (thrown after the run in which
+// the callback's thread made such a write, or after 256 runs in a row invalidated by
+// other threads). Writes inside callbacks are otherwise allowed: callbacks hold no lock,
+// and no write is refused for being made inside one (before issue 21 every write was).
 class NODEMETA_API ReentrancyError : public std::logic_error {
  public:
   using std::logic_error::logic_error;

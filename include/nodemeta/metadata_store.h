@@ -41,8 +41,17 @@ struct StoreOptions {
 //   its NodeMetadata handle keeps the node's address and reaches it without a hash lookup.
 //   Reads take no lock and write no shared memory: they read the node optimistically and
 //   validate its version (a seqlock), under epoch-based deferred reclamation of what
-//   writers replace. Writes take the node's lock and publish their change in a short write
-//   window. See docs/design.md for the protocol, its argument and the measurements.
+//   writers replace. Writes take the node's lock, look the key up, and publish their change
+//   in a write window of a few stores. update()/edit() callbacks run with no lock held and
+//   commit only if what they read is unchanged (they run again otherwise). A read that
+//   keeps failing its validation takes the node's lock for one attempt. See docs/design.md
+//   for the protocol, its argument and the measurements.
+// fork(): a child may use the store: node locks held by the parent's other threads are
+//   released in the child (pthread_atfork); a node one of them was writing inside its write
+//   window at the fork may be torn, and every operation on it but its destruction throws
+//   std::logic_error in the child (destroying it leaks its values). Creating or destroying
+//   nodes in a child forked while another thread did either is not supported (the hash
+//   map's own locks are not recovered).
 //
 // Thread safety: every member function is concurrent-safe, except construction and
 //   destruction. The store is neither copyable nor movable (its nodes point at it).
@@ -50,9 +59,11 @@ struct StoreOptions {
 //   no write to k succeeds on any node of this store, including writes already in flight:
 //   a write re-checks protection inside its write window, which readers cannot see past
 //   (docs/design.md has the argument).
-// Lifetime: the store must outlive its nodes; debug builds assert that no node is left
-//   when it is destroyed. Values that writes replaced or erased are released later (see
-//   release_retired_values()), on whichever thread next collects, never under a lock.
+// Lifetime: the store must outlive its nodes. Its destructor first releases retired values
+//   (one may own a node of the store); if a node is still left it prints a message naming
+//   the store and the count and calls std::abort(), in every build. Values that writes
+//   replaced or erased are released later (see release_retired_values()), on whichever
+//   thread next collects, never under a lock.
 class NODEMETA_API MetadataStore {
  public:
   MetadataStore() : MetadataStore(StoreOptions{}) {}
@@ -66,12 +77,12 @@ class NODEMETA_API MetadataStore {
 
   // A new node holding `items` (protected keys allowed). Throws std::invalid_argument
   // naming the key if a key repeats or is a zero-initialised Key, std::length_error past
-  // detail::kMaxSlots keys. Allowed inside update()/edit() callbacks (it takes no node lock).
+  // detail::kMaxSlots keys. Allowed inside update()/edit() callbacks, as everything is.
   NodeMetadata create(std::initializer_list<KeyValue> items = {});
   NodeMetadata create(std::span<const KeyValue> items);
 
-  // Protects `key` on every node of this store, from now on. Idempotent. Allowed inside
-  // update()/edit() callbacks (it takes no node lock).
+  // Protects `key` on every node of this store, from now on. Idempotent. An update()/edit()
+  // of `key` whose callback is running when this returns fails as a whole.
   void protect(Key key);
   bool is_protected(Key key) const noexcept { return protection_.contains(key.id()); }
   // The protected keys' names, sorted.
@@ -108,11 +119,8 @@ class NODEMETA_API MetadataStore {
   Value update(NodeEntry& node, Key key, detail::FunctionRef<Value(std::optional<Value>)> fn);
   void edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)> fn);
 
-  // Writes lock a node: refused (ReentrancyError) inside any update()/edit() callback, so
-  // that a thread holding a node lock never waits for another one. Also rejects a
-  // zero-initialised Key.
+  // Rejects a zero-initialised Key (std::invalid_argument).
   static void check_writable(Key key);
-  static void check_not_in_callback();
 
   Map map_;
   std::atomic<NodeId> next_id_{1};
@@ -120,16 +128,20 @@ class NODEMETA_API MetadataStore {
   detail::ProtectedSet protection_;
 };
 
-// Releases now every value and slot array that writes on this thread (and on threads that
-// have exited) replaced or erased, after waiting for the reads in flight that might still
-// be looking at them (it never waits for writes). Returns how many were released.
+// Releases now every value and slot array that completed writes of any thread (live
+// threads, oneTBB workers, threads that have exited) replaced or erased before the call,
+// after waiting for the reads in flight that might still be looking at them, and waits
+// for other threads' collections that already took some of them out to finish destroying
+// them: when it returns, every one of them has been destroyed. Returns how many this call
+// released itself.
 //
-// Old values are otherwise released in batches, at the end of later writes on the thread
-// that replaced them, outside every lock: a value's destructor may read or write any node,
-// including the one that held it. Call this when a destructor's effect must happen now
-// (a test, a shutdown, releasing a large value). Throws ReentrancyError inside an
-// update()/edit() callback; must not be called while a read on this thread is in flight
-// (it is not: reads are not reentrant).
+// Old values are otherwise released in batches, at the end of later writes on any thread,
+// outside every lock: a value's destructor may read or write any node, including the one
+// that held it. Call this when a destructor's effect must happen now (a test, a shutdown,
+// before unloading a module that defines a value type). Allowed inside update()/edit()
+// callbacks (they hold no lock, and the callback's thread is not reading); returns 0 at
+// once when called from a value's destructor that a release is running; must not be called
+// while a read on this thread is in flight (it is not: reads are not reentrant).
 NODEMETA_API std::size_t release_retired_values();
 
 }  // namespace nodemeta

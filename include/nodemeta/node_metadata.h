@@ -54,8 +54,11 @@ using Items = std::vector<std::pair<std::string, Value>>;
 //   never observe (or leave) a half-applied edit().
 // Reads (get, at, operator[], contains, size, items, copy) take no lock and write no
 //   shared memory: they never wait for each other, nor for a writer's callback, only (for
-//   a few instructions) for a write being published. Copying a boxed value out (a string,
-//   list, dict or user object) increments the box's shared reference count.
+//   a few instructions) for a write being published. A read that a hot writer of the same
+//   node keeps invalidating (a large node copied while another thread writes it back to
+//   back) takes the node's lock for one attempt after a few, so it always ends; writers
+//   never hold that lock across user code. Copying a boxed value out (a string, list,
+//   dict or user object) increments the box's shared reference count.
 // Protection: keys the store protects (by default val, stack_trace, nn_module_stack,
 //   debug_handle, tensor_meta) may be given when the node is built and added once with
 //   set_once(); afterwards no interleaving of threads can change or remove them: set(),
@@ -69,14 +72,27 @@ using Items = std::vector<std::pair<std::string, Value>>;
 //   snapshot of this one. A value replaced or erased by a write is released later, outside
 //   every lock (release_retired_values() in metadata_store.h), so its destructor may use
 //   any node, this one included.
-// Callbacks: update() and edit() run the callback while holding this node's write lock,
-//   under tbb::this_task_arena::isolate (so a callback that waits in oneTBB never runs an
-//   unrelated task on this thread). Inside a callback, reads of any node of any store are
-//   allowed (they take no lock); every write (set, try_set, set_once, erase, update, edit),
-//   to any node of any store, throws ReentrancyError: a thread holding one node lock never
-//   waits for another, so no set of callbacks can deadlock. Destroying or assigning to this
-//   handle inside its own callback stops the process with a message. Keep callbacks short:
-//   they block other writers of this node (only this node; readers go on).
+// Callbacks: update() and edit() run the callback with no lock held, on a copy of what it
+//   reads, and commit its result only if what it read is unchanged at the commit (as a
+//   compare-exchange loop does); otherwise they run it again on the new contents. So a
+//   callback may call anything: read or write any node of any store, this one included,
+//   run oneTBB algorithms or task_group waits whose tasks do, create, copy or destroy
+//   nodes, protect keys, release_retired_values(). It may run more than once; its side
+//   effects (writes of other keys or nodes included) are its own business and are not
+//   undone. It runs under tbb::this_task_arena::isolate, so while it waits inside oneTBB
+//   this thread runs only tasks it spawned. One case cannot commit: a callback whose own
+//   work changes what it read (an update(k) callback that writes k, an edit() callback
+//   that writes this node outside its NodeEditor). When that write is made on the
+//   callback's thread (directly, or by a task oneTBB runs there) the call throws
+//   ReentrancyError after that run; when it comes from other threads nodemeta cannot tell
+//   it from contention, and throws ReentrancyError once 256 runs in a row were
+//   invalidated. Either way the node keeps what those writes stored, and the callback's
+//   result is not stored. Under contention a callback runs again only because another
+//   write of what it read committed; one outrun 32 times asks the node's other writers to
+//   defer to it (at most 2 ms per write), so callbacks shorter than that commit even
+//   against a writer in a tight loop. Destroying or assigning to this handle inside its
+//   own callback destroys the node: the update()/edit() then throws std::logic_error and
+//   commits nothing.
 // Differences from std::unordered_map: no references or iterators into the node are ever
 //   handed out (values come back by copy, and Values are cheap to copy); operator[] is
 //   read-only and never inserts; items() is sorted by key name.
@@ -124,8 +140,11 @@ class NODEMETA_API NodeMetadata {
   // Removes the key; true iff it was present. Protected key: throws ProtectedKeyError.
   bool erase(Key key);
   // Atomic read-modify-write of one key: stores and returns fn(old value or nullopt).
-  // Protected key (also one protected while fn ran): throws ProtectedKeyError. If fn
-  // throws, the node is unchanged.
+  // fn runs with no lock held and again whenever another write changed the key (its value;
+  // writes of other keys do not) before fn's result could be committed: the stored value
+  // is fn of the value it replaces. Protected key (also one protected while fn ran):
+  // throws ProtectedKeyError. If fn throws, the node is unchanged. ReentrancyError if fn's
+  // own work keeps changing the key (see "Callbacks" above).
   template <class F>
     requires std::is_invocable_v<F&, std::optional<Value>>
   Value update(Key key, F&& fn) {
@@ -137,11 +156,12 @@ class NODEMETA_API NodeMetadata {
   // node, committed only if fn returns normally: all or nothing. Other threads see the
   // node before or after the whole edit. Protection is enforced inside (NodeEditor::set on
   // a protected key throws ProtectedKeyError, which aborts the edit unless fn catches it).
-  // fn may run more than once: if a key that one of its NodeEditor writes found
-  // unprotected is protected (store.protect(), by any thread) before the edit commits, the
-  // edit discards its working copy and runs fn again on the node, which no other write can
-  // have changed meanwhile. So every committed edit saw protection as of its commit.
-  // Returns what the last run of fn returns.
+  // fn runs with no lock held and may run more than once: the edit commits only if no
+  // other write changed the node (any key of it) since its working copy was taken, and no
+  // key one of its NodeEditor writes found unprotected was protected since; otherwise it
+  // discards the working copy and runs fn again on a fresh one. So every committed edit
+  // saw the node, and protection, as of its commit. Returns what the last run of fn
+  // returns. ReentrancyError if fn's own work keeps changing the node (see "Callbacks").
   template <class F>
     requires std::is_invocable_v<F&, NodeEditor&>
   std::invoke_result_t<F&, NodeEditor&> edit(F&& fn);

@@ -23,8 +23,8 @@ Differences from ``dict`` (see docs/python.md): keys are ``str`` (other keys rai
 ``TypeError`` on writes and are simply absent on reads); iteration is in key-name order;
 ``update``/``clear`` are all-or-nothing, so a protected key makes them raise before
 anything changes; a reference cycle through a value two nodes share is not collected while
-they share it; pickling keeps the entries, not the store (it unpickles into the default
-store).
+they share it; pickling keeps the entries and the store's protected keys (the nodes of one
+store in one pickle come back in one new store; the default store's in the default store).
 """
 import collections.abc as _abc
 import copy as _copy
@@ -75,9 +75,11 @@ class NodeMetadata(_core.NodeMetadataBase, _abc.MutableMapping):
     __slots__ = ()
 
     def __reduce_ex__(self, protocol):
-        # __newobj__: the node is made without __init__ and memoized before its entries are
-        # pickled, so a node holding itself round-trips.
-        return (_copyreg.__newobj__, (type(self),), (self._dict(), *_extra_state(self)))
+        # _restore_node: the node is made without __init__, in its store, and memoized before
+        # its entries are pickled, so a node holding itself round-trips. The store is pickled
+        # once per pickle (pickle's memo), so the nodes of one store come back in one new
+        # store with the same protected keys (the default store's in the default store).
+        return (_restore_node, (type(self), self.store), (self._dict(), *_extra_state(self)))
 
     def __setstate__(self, state):
         if isinstance(state, tuple):
@@ -97,6 +99,25 @@ class NodeMetadata(_core.NodeMetadataBase, _abc.MutableMapping):
         d, slots = _extra_state(self)
         _set_extra_state(new, _copy.deepcopy(d, memo), _copy.deepcopy(slots, memo))
         return new
+
+
+def _restore_node(cls, store):
+    return _core._new_in(cls, store)
+
+
+def _the_default_store():
+    return default_store
+
+
+def _reduce_store(store):
+    # A pickled store is its protected keys; unpickled, a new store (nodes are pickled on
+    # their own and land in it). The default store unpickles as the default store.
+    if store is default_store:
+        return (_the_default_store, ())
+    return (MetadataStore, (sorted(store.protected_keys),))
+
+
+_copyreg.pickle(MetadataStore, _reduce_store)
 
 
 class _KeysView(_abc.KeysView):
@@ -134,6 +155,19 @@ _core._set_converter_hook(_fxjson.converter_for)
 
 def _shutdown():
     _core._shutdown()
+
+
+def __getattr__(name):
+    # PEP 562: nodemeta.fx on first use after a plain ``import nodemeta`` (it imports no
+    # torch until torch is given to it; importing it sets the attribute for later uses).
+    if name == "fx":
+        import importlib
+        return importlib.import_module(".fx", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | {"fx"})
 
 
 import atexit as _atexit  # noqa: E402

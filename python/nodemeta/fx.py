@@ -8,8 +8,10 @@
 After ``attach``, torch.fx keeps working on the graph as with dicts (``node_copy``,
 ``eliminate_dead_code``, ``recompile``, ``copy.deepcopy``, ``split_module``,
 ``Interpreter``), and writing a protected key raises as PyTorch's NodeMetadata does (so
-running ``ShapeProp`` again raises ``RuntimeError: Could not override node key:
-tensor_meta``).
+running ``ShapeProp`` after ``attach`` raises ``RuntimeError: Could not override node
+key: tensor_meta``): run ShapeProp first, then ``attach``; add a protected key to an
+attached node with ``node.meta.set_once(key, value)``. ``import nodemeta`` alone makes
+``nodemeta.fx`` reachable (loaded on first use).
 """
 from __future__ import annotations
 

@@ -1105,17 +1105,46 @@ PYBIND11_MODULE(_core, m) {
     Py_INCREF(views.ptr());
     Py_XSETREF(g_views, views.ptr());
   });
+  // An empty node of type tp (a NodeMetadataBase subclass) in store, __init__ not called
+  // (what unpickling a NodeMetadata builds before its entries are set).
+  m.def("_new_in", [](py::handle tp, py::handle store) {
+    if (!PyType_Check(tp.ptr()) || !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(tp.ptr()), g_base_type)) {
+      throw py::type_error("_new_in: not a NodeMetadataBase subclass");
+    }
+    if (!py::isinstance<PyStore>(store)) throw py::type_error("_new_in: not a MetadataStore");
+    PyObject* r = create_in(reinterpret_cast<PyTypeObject*>(tp.ptr()), store.ptr(), nullptr);
+    if (r == nullptr) throw py::error_already_set();
+    return py::reinterpret_steal<py::object>(r);
+  });
   m.def("_set_converter_hook", [](py::object fn) { set_converter_hook(fn.ptr()); });
   m.def("_shutdown", [] {
     clear_caches();
     release_without_gil();
-    g_python_alive.store(false, std::memory_order_release);
+    shut_down_handover();
   });
   m.def("release_retired_values", &release_without_gil,
         "Release every value that writes replaced or erased (they are released in batches "
         "otherwise); returns how many.");
   m.def("_handed_over", &handed_over_count,
         "How many Python references threads without the GIL have handed over so far (tests).");
+  // The hand-over's test hooks (tests/python/test_handover.py).
+  m.def("_pause_next_handover", &pause_next_handover, py::arg("timeout_s"),
+        "The next hand-over stops after queuing its reference, before scheduling the pending "
+        "call, until _resume_handover() or timeout_s (tests).");
+  m.def("_resume_handover", &resume_handover);
+  m.def("_handover_paused", &handover_paused);
+  m.def("_handover_state", [] {
+    HandoverState st;
+    {
+      py::gil_scoped_release unlocked;  // a paused hand-over holds its lock meanwhile
+      st = handover_state();
+    }
+    py::dict d;
+    d["pending"] = st.pending;
+    d["call_scheduled"] = st.call_scheduled;
+    d["late_calls"] = st.late_calls;
+    return d;
+  });
 
   // What C++ code sees of a stored value (for tests and debugging): kind, type_name, repr.
   m.def("_cpp_view", [](py::handle md, const std::string& key) {

@@ -3,6 +3,8 @@
 
 #include <pybind11/pybind11.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <mutex>
 #include <string_view>
@@ -19,20 +21,57 @@ std::atomic<bool> g_python_alive{true};
 namespace {
 
 // References dropped by threads without the GIL, waiting for a thread that has it. Never
-// destroyed (usable until the process ends); guarded by g_pending_mutex.
+// destroyed (usable until the process ends). g_pending_mutex guards g_pending, the
+// "call scheduled" flag and the liveness check with the Py_AddPendingCall made under it
+// (see release_object and shut_down_handover for why the call is made under the lock).
 std::mutex g_pending_mutex;
 std::vector<PyObject*>* const g_pending = new std::vector<PyObject*>();
-std::atomic<std::size_t> g_pending_count{0};
-std::atomic<bool> g_pending_call_scheduled{false};
+std::atomic<std::size_t> g_pending_count{0};  // g_pending's size, read without the lock as a hint
+bool g_pending_call_scheduled = false;        // a drain_pending_call is queued and has not started
 std::atomic<std::uint64_t> g_handed_over{0};
+std::atomic<std::uint64_t> g_late_calls{0};   // Py_AddPendingCall made after shutdown (tests: 0)
 
+// Test hook: the next hand-over stops between queuing its reference and scheduling the
+// pending call, until resumed or for at most g_pause_timeout (so a thread that needs
+// g_pending_mutex meanwhile waits a bounded time).
+std::mutex g_pause_mutex;
+std::condition_variable g_pause_cv;
+bool g_pause_armed = false;
+bool g_paused = false;
+bool g_pause_released = false;
+std::chrono::milliseconds g_pause_timeout{0};
+
+void maybe_pause() noexcept {
+  std::unique_lock<std::mutex> lock(g_pause_mutex);
+  if (!g_pause_armed) return;
+  g_pause_armed = false;
+  g_paused = true;
+  g_pause_cv.notify_all();
+  g_pause_cv.wait_for(lock, g_pause_timeout, [] { return g_pause_released; });
+  g_paused = false;
+}
+
+// The pending call. It clears the flag first, whatever it then finds: a reference queued
+// after this point schedules a new call (its thread takes g_pending_mutex after this one
+// and sees the flag false), one queued before is in the batch taken below or was taken by
+// an earlier drain. So a reference never waits on a flag left set by a call that ran.
 int drain_pending_call(void*) {
-  drain_pending();
+  std::vector<PyObject*> batch;
+  {
+    std::lock_guard<std::mutex> lock(g_pending_mutex);
+    g_pending_call_scheduled = false;
+    batch.swap(*g_pending);
+    g_pending_count.store(0, std::memory_order_relaxed);
+  }
+  for (PyObject* o : batch) Py_DECREF(o);  // may run __del__: no lock is held here
   return 0;
 }
 
 }  // namespace
 
+// The other drain points (a write from Python, the end of run_passes, ...). They leave the
+// flag alone: a call still queued finds an empty batch and clears it, so at most one
+// drain_pending_call of nodemeta's is ever in CPython's small pending-call queue.
 void drain_pending() noexcept {
   if (g_pending_count.load(std::memory_order_acquire) == 0) return;
   std::vector<PyObject*> batch;
@@ -40,12 +79,50 @@ void drain_pending() noexcept {
     std::lock_guard<std::mutex> lock(g_pending_mutex);
     batch.swap(*g_pending);
     g_pending_count.store(0, std::memory_order_relaxed);
-    g_pending_call_scheduled.store(false, std::memory_order_relaxed);
   }
   for (PyObject* o : batch) Py_DECREF(o);  // may run __del__: no lock is held here
 }
 
 std::uint64_t handed_over_count() noexcept { return g_handed_over.load(std::memory_order_relaxed); }
+
+void shut_down_handover() noexcept {
+  {
+    // Waits for a thread between its liveness check and its Py_AddPendingCall (both under
+    // this lock): after this block no thread calls into the interpreter, which may then be
+    // torn down. Such a thread never waits for the GIL, so this wait is short.
+    std::lock_guard<std::mutex> lock(g_pending_mutex);
+    g_python_alive.store(false, std::memory_order_release);
+  }
+  drain_pending();  // what was handed over before: dropped here, with the GIL
+}
+
+void pause_next_handover(double timeout_s) noexcept {
+  std::lock_guard<std::mutex> lock(g_pause_mutex);
+  g_pause_armed = true;
+  g_pause_released = false;
+  g_pause_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(timeout_s * 1000));
+}
+
+void resume_handover() noexcept {
+  std::lock_guard<std::mutex> lock(g_pause_mutex);
+  g_pause_armed = false;
+  g_pause_released = true;
+  g_pause_cv.notify_all();
+}
+
+HandoverState handover_state() noexcept {
+  HandoverState st;
+  std::lock_guard<std::mutex> lock(g_pending_mutex);
+  st.pending = g_pending->size();
+  st.call_scheduled = g_pending_call_scheduled;
+  st.late_calls = g_late_calls.load(std::memory_order_relaxed);
+  return st;
+}
+
+bool handover_paused() noexcept {
+  std::lock_guard<std::mutex> lock(g_pause_mutex);
+  return g_paused;
+}
 
 // Whether this thread holds the GIL: its own thread state is the current one. Not
 // PyGILState_Check(), which answers yes on every thread once a sub-interpreter was created
@@ -61,6 +138,14 @@ bool holds_gil() noexcept {
 // Python, the end of run_passes, release_retired_values()). A thread without the GIL never
 // waits for it: a thread blocked on the GIL when the interpreter starts finalizing is
 // stopped for good (pthread_exit), which would unwind through noexcept frames.
+//
+// The liveness check and Py_AddPendingCall are made under g_pending_mutex, which
+// shut_down_handover (nodemeta's atexit hook, before the interpreter is torn down) takes to
+// clear g_python_alive: so no thread can pass the check, be preempted, and call
+// Py_AddPendingCall on an interpreter whose pending-call lock Py_FinalizeEx has freed.
+// Py_AddPendingCall needs neither the GIL nor a thread state, and the interpreter holds its
+// own lock only to pop a call (never while taking ours), so calling it under the lock
+// cannot deadlock.
 void release_object(PyObject* o) noexcept {
   // Holding the GIL: drop it now, even while the interpreter finalizes (Py_IsInitialized()
   // is already false while modules are torn down, and their values must still die).
@@ -68,23 +153,21 @@ void release_object(PyObject* o) noexcept {
     Py_DECREF(o);
     return;
   }
-  if (!Py_IsInitialized() || !g_python_alive.load(std::memory_order_acquire)) return;  // leaked
-  {
-    std::lock_guard<std::mutex> lock(g_pending_mutex);
-    try {
-      g_pending->push_back(o);
-    } catch (...) {
-      return;  // out of memory: leaked rather than touched without the GIL
-    }
-    g_pending_count.fetch_add(1, std::memory_order_release);
+  std::lock_guard<std::mutex> lock(g_pending_mutex);
+  if (!g_python_alive.load(std::memory_order_relaxed) || !Py_IsInitialized()) return;  // leaked
+  try {
+    g_pending->push_back(o);
+  } catch (...) {
+    return;  // out of memory: leaked rather than touched without the GIL
   }
+  g_pending_count.fetch_add(1, std::memory_order_release);
   g_handed_over.fetch_add(1, std::memory_order_relaxed);
-  if (!g_pending_call_scheduled.exchange(true, std::memory_order_acq_rel)) {
-    // Needs neither the GIL nor a thread state; fails only when its queue is full, and then
-    // the next drain point takes these.
-    if (Py_AddPendingCall(drain_pending_call, nullptr) != 0) {
-      g_pending_call_scheduled.store(false, std::memory_order_release);
-    }
+  maybe_pause();
+  if (!g_pending_call_scheduled) {
+    if (!g_python_alive.load(std::memory_order_relaxed)) g_late_calls.fetch_add(1, std::memory_order_relaxed);
+    // Fails only when CPython's queue is full; the next hand-over tries again, and the
+    // other drain points take these meanwhile.
+    g_pending_call_scheduled = Py_AddPendingCall(drain_pending_call, nullptr) == 0;
   }
 }
 

@@ -46,6 +46,21 @@ void release_object(PyObject* o) noexcept;
 void drain_pending() noexcept;
 // How many references were handed over so far (tests).
 std::uint64_t handed_over_count() noexcept;
+// From nodemeta's atexit hook (GIL held): no thread calls Py_AddPendingCall after this
+// returns; references handed over before are dropped, later ones leaked.
+void shut_down_handover() noexcept;
+
+// Test hooks for the hand-over: the next one stops after queuing its reference, before it
+// schedules the pending call, until resume_handover() or timeout_s; and its state.
+void pause_next_handover(double timeout_s) noexcept;
+void resume_handover() noexcept;
+struct HandoverState {
+  std::size_t pending = 0;        // references waiting for a drain
+  bool call_scheduled = false;    // a pending call is queued and has not started
+  std::uint64_t late_calls = 0;   // Py_AddPendingCall made after shut_down_handover (0)
+};
+HandoverState handover_state() noexcept;  // waits while a paused hand-over holds the lock
+bool handover_paused() noexcept;           // never waits
 
 // A built-in boxed kind (string, list, dict) that remembers the Python object it was
 // converted from.

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <string>
 #include <thread>
 
 #include "nodemeta/detail/journal_access.h"
@@ -23,6 +24,73 @@ std::vector<std::vector<std::size_t>> wavefronts(const graph::Graph& graph) {
     out[level[i]].push_back(i);
   }
   return out;
+}
+
+// ---- for_each_in_dependency_order's schedule, available parallelism ----------------------
+
+DependencySchedule::DependencySchedule(const graph::Graph& graph) : offsets(graph.size() + 1, 0), inputs(graph.size(), 0) {
+  const std::size_t n = graph.size();
+  if (n > UINT32_MAX) throw std::length_error("for_each_in_dependency_order: more than 2^32 - 1 nodes");
+  // Distinct inputs: node i's duplicates of an input count once (a small scan; inputs are few).
+  auto distinct = [&](std::size_t i, std::size_t k) {
+    const std::vector<std::size_t>& in = graph.node(i).inputs;
+    return std::find(in.begin(), in.begin() + static_cast<std::ptrdiff_t>(k), in[k]) == in.begin() + static_cast<std::ptrdiff_t>(k);
+  };
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::vector<std::size_t>& in = graph.node(i).inputs;
+    for (std::size_t k = 0; k < in.size(); ++k) {
+      if (in[k] >= i) {
+        throw std::logic_error("for_each_in_dependency_order: node " + std::to_string(i) + " reads node " +
+                               std::to_string(in[k]) + ", which is not an earlier node");
+      }
+      if (!distinct(i, k)) continue;
+      ++offsets[in[k] + 1];
+      ++inputs[i];
+    }
+    if (inputs[i] == 0) roots.push_back(i);
+  }
+  for (std::size_t i = 0; i < n; ++i) offsets[i + 1] += offsets[i];
+  users.resize(offsets[n]);
+  std::vector<std::size_t> fill(offsets.begin(), offsets.end() - 1);
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::vector<std::size_t>& in = graph.node(i).inputs;
+    for (std::size_t k = 0; k < in.size(); ++k) {
+      if (distinct(i, k)) users[fill[in[k]]++] = static_cast<std::uint32_t>(i);
+    }
+  }
+}
+
+void check_dependency_order(const graph::Graph& graph) {
+  for (std::size_t i = 0; i < graph.size(); ++i) {
+    for (std::size_t j : graph.node(i).inputs) {
+      if (j >= i) {
+        throw std::logic_error("for_each_in_dependency_order: node " + std::to_string(i) + " reads node " +
+                               std::to_string(j) + ", which is not an earlier node");
+      }
+    }
+  }
+}
+
+Parallelism available_parallelism(const graph::Graph& graph) {
+  Parallelism p;
+  p.nodes = graph.size();
+  std::vector<std::size_t> level(graph.size(), 0), path(graph.size(), 0);
+  for (std::size_t i = 0; i < graph.size(); ++i) {
+    const std::vector<std::size_t>& in = graph.node(i).inputs;
+    const std::size_t own = 1 + in.size();
+    std::size_t l = 0, w = 0;
+    for (std::size_t j : in) {
+      if (j >= i) continue;  // not a Graph's node list (DependencySchedule refuses it)
+      l = std::max(l, level[j] + 1);
+      w = std::max(w, path[j]);
+    }
+    level[i] = l;
+    path[i] = w + own;
+    p.work += own;
+    p.depth = std::max(p.depth, l + 1);
+    p.span = std::max(p.span, path[i]);
+  }
+  return p;
 }
 
 // ---- PassContext's journal --------------------------------------------------------------
@@ -273,6 +341,18 @@ void PassContext::commit() noexcept {
       delete logs_[i].exchange(nullptr, std::memory_order_acq_rel);
     }
   }
+}
+
+std::size_t PassContext::touched() const noexcept {
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < kCounts; ++i) n += counts_[i].touched.load(std::memory_order_relaxed);
+  return n;
+}
+
+std::size_t PassContext::rejected() const noexcept {
+  std::size_t n = 0;
+  for (std::size_t i = 0; i < kCounts; ++i) n += counts_[i].rejected.load(std::memory_order_relaxed);
+  return n;
 }
 
 // ---- run_pass --------------------------------------------------------------------------

@@ -20,7 +20,7 @@ build_objects() {
   for src in "$@"; do
     obj="$dir/$(echo "${src%.cpp}" | tr / _).o"
     objs+=("$obj")
-    if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ -n "$(find include -newer "$obj" -name '*.h' -print -quit)" ]; then
+    if [ ! -f "$obj" ] || [ "$src" -nt "$obj" ] || [ -n "$(find include src -newer "$obj" -name '*.h' -print -quit)" ]; then
       "$cxx" "${common[@]}" -fsanitize=fuzzer-no-link,address,undefined -c "$src" -o "$obj" &
       while [ "$(jobs -rp | wc -l)" -ge 2 ]; do wait -n; done
     fi

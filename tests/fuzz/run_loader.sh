@@ -19,7 +19,7 @@ mapfile -t sources < <(library_sources CMakeLists.txt nodemeta ""; library_sourc
 start=$SECONDS
 build_objects "$out/loader_obj" "${sources[@]}"
 "$cxx" "${common[@]}" -fsanitize=fuzzer,address,undefined tests/fuzz/graph_loader_fuzzer.cpp "${objs[@]}" \
-  -lsimdjson -lz -ltbb -o "$out/graph_loader_fuzzer"
+  -lsimdjson -ldeflate -lz -ltbb -o "$out/graph_loader_fuzzer"
 echo "=== tests/fuzz/run_loader.sh: built in $((SECONDS - start)) s ==="
 seeds="$out/loader_seeds"
 rm -rf "$seeds" && mkdir -p "$seeds"

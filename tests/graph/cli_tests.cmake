@@ -48,6 +48,13 @@ nodemeta_cli_test(run_json_quiet RC 0 STDOUT_EMPTY ARGS run ${_bundled} --json $
 nodemeta_cli_test(run_json_stdout RC 0
   REGEX "^{\"graph\":.*\"name\":\"strip_debug\".*\"rejected_protected\":120.*\"verified\":true}"
   ARGS run ${_bundled} --json -)
+# The parallelism the dependencies leave (issue 20): the bundled graph is one chain.
+nodemeta_cli_test(run_parallelism RC 0
+  REGEX "1 repeat\n  available parallelism 1\\.00 \\(work 289 / critical path 289\\), 1\\.00 \\(nodes 137 / depth 137\\)\n\npass"
+  ARGS run ${_bundled} --passes cost)
+nodemeta_cli_test(run_parallelism_json RC 0
+  REGEX "\"parallelism\":{\"nodes\":137,\"depth\":137,\"work\":289,\"span\":289,\"by_work\":1,\"by_nodes\":1}"
+  ARGS run ${_bundled} --passes cost --json -)
 nodemeta_cli_test(inspect_graph RC 0 REGEX "137 nodes.*stem_proj +call_module +stem.proj" ARGS inspect ${_bundled})
 nodemeta_cli_test(inspect_node RC 0
   REGEX "node 1 'stem_proj'.*debug_handle: 2\n.*'stem.proj': 'torch.nn.modules.conv.Conv2d'}\n +stack_trace:\n +File"

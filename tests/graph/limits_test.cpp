@@ -473,6 +473,56 @@ TEST_F(LimitsTest, ByteOrderMarksAndNulBytesAreNamedWithTheirPlace) {
             std::string::npos);
 }
 
+// A single-member gzip file that compresses well (libdeflate's whole-buffer path, see
+// src/graph/inflate.cpp) loads as its plain text does; when that path refuses the file
+// (corrupt, truncated, a size field smaller or larger than the truth), the zlib stream
+// words the error, exactly as before.
+TEST_F(LimitsTest, WholeBufferGzipPathLoadsAsTheStreamAndFallsBackOnBadInput) {
+  const std::string text = graph_json(R"({"s":")" + std::string(200'000, 'a') + R"("})");
+  const std::string plain = write("plain.json", text);
+  const std::string gz = write_gz("whole.json.gz", text, 1);
+  ASSERT_LT(fs::file_size(gz) * 8, text.size());  // the fast path's condition
+  std::uint64_t read_done = 0;
+  LoadOptions load;
+  load.progress = [&](const LoadProgress& p) {
+    if (p.phase == LoadProgress::Phase::kRead) read_done = std::max(read_done, p.done);
+  };
+  EXPECT_EQ(first_difference(load_graph(gz, {}, load), load_graph(plain)), "");
+  EXPECT_EQ(read_done, fs::file_size(gz));
+  EXPECT_EQ(read_file_text(gz), text);
+  // Exactly the limit loads; one byte less refuses it, naming the limit.
+  load.max_input_bytes = text.size();
+  EXPECT_EQ(load_graph(gz, {}, load).size(), 2u);
+  load.max_input_bytes = text.size() - 1;
+  EXPECT_NE(error_of([&] { load_graph(gz, {}, load); }).find("inflates to more than"), std::string::npos);
+  const std::string bytes = slurp(gz);
+  // A flipped byte inside the deflate data.
+  std::string corrupt = bytes;
+  corrupt[corrupt.size() / 2] = static_cast<char>(corrupt[corrupt.size() / 2] ^ 0x55);
+  EXPECT_NE(error_of([&] { load_graph(write("corrupt.json.gz", corrupt)); }).find("gzip data"), std::string::npos);
+  // A size field one smaller and one larger than the truth.
+  for (const int delta : {-1, 1}) {
+    std::string liar = bytes;
+    std::uint32_t isize = static_cast<std::uint32_t>(text.size()) + static_cast<std::uint32_t>(delta);
+    for (int k = 0; k < 4; ++k) liar[liar.size() - 4 + k] = static_cast<char>((isize >> (8 * k)) & 0xff);
+    EXPECT_NE(error_of([&] { load_graph(write("liar.json.gz", liar)); }).find("corrupt gzip data"), std::string::npos)
+        << delta;
+  }
+  // Truncated: the stream's message.
+  EXPECT_NE(error_of([&] { load_graph(write("cut.json.gz", bytes.substr(0, bytes.size() / 2))); })
+                .find("truncated gzip data"),
+            std::string::npos);
+  // A graph saved as .gz reads back through zlib as well (libdeflate writes standard gzip).
+  const std::string saved = path("saved.json.gz");
+  save_graph(load_graph(plain), saved);
+  gzFile f = gzopen(saved.c_str(), "rb");
+  ASSERT_NE(f, nullptr);
+  std::string back(text.size() + 16, '\0');
+  const int n = gzread(f, back.data(), static_cast<unsigned>(back.size()));
+  gzclose(f);
+  EXPECT_EQ(back.substr(0, static_cast<std::size_t>(std::max(n, 0))), to_json(load_graph(plain)));
+}
+
 TEST_F(LimitsTest, GzipZeroPaddingIsAcceptedAndALyingSizeFieldCostsNothing) {
   const std::string text = graph_json(R"({"val":1})");
   const std::string p = write_gz("padded.json.gz", text, 1);

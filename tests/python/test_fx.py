@@ -165,3 +165,50 @@ def test_saved_file_loads_in_the_command(attached, cli, tmp_path):
     assert doc["training"] is False  # the model was traced in eval mode
     done = subprocess.run([cli, "run", str(path)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+# Kind: regression (issue 23 item 3)
+def test_pickled_graph_metadata_in_one_new_store(model):
+    import pickle
+    gm = copy.deepcopy(model[0])
+    store = nodemeta.fx.attach(gm, nodemeta.MetadataStore([]))
+    graph = pickle.loads(pickle.dumps(gm.graph))  # (torch 1.13 re-traces a pickled GraphModule
+    stores = {id(n.meta.store) for n in graph.nodes}  # from its code, dropping every meta)
+    assert len(stores) == 1 and next(iter(graph.nodes)).meta.store is not store
+    new = next(iter(graph.nodes)).meta.store
+    assert new.protected_keys == [] and new.node_count == len(graph.nodes)
+    for before, after in zip(gm.graph.nodes, graph.nodes):
+        assert isinstance(after.meta, nodemeta.NodeMetadata) and sorted(after.meta) == sorted(before.meta)
+    some = next(n for n in graph.nodes if "tensor_meta" in n.meta)
+    some.meta["tensor_meta"] = None  # not protected in this store, as in the one pickled
+
+
+# Kind: regression (issue 23 item 3): the order README shows
+def test_shape_prop_then_attach_works_and_set_once_after_attach():
+    torch.manual_seed(0)
+    m = torchvision.models.resnet18().eval()
+    x = torch.randn(1, 3, 32, 32)
+    # attach() then ShapeProp: raises at the first node (tensor_meta is protected).
+    gm = trace(m)
+    nodemeta.fx.attach(gm)
+    with pytest.raises(RuntimeError, match="^Could not override node key: tensor_meta"):
+        ShapeProp(gm).propagate(x)
+    first = next(iter(gm.graph.nodes))
+    assert "tensor_meta" not in first.meta  # nothing half-written
+    # ShapeProp, then attach: every node keeps its tensor_meta.
+    gm = trace(m)
+    ShapeProp(gm).propagate(x)
+    metas = {n.name: n.meta["tensor_meta"] for n in gm.graph.nodes if "tensor_meta" in n.meta}
+    nodemeta.fx.attach(gm)
+    assert metas
+    for n in gm.graph.nodes:
+        if n.name in metas:
+            assert n.meta["tensor_meta"] is metas[n.name]
+    # After attach, a protected key is added once with set_once (not []=).
+    new = gm.graph.create_node("call_function", torch.relu, (first,), name="extra")
+    nodemeta.fx.attach(gm)
+    tm = metas[first.name]
+    assert new.meta.set_once("tensor_meta", tm) is True
+    assert new.meta.set_once("tensor_meta", None) is False and new.meta["tensor_meta"] is tm
+    with pytest.raises(nodemeta.ProtectedKeyError):
+        new.meta["tensor_meta"] = tm

@@ -526,3 +526,68 @@ def test_subclass_state_survives_copies_and_pickle_without_init():
         with pytest.raises(RuntimeError):
             again["val"] = 2
     assert copy.copy(t)["a"] is t["a"] and copy.deepcopy(t)["a"] is not t["a"]
+
+
+# Kind: regression (issue 23 item 3)
+def test_pickle_keeps_the_store_protection_and_one_store_per_pickle():
+    store = nodemeta.MetadataStore([])  # protects nothing
+    a = store.create({"val": 1, "x": [1, 2]})
+    b = store.create({"tensor_meta": "t"})
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        a2, b2 = pickle.loads(pickle.dumps([a, b], protocol))
+        assert a2 == a and b2 == b
+        assert a2.store is b2.store and a2.store is not store  # one new store for the pickle
+        assert a2.store.protected_keys == []
+        a2["val"] = 2  # not protected there, as in the store it came from
+        b2["tensor_meta"] = "u"
+        assert a2.store.node_count == 2
+    # Two pickles: two stores. The default store's nodes come back in the default store.
+    one, two = pickle.loads(pickle.dumps(a)), pickle.loads(pickle.dumps(a))
+    assert one.store is not two.store
+    d = pickle.loads(pickle.dumps(nodemeta.NodeMetadata({"val": 1})))
+    assert d.store is nodemeta.default_store
+    with pytest.raises(nodemeta.ProtectedKeyError):
+        d["val"] = 2
+    # A store's own protected keys, protect() included, come back protected.
+    custom = nodemeta.MetadataStore(["k"])
+    custom.protect("later")
+    c = pickle.loads(pickle.dumps(custom.create({"k": 1, "later": 2, "free": 3})))
+    assert sorted(c.store.protected_keys) == ["k", "later"] and c == {"k": 1, "later": 2, "free": 3}
+    for key in ("k", "later"):
+        with pytest.raises(nodemeta.ProtectedKeyError):
+            c[key] = 0
+    c["val"] = 0  # not one of this store's keys
+
+
+# Kind: regression (issue 23 item 3)
+def test_import_nodemeta_loads_no_torch_and_fx_is_an_attribute():
+    import subprocess
+    import sys
+    script = (
+        "import sys, nodemeta\n"
+        "assert 'torch' not in sys.modules, 'import nodemeta imported torch'\n"
+        "assert 'nodemeta.fx' not in sys.modules\n"
+        "assert 'fx' in dir(nodemeta)\n"
+        "fx = nodemeta.fx\n"
+        "assert fx is sys.modules['nodemeta.fx'] and nodemeta.fx is fx\n"
+        "assert 'torch' not in sys.modules, 'nodemeta.fx imported torch before use'\n"
+        "try:\n"
+        "    nodemeta.nothing\n"
+        "except AttributeError as e:\n"
+        "    assert 'nothing' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('nodemeta.nothing did not raise')\n"
+        "try:\n"
+        "    import torch, torch.fx\n"
+        "except ImportError:\n"
+        "    print('no torch'); sys.exit(0)\n"
+        "class M(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        return x + 1\n"
+        "gm = torch.fx.symbolic_trace(M())\n"
+        "store = nodemeta.fx.attach(gm)\n"
+        "assert all(isinstance(n.meta, nodemeta.NodeMetadata) and n.meta.store is store for n in gm.graph.nodes)\n"
+        "print('attached')\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() in ("attached", "no torch")

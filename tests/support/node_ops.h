@@ -25,7 +25,7 @@ enum class OpKind : std::uint8_t {
   kSet, kTrySet, kSetOnce, kErase,              // single-key writes
   kUpdateAdd,      // update(key, old int + delta, or delta when absent / not an int)
   kUpdateThrow,    // update(key, callback throws std::runtime_error)
-  kUpdateReenter,  // update(key, callback reads, then writes the node: ReentrancyError escapes)
+  kUpdateReenter,  // update(key, callback reads, then writes key itself: ReentrancyError, its write stays)
   kEdit,           // edit(steps...), optionally throwing at the end
   kProtect,        // store.protect(key)
   kIsProtected,    // store.is_protected(key)
@@ -134,6 +134,7 @@ inline std::string apply_model(ModelStore& store, ModelNode& node, const Op& op)
       return "throw std::runtime_error callback failed";
     case OpKind::kUpdateReenter:
       if (prot) return protected_error(op.key);
+      kv[op.key] = Value("reentered");  // the callback's own write stays
       return "throw ReentrancyError";
     case OpKind::kEdit: {
       std::map<std::string, Value> work = kv;
@@ -206,8 +207,8 @@ inline std::string apply_real(MetadataStore& store, NodeMetadata& node, const Op
         return result_of(node.update(key, [](std::optional<Value>) -> Value { throw CallbackFailed(); }));
       case OpKind::kUpdateReenter:
         return result_of(node.update(key, [&](std::optional<Value> old) -> Value {
-          (void)node.get(key);  // reads take no lock: allowed
-          (void)node.try_set(key, old.value_or(Value()));  // must throw ReentrancyError
+          (void)node.get(key);
+          (void)node.try_set(key, Value("reentered"));  // invalidates what the update read
           return old.value_or(Value());
         }));
       case OpKind::kEdit:

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <csignal>
 #include <memory>
 #include <optional>
@@ -277,6 +278,80 @@ TEST(LifetimeTest, AForkedChildStillReclaims) {
   ASSERT_EQ(waitpid(pid, &status, 0), pid);
   EXPECT_TRUE(WIFEXITED(status)) << "child killed by signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
   EXPECT_EQ(WIFEXITED(status) ? WEXITSTATUS(status) : -1, 0);
+}
+
+// Issue 21, item 2 (reproducer core/09): release_retired_values() returned while another
+// thread's routine collection still held values retired before the call (taken out of the
+// retire lists into its private list, destroying them one by one), so "release, then
+// dlclose the module" could still run the module's code. Now it waits for that collection.
+std::atomic<long> g_slow_live{0};
+std::atomic<bool> g_slow_block{true};
+std::atomic<bool> g_slow_blocking{false};
+std::atomic<std::thread::id> g_slow_collector{};
+struct SlowPlugin {
+  SlowPlugin() { g_slow_live.fetch_add(1); }
+  SlowPlugin(const SlowPlugin&) = delete;
+  ~SlowPlugin() {
+    // The first one the other thread's collection destroys blocks it (a slow destructor).
+    if (std::this_thread::get_id() == g_slow_collector.load() && !g_slow_blocking.exchange(true)) {
+      g_slow_blocking.notify_all();
+      while (g_slow_block.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    g_slow_live.fetch_sub(1);
+  }
+};
+
+TEST(LifetimeTest, ReleaseRetiredValuesWaitsForAnotherThreadsCollection) {
+  MetadataStore store;
+  NodeMetadata n = store.create();
+  for (int i = 0; i < 100; ++i) n.set("p", Value::make<SlowPlugin>());  // 99 retired, no collect
+  std::thread other([&] {  // ordinary writes; its collections release from every record
+    g_slow_collector.store(std::this_thread::get_id());
+    NodeMetadata m = store.create();
+    for (int i = 0; !g_slow_blocking.load(); ++i) m.set("big", std::string(8 + i % 2, 'x'));
+  });
+  g_slow_blocking.wait(false);  // the other thread's collection is inside a destructor
+  std::atomic<bool> returned{false};
+  long live_at_return = -1;
+  std::thread releaser([&] {
+    release_retired_values();
+    live_at_return = g_slow_live.load();
+    returned.store(true);
+  });
+  // Not synchronisation: only a chance for a release that does not wait to return early.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(returned.load()) << "returned while a collection still held retired values";
+  g_slow_block.store(false);
+  releaser.join();
+  other.join();
+  EXPECT_EQ(live_at_return, 1);  // only the node's own value
+}
+
+// Issue 21, item 3 (reproducer core/04): a value that owns a node of the store was retired;
+// the program destroyed its handles and the store, and the next collection destroyed that
+// node in the freed store (heap-use-after-free; in debug builds a false assertion). Now the
+// store's destructor releases retired values first.
+struct Subgraph {
+  Subgraph(NodeMetadata n, std::atomic<int>* d) : inner(std::move(n)), destroyed(d) {}
+  Subgraph(const Subgraph&) = delete;
+  ~Subgraph() { destroyed->fetch_add(1); }
+  NodeMetadata inner;
+  std::atomic<int>* destroyed;
+};
+
+TEST(LifetimeTest, StoreDestroyedWhileARetiredValueOwnsOneOfItsNodes) {
+  std::atomic<int> destroyed{0};
+  auto store = std::make_unique<MetadataStore>();
+  {
+    NodeMetadata outer = store->create();
+    outer.set("sub", Value::make<Subgraph>(store->create({{"x", 1}}), &destroyed));
+    outer.set("sub", Value());  // replaced: the Subgraph, and its node, are retired
+  }
+  EXPECT_EQ(store->node_count(), 1u);  // the retired Subgraph's node
+  EXPECT_EQ(destroyed.load(), 0);
+  store.reset();
+  EXPECT_EQ(destroyed.load(), 1);
+  release_retired_values();  // nothing of the store left to touch
 }
 
 }  // namespace

@@ -178,19 +178,23 @@ TEST(MetadataStoreTest, ProtectRacingWritersNeverLosesTheFrozenValue) {
   }
 }
 
-#if NODEMETA_ENABLE_ASSERTS
-TEST(MetadataStoreDeathTest, DestroyingAStoreWithLiveNodesAsserts) {
+// In every build (issue 21, item 3): a store destroyed while a handle still refers to one of
+// its nodes stops the process with a message naming the store and the count, rather than
+// leave the handle on freed memory (a destructor cannot throw).
+TEST(MetadataStoreDeathTest, DestroyingAStoreWithLiveNodesStopsTheProcess) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(
       {
         auto* store = new MetadataStore();
         auto* node = new NodeMetadata(store->create());
+        auto* other = new NodeMetadata(store->create());
         (void)node;
-        delete store;  // the node still refers to it
+        (void)other;
+        delete store;  // the nodes still refer to it
       },
-      "store must outlive its nodes");
+      "MetadataStore 0x[0-9a-f]+ destroyed with 2 node\\(s\\) still alive.*store must outlive its "
+      "nodes");
 }
-#endif
 
 }  // namespace
 }  // namespace nodemeta

@@ -683,6 +683,8 @@ int cmd_run(const RunOptions& o) {
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::optional<nodemeta::passes::Baseline> baseline;
   arena.execute([&] { baseline.emplace(loaded); });
+  // What the dependencies leave to a dependency-ordered pass (propagate), as loaded.
+  const nodemeta::passes::Parallelism par = nodemeta::passes::available_parallelism(loaded);
 
   // Memory stays bounded whatever --repeat says: the last repeat's statistics, each pass's
   // fastest time, and the times of at most kTimeSamples repeats (a uniform sample, reservoir
@@ -738,7 +740,9 @@ int cmd_run(const RunOptions& o) {
     std::ostringstream js;
     js << "{\"graph\":" << json_string(path) << ",\"nodes\":" << loaded.size() << ",\"mode\":" << json_string(mode_text)
        << ",\"threads\":" << threads
-       << ",\"repeat\":" << repeat << ",\"load_seconds\":" << load_s << ",\"passes\":[";
+       << ",\"repeat\":" << repeat << ",\"load_seconds\":" << load_s << ",\"parallelism\":{\"nodes\":" << par.nodes
+       << ",\"depth\":" << par.depth << ",\"work\":" << par.work << ",\"span\":" << par.span
+       << ",\"by_work\":" << par.by_work() << ",\"by_nodes\":" << par.by_nodes() << "},\"passes\":[";
     for (std::size_t p = 0; p < passes.size(); ++p) {
       const PassStats& s = last[p];
       const double lo = fastest[p];
@@ -764,7 +768,10 @@ int cmd_run(const RunOptions& o) {
   std::cout << "nodemeta run: " << printable(path) << "\n"
             << "  graph " << (model.empty() ? "?" : printable(model)) << ", " << loaded.size() << " nodes, loaded in "
             << fixed(load_s * 1e3, 1) << " ms, traced in " << mode_text << " mode; " << threads << " thread" << (threads == 1 ? "" : "s") << ", "
-            << repeat << " repeat" << (repeat == 1 ? "" : "s") << (repeat > 1 ? " (times are medians)" : "") << "\n\n";
+            << repeat << " repeat" << (repeat == 1 ? "" : "s") << (repeat > 1 ? " (times are medians)" : "") << "\n"
+            << "  available parallelism " << fixed(par.by_work(), 2) << " (work " << par.work << " / critical path "
+            << par.span << "), " << fixed(par.by_nodes(), 2) << " (nodes " << par.nodes << " / depth " << par.depth
+            << ")\n\n";
   std::cout << pad("pass", 12) << pad("nodes", 11, true) << pad("touched", 9, true) << pad("time ms", 10, true)
             << pad("nodes/s", 11, true) << pad("rejected", 10, true) << "  result\n";
   for (std::size_t p = 0; p < passes.size(); ++p) {
