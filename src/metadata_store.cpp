@@ -15,6 +15,7 @@
 
 #include <oneapi/tbb/task_arena.h>
 
+#include "nodemeta/detail/journal_access.h"
 #include "reclaim.h"
 
 namespace nodemeta {
@@ -979,5 +980,85 @@ bool NodeEditor::erase(Key key) {
   graveyard_.push_back(std::move(erased));
   return true;
 }
+
+// --- The passes' journal (detail/journal_access.h) ---------------------------------------
+
+namespace detail {
+namespace {
+
+// While one lives, this thread starts no collection (maybe_collect() skips a thread that is
+// collecting): the store's writes retire and seal what they replace as always, and
+// JournalAccess::collect() releases what is due later, outside the journal's lock.
+class DeferredCollection {
+ public:
+  DeferredCollection() : thread_(reclaim_thread()), was_(thread_.collecting) { thread_.collecting = true; }
+  ~DeferredCollection() { thread_.collecting = was_; }
+  DeferredCollection(const DeferredCollection&) = delete;
+  DeferredCollection& operator=(const DeferredCollection&) = delete;
+
+ private:
+  ReclaimThread& thread_;
+  bool was_;
+};
+
+}  // namespace
+
+WriteResult JournalAccess::write(NodeMetadata& node, Key key, Value&& value) {
+  DeferredCollection defer;  // may throw (this thread's first write): nothing written yet
+  return node.try_set(key, std::move(value));
+}
+
+bool JournalAccess::erase(NodeMetadata& node, Key key) {
+  DeferredCollection defer;
+  return node.erase(key);
+}
+
+JournalAccess::Restore JournalAccess::restore(NodeMetadata& node, Key key,
+                                              const std::optional<Value>& expected,
+                                              std::optional<Value>& old) {
+  MetadataStore& store = node.live();
+  if (store.is_protected(key)) return Restore::kProtected;
+  reserve_retired(1);  // may throw: nothing changed yet
+  NodeState& state = node.entry().second;
+  const std::optional<ValueAccess::Rep> want =
+      expected ? std::optional<ValueAccess::Rep>(ValueAccess::peek(*expected)) : std::nullopt;
+  {
+    WriteLock lock(state, false);
+    const std::uint32_t i = find_owned(state, key.id());
+    Slot* slots = state.slots.load(std::memory_order_relaxed);
+    // The same value: same kind and bits, so a boxed one is the very box (the journal holds
+    // a reference to it, so its address cannot have been reused meanwhile).
+    const bool same = want ? i != kAbsent && slots[i].kind == want->kind && slots[i].bits == want->bits
+                           : i == kAbsent;
+    if (!same) return Restore::kChanged;
+    if (!old && i == kAbsent) return Restore::kRestored;  // absent before and now
+    FreshSlots fresh;
+    if (old && i == kAbsent) prepare_append(state, fresh);  // may throw: nothing changed yet
+    lock.open();
+    if (store.is_protected(key)) {  // as in write(): checked again inside the window
+      lock.close(false);
+      return Restore::kProtected;
+    }
+    if (old) {
+      (void)store_in_window(state, i, key, std::move(*old), fresh);
+      old.reset();  // moved from: holds nothing
+    } else {
+      slots = state.slots.load(std::memory_order_relaxed);
+      const std::uint32_t size = state.size.load(std::memory_order_relaxed);
+      const Slot erased = slots[i];
+      if (i != size - 1) store_slot(slots[i], slots[size - 1]);
+      state.size.store(size - 1, std::memory_order_release);
+      retire_value(erased);
+    }
+    lock.close(true);
+  }
+  note_own_write(&store, node.id(), key.id());
+  seal_retired();  // collected by a later collect() or write
+  return Restore::kRestored;
+}
+
+void JournalAccess::collect() noexcept { maybe_collect(); }
+
+}  // namespace detail
 
 }  // namespace nodemeta

@@ -36,6 +36,7 @@ using NodeId = std::uint64_t;
 
 namespace detail {
 struct NodeState;
+struct JournalAccess;  // the passes' journal's access (detail/journal_access.h)
 }  // namespace detail
 // A node as its store's map holds it (the map's value_type).
 using NodeEntry = std::pair<const NodeId, detail::NodeState>;
@@ -187,6 +188,7 @@ class NODEMETA_API NodeMetadata {
 
  private:
   friend class MetadataStore;
+  friend struct detail::JournalAccess;  // the passes' journal (detail/journal_access.h)
   NodeMetadata(MetadataStore* store, NodeEntry* node) noexcept : store_(store), node_(node) {}
 
   // A view is the node pointer with its lowest bit set (NodeEntry is 8-aligned), so a

@@ -574,6 +574,8 @@ struct ValueAccess {
     v.kind_ = kind;
     return v;
   }
+  // The representation of `v`, which keeps it (no reference count change).
+  static Rep peek(const Value& v) noexcept { return Rep{v.int_, v.kind_}; }
   // The box behind a boxed value, or nullptr; no reference count change.
   static const ValueBox* box_of(const Value& v) noexcept { return v.boxed() ? v.box_ : nullptr; }
   static void add_ref(std::int64_t bits, Value::Kind kind) noexcept {

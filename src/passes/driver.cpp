@@ -12,6 +12,7 @@
 #include <string>
 #include <thread>
 
+#include "nodemeta/detail/journal_access.h"
 
 namespace nodemeta::passes {
 
@@ -94,12 +95,18 @@ Parallelism available_parallelism(const graph::Graph& graph) {
 
 // ---- PassContext's journal --------------------------------------------------------------
 
-// The first change of each key of one node in this pass, and the lock that makes "read the
-// old value, write, record" one step for that node.
+// One node's changes in this pass, one entry per key: the value from before the pass and the
+// value the pass last left there. The lock makes "read the old value, write, record" one
+// step for the node. Nothing held here is destroyed while the lock is held, and no store call
+// made under it releases retired values (JournalAccess): a value's destructor may write this
+// node through the context (design.md clause 9).
 struct PassContext::NodeLog {
   struct Change {
-    Key key = keys::val;       // (Key has no default; an unused inline entry holds this)
-    std::optional<Value> old;  // the key's value before the pass; nullopt: it was absent
+    Key key = keys::val;        // (Key has no default; an unused inline entry holds this)
+    std::optional<Value> old;   // the key's value before the pass; nullopt: it was absent
+    std::optional<Value> last;  // what the pass last left: its value (a reference to that
+                                // very value, so a box's address is not reused while the
+                                // journal lives), nullopt where it erased the key
   };
   static constexpr std::size_t kInline = 4;  // a pass writes a few keys per node
 
@@ -129,23 +136,35 @@ struct PassContext::NodeLog {
     for (std::uint32_t i = 0; i < inline_used; ++i) f(first[i]);
     for (Change& c : more) f(c);
   }
-  // Whether `key` already has its entry; if not, makes room for one (may throw).
-  bool recorded(Key key) {
-    bool found = false;
-    for_each([&](const Change& c) { found = found || c.key == key; });
-    if (!found && inline_used == kInline && more.size() == more.capacity()) {
+  // The entry of `key`, or null after making room for one (may throw; the room keeps the
+  // entries where they are).
+  Change* find(Key key) {
+    Change* found = nullptr;
+    for_each([&](Change& c) {
+      if (found == nullptr && c.key == key) found = &c;
+    });
+    if (found == nullptr && inline_used == kInline && more.size() == more.capacity()) {
       more.reserve(more.empty() ? kInline : 2 * more.size());
     }
     return found;
   }
-  void record(Key key, std::optional<Value> old) noexcept {  // after recorded() made room
+  void record(Key key, std::optional<Value>&& old, std::optional<Value>&& last) noexcept {  // after find() made room
     if (inline_used < kInline) {
-      first[inline_used++] = Change{key, std::move(old)};
+      first[inline_used++] = Change{key, std::move(old), std::move(last)};
     } else {
-      more.push_back(Change{key, std::move(old)});
+      more.push_back(Change{key, std::move(old), std::move(last)});
     }
   }
 };
+
+namespace {
+
+// Whether two handles are the same node (the store and the id; ids are never reused).
+bool same_node(const NodeMetadata& m, const MetadataStore* store, NodeId id) noexcept {
+  return m.valid() && &m.store() == store && m.id() == id;
+}
+
+}  // namespace
 
 PassContext::PassContext(graph::Graph& graph, const Baseline* baseline, std::string pass_name)
     : graph_(graph),
@@ -153,7 +172,36 @@ PassContext::PassContext(graph::Graph& graph, const Baseline* baseline, std::str
       pass_name_(std::move(pass_name)),
       first_(graph.size() != 0 ? &graph.node(0) : nullptr),
       size_(graph.size()),
-      logs_(graph.size() != 0 ? std::make_unique<std::atomic<NodeLog*>[]>(graph.size()) : nullptr) {}
+      logs_(graph.size() != 0 ? std::make_unique<std::atomic<NodeLog*>[]>(graph.size()) : nullptr) {
+  // Owning handles are distinct nodes; only views can repeat one (two fx nodes sharing a
+  // meta in the Python package, or the same view twice). Then every handle of a node maps to
+  // the first index holding it, so the node has one log whichever handle writes it.
+  bool views = false;
+  for (std::size_t i = 0; i < size_ && !views; ++i) views = first_[i].meta.is_view();
+  if (!views) return;
+  struct Ident {
+    std::uintptr_t store;
+    NodeId id;
+    std::size_t index;
+    bool operator<(const Ident& o) const noexcept {
+      return store != o.store ? store < o.store : id != o.id ? id < o.id : index < o.index;
+    }
+  };
+  std::vector<Ident> order;
+  order.reserve(size_);
+  for (std::size_t i = 0; i < size_; ++i) {
+    const NodeMetadata& m = first_[i].meta;
+    order.push_back(m.valid() ? Ident{reinterpret_cast<std::uintptr_t>(&m.store()), m.id(), i}
+                              : Ident{0, 0, i});  // a moved-from handle: itself
+  }
+  std::sort(order.begin(), order.end());
+  canon_ = std::make_unique<std::size_t[]>(size_);
+  for (std::size_t k = 0; k < order.size(); ++k) {
+    const bool repeat = k != 0 && order[k].store != 0 && order[k].store == order[k - 1].store &&
+                        order[k].id == order[k - 1].id;
+    canon_[order[k].index] = repeat ? canon_[order[k - 1].index] : order[k].index;
+  }
+}
 
 PassContext::~PassContext() { commit(); }
 
@@ -169,8 +217,9 @@ PassContext::NodeLog* PassContext::log_for(const NodeMetadata& node) {
   const auto* begin = reinterpret_cast<const char*>(first_);
   const auto* end = reinterpret_cast<const char*>(first_ + size_);
   if (std::less<const char*>()(p, begin) || !std::less<const char*>()(p, end)) return nullptr;
-  const std::size_t i = static_cast<std::size_t>(p - begin) / sizeof(graph::Node);
+  std::size_t i = static_cast<std::size_t>(p - begin) / sizeof(graph::Node);
   if (&first_[i].meta != &node || !node.valid()) return nullptr;
+  if (canon_ != nullptr) i = canon_[i];  // the node's log, whichever of its handles this is
   std::atomic<NodeLog*>& slot = logs_[i];
   NodeLog* log = slot.load(std::memory_order_acquire);
   if (log == nullptr) {
@@ -181,7 +230,9 @@ PassContext::NodeLog* PassContext::log_for(const NodeMetadata& node) {
       log = made.release();
     }
   }
-  return log;
+  // A handle that holds another node than the log's (assigned to during the pass): its
+  // writes are not journaled.
+  return same_node(node, log->store, log->id) ? log : nullptr;
 }
 
 WriteResult PassContext::write(NodeMetadata& node, Key key, Value value) {
@@ -193,67 +244,94 @@ WriteResult PassContext::write(NodeMetadata& node, Key key, Value value) {
     if (r == WriteResult::kRejectedProtected) count_rejected();
     return r;
   }
-  std::lock_guard<NodeLog> hold(*log);
-  const bool first = !log->recorded(key);  // may throw: nothing written yet
+  // Declared before the lock: whatever of these is destroyed, is destroyed after unlocking.
+  // `last` is the journal's reference to the value this write stores (so no reference the
+  // store drops under the lock is the last one either).
   std::optional<Value> old;
-  if (first) old = node.get(key);
-  const WriteResult r = node.try_set(key, std::move(value));  // may throw: node unchanged
-  if (r == WriteResult::kRejectedProtected) {
-    count_rejected();
-  } else if (first) {
-    log->record(key, std::move(old));  // room made: cannot throw
+  std::optional<Value> last(value);
+  WriteResult r = WriteResult::kRejectedProtected;  // (assigned below)
+  {
+    std::lock_guard<NodeLog> hold(*log);
+    NodeLog::Change* change = log->find(key);  // may throw: nothing written yet
+    if (change == nullptr) old = node.get(key);
+    r = detail::JournalAccess::write(node, key, std::move(value));  // may throw: node unchanged
+    if (r == WriteResult::kRejectedProtected) {
+      count_rejected();
+    } else if (change == nullptr) {
+      log->record(key, std::move(old), std::move(last));  // room made: cannot throw
+    } else {
+      change->last.swap(last);  // the value it replaces dies after unlocking
+    }
   }
+  detail::JournalAccess::collect();  // what the write retired, outside the journal's lock
   return r;
 }
 
 bool PassContext::erase(NodeMetadata& node, Key key) {
   // As in write(): erasing a protected key is refused (and counted) without a journal entry.
   NodeLog* log = node.valid() && node.store().is_protected(key) ? nullptr : log_for(node);
-  std::unique_lock<NodeLog> hold;
-  bool first = false;
-  std::optional<Value> old;
-  if (log != nullptr) {
-    hold = std::unique_lock<NodeLog>(*log);
-    first = !log->recorded(key);
-    if (first) old = node.get(key);
+  if (log == nullptr) {
+    try {
+      return node.erase(key);
+    } catch (const ProtectedKeyError&) {
+      count_rejected();
+      return false;
+    }
   }
-  try {
-    if (!node.erase(key)) return false;
-  } catch (const ProtectedKeyError&) {
-    count_rejected();
-    return false;
+  std::optional<Value> old;   // as in write(): destroyed after unlocking
+  std::optional<Value> last;  // receives what the pass last wrote to the key, if it did
+  bool erased = false;
+  {
+    std::lock_guard<NodeLog> hold(*log);
+    NodeLog::Change* change = log->find(key);  // may throw: nothing erased yet
+    if (change == nullptr) old = node.get(key);
+    try {
+      erased = detail::JournalAccess::erase(node, key);
+    } catch (const ProtectedKeyError&) {
+      count_rejected();
+    }
+    if (erased && change == nullptr) {
+      log->record(key, std::move(old), std::nullopt);
+    } else if (erased) {
+      change->last.swap(last);  // the pass's last act on the key: absent
+    }
   }
-  if (first) log->record(key, std::move(old));
-  return true;
+  detail::JournalAccess::collect();
+  return erased;
 }
 
 std::size_t PassContext::undo() noexcept {
   std::size_t lost = 0;
   if (size_ == 0) return 0;
   const bool same = same_nodes();
-  // Erase what the pass added first, then put back what it replaced or erased: each node
-  // then only returns to sizes it had before the pass, so none needs a bigger array.
+  // Each key goes back to its value before the pass only if it still holds what the pass
+  // left there (compared and restored in one step under the node's lock): a later write by
+  // anyone else stays, and is counted as not put back. Erase what the pass added first, then
+  // put back what it replaced or erased: each node then only returns to sizes it had before
+  // the pass, so none needs a bigger array (unless another writer added keys meanwhile).
+  // No store call here releases retired values: nothing the journal holds or the store
+  // drops is destroyed until the journal is gone.
   for (int phase = 0; phase < 2 && same; ++phase) {
     for (std::size_t i = 0; i < size_; ++i) {
       NodeLog* log = logs_[i].load(std::memory_order_acquire);
       if (log == nullptr) continue;
       NodeMetadata& m = first_[i].meta;
-      if (!m.valid() || &m.store() != log->store || m.id() != log->id) continue;  // another node now
+      if (!same_node(m, log->store, log->id)) continue;  // another node now
       log->for_each([&](NodeLog::Change& c) {
         if (c.old.has_value() != (phase == 1)) return;
         try {
-          if (phase == 0) {
-            (void)m.erase(c.key);
-          } else if (m.try_set(c.key, std::move(*c.old)) == WriteResult::kRejectedProtected) {
-            ++lost;  // protected since the pass wrote it
+          if (detail::JournalAccess::restore(m, c.key, c.last, c.old) !=
+              detail::JournalAccess::Restore::kRestored) {
+            ++lost;  // written since by someone else, or protected since the pass wrote it
           }
         } catch (...) {
-          ++lost;  // protected since (erase), out of memory, or inside a callback
+          ++lost;  // out of memory
         }
       });
     }
   }
-  commit();
+  commit();                          // the journal's values die here, under no lock
+  detail::JournalAccess::collect();  // and what the restores retired
   return lost;
 }
 
@@ -292,7 +370,7 @@ PassStats run_pass(Pass& pass, graph::Graph& graph, const Baseline* baseline) {
     if (lost == 0) throw;
     std::throw_with_nested(std::runtime_error(
         "pass '" + stats.name + "' threw, and " + std::to_string(lost) + " of the keys it changed could not be " +
-        "put back (protected since, out of memory, or run inside an update()/edit() callback)"));
+        "put back (written since by another writer, protected since, or out of memory)"));
   }
   stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   stats.nodes_after = graph.size();

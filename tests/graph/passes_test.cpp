@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -291,6 +292,133 @@ TEST(DriverTest, APassThatThrowsIsUndoneOnEveryNode) {
       EXPECT_EQ(pass.outside_.get(Key("annotated")), Value(std::int64_t{1}));
     }
   }
+}
+
+// Undo never loses another writer's work (reproducer core/08): a key another thread wrote
+// after the pass wrote it, and one it erased after the pass changed it, keep that thread's
+// work, and run_pass counts both as not put back. A key nobody else touched is put back.
+class OvertakenPass final : public Pass {
+ public:
+  std::string_view name() const noexcept override { return "overtaken"; }
+  std::string_view description() const noexcept override { return "writes, waits, then fails"; }
+  void run(PassContext& ctx) override {
+    NodeMetadata& m = ctx.graph().node(0).meta;
+    ctx.write(m, Key("flops"), Value(std::int64_t{7}));     // absent before the pass
+    ctx.write(m, Key("owner_note"), Value("pass"));          // "before" before the pass
+    ctx.write(m, Key("untouched"), Value("pass"));           // nobody else writes it
+    phase->store(1);
+    while (phase->load() != 2) std::this_thread::yield();  // the other thread writes now
+    throw std::runtime_error("pass failed");
+  }
+  std::atomic<int>* phase = nullptr;
+};
+
+TEST(DriverTest, UndoKeepsWhatAnotherThreadWroteAfterThePass) {
+  Graph g;
+  const std::vector<KeyValue> meta{{Key("owner_note"), Value("before")}, {Key("untouched"), Value("before")}};
+  g.add_node("a", "placeholder", "a", {}, meta);
+  NodeMetadata owner = g.node(0).meta.view();  // another handle to the same node (as Python's)
+  std::atomic<int> phase{0};
+  std::thread other([&] {
+    while (phase.load() != 1) std::this_thread::yield();
+    owner.set(Key("flops"), std::int64_t{42});  // a later, completed write
+    EXPECT_TRUE(owner.erase(Key("owner_note")));  // a later, completed erase
+    phase.store(2);
+  });
+  OvertakenPass pass;
+  pass.phase = &phase;
+  try {
+    run_pass(pass, g, nullptr);
+    ADD_FAILURE() << "no exception";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("2 of the keys it changed could not be put back"), std::string::npos)
+        << e.what();
+  }
+  other.join();
+  EXPECT_EQ(owner.get(Key("flops")), Value(std::int64_t{42}));
+  EXPECT_FALSE(owner.contains(Key("owner_note")));
+  EXPECT_EQ(owner.get(Key("untouched")), Value("before"));
+}
+
+// No value's destructor runs under the journal's lock (reproducer core/10): a value that,
+// when released, writes its node through the pass's context must not deadlock. (A hang
+// here is the failure; ctest's timeout reports it.)
+PassContext* g_versioned_ctx = nullptr;
+std::atomic<long> g_versioned_destroyed{0};
+
+struct Versioned {  // on release, notes on its node that it was replaced
+  Versioned() = default;
+  Versioned(const Versioned&) = default;
+  ~Versioned() {
+    const long n = ++g_versioned_destroyed;
+    if (g_versioned_ctx != nullptr) {
+      (void)g_versioned_ctx->write(g_versioned_ctx->graph().node(0).meta, Key("replaced_count"), Value(n));
+    }
+  }
+  bool operator==(const Versioned&) const { return true; }
+};
+
+class AnnotatingPass final : public Pass {
+ public:
+  std::string_view name() const noexcept override { return "annotating"; }
+  std::string_view description() const noexcept override { return "rewrites one key often"; }
+  void run(PassContext& ctx) override {
+    g_versioned_ctx = &ctx;
+    for (int i = 0; i < 1000; ++i) ctx.write(ctx.graph().node(0).meta, Key("v"), Value::make<Versioned>());
+    (void)release_retired_values();  // the last ones too, while the context is live
+    g_versioned_ctx = nullptr;
+  }
+};
+
+TEST(DriverTest, AValuesDestructorMayWriteItsNodeThroughTheContext) {
+  Graph g;
+  g.add_node("a", "placeholder", "a", {}, {});
+  g_versioned_destroyed = 0;
+  AnnotatingPass pass;
+  (void)run_pass(pass, g, nullptr);
+  EXPECT_GE(g_versioned_destroyed.load(), 999);  // every replaced value, through the context
+  const std::optional<Value> count = g.node(0).meta.get(Key("replaced_count"));
+  ASSERT_TRUE(count.has_value());
+  EXPECT_GE(count->as<std::int64_t>(), 999);
+}
+
+// Two views of one node in a graph share one journal (reproducer core/11): a key absent
+// before the pass and written through both is absent again after the undo.
+class TwiceWritingPass final : public Pass {
+ public:
+  std::string_view name() const noexcept override { return "twice"; }
+  std::string_view description() const noexcept override { return "writes through both handles, then fails"; }
+  void run(PassContext& ctx) override {
+    ctx.write(ctx.graph().node(0).meta, Key("flops"), Value(std::int64_t{1}));
+    ctx.write(ctx.graph().node(1).meta, Key("flops"), Value(std::int64_t{2}));
+    ctx.write(ctx.graph().node(1).meta, Key("note"), Value("pass"));
+    ctx.erase(ctx.graph().node(0).meta, Key("note"));
+    ctx.write(ctx.graph().node(2).meta, Key("flops"), Value(std::int64_t{3}));
+    throw std::runtime_error("pass failed");
+  }
+};
+
+TEST(DriverTest, TwoViewsOfOneNodeAreUndoneAsOneNode) {
+  MetadataStore store;
+  NodeMetadata shared = store.create({{"note", "before"}});
+  NodeMetadata alone = store.create({});
+  Graph g = Graph::over(store);
+  std::vector<graph::Node> nodes;
+  nodes.push_back(graph::Node{"a", "placeholder", "a", {}, shared.view()});
+  nodes.push_back(graph::Node{"b", "call_function", "torch.relu", {0}, shared.view()});
+  nodes.push_back(graph::Node{"c", "call_function", "torch.relu", {1}, alone.view()});
+  g.replace_nodes(std::move(nodes));
+  TwiceWritingPass pass;
+  try {
+    run_pass(pass, g, nullptr);
+    ADD_FAILURE() << "no exception";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "pass failed");  // the pass's own: every key put back
+  }
+  EXPECT_FALSE(shared.contains(Key("flops")));
+  EXPECT_EQ(shared.get(Key("note")), Value("before"));
+  EXPECT_EQ(shared.size(), 1U);
+  EXPECT_FALSE(alone.contains(Key("flops")));
 }
 
 // A pass that replaced the node list before it threw is left to undo itself (fuse does):

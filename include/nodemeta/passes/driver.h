@@ -63,25 +63,33 @@ struct PassStats {
 // nothing. Concurrent-safe, except `summary` and `problems`, which only the pass's
 // sequential part (outside its parallel loops) may touch.
 //
-// All or nothing: write() and erase() through the graph's own node handles
-// (graph().node(i).meta, for the nodes the pass started with) journal the value the key
-// held before the pass first changed it: one entry per (node, key), whatever thread or loop
-// writes it and however often, taken under a per-node lock together with the write. When
-// the pass throws, run_pass() calls undo(), which puts every journaled key back to that
-// value (erasing the keys the pass added first, then restoring the others, so no node needs
-// a bigger array) and rethrows. What is not journaled: writes through other handles (a
-// view() or a copy of a graph node, a node the pass is building), writes made with
-// NodeMetadata's own calls, and an inner run_pass() (it commits or undoes on its own). If
-// the node list is no longer the one the pass started with, or a handle now holds another
-// node, undo() leaves that metadata as it is rather than guess which node is which: a pass
-// that changes the structure is all or nothing on its own (fuse is). A key protected since
-// the pass wrote it keeps the pass's value (protection is forever); so does a key whose
-// restore fails (out of memory again, or a ReentrancyError when run_pass is called inside
-// an update()/edit() callback): run_pass() then throws a std::runtime_error saying how
-// many keys were not put back, with the pass's exception nested (std::throw_with_nested).
-// Cost: per journaled write, a per-node lock and a scan of that node's entries; per first
-// write of a (node, key), a read of the old value and an entry; per node written, one small
-// allocation; per pass, one pointer per node.
+// Undone on a throw: write() and erase() through the graph's own node handles
+// (graph().node(i).meta, for the nodes the pass started with) journal, per node (however
+// many of the graph's handles are views of it) and key, the value the key held before the
+// pass first changed it and the value the pass last left there, whatever thread or loop
+// writes it and however often, under a per-node lock together with the write. When the pass
+// throws, run_pass() calls undo(), which puts each journaled key back to its value before
+// the pass if, and only if, the key still holds what the pass left there (the very value
+// it last wrote, or still absent where it erased the key): compared and restored in one
+// step under the node's lock, so a write that another thread (or the pass itself, through
+// another handle) made since stays, and counts as not put back. So are a key protected
+// since the pass wrote it (protection is forever) and a restore that fails (out of
+// memory): run_pass() then throws a std::runtime_error saying how many keys were not put
+// back, with the pass's exception nested (std::throw_with_nested). The keys the pass added
+// are erased first, then the others restored, so no node needs a bigger array unless
+// another writer added keys meanwhile. A scalar another writer set to the very value the
+// pass wrote (the same int, say) is indistinguishable from the pass's and is restored.
+// What is not journaled: writes through other handles (a view() or a copy of a graph node
+// held outside the graph, a node the pass is building), writes made with NodeMetadata's own
+// calls, and an inner run_pass() (it commits or undoes on its own). If the node list is no
+// longer the one the pass started with, or a handle now holds another node, undo() leaves
+// that metadata as it is rather than guess which node is which: a pass that changes the
+// structure is all or nothing on its own (fuse is). No value's destructor runs under the
+// journal's lock (a destructor may write its node through the context).
+// Cost: per journaled write, a per-node lock, a scan of that node's entries and a reference
+// to the value written; per first write of a (node, key), a read of the old value and an
+// entry; per node written, one small allocation; per pass, one pointer per node (and, for a
+// graph holding views, a sort of its nodes by identity when the context is made).
 class NODEMETA_PASSES_API PassContext {
  public:
   PassContext(graph::Graph& graph, const Baseline* baseline, std::string pass_name);
@@ -99,8 +107,9 @@ class NODEMETA_PASSES_API PassContext {
   // erase() that counts a refused protected erase instead of throwing it, and journals the
   // key's value before the pass.
   bool erase(NodeMetadata& node, Key key);
-  // Puts every journaled key back to its value before the pass (see above) and empties the
-  // journal; returns how many keys could not be put back. Called by run_pass() when the
+  // Puts every journaled key that still holds what the pass left there back to its value
+  // before the pass (see above) and empties the journal; returns how many keys were not
+  // put back. Called by run_pass() when the
   // pass throws. Not concurrent with the pass's writes.
   std::size_t undo() noexcept;
   // Empties the journal, keeping what the pass wrote (run_pass() does not need it: the
@@ -131,6 +140,7 @@ class NODEMETA_PASSES_API PassContext {
   graph::Node* first_;  // the node list the pass started with
   std::size_t size_;
   std::unique_ptr<std::atomic<NodeLog*>[]> logs_;  // one per node, null until written
+  std::unique_ptr<std::size_t[]> canon_;  // graphs with views: each index's node's first index
   // A pass that counts every node (strip_debug counts each refused write) would make all its
   // threads increment one cache line, and share it with the fields every write reads: the
   // counts are per oneTBB thread index instead, one cache line each, apart from the context.
