@@ -29,6 +29,11 @@ bool inflate_whole(const std::string& path, int fd, std::uint64_t file_size, std
     got += n;
   }
   if (got != file_size) return false;  // the file changed under us: the stream decides
+  // libdeflate does not check a header CRC (FHCRC) that zlib refuses when wrong, and a file
+  // must load or be refused whatever its compression ratio: such files (and any header flag
+  // but FTEXT, FEXTRA, FNAME, FCOMMENT) take the zlib stream, which decides.
+  constexpr unsigned char kFastFlags = 0x01 | 0x04 | 0x08 | 0x10;
+  if (got < 10 || (static_cast<unsigned char>(in[3]) & ~kFastFlags) != 0) return false;
   struct Free {
     void operator()(libdeflate_decompressor* d) const noexcept { libdeflate_free_decompressor(d); }
   };

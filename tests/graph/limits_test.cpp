@@ -508,6 +508,23 @@ TEST_F(LimitsTest, WholeBufferGzipPathLoadsAsTheStreamAndFallsBackOnBadInput) {
     EXPECT_NE(error_of([&] { load_graph(write("liar.json.gz", liar)); }).find("corrupt gzip data"), std::string::npos)
         << delta;
   }
+  // A header CRC (FHCRC): libdeflate does not check it, so a wrong one must still be
+  // refused (by zlib, whatever the compression ratio) and a right one load.
+  ASSERT_EQ(bytes[3] & 0x1e, 0);  // no FEXTRA, FNAME, FCOMMENT, FHCRC in what gzopen writes
+  for (const bool right : {false, true}) {
+    std::string header = bytes.substr(0, 10);
+    header[3] = static_cast<char>(header[3] | 0x02);
+    const uLong crc = crc32(0L, reinterpret_cast<const Bytef*>(header.data()), 10);
+    const unsigned crc16 = right ? static_cast<unsigned>(crc & 0xffff) : static_cast<unsigned>(~crc & 0xffff);
+    const std::string with_crc = header + static_cast<char>(crc16 & 0xff) +
+                                 static_cast<char>(crc16 >> 8) + bytes.substr(10);
+    const std::string file = write(right ? "fhcrc_ok.json.gz" : "fhcrc_bad.json.gz", with_crc);
+    if (right) {
+      EXPECT_EQ(first_difference(load_graph(file), load_graph(plain)), "");
+    } else {
+      EXPECT_NE(error_of([&] { load_graph(file); }).find("header crc mismatch"), std::string::npos);
+    }
+  }
   // Truncated: the stream's message.
   EXPECT_NE(error_of([&] { load_graph(write("cut.json.gz", bytes.substr(0, bytes.size() / 2))); })
                 .find("truncated gzip data"),
