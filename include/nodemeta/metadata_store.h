@@ -88,7 +88,8 @@ class NODEMETA_API MetadataStore {
   // The protected keys' names, sorted.
   std::vector<std::string> protected_keys() const;
 
-  // The number of live nodes. Exact whenever no node is being created or destroyed.
+  // The number of live nodes. Exact whenever no node is being created or destroyed (a node
+  // destroyed inside its own update()/edit() callback counts until that call returns).
   std::size_t node_count() const noexcept { return map_.size(); }
 
  private:
