@@ -30,8 +30,7 @@ constexpr std::uint32_t kWholeNode = ~std::uint32_t{0};
 
 // What a callback's own thread did while the callback ran (CallbackScope).
 struct CallbackFlags {
-  bool self_wrote = false;      // wrote what the callback read: rerunning it cannot help
-  bool node_destroyed = false;  // destroyed the callback's node
+  bool self_wrote = false;  // wrote what the callback read: rerunning it cannot help
 };
 
 // A callback (update/edit) running on this thread, innermost first. Callbacks hold no
@@ -70,6 +69,42 @@ void note_own_write(const MetadataStore* store, NodeId node, std::uint32_t key) 
     }
   }
 }
+
+// An edit() of `node` on this thread is committing `next` over `old` (its `old_size`
+// slots): marks the callbacks running on this thread that read what it changes: an update()
+// whose key's slot changes, every edit() of the node (it validates the whole node).
+void note_own_edit(const MetadataStore* store, NodeId node, const Slot* old,
+                   std::uint32_t old_size, const detail::Record& next) noexcept {
+  for (CallbackScope* s = CallbackScope::innermost; s != nullptr; s = s->outer) {
+    if (s->store != store || s->node != node) continue;
+    if (s->key == kWholeNode) {
+      s->flags.self_wrote = true;
+      continue;
+    }
+    const Slot* before = nullptr;
+    for (std::uint32_t i = 0; i < old_size; ++i) {
+      if (old[i].key == s->key) before = &old[i];
+    }
+    const Slot* after = next.find(s->key);
+    if ((before == nullptr) != (after == nullptr) ||
+        (before != nullptr && (before->kind != after->kind || before->bits != after->bits))) {
+      s->flags.self_wrote = true;
+    }
+  }
+}
+
+// Runs `f` when it goes out of scope.
+template <class F>
+class AtExit {
+ public:
+  explicit AtExit(F f) noexcept : f_(std::move(f)) {}
+  ~AtExit() { f_(); }
+  AtExit(const AtExit&) = delete;
+  AtExit& operator=(const AtExit&) = delete;
+
+ private:
+  F f_;
+};
 
 // Runs a user callback, with no lock held, in a scope that records what this thread does
 // meanwhile, isolated from unrelated oneTBB work: while the callback waits inside oneTBB
@@ -116,8 +151,12 @@ class Backoff {
 // (pthread_atfork) unlocks every node another thread's note names. A node whose write window
 // was open may be torn: the handler leaves its writing bit set without the lock bit, a state
 // no live writer produces, and every later operation on it throws std::logic_error.
+struct NodeHold;
 struct alignas(64) LockNote {
   std::atomic<std::atomic<std::uint64_t>*> held{nullptr};
+  // The counts its thread holds in nodes (NodeState::callbacks, priority_waiters),
+  // innermost first: the child handler takes back those of the threads it does not have.
+  std::atomic<NodeHold*> holds{nullptr};
   std::atomic<bool> in_use{true};
   LockNote* next = nullptr;  // immutable once published
 };
@@ -125,13 +164,24 @@ std::atomic<LockNote*> g_lock_notes{nullptr};
 __attribute__((tls_model("initial-exec"))) thread_local LockNote* tls_lock_note = nullptr;
 pthread_key_t g_lock_note_key;
 
-void clear_waiting_readers() noexcept;
+// One count a thread holds in a node (HeldCount): linked into its LockNote's holds.
+struct NodeHold {
+  std::atomic<std::uint32_t>* count = nullptr;
+  NodeHold* outer = nullptr;
+  std::atomic<bool> counted{false};  // count was incremented (and not yet decremented)
+};
 
 void clear_inherited_locks() noexcept {
-  clear_waiting_readers();  // the waiting readers were other threads
   const LockNote* mine = tls_lock_note;  // the forking thread's: it held no lock in fork()
   for (LockNote* n = g_lock_notes.load(std::memory_order_acquire); n != nullptr; n = n->next) {
     if (n == mine) continue;
+    // The counts its thread held (a waiting read, a starved or running callback): the
+    // thread does not exist here. The forking thread's own counts stay, and its own scopes
+    // give them back as they end.
+    for (NodeHold* h = n->holds.exchange(nullptr, std::memory_order_acquire); h != nullptr;
+         h = h->outer) {
+      if (h->counted.load(std::memory_order_relaxed)) h->count->fetch_sub(1, std::memory_order_relaxed);
+    }
     if (std::atomic<std::uint64_t>* ctl = n->held.exchange(nullptr, std::memory_order_relaxed)) {
       const std::uint64_t w = ctl->load(std::memory_order_relaxed);
       if ((w & NodeState::kLocked) != 0) ctl->store(w & ~NodeState::kLocked, std::memory_order_relaxed);
@@ -189,53 +239,53 @@ bool is_torn(std::uint64_t w) noexcept {
 // before it opens, so a window stays a few stores long whatever the node's size.
 constexpr std::uint32_t kScanInWindow = 16;
 
-// Threads waiting for a node's lock with priority, counted per hash of the node's address:
-// a read's fallback (optimistic_read), and an update()/edit() whose callback another
-// writer of its node has outrun kPoliteAfter times. Other writers of the node defer to them
-// before taking its lock, so that a hot writer (whose unlock-to-relock gap is a few
-// instructions) cannot starve them, but for at most kMaxDefer each: a writer waiting here
-// holds no lock, and may be a task that a waiting callback itself waits for, so an
-// unbounded wait could deadlock. A writer only reads its counter (a shared line, written
-// only on these slow paths).
-constexpr std::size_t kWaitSlots = 64;
-struct alignas(64) WaitSlots {
-  std::atomic<std::uint32_t> any{0};  // the sum of count[]: the only load of a fast write
-  std::atomic<std::uint32_t> count[kWaitSlots] = {};
-};
-WaitSlots g_priority_waiters;
-void clear_waiting_readers() noexcept {
-  g_priority_waiters.any.store(0, std::memory_order_relaxed);
-  for (auto& c : g_priority_waiters.count) c.store(0, std::memory_order_relaxed);
-}
-std::atomic<std::uint32_t>& priority_waiters(const NodeState& node) noexcept {
-  const auto a = reinterpret_cast<std::uintptr_t>(&node);
-  return g_priority_waiters.count[((a >> 4) * 0x9E3779B97F4A7C15ULL) >> 58];
-}
-constexpr std::chrono::microseconds kMaxDefer{2000};
-
-// Counts the calling thread among the node's priority waiters while it lives.
-class PriorityWait {
+// A count this thread holds in a node while it lives (or until stop()), recorded in the
+// thread's LockNote so that a fork()ed child can take back the counts of the threads it
+// does not have. Scopes nest: started and stopped innermost first.
+class HeldCount {
  public:
-  PriorityWait() noexcept = default;
-  explicit PriorityWait(const NodeState& node) noexcept { start(node); }
-  ~PriorityWait() {
-    if (count_ != nullptr) {
-      count_->fetch_sub(1, std::memory_order_relaxed);
-      g_priority_waiters.any.fetch_sub(1, std::memory_order_relaxed);
-    }
+  HeldCount() noexcept = default;
+  explicit HeldCount(std::atomic<std::uint32_t>& count) { start(count); }
+  ~HeldCount() { (void)stop(); }
+  HeldCount(const HeldCount&) = delete;
+  HeldCount& operator=(const HeldCount&) = delete;
+  // Increments `count` (once). Throws std::bad_alloc once per thread (its LockNote).
+  void start(std::atomic<std::uint32_t>& count) {
+    if (hold_.count != nullptr) return;
+    note_ = tls_lock_note != nullptr ? tls_lock_note : create_lock_note();
+    hold_.count = &count;
+    hold_.outer = note_->holds.load(std::memory_order_relaxed);
+    note_->holds.store(&hold_, std::memory_order_release);
+    count.fetch_add(1, std::memory_order_acq_rel);
+    // A fork() between the increment and this store leaves the count one too high in the
+    // child (docs/design.md, "Forked children").
+    hold_.counted.store(true, std::memory_order_relaxed);
   }
-  PriorityWait(const PriorityWait&) = delete;
-  PriorityWait& operator=(const PriorityWait&) = delete;
-  void start(const NodeState& node) noexcept {
-    if (count_ != nullptr) return;
-    count_ = &priority_waiters(node);
-    count_->fetch_add(1, std::memory_order_relaxed);
-    g_priority_waiters.any.fetch_add(1, std::memory_order_relaxed);
+  // Decrements the count if started; returns the value it held before (0 if not started).
+  std::uint32_t stop() noexcept {
+    if (hold_.count == nullptr) return 0;
+    hold_.counted.store(false, std::memory_order_relaxed);
+    const std::uint32_t before = hold_.count->fetch_sub(1, std::memory_order_acq_rel);
+    note_->holds.store(hold_.outer, std::memory_order_release);
+    hold_.count = nullptr;
+    return before;
   }
 
  private:
-  std::atomic<std::uint32_t>* count_ = nullptr;
+  NodeHold hold_;
+  LockNote* note_ = nullptr;
 };
+
+// Threads waiting for a node's lock with priority (NodeState::priority_waiters): a read's
+// fallback (optimistic_read), and an update()/edit() whose callback another writer of its
+// node has outrun kPoliteAfter times. Other writers of that node (only of that node) defer
+// to them before taking its lock, so that a hot writer (whose unlock-to-relock gap is a few
+// instructions) cannot starve them, but for at most kMaxDefer each: a writer waiting here
+// holds no lock, and may be a task that a waiting callback itself waits for, so an
+// unbounded wait could deadlock. The count is on the node's own line, which a write loads
+// anyway for its CAS: the fast path's one extra load.
+constexpr std::chrono::microseconds kMaxDefer{2000};
+std::atomic<std::uint64_t> g_write_deferrals{0};  // detail::write_deferrals()
 
 // Whether this thread runs a callback on `node` (its writes there never defer to it).
 bool in_callback_on(const NodeState& node) noexcept {
@@ -262,7 +312,7 @@ class WriteLock {
     std::uint64_t w = node.ctl.load(std::memory_order_relaxed);
     note->held.store(&node.ctl, std::memory_order_relaxed);  // ordered before the CAS
     if ((w & (NodeState::kLocked | NodeState::kWriting)) != 0 ||
-        (!priority && g_priority_waiters.any.load(std::memory_order_relaxed) != 0) ||
+        (!priority && node.priority_waiters.load(std::memory_order_relaxed) != 0) ||
         !node.ctl.compare_exchange_strong(w, w | bits, std::memory_order_seq_cst,
                                           std::memory_order_relaxed)) {
       w = acquire_slow(bits, priority);
@@ -309,12 +359,15 @@ class WriteLock {
     std::uint64_t w = node_.ctl.load(std::memory_order_relaxed);
     for (;;) {
       if ((w & (NodeState::kLocked | NodeState::kWriting)) == 0) {
-        if (defer && g_priority_waiters.any.load(std::memory_order_relaxed) != 0 &&
-            priority_waiters(node_).load(std::memory_order_relaxed) != 0) {
+        if (defer && node_.priority_waiters.load(std::memory_order_relaxed) != 0) {
           const auto now = std::chrono::steady_clock::now();
           if (defer_until == std::chrono::steady_clock::time_point{}) {
             defer_until = now + kMaxDefer;
-            if (in_callback_on(node_)) defer = false;
+            if (in_callback_on(node_)) {
+              defer = false;
+            } else {
+              g_write_deferrals.fetch_add(1, std::memory_order_relaxed);
+            }
           } else if (now >= defer_until) {
             defer = false;
           }
@@ -366,7 +419,7 @@ auto optimistic_read(const NodeState& node, F&& read, std::uint64_t* version = n
   int limit = kOptimisticReadsLarge;
   for (int attempt = 0;; ++attempt) {
     if (attempt >= limit) {
-      PriorityWait waiting(node);
+      HeldCount waiting(const_cast<NodeState&>(node).priority_waiters);
       WriteLock lock(const_cast<NodeState&>(node), false, /*priority=*/true);
       auto result = read(node.slots.load(std::memory_order_relaxed),
                          node.size.load(std::memory_order_relaxed));
@@ -532,6 +585,10 @@ detail::Record snapshot(const NodeState& node, std::uint32_t spare,
 
 }  // namespace
 
+namespace detail {
+std::uint64_t write_deferrals() noexcept { return g_write_deferrals.load(std::memory_order_relaxed); }
+}  // namespace detail
+
 MetadataStore::MetadataStore(StoreOptions options) {
   for (Key key : options.protected_keys) {
     if (!key.valid()) {
@@ -637,11 +694,16 @@ NodeEntry* MetadataStore::clone(const NodeEntry& node) const {
 
 void MetadataStore::remove(NodeEntry& node) noexcept {
   // A node destroyed (its handle destroyed or assigned to) inside its own update()/edit()
-  // callback: callbacks hold no lock, so this is safe; the callback's commit sees the flag
-  // and throws instead of touching the node.
-  for (CallbackScope* s = CallbackScope::innermost; s != nullptr; s = s->outer) {
-    if (s->store == this && s->node == node.first) s->flags.node_destroyed = true;
-  }
+  // callback, by the callback's thread or by any thread its work runs on: callbacks hold no
+  // lock, so the node is only marked; each running call sees the mark after its callback
+  // and throws std::logic_error without committing, and the last one erases the node.
+  const std::uint32_t running =
+      node.second.callbacks.fetch_or(NodeState::kDestroyed, std::memory_order_acq_rel);
+  if ((running & ~NodeState::kDestroyed) != 0) return;
+  erase_node(node);
+}
+
+void MetadataStore::erase_node(NodeEntry& node) noexcept {
   // Take the slots out first: the values are released after the node has left the map, so
   // their destructors run under no lock of ours or of the map's, and may use this store.
   NodeState& state = node.second;
@@ -767,7 +829,7 @@ namespace {
 
 // After this many runs of one update()/edit() callback whose reads were each invalidated by
 // another thread's write, the call asks the node's other writers to defer to it (for up to
-// kMaxDefer each: see PriorityWait), so that a callback slower than another thread's
+// kMaxDefer each: see HeldCount), so that a callback slower than another thread's
 // writes of the same node gets an interval without them.
 constexpr unsigned kPoliteAfter = 32;
 // The most runs before nodemeta gives up (ReentrancyError): by then the writes are taken to
@@ -797,9 +859,16 @@ Value MetadataStore::update(NodeEntry& node, Key key,
   if (is_protected(key)) throw ProtectedKeyError(key.name());
   NodeState& state = node.second;
   const std::uint32_t id = key.id();
-  PriorityWait polite;
+  HeldCount running(state.callbacks);  // may throw std::bad_alloc: nothing done yet
+  const AtExit last([&]() noexcept {
+    if (running.stop() == (NodeState::kDestroyed | 1)) erase_node(node);  // see remove()
+  });
+  if ((state.callbacks.load(std::memory_order_acquire) & NodeState::kDestroyed) != 0) {
+    throw_destroyed_in_callback("update()");  // a view's call on a node being destroyed
+  }
+  HeldCount polite;  // a starved callback's: state's other writers defer to it
   for (unsigned run = 1;; ++run) {
-    if (run == kPoliteAfter) polite.start(state);
+    if (run == kPoliteAfter) polite.start(state.priority_waiters);
     // What the callback reads, and what the commit validates: the key's slot (kind and bits).
     // `seen` holds a reference to a box it names, so that box cannot be freed and its
     // address reused for another value before the commit compares (no ABA).
@@ -817,7 +886,9 @@ Value MetadataStore::update(NodeEntry& node, Key key,
     // No lock held: fn may read or write anything, this node included, and wait for tasks
     // that do.
     Value next = run_callback(this, node, id, flags, [&] { return fn(seen); });
-    if (flags.node_destroyed) throw_destroyed_in_callback("update()");
+    if ((state.callbacks.load(std::memory_order_acquire) & NodeState::kDestroyed) != 0) {
+      throw_destroyed_in_callback("update()");  // `last` erases it if no other call runs
+    }
     detail::reserve_retired(1);  // may throw: nothing changed yet
     Value stored = next;         // dies after the lock (declared before it)
     bool committed = false;
@@ -854,9 +925,16 @@ Value MetadataStore::update(NodeEntry& node, Key key,
 
 void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)> fn) {
   NodeState& state = node.second;
-  PriorityWait polite;
+  HeldCount running(state.callbacks);  // as in update()
+  const AtExit last([&]() noexcept {
+    if (running.stop() == (NodeState::kDestroyed | 1)) erase_node(node);
+  });
+  if ((state.callbacks.load(std::memory_order_acquire) & NodeState::kDestroyed) != 0) {
+    throw_destroyed_in_callback("edit()");
+  }
+  HeldCount polite;
   for (unsigned run = 1;; ++run) {
-    if (run == kPoliteAfter) polite.start(state);
+    if (run == kPoliteAfter) polite.start(state.priority_waiters);
     // The working copy, and the node's version it was copied at: the commit validates the
     // whole node (the editor's items() and size() read all of it).
     std::uint64_t version = 0;
@@ -864,7 +942,9 @@ void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)>
     const std::uint32_t base_size = editor.record_.size();
     CallbackFlags flags;
     run_callback(this, node, kWholeNode, flags, [&] { fn(editor); });  // no lock held
-    if (flags.node_destroyed) throw_destroyed_in_callback("edit()");
+    if ((state.callbacks.load(std::memory_order_acquire) & NodeState::kDestroyed) != 0) {
+      throw_destroyed_in_callback("edit()");
+    }
 
     // Commit: everything that may throw first.
     detail::Record& next = editor.record_;
@@ -886,6 +966,7 @@ void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)>
         // instant that is not this one: run it again (protection only grows, so this ends).
         stale = std::any_of(editor.checked_.begin(), editor.checked_.end(),
                             [this](std::uint32_t k) { return protection_.contains(k); });
+        if (!stale) note_own_edit(this, node.first, slots, base_size, next);
         if (stale) {
           lock.close(false);
         } else if (adopt) {
@@ -910,8 +991,7 @@ void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)>
       }
     }
     if (committed) {
-      note_own_write(this, node.first, kWholeNode);
-      after_write();
+      after_write();  // note_own_edit() marked what it changed
       return;
     }
     if (!stale && flags.self_wrote) throw_self_invalidated("edit", nullptr, true);

@@ -88,7 +88,8 @@ class NODEMETA_API MetadataStore {
   // The protected keys' names, sorted.
   std::vector<std::string> protected_keys() const;
 
-  // The number of live nodes. Exact whenever no node is being created or destroyed.
+  // The number of live nodes. Exact whenever no node is being created or destroyed (a node
+  // destroyed inside its own update()/edit() callback counts until that call returns).
   std::size_t node_count() const noexcept { return map_.size(); }
 
  private:
@@ -108,7 +109,10 @@ class NODEMETA_API MetadataStore {
   NodeEntry* clone(const NodeEntry& node) const;
   // Destroys the node: its values are released after it has left the map, outside every
   // lock (their destructors may use the store).
+  // A node destroyed while update()/edit() calls run on it (on any thread: a callback's own
+  // work destroyed it) is only marked; the last of those calls to return erases it.
   void remove(NodeEntry& node) noexcept;
+  void erase_node(NodeEntry& node) noexcept;  // remove()'s work, once no call runs on it
   std::optional<Value> get(const NodeEntry& node, Key key) const;
   bool contains(const NodeEntry& node, Key key) const;
   std::size_t size(const NodeEntry& node) const;

@@ -89,10 +89,14 @@ using Items = std::vector<std::pair<std::string, Value>>;
 //   invalidated. Either way the node keeps what those writes stored, and the callback's
 //   result is not stored. Under contention a callback runs again only because another
 //   write of what it read committed; one outrun 32 times asks the node's other writers to
-//   defer to it (at most 2 ms per write), so callbacks shorter than that commit even
-//   against a writer in a tight loop. Destroying or assigning to this handle inside its
-//   own callback destroys the node: the update()/edit() then throws std::logic_error and
-//   commits nothing.
+//   defer to it (at most 2 ms per write; writers of other nodes are unaffected), so
+//   callbacks shorter than that commit even against a writer in a tight loop. An edit()
+//   inside an update(k) callback counts as the callback writing k only if it changed k.
+//   Destroying or assigning to this handle inside its own callback, on the callback's
+//   thread or on any thread its work runs on (a thread it joins, a task it waits for),
+//   destroys the node: the update()/edit() then throws std::logic_error and commits
+//   nothing; the node's memory is freed when the last update()/edit() running on it
+//   returns.
 // Differences from std::unordered_map: no references or iterators into the node are ever
 //   handed out (values come back by copy, and Values are cheap to copy); operator[] is
 //   read-only and never inserts; items() is sorted by key name.

@@ -15,6 +15,7 @@
 #include <oneapi/tbb/task_arena.h>
 #include <oneapi/tbb/task_group.h>
 
+#include "nodemeta/detail/record.h"
 #include "nodemeta/nodemeta.h"
 
 namespace nodemeta {
@@ -147,6 +148,122 @@ TEST(CallbacksTest, AnUpdateRerunsWhenAnotherThreadChangedItsKey) {
   });
   EXPECT_EQ(runs, 2);
   EXPECT_EQ(a["k"].as<std::int64_t>(), 2);
+}
+
+// Review finding 03: a callback whose work destroys the callback's own node on another
+// thread (a helper thread it joins, a task_group task it waits for). Before: remove()
+// flagged only the destroying thread's callbacks, and the update()/edit() went on to lock
+// the freed node (heap-use-after-free under asan, a crash in release builds). Now the node
+// stays allocated until the last call running on it returns: the call throws
+// std::logic_error, commits nothing, and the node is gone from the store afterwards.
+TEST(CallbacksTest, ANodeDestroyedOnAnotherThreadInsideItsCallbackIsAClearError) {
+  MetadataStore store;
+  for (int round = 0; round < 20; ++round) {
+    const bool task = round % 2 == 1;
+    const bool edit = round % 4 >= 2;
+    NodeMetadata h = store.create({{"k", 1}});
+    auto destroy = [&] {
+      if (task) {
+        tbb::task_group g;
+        g.run([&] { NodeMetadata gone = std::move(h); });
+        g.wait();
+      } else {
+        std::thread([&] { NodeMetadata gone = std::move(h); }).join();
+      }
+    };
+    try {
+      if (edit) {
+        h.edit([&](NodeEditor& e) {
+          destroy();
+          e.set("k", 2);
+        });
+      } else {
+        (void)h.update("k", [&](std::optional<Value> v) {
+          destroy();
+          return *v;
+        });
+      }
+      ADD_FAILURE() << "round " << round << ": no logic_error";
+    } catch (const std::logic_error& e) {
+      EXPECT_NE(std::string(e.what()).find("destroyed inside its own"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(store.node_count(), 0U) << "round " << round;
+  }
+}
+
+// The same from a nested call: the inner update() sees the node destroyed and throws; the
+// outer one, the last call on the node, erases it when the exception leaves it.
+TEST(CallbacksTest, ANodeDestroyedInsideNestedCallbacksIsErasedByTheOutermost) {
+  MetadataStore store;
+  NodeMetadata h = store.create({{"k", 1}, {"j", 1}});
+  EXPECT_THROW((void)h.update("k", [&](std::optional<Value> v) {
+                 (void)h.update("j", [&](std::optional<Value> w) {
+                   std::thread([&] { NodeMetadata gone = std::move(h); }).join();
+                   EXPECT_EQ(store.node_count(), 1U);  // still allocated: two calls run on it
+                   return *w;
+                 });
+                 return *v;
+               }),
+               std::logic_error);
+  EXPECT_EQ(store.node_count(), 0U);
+}
+
+// Review finding 02: a starved callback (outrun kPoliteAfter = 32 times) asks the writers of
+// its own node to defer to it, and no others. Before: the request was counted per 64-slot
+// hash of the node's address, shared by every store, so writers of about 1 node in 64
+// deferred up to 2 ms per write. Deferrals are counted by detail::write_deferrals().
+TEST(CallbacksTest, AStarvedCallbackDefersOnlyTheWritersOfItsOwnNode) {
+  MetadataStore store;
+  MetadataStore other_store;
+  NodeMetadata a = store.create({{"k", 0}});
+  std::vector<NodeMetadata> others;
+  for (int i = 0; i < 500; ++i) {
+    others.push_back(store.create({{"x", i}}));
+    others.push_back(other_store.create({{"x", i}}));
+  }
+  int runs = 0;
+  std::uint64_t during_unrelated = 0;
+  const std::uint64_t before = detail::write_deferrals();
+  (void)a.update("k", [&](std::optional<Value> old) {
+    ++runs;
+    if (runs == 36) {  // starved: a's other writers defer to this call
+      const std::uint64_t d0 = detail::write_deferrals();
+      for (NodeMetadata& n : others) n.set("x", runs);
+      during_unrelated = detail::write_deferrals() - d0;
+    }
+    if (runs < 40) std::thread([&] { a.set("k", runs); }).join();  // outruns this run
+    return *old;
+  });
+  EXPECT_EQ(runs, 40);
+  EXPECT_EQ(during_unrelated, 0U);
+  // The helper's writes of a itself, from run 32 on, did defer (the hook counts).
+  EXPECT_GE(detail::write_deferrals() - before, 7U);
+}
+
+// Review finding 05: update(k) whose callback edit()s only another key of the same node.
+// Before: the inner edit() marked every callback on the node as having written what it
+// read, so the first failed commit (another thread wrote k) threw ReentrancyError instead of
+// running the callback again. Now an edit() marks only the update()s whose key it changed.
+TEST(CallbacksTest, AnInnerEditOfAnotherKeyDoesNotFailTheUpdate) {
+  MetadataStore store;
+  NodeMetadata a = store.create({{"k", 0}, {"j", 0}});
+  int runs = 0;
+  const Value got = a.update("k", [&](std::optional<Value> v) {
+    ++runs;
+    a.edit([&](NodeEditor& e) { e.set("j", runs); });  // only j
+    if (runs == 1) std::thread([&] { a.set("k", 10); }).join();
+    return Value(v->as<std::int64_t>() + 1);
+  });
+  EXPECT_EQ(runs, 2);
+  EXPECT_EQ(got.as<std::int64_t>(), 11);
+  EXPECT_EQ(a["j"].as<std::int64_t>(), 2);
+  // An inner edit() that does change k still makes the update a ReentrancyError.
+  EXPECT_THROW((void)a.update("k", [&](std::optional<Value> v) {
+                 a.edit([&](NodeEditor& e) { e.set("k", 100); });
+                 return *v;
+               }),
+               ReentrancyError);
+  EXPECT_EQ(a["k"].as<std::int64_t>(), 100);
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <thread>
 
+#include "nodemeta/detail/record.h"
 #include "nodemeta/nodemeta.h"
 #include "support/stress.h"
 
@@ -61,6 +62,44 @@ TEST(ForkTest, AChildForkedDuringAnotherThreadsCallbackCanWriteTheNode) {
   t.join();
   expect_child_ok(pid);
   EXPECT_EQ(node["k"].as<std::int64_t>(), 1);
+}
+
+// Review finding 04: fork() inside an update() callback that has become a priority waiter
+// (outrun 32 times). Before: the child handler zeroed the process-wide waiter counters,
+// then the forking thread's own waiter decremented them past zero, and every later write of
+// that node (and of 1 node in 64) in the child deferred 2 ms. Now the count is the node's
+// own, the child handler takes back only other threads' counts, and the forking thread's
+// call gives its own back when it ends: the child's writes of the node do not defer.
+TEST(ForkTest, AChildForkedInsideAStarvedCallbackWritesWithoutDeferring) {
+#if NODEMETA_TEST_TSAN
+  GTEST_SKIP() << "fork() of a multi-threaded process is not supported under ThreadSanitizer";
+#endif
+  MetadataStore store;
+  NodeMetadata a = store.create({{"k", 0}});
+  NodeMetadata b = store.create({{"k", 0}});
+  int runs = 0;
+  pid_t pid = -1;
+  (void)a.update("k", [&](std::optional<Value> old) {
+    ++runs;
+    if (runs <= 32) {
+      std::thread([&] { a.set("k", runs); }).join();  // outruns this run
+    } else if (pid == -1) {
+      pid = fork();  // run 33: a priority waiter since run 32
+    }
+    return *old;
+  });
+  if (pid == 0) {
+    alarm(10);
+    const std::uint64_t d0 = detail::write_deferrals();
+    for (int i = 0; i < 100; ++i) {
+      a.set("k", i);
+      b.set("k", i);
+    }
+    const Value v = a.update("k", [](std::optional<Value> old) { return old->as<std::int64_t>() + 1; });
+    _exit(detail::write_deferrals() == d0 && v.as<std::int64_t>() == 100 ? 0 : 1);
+  }
+  EXPECT_EQ(runs, 33);
+  expect_child_ok(pid);
 }
 
 #if defined(NODEMETA_FAULT_INJECTION) && NODEMETA_FAULT_INJECTION

@@ -129,11 +129,16 @@ class NODEMETA_API Record {
 };
 static_assert(sizeof(Record) == 16);
 
-// One live node as the store's map holds it (24 bytes).
+// One live node as the store's map holds it (32 bytes).
 //
 // ctl: bit 0 kWriting (a write window is open: readers retry), bit 1 kLocked (a writer owns
 // the node, possibly running an update()/edit() callback: readers go on), bits 2-63 the
 // version, advanced by every write window that changed something.
+// callbacks: the update()/edit() calls running on this node, on any thread, and bit 31
+// kDestroyed: the node's handle was destroyed while one ran; the last of them to return
+// removes the node from the store (metadata_store.cpp CallbackUse).
+// priority_waiters: the threads waiting for this node's lock with priority (a read's locked
+// fallback, a starved update()/edit()); this node's other writers defer to them.
 struct NODEMETA_API NodeState {
   static constexpr std::uint64_t kWriting = 1;
   static constexpr std::uint64_t kLocked = 2;
@@ -146,12 +151,19 @@ struct NODEMETA_API NodeState {
   std::atomic<std::uint32_t> size{0};
   // Written only by the lock holder; others read it only as a hint (relaxed).
   std::atomic<std::uint32_t> capacity{0};
+  std::atomic<std::uint32_t> callbacks{0};
+  std::atomic<std::uint32_t> priority_waiters{0};
+  static constexpr std::uint32_t kDestroyed = std::uint32_t{1} << 31;
 
   NodeState() noexcept = default;
   NodeState(const NodeState&) = delete;
   NodeState& operator=(const NodeState&) = delete;
   ~NodeState();  // releases the slots' references and the array (no reader may remain)
 };
+
+// Test hook: how many times, in this process, a write began to defer to a node's priority
+// waiters (WriteLock). Only counted on that slow path.
+NODEMETA_API std::uint64_t write_deferrals() noexcept;
 
 }  // namespace nodemeta::detail
 
