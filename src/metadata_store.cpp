@@ -61,13 +61,19 @@ __attribute__((tls_model("initial-exec"))) thread_local CallbackScope* CallbackS
 
 // After a write on this thread changed `key` of `node` (kWholeNode: possibly every key):
 // marks the callbacks running on this thread that read it.
-void note_own_write(const MetadataStore* store, NodeId node, std::uint32_t key) noexcept {
+// Out of line: only a write made while a callback runs on this thread gets here.
+[[gnu::noinline]] void note_own_write_in_callback(const MetadataStore* store, NodeId node,
+                                                  std::uint32_t key) noexcept {
   for (CallbackScope* s = CallbackScope::innermost; s != nullptr; s = s->outer) {
     if (s->store == store && s->node == node &&
         (s->key == kWholeNode || key == kWholeNode || s->key == key)) {
       s->flags.self_wrote = true;
     }
   }
+}
+// Every write calls this: one thread-local load when no callback runs on this thread.
+inline void note_own_write(const MetadataStore* store, NodeId node, std::uint32_t key) noexcept {
+  if (CallbackScope::innermost != nullptr) note_own_write_in_callback(store, node, key);
 }
 
 // An edit() of `node` on this thread is committing `next` over `old` (its `old_size`
