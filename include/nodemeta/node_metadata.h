@@ -189,6 +189,14 @@ class NODEMETA_API NodeMetadata {
   // The node's id in its store; 0 for a moved-from handle.
   NodeId id() const noexcept;
   MetadataStore& store() const noexcept { return *store_; }
+  // The node's version, for a cache kept beside the store (the Python package keeps one):
+  // it grows with every write that changes the node and is odd while a write is being
+  // published. Equal even values read before and after a read of the node mean that no
+  // write changed the node in between; a value equal to one read earlier means no write
+  // changed it since. Concurrent-safe (one acquire load); requires valid().
+  std::uint64_t version() const noexcept {
+    return entry().second.ctl.load(std::memory_order_acquire) & ~detail::NodeState::kLocked;
+  }
 
  private:
   friend class MetadataStore;

@@ -131,7 +131,7 @@ class _ValuesView(_abc.ValuesView):
     __slots__ = ()
 
     def __iter__(self):
-        return (v for _, v in self._mapping._items())
+        return self._mapping._iter_values()
 
     def __contains__(self, value):
         return any(v is value or v == value for _, v in self._mapping._items())
@@ -141,7 +141,7 @@ class _ItemsView(_abc.ItemsView):
     __slots__ = ()
 
     def __iter__(self):
-        return iter(self._mapping._items())
+        return self._mapping._iter_items()
 
 
 _core._set_node_type(NodeMetadata, (_KeysView, _ValuesView, _ItemsView))

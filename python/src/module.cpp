@@ -16,6 +16,8 @@
 
 #include <oneapi/tbb/task_arena.h>
 
+#include <algorithm>
+#include <cstring>
 #include <memory>
 #include <new>
 #include <optional>
@@ -40,6 +42,8 @@ namespace {
 
 // --- the Python-side store -------------------------------------------------------------
 
+struct PyNode;
+
 class PyStore {
  public:
   explicit PyStore(py::object protected_keys) {
@@ -59,24 +63,82 @@ class PyStore {
     }
     owned_ = std::make_unique<MetadataStore>(std::move(options));
     store_ = owned_.get();
+    refresh_protected_names();
   }
-  explicit PyStore(MetadataStore& borrowed) : store_(&borrowed) {}
+  explicit PyStore(MetadataStore& borrowed) : store_(&borrowed) { refresh_protected_names(); }
   MetadataStore& store() const noexcept { return *store_; }
   bool is_default() const noexcept { return owned_ == nullptr; }
+  // The protected keys' names as a frozenset of str, for Python writes to check without
+  // making a Key (kept up to date by MetadataStore.protect, the only way Python protects).
+  PyObject* protected_names() const noexcept { return protected_names_.ptr(); }
+  void refresh_protected_names() {
+    py::list names = py::cast(store_->protected_keys());
+    PyObject* set = PyFrozenSet_New(names.ptr());
+    if (set == nullptr) throw py::error_already_set();
+    protected_names_ = py::reinterpret_steal<py::object>(set);
+  }
   // run_passes calls on this store in flight (changed only with the GIL held).
   int passes_in_flight = 0;
+  // While > 0 (run_passes, protect, and the multi-key operations that write the C++ node
+  // directly), Python writes to this store's nodes go to the C++ store at once instead of
+  // to their caches (changed only with the GIL held).
+  int write_through = 0;
+  // The nodes whose cache holds writes the C++ store has not seen yet (GIL held).
+  PyNode* dirty_head = nullptr;
 
  private:
   std::unique_ptr<MetadataStore> owned_;
   MetadataStore* store_;
+  py::object protected_names_;
 };
 
 // --- the NodeMetadata type ------------------------------------------------------------
+//
+// The cache. Each node keeps a dict of its keys' Python objects (`cache`), which the hot
+// methods read and write with CPython's own dict calls. The C++ node stays the store of
+// record for the C++ passes and for protection; the two are kept coherent so that every
+// operation is linearizable:
+//   clean: the cache mirrors the C++ node as of `cache_version` (the node's version, see
+//          NodeMetadata::version()). A read first compares the node's version with it: a
+//          C++ write since (a pass) changed the version, so the read rebuilds the cache
+//          from a consistent C++ snapshot (validated by the version) before it answers.
+//   dirty: the node holds Python writes the C++ node has not seen: the cache is the truth.
+//          Only Python writes a dirty node (C++ code reaches these nodes only through
+//          run_passes, which first flushes them), so reads need no validation. A node not
+//          yet in the C++ store (`md` empty: made by Python and not yet needed by C++) is
+//          dirty. Dirty nodes are linked in their store's list.
+// Writes. A Python write to a clean or dirty node goes to the cache (the key's protection is
+// checked first, against the store's protected names) and makes the node dirty; the value
+// is converted for C++ later, when the node is flushed: before run_passes hands it to C++,
+// before protect(), node_count, id, the C++ views of the test hooks, and the operations that
+// work on the C++ node directly. While the store's write_through count is above zero
+// (run_passes or protect in flight, or one of those operations), Python writes instead
+// flush the node and go to the C++ store at once (the cache is then stale and rebuilt by
+// the next read), so C++ threads running at that time see each Python write when it
+// returns, and a dirty node is never written by C++.
+// Threads. Everything here runs with the GIL held. Any call that may run Python code
+// (a converter, a __del__, an allocation that starts the cycle collector) may let other
+// threads run: so each step that depends on the cache's state checks it again after such
+// a call (flush's commit compares the cache with the snapshot it converted; writes check
+// the write_through count and copy-on-write again right before they store).
+// Iteration. An iterator holds the cache dict itself; a write finds its reference count
+// above one and replaces the cache by a copy first (copy-on-write), so iterators see the
+// node as of their start. copy() shares the dict the same way. The cache is kept in key-name
+// order for iteration (a new key marks it unsorted; the next iteration sorts it once).
+
+constexpr std::uint64_t kStale = ~std::uint64_t{0};  // never a node version (odd)
 
 struct PyNode {
   PyObject_HEAD
-  NodeMetadata md;
-  PyObject* store;  // the PyStore object: keeps the C++ store alive while this node lives
+  std::optional<NodeMetadata> md;  // empty: not yet in the C++ store (then dirty)
+  PyObject* store;    // the PyStore object: keeps the C++ store alive while this node lives
+  PyStore* pystore;   // its C++ object
+  PyObject* cache;    // dict: key -> object (nullptr: empty if dirty, else stale)
+  std::uint64_t cache_version;
+  PyNode* dirty_prev;
+  PyNode* dirty_next;
+  bool dirty;
+  bool unsorted;  // the cache's order is not key-name order
   PyObject* weakrefs;
 };
 
@@ -91,10 +153,11 @@ PyTypeObject* g_node_type = nullptr;  // nodemeta.NodeMetadata (set by __init__.
 PyObject* g_protected_error = nullptr;
 PyObject* g_write_results[3] = {nullptr, nullptr, nullptr};
 PyObject* g_default_store = nullptr;
+PyStore* g_default_pystore = nullptr;
 PyObject* g_views = nullptr;  // (KeysView, ValuesView, ItemsView) classes
 
 bool is_node(PyObject* o) { return PyObject_TypeCheck(o, g_base_type); }
-NodeMetadata& md_of(PyObject* self) { return reinterpret_cast<PyNode*>(self)->md; }
+PyNode* node_of(PyObject* self) { return reinterpret_cast<PyNode*>(self); }
 
 // Translates the C++ exception in flight into a Python one.
 void set_python_error() {
@@ -171,118 +234,524 @@ bool write_key(PyObject* key, Key& out) {
   return true;
 }
 
-// A new Python node of type `tp` owning `md`, in the store `store_obj`.
-PyObject* new_node(PyTypeObject* tp, NodeMetadata md, PyObject* store_obj) {
+// Whether an exact str may be a key (what Key() accepts); false with the error Key() gives
+// (ValueError for a NUL, UnicodeEncodeError for lone surrogates). Short ASCII names are
+// checked in place; others are interned, as any written key is.
+bool valid_key(PyObject* key) {
+  if (PyUnicode_IS_COMPACT_ASCII(key) && PyUnicode_GET_LENGTH(key) <= 4096) {
+    const char* s = static_cast<const char*>(PyUnicode_DATA(key));
+    if (std::memchr(s, 0, static_cast<std::size_t>(PyUnicode_GET_LENGTH(key))) == nullptr) return true;
+  }
+  Key k = keys::val;  // overwritten
+  return write_key(key, k);
+}
+
+// The exact str a write stores under (new reference): `key` itself, or a str subclass's
+// text; nullptr with TypeError for a key that is not a str.
+PyObject* exact_key(PyObject* key) {
+  if (PyUnicode_CheckExact(key)) {
+    Py_INCREF(key);
+    return key;
+  }
+  if (!PyUnicode_Check(key)) {
+    PyErr_Format(PyExc_TypeError, "NodeMetadata keys must be str, not %.200s", Py_TYPE(key)->tp_name);
+    return nullptr;
+  }
+  return PyUnicode_FromObject(key);
+}
+
+// A key name as a str (surrogateescape: a name C++ wrote that is not UTF-8 round-trips).
+PyObject* key_object(std::string_view name) {
+  return PyUnicode_DecodeUTF8(name.data(), static_cast<Py_ssize_t>(name.size()), "surrogateescape");
+}
+
+std::uint64_t dict_tag(PyObject* d) {
+  _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wdeprecated-declarations\"")
+  return reinterpret_cast<PyDictObject*>(d)->ma_version_tag;
+  _Pragma("GCC diagnostic pop")
+}
+
+// --- the dirty list and the cache's states ---
+
+void link_dirty(PyNode* n) {
+  if (n->dirty) return;
+  n->dirty = true;
+  PyStore* s = n->pystore;
+  n->dirty_prev = nullptr;
+  n->dirty_next = s->dirty_head;
+  if (s->dirty_head != nullptr) s->dirty_head->dirty_prev = n;
+  s->dirty_head = n;
+}
+
+void unlink_dirty(PyNode* n) {
+  if (!n->dirty) return;
+  n->dirty = false;
+  if (n->dirty_prev != nullptr) {
+    n->dirty_prev->dirty_next = n->dirty_next;
+  } else {
+    n->pystore->dirty_head = n->dirty_next;
+  }
+  if (n->dirty_next != nullptr) n->dirty_next->dirty_prev = n->dirty_prev;
+  n->dirty_prev = n->dirty_next = nullptr;
+}
+
+// Whether the cache answers reads now: dirty (the truth), or clean and no C++ write since.
+inline bool cache_fresh(const PyNode* n) {
+  return n->dirty || (n->cache != nullptr && n->md->version() == n->cache_version);
+}
+
+// After a C++ write the cache did not see: the cache is dropped (the objects the write
+// replaced must not outlive it there) and the next read rebuilds it. Clean nodes only.
+void mark_stale(PyNode* n) {
+  if (n->dirty) return;
+  n->cache_version = kStale;
+  Py_CLEAR(n->cache);  // may run __del__: the state is consistent already
+}
+
+// Rebuilds a clean node's cache from a consistent C++ snapshot. 1: done; 0: C++ writers
+// kept changing the node (the caller reads C++ directly); -1: error set.
+int refresh(PyNode* n) {
+  for (int attempt = 0; attempt < 8 && !n->dirty; ++attempt) {
+    const std::uint64_t v1 = n->md->version();
+    if ((v1 & detail::NodeState::kWriting) != 0) continue;
+    Items items;
+    try {
+      items = n->md->items();
+    } catch (...) {
+      set_python_error();
+      return -1;
+    }
+    if (n->md->version() != v1) continue;
+    PyObject* d = _PyDict_NewPresized(static_cast<Py_ssize_t>(items.size()));
+    if (d == nullptr) return -1;
+    for (const auto& [name, v] : items) {
+      PyObject* k = key_object(name);
+      if (k == nullptr) {
+        Py_DECREF(d);
+        return -1;
+      }
+      PyUnicode_InternInPlace(&k);  // literal keys in code then match by identity
+      PyObject* o = to_python(v);
+      const int rc = o != nullptr ? PyDict_SetItem(d, k, o) : -1;
+      Py_DECREF(k);
+      Py_XDECREF(o);
+      if (rc != 0) {
+        Py_DECREF(d);
+        return -1;
+      }
+    }
+    // Allocations above may have run the collector, so other threads: the node may have
+    // been written (dirty: its writer refreshed first) or rebuilt since.
+    if (n->dirty) {
+      Py_DECREF(d);
+      return 1;
+    }
+    PyObject* old = n->cache;
+    n->cache = d;
+    n->cache_version = v1;
+    n->unsorted = false;
+    Py_XDECREF(old);  // may run __del__: the state above is already consistent
+    return 1;
+  }
+  return n->dirty ? 1 : 0;
+}
+
+// Makes the cache answer reads: 1 it does, 0 read C++ directly, -1 error.
+inline int fresh(PyNode* n) {
+  if (cache_fresh(n)) return 1;
+  return refresh(n);
+}
+
+// Whether `cache` (a node's, maybe nullptr) holds exactly the objects of `snap`.
+bool cache_matches(PyObject* cache, PyObject* snap) {
+  const Py_ssize_t size = cache != nullptr ? PyDict_GET_SIZE(cache) : 0;
+  if (size != PyDict_GET_SIZE(snap)) return false;
+  Py_ssize_t pos = 0;
+  PyObject* k;
+  PyObject* o;
+  while (PyDict_Next(snap, &pos, &k, &o)) {
+    if (PyDict_GetItemWithError(cache, k) != o) return false;  // str keys: never raises
+  }
+  return true;
+}
+
+// Whether the Python object `o` is what the C++ value `v` already holds: 1, 0, -1 error.
+int same_value(PyObject* o, const Value& v) {
+  switch (v.kind()) {
+    case Value::Kind::kNone:
+      return o == Py_None ? 1 : 0;
+    case Value::Kind::kBool:
+      return o == (*v.get_if<bool>() ? Py_True : Py_False) ? 1 : 0;
+    case Value::Kind::kInt: {
+      if (!PyLong_CheckExact(o)) return 0;
+      int overflow = 0;
+      const long long x = PyLong_AsLongLongAndOverflow(o, &overflow);
+      if (x == -1 && PyErr_Occurred()) return -1;
+      return overflow == 0 && x == *v.get_if<std::int64_t>() ? 1 : 0;
+    }
+    case Value::Kind::kDouble: {
+      if (!PyFloat_CheckExact(o)) return 0;
+      const double a = PyFloat_AS_DOUBLE(o);
+      const double b = *v.get_if<double>();
+      return std::memcmp(&a, &b, sizeof a) == 0 ? 1 : 0;
+    }
+    default:
+      break;
+  }
+  const detail::ValueBox* box = detail::ValueAccess::box_of(v);
+  if (void* f = box->foreign()) return f == o ? 1 : 0;
+  // A value C++ wrote (no Python object of its own): `o` was built from it by a refresh,
+  // or written since. Compare as C++ would see `o`.
+  Value mine;
+  if (!to_value(o, mine)) return -1;
+  return mine == v ? 1 : 0;
+}
+
+// Writes a dirty node's cache into the C++ store (creating the C++ node if it has none),
+// so that C++ sees every Python write made so far. The writes the snapshot differs by are
+// converted first (Python code may run, so other threads), then committed in one edit()
+// only if the cache still holds what was converted; otherwise it starts again. Afterwards
+// the node is clean. False with a Python error set (the node stays dirty).
+bool flush(PyNode* n) {
+  while (n->dirty) {
+    PyObject* snap = n->cache != nullptr ? PyDict_Copy(n->cache) : PyDict_New();
+    if (snap == nullptr) return false;
+    py::object snap_guard = py::reinterpret_steal<py::object>(snap);
+    const bool lazy = !n->md.has_value();
+    Items current;  // sorted by name
+    if (!lazy) {
+      try {
+        current = n->md->items();
+      } catch (...) {
+        set_python_error();
+        return false;
+      }
+    }
+    std::vector<char> seen(current.size(), 0);
+    std::vector<KeyValue> writes;
+    Py_ssize_t pos = 0;
+    PyObject* k;
+    PyObject* o;
+    while (PyDict_Next(snap, &pos, &k, &o)) {  // snap is this call's own: nobody changes it
+      Py_ssize_t len = 0;
+      const char* s = PyUnicode_AsUTF8AndSize(k, &len);
+      if (s == nullptr) return false;
+      const std::string_view name(s, static_cast<std::size_t>(len));
+      auto it = std::lower_bound(current.begin(), current.end(), name,
+                                 [](const auto& item, std::string_view x) { return item.first < x; });
+      if (it != current.end() && it->first == name) {
+        seen[static_cast<std::size_t>(it - current.begin())] = 1;
+        const int same = same_value(o, it->second);
+        if (same < 0) return false;
+        if (same == 1) continue;
+      }
+      Key key = keys::val;  // overwritten
+      if (!write_key(k, key)) return false;
+      Value v;
+      if (!to_value(o, v)) return false;  // may run Python code
+      writes.emplace_back(key, std::move(v));
+    }
+    std::vector<Key> erases;
+    for (std::size_t i = 0; i < current.size(); ++i) {
+      if (seen[i] == 0) erases.emplace_back(current[i].first);
+    }
+    // Commit only what the cache still holds (nothing between this check and the commit
+    // runs Python code).
+    if (!n->dirty) return true;
+    if (!cache_matches(n->cache, snap) || lazy != !n->md.has_value()) continue;
+    try {
+      if (lazy) {
+        n->md.emplace(n->pystore->store().create(std::span<const KeyValue>(writes)));
+      } else if (!writes.empty() || !erases.empty()) {
+        const MetadataStore& st = n->md->store();
+        n->md->edit([&](NodeEditor& e) {
+          for (Key key : erases) e.erase(key);
+          for (const auto& [key, v] : writes) {
+            if (st.is_protected(key)) {
+              (void)e.set_once(key, v);  // set_once of an absent protected key, from Python
+            } else {
+              e.set(key, v);
+            }
+          }
+        });
+      }
+    } catch (...) {
+      set_python_error();
+      return false;
+    }
+    // Released values' destructors may have run Python code since the commit.
+    if (n->dirty && cache_matches(n->cache, snap)) {
+      unlink_dirty(n);
+      const std::uint64_t v = n->md->version();
+      if (n->pystore->write_through > 0 || (v & detail::NodeState::kWriting) != 0) {
+        mark_stale(n);  // C++ may write it now (run_passes): rebuilt by the next read
+      } else {
+        n->cache_version = v;
+      }
+    }
+  }
+  return true;
+}
+
+// Flushes every dirty node of the store (those dirty when it starts). False: error set.
+bool flush_all(PyStore* s) {
+  std::vector<py::object> nodes;
+  for (PyNode* n = s->dirty_head; n != nullptr; n = n->dirty_next) {
+    nodes.push_back(py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(n)));
+  }
+  for (const py::object& o : nodes) {
+    if (!flush(node_of(o.ptr()))) return false;
+  }
+  return true;
+}
+
+// While alive, Python writes to the store's nodes go to C++ at once (GIL held).
+class WriteThrough {
+ public:
+  explicit WriteThrough(PyStore* s) : s_(s) { ++s_->write_through; }
+  ~WriteThrough() { --s_->write_through; }
+  WriteThrough(const WriteThrough&) = delete;
+  WriteThrough& operator=(const WriteThrough&) = delete;
+
+ private:
+  PyStore* s_;
+};
+
+// The C++ node, with every Python write in it (flushed); nullptr with an error set.
+NodeMetadata* synced(PyObject* self) {
+  PyNode* n = node_of(self);
+  if (!flush(n)) return nullptr;
+  return &*n->md;
+}
+
+enum class Prepared { kCache, kWriteThrough, kError };
+
+// Before a write to the cache: the cache is fresh, the node dirty, and the cache a dict of
+// this node's own (copied if an iterator or a copy shares it). kWriteThrough: the write
+// must go to C++ instead (the store's write_through count is up, or C++ writers keep the
+// node changing). Nothing the caller does between this and its store may run Python code.
+Prepared prepare_write(PyNode* n) {
+  for (;;) {
+    if (n->pystore->write_through > 0) return Prepared::kWriteThrough;
+    if (!n->dirty) {
+      if (!cache_fresh(n)) {
+        const int r = refresh(n);
+        if (r < 0) return Prepared::kError;
+        if (r == 0) return Prepared::kWriteThrough;
+        continue;  // refresh may have let other threads run
+      }
+      link_dirty(n);
+    }
+    if (n->cache == nullptr) {
+      PyObject* d = PyDict_New();
+      if (d == nullptr) return Prepared::kError;
+      if (n->cache != nullptr || !n->dirty) {
+        Py_DECREF(d);
+        continue;
+      }
+      n->cache = d;
+      n->unsorted = false;
+      continue;
+    }
+    if (Py_REFCNT(n->cache) > 1) {  // shared with an iterator or a copy: copy on write
+      PyObject* orig = n->cache;
+      const std::uint64_t tag = dict_tag(orig);
+      Py_INCREF(orig);
+      PyObject* copy = PyDict_Copy(orig);
+      if (copy == nullptr) {
+        Py_DECREF(orig);
+        return Prepared::kError;
+      }
+      if (n->cache != orig || dict_tag(orig) != tag || !n->dirty) {
+        Py_DECREF(copy);
+        Py_DECREF(orig);
+        continue;
+      }
+      n->cache = copy;
+      Py_DECREF(orig);  // the node's reference
+      Py_DECREF(orig);  // ours (the sharer keeps it alive)
+      continue;         // the DECREFs cannot free it, but loop to check again anyway
+    }
+    return Prepared::kCache;
+  }
+}
+
+// Stores `value` under the exact str `key` in a prepared cache; a new key is checked
+// (valid_key) after the store and taken out again if it is not valid.
+int cache_store(PyNode* n, PyObject* key, PyObject* value) {
+  PyObject* d = n->cache;
+  const Py_ssize_t before = PyDict_GET_SIZE(d);
+  if (PyDict_SetItem(d, key, value) != 0) return -1;  // may run __del__ of the old value
+  if (n->cache == d && PyDict_GET_SIZE(d) > before) {
+    if (!valid_key(key)) {
+      PyObject* type;
+      PyObject* error;
+      PyObject* tb;
+      PyErr_Fetch(&type, &error, &tb);
+      (void)PyDict_DelItem(d, key);
+      PyErr_Restore(type, error, tb);
+      return -1;
+    }
+    if (before > 0) n->unsorted = true;
+  }
+  return 0;
+}
+
+// --- making nodes ---
+
+// A new Python node of type `tp` in the store `store_obj` (its PyStore `ps`): owning the C++
+// node `md`, or, with none, not yet in the C++ store, holding `cache` (stolen; nullptr:
+// empty).
+PyObject* new_node(PyTypeObject* tp, PyObject* store_obj, PyStore* ps, std::optional<NodeMetadata> md,
+                   PyObject* cache, bool unsorted) {
   PyObject* self = tp->tp_alloc(tp, 0);
-  if (self == nullptr) return nullptr;
-  auto* node = reinterpret_cast<PyNode*>(self);
-  new (&node->md) NodeMetadata(std::move(md));
+  if (self == nullptr) {
+    Py_XDECREF(cache);
+    return nullptr;
+  }
+  PyNode* n = node_of(self);
+  new (&n->md) std::optional<NodeMetadata>(std::move(md));
   Py_INCREF(store_obj);
-  node->store = store_obj;
-  node->weakrefs = nullptr;
+  n->store = store_obj;
+  n->pystore = ps;
+  n->cache = cache;
+  n->cache_version = kStale;
+  n->dirty_prev = n->dirty_next = nullptr;
+  n->dirty = false;
+  n->unsorted = unsorted;
+  n->weakrefs = nullptr;
+  if (!n->md) link_dirty(n);
   return self;
 }
 
 PyTypeObject* node_type() { return g_node_type != nullptr ? g_node_type : g_base_type; }
 
-// (key, value) pairs of a mapping, converted for a store (keys interned).
-bool mapping_items(PyObject* data, std::vector<KeyValue>& out) {
-  if (data == nullptr) return true;
+// A node's entries as a new dict (a copy of its fresh cache, or of its C++ snapshot).
+PyObject* node_dict(PyObject* self);
+
+// A new dict holding `data` (a dict, a mapping, an iterable of pairs, a node; nullptr:
+// empty) under exact, valid str keys, for a node's cache; nullptr with an error set.
+// Protected keys are allowed (the node is being built).
+PyObject* cache_from(PyObject* data) {
+  if (data == nullptr) return PyDict_New();
+  PyObject* d = nullptr;
   if (is_node(data)) {
-    try {
-      for (auto& [k, v] : md_of(data).items()) out.emplace_back(Key(k), std::move(v));
-    } catch (...) {
-      set_python_error();
-      return false;
-    }
-    return true;
-  }
-  py::object dict;
-  if (PyDict_Check(data)) {
-    dict = py::reinterpret_borrow<py::object>(data);
+    d = node_dict(data);
+  } else if (PyDict_CheckExact(data)) {
+    d = PyDict_Copy(data);
   } else {
-    dict = py::reinterpret_steal<py::object>(PyDict_New());
-    if (!dict) return false;
-    const int rc = PyObject_HasAttrString(data, "keys") ? PyDict_Merge(dict.ptr(), data, 1)
-                                                         : PyDict_MergeFromSeq2(dict.ptr(), data, 1);
-    if (rc != 0) return false;
+    d = PyDict_New();
+    if (d != nullptr) {
+      const int has_keys = PyObject_HasAttrString(data, "keys");
+      const int rc = has_keys ? PyDict_Merge(d, data, 1) : PyDict_MergeFromSeq2(d, data, 1);
+      if (rc != 0) Py_CLEAR(d);
+    }
   }
+  if (d == nullptr) return nullptr;
+  // Check the keys; str subclasses are stored under their text.
+  bool exact = true;
   Py_ssize_t pos = 0;
   PyObject* k;
   PyObject* v;
-  out.reserve(out.size() + static_cast<std::size_t>(PyDict_Size(dict.ptr())));
-  while (PyDict_Next(dict.ptr(), &pos, &k, &v)) {
-    Key key = keys::val;  // overwritten
-    if (!write_key(k, key)) return false;
-    Value value;
-    if (!to_value(v, value)) return false;
-    out.emplace_back(key, std::move(value));
+  while (PyDict_Next(d, &pos, &k, &v)) {
+    if (!PyUnicode_CheckExact(k)) {
+      exact = false;
+      if (!PyUnicode_Check(k)) {
+        PyErr_Format(PyExc_TypeError, "NodeMetadata keys must be str, not %.200s", Py_TYPE(k)->tp_name);
+        Py_DECREF(d);
+        return nullptr;
+      }
+    }
+    if (!valid_key(k)) {
+      Py_DECREF(d);
+      return nullptr;
+    }
   }
-  return true;
+  if (exact) return d;
+  PyObject* fixed = PyDict_New();
+  pos = 0;
+  while (fixed != nullptr && PyDict_Next(d, &pos, &k, &v)) {
+    PyObject* e = PyUnicode_FromObject(k);
+    int rc = e != nullptr ? PyDict_Contains(fixed, e) : -1;
+    if (rc == 1) {
+      Py_ssize_t n = 0;
+      const char* s = PyUnicode_AsUTF8AndSize(e, &n);
+      PyErr_Format(PyExc_ValueError, "nodemeta: duplicate key '%s' in a node's initial metadata", s ? s : "?");
+      rc = -1;
+    } else if (rc == 0) {
+      rc = PyDict_SetItem(fixed, e, v);
+    }
+    Py_XDECREF(e);
+    if (rc != 0) Py_CLEAR(fixed);
+  }
+  Py_DECREF(d);
+  return fixed;
 }
 
-PyObject* create_in(PyTypeObject* tp, PyObject* store_obj, PyObject* data) {
-  std::vector<KeyValue> items;
-  if (!mapping_items(data, items)) return nullptr;
-  try {
-    MetadataStore& store = py::cast<PyStore&>(py::handle(store_obj)).store();
-    return new_node(tp, store.create(std::span<const KeyValue>(items)), store_obj);
-  } catch (...) {
-    set_python_error();
-    return nullptr;
-  }
+PyObject* create_in(PyTypeObject* tp, PyObject* store_obj, PyStore* ps, PyObject* data) {
+  PyObject* cache = cache_from(data);
+  if (cache == nullptr) return nullptr;
+  const bool unsorted = PyDict_GET_SIZE(cache) > 1;
+  return new_node(tp, store_obj, ps, std::nullopt, cache, unsorted);
 }
 
 // NodeMetadata.__new__(*args, **kw): an empty node of the default store (arguments are
 // __init__'s, so a subclass may give __init__ a signature of its own).
-PyObject* md_new(PyTypeObject* tp, PyObject*, PyObject*) { return create_in(tp, g_default_store, nullptr); }
+PyObject* md_new(PyTypeObject* tp, PyObject*, PyObject*) {
+  return new_node(tp, g_default_store, g_default_pystore, std::nullopt, nullptr, false);
+}
 
 // NodeMetadata.__init__(data=None): the node holds a copy of data, and nothing else (so
 // calling __init__ again resets it, as the original's self.data = data.copy() does).
 int md_init(PyObject* self, PyObject* args, PyObject* kwds) {
-  static const char* kwlist[] = {"data", nullptr};
   PyObject* data = nullptr;
-  if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:NodeMetadata", const_cast<char**>(kwlist), &data)) {
-    return -1;
+  if (kwds == nullptr && PyTuple_GET_SIZE(args) <= 1) {
+    if (PyTuple_GET_SIZE(args) == 1) data = PyTuple_GET_ITEM(args, 0);
+  } else {
+    static const char* kwlist[] = {"data", nullptr};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:NodeMetadata", const_cast<char**>(kwlist), &data)) {
+      return -1;
+    }
   }
   if (data == Py_None) data = nullptr;
-  std::vector<KeyValue> items;
-  if (!mapping_items(data, items)) return -1;
-  auto* node = reinterpret_cast<PyNode*>(self);
-  try {
-    if (node->md.size() == 0) {  // a new node (from __new__): filled in place
-      for (const auto& [k, v] : items) {
-        if (!node->md.set_once(k, v)) (void)node->md.try_set(k, v);
-      }
-      return 0;
-    }
+  PyNode* n = node_of(self);
+  const bool fresh_node = !n->md && n->cache == nullptr;
+  if (fresh_node && data == nullptr) return 0;
+  PyObject* cache = cache_from(data);
+  if (cache == nullptr) return -1;
+  if (!fresh_node || n->cache != nullptr) {
     // Calling __init__ again: the node is replaced by a new one holding data alone. Not
     // while run_passes runs on this store: its passes may be reading the old node.
-    if (py::cast<PyStore&>(py::handle(node->store)).passes_in_flight > 0) {
+    if (n->pystore->passes_in_flight > 0) {
+      Py_DECREF(cache);
       PyErr_SetString(PyExc_RuntimeError,
                       "NodeMetadata.__init__: cannot reset a node while nodemeta.fx.run_passes runs on its store");
       return -1;
     }
-    NodeMetadata fresh = node->md.store().create(std::span<const KeyValue>(items));
-    node->md = std::move(fresh);  // the old node dies here (its values are released)
-  } catch (...) {
-    set_python_error();
-    return -1;
   }
+  std::optional<NodeMetadata> old_md = std::exchange(n->md, std::nullopt);
+  PyObject* old_cache = n->cache;
+  n->cache = cache;
+  n->unsorted = PyDict_GET_SIZE(cache) > 1;
+  n->cache_version = kStale;
+  link_dirty(n);
+  Py_XDECREF(old_cache);
+  old_md.reset();  // the old C++ node dies here (its values are released)
   return 0;
 }
 
 // --- the cycle collector ---
 //
 // A node's Python values can refer back to it (a value holding its fx Node, an instance of a
-// class whose module holds the graph), so the node takes part in garbage collection. A
-// value's Python object is held by its box, and a box may be shared by several holders
-// (copy() shares values; so do C++ copies), while the collector must see each reference
-// once: so a node visits the objects of the boxes it alone holds (use_count 2: its slot and
-// the snapshot taken here), and, inside those, of nested boxes held once. A shared box's
-// object is never visited: cycles through it are not collected (conservative: never a
-// live object collected). C++ threads copying a value meanwhile only make a box look
-// shared.
+// class whose module holds the graph), so the node takes part in garbage collection. The
+// cache dict is visited (it holds a reference to each value; copies share it, and the dict
+// is then visited once per holder, as it should be). A C++ value's Python object is held by
+// its box, and a box may be shared by several holders (C++ copies share values), while the
+// collector must see each reference once: so a node visits the objects of the boxes it
+// alone holds (use_count 2: its slot and the snapshot taken here), and, inside those, of
+// nested boxes held once. A shared box's object is never visited: cycles through it are not
+// collected (conservative: never a live object collected). C++ threads copying a value
+// meanwhile only make a box look shared.
 constexpr int kTraverseDepth = 64;
 
 int visit_value(const Value& v, std::uint64_t alone, int depth, visitproc visit, void* arg) {
@@ -302,16 +771,17 @@ int visit_value(const Value& v, std::uint64_t alone, int depth, visitproc visit,
 }
 
 int md_traverse(PyObject* self, visitproc visit, void* arg) {
-  auto* node = reinterpret_cast<PyNode*>(self);
+  PyNode* node = node_of(self);
   Py_VISIT(Py_TYPE(self));  // a heap type's instances own a reference to it
   Py_VISIT(node->store);
+  Py_VISIT(node->cache);
   // While C++ runs without the GIL, box counts may change during this collection, and a
   // box visited in one of its passes but not the next would make a live object look
   // unreachable: show no values then (conservative).
-  if (!node->md.valid() || g_cpp_active > 0) return 0;
+  if (!node->md || !node->md->valid() || g_cpp_active > 0) return 0;
   Items items;
   try {
-    items = node->md.items();
+    items = node->md->items();
   } catch (...) {
     return 0;  // out of memory: visit nothing (conservative)
   }
@@ -321,41 +791,44 @@ int md_traverse(PyObject* self, visitproc visit, void* arg) {
   return 0;
 }
 
-// Breaks a garbage cycle: the node is replaced by an empty one (protected keys cannot be
-// erased, but a node nobody can reach may be dropped whole).
+// Breaks a garbage cycle: the node is emptied (protected keys cannot be erased, but a node
+// nobody can reach may be dropped whole).
 int md_gc_clear(PyObject* self) {
-  auto* node = reinterpret_cast<PyNode*>(self);
-  if (!node->md.valid()) return 0;
-  try {
-    NodeMetadata empty = node->md.store().create();
-    node->md = std::move(empty);  // the old node's values are released here
-  } catch (...) {
-  }
+  PyNode* n = node_of(self);
+  std::optional<NodeMetadata> old_md = std::exchange(n->md, std::nullopt);
+  PyObject* old_cache = n->cache;
+  n->cache = nullptr;
+  link_dirty(n);  // an empty node not in the C++ store
+  Py_XDECREF(old_cache);
+  old_md.reset();  // the old node's values are released here
   return 0;
 }
 
 void md_dealloc(PyObject* self) {
   PyTypeObject* tp = Py_TYPE(self);
   PyObject_GC_UnTrack(self);
-  auto* node = reinterpret_cast<PyNode*>(self);
-  if (node->weakrefs != nullptr) PyObject_ClearWeakRefs(self);
-  node->md.~NodeMetadata();  // may release values: Python code can run
-  Py_XDECREF(node->store);
+  PyNode* n = node_of(self);
+  if (n->weakrefs != nullptr) PyObject_ClearWeakRefs(self);
+  unlink_dirty(n);
+  Py_CLEAR(n->cache);
+  n->md.~optional();  // may release values: Python code can run
+  Py_XDECREF(n->store);
   tp->tp_free(self);
   Py_DECREF(tp);
 }
 
 // --- reads ---
 
-// md[key]'s value as a new reference; `absent` (borrowed, returned as a new reference)
-// when the key is not there, or nullptr with KeyError set when `absent` is nullptr.
-PyObject* lookup(PyObject* self, PyObject* key, PyObject* absent) {
+// md[key] read from the C++ node (when the cache cannot answer): a new reference; `absent`
+// (borrowed, returned as a new reference) when the key is not there, or nullptr with
+// KeyError set when `absent` is nullptr.
+PyObject* lookup_cpp(PyNode* n, PyObject* key, PyObject* absent) {
   std::optional<Key> k;
   if (!read_key(key, k)) return nullptr;
   if (k) {
     std::optional<Value> v;
     try {
-      v = md_of(self).get(*k);
+      v = n->md->get(*k);
     } catch (...) {
       set_python_error();
       return nullptr;
@@ -370,16 +843,85 @@ PyObject* lookup(PyObject* self, PyObject* key, PyObject* absent) {
   return absent;
 }
 
+// md[key] (absent: see lookup_cpp).
+PyObject* lookup(PyObject* self, PyObject* key, PyObject* absent) {
+  PyNode* n = node_of(self);
+  if (PyUnicode_CheckExact(key)) {
+    const int f = fresh(n);
+    if (f < 0) return nullptr;
+    if (f > 0) {
+      PyObject* v = n->cache != nullptr ? PyDict_GetItemWithError(n->cache, key) : nullptr;
+      if (v != nullptr) {
+        Py_INCREF(v);
+        return v;
+      }
+      if (PyErr_Occurred()) return nullptr;
+      if (absent == nullptr) {
+        set_key_error(key);
+        return nullptr;
+      }
+      Py_INCREF(absent);
+      return absent;
+    }
+    return lookup_cpp(n, key, absent);
+  }
+  if (!PyUnicode_Check(key)) {  // not a str: never present; unhashable: TypeError, as dict
+    if (PyObject_Hash(key) == -1) return nullptr;
+    if (absent == nullptr) {
+      set_key_error(key);
+      return nullptr;
+    }
+    Py_INCREF(absent);
+    return absent;
+  }
+  PyObject* text = PyUnicode_FromObject(key);  // a str subclass: looked up by its text
+  if (text == nullptr) return nullptr;
+  PyObject* r = lookup(self, text, nullptr);
+  Py_DECREF(text);
+  if (r == nullptr && absent != nullptr && PyErr_ExceptionMatches(PyExc_KeyError)) {
+    PyErr_Clear();
+    Py_INCREF(absent);
+    return absent;
+  }
+  if (r == nullptr && absent == nullptr && PyErr_ExceptionMatches(PyExc_KeyError)) {
+    PyErr_Clear();
+    set_key_error(key);
+  }
+  return r;
+}
+
 PyObject* md_subscript(PyObject* self, PyObject* key) {
+  PyNode* n = node_of(self);
+  if (PyUnicode_CheckExact(key) && cache_fresh(n) && n->cache != nullptr) {  // the hot path
+    PyObject* v = PyDict_GetItemWithError(n->cache, key);
+    if (v != nullptr) {
+      Py_INCREF(v);
+      return v;
+    }
+    if (!PyErr_Occurred()) set_key_error(key);
+    return nullptr;
+  }
   return lookup(self, key, nullptr);
 }
 
 int md_contains(PyObject* self, PyObject* key) {
+  PyNode* n = node_of(self);
+  if (!PyUnicode_CheckExact(key)) {
+    if (!PyUnicode_Check(key)) return PyObject_Hash(key) == -1 ? -1 : 0;
+    PyObject* text = PyUnicode_FromObject(key);
+    if (text == nullptr) return -1;
+    const int r = md_contains(self, text);
+    Py_DECREF(text);
+    return r;
+  }
+  const int f = fresh(n);
+  if (f < 0) return -1;
+  if (f > 0) return n->cache != nullptr ? PyDict_Contains(n->cache, key) : 0;
   std::optional<Key> k;
   if (!read_key(key, k)) return -1;
   if (!k) return 0;
   try {
-    return md_of(self).contains(*k) ? 1 : 0;
+    return n->md->contains(*k) ? 1 : 0;
   } catch (...) {
     set_python_error();
     return -1;
@@ -387,18 +929,75 @@ int md_contains(PyObject* self, PyObject* key) {
 }
 
 Py_ssize_t md_length(PyObject* self) {
+  PyNode* n = node_of(self);
+  const int f = fresh(n);
+  if (f < 0) return -1;
+  if (f > 0) return n->cache != nullptr ? PyDict_GET_SIZE(n->cache) : 0;
   try {
-    return static_cast<Py_ssize_t>(md_of(self).size());
+    return static_cast<Py_ssize_t>(n->md->size());
   } catch (...) {
     set_python_error();
     return -1;
   }
 }
 
-// The node's consistent snapshot; false with a Python exception set.
-bool snapshot(PyObject* self, Items& items) {
+// Puts a fresh cache in key-name order (a new dict, so iterators of the old one go on).
+// False with an error set.
+bool sort_cache(PyNode* n) {
+  while (n->unsorted && n->cache != nullptr) {
+    PyObject* orig = n->cache;
+    const std::uint64_t tag = dict_tag(orig);
+    Py_INCREF(orig);
+    PyObject* keys = PyDict_Keys(orig);
+    PyObject* sorted = nullptr;
+    if (keys != nullptr && PyList_Sort(keys) == 0) {  // exact str keys: no Python code
+      sorted = _PyDict_NewPresized(PyList_GET_SIZE(keys));
+      for (Py_ssize_t i = 0; sorted != nullptr && i < PyList_GET_SIZE(keys); ++i) {
+        PyObject* k = PyList_GET_ITEM(keys, i);
+        PyObject* v = PyDict_GetItemWithError(orig, k);
+        if (v == nullptr || PyDict_SetItem(sorted, k, v) != 0) Py_CLEAR(sorted);
+      }
+    }
+    Py_XDECREF(keys);
+    if (sorted == nullptr) {
+      Py_DECREF(orig);
+      if (!PyErr_Occurred()) continue;  // changed meanwhile
+      return false;
+    }
+    if (n->cache == orig && dict_tag(orig) == tag) {
+      n->cache = sorted;
+      n->unsorted = false;
+      Py_DECREF(orig);  // the node's reference
+    } else {
+      Py_DECREF(sorted);
+    }
+    Py_DECREF(orig);
+  }
+  return true;
+}
+
+// The node's entries, fresh and in key-name order, as a dict that stays as it is (the cache
+// itself, a new reference: writes copy it first); or nullptr with no error set when the
+// cache cannot answer (read C++ directly), or with an error set.
+PyObject* iteration_dict(PyNode* n) {
+  for (;;) {
+    const int f = fresh(n);
+    if (f <= 0) return nullptr;
+    if (n->cache == nullptr) {
+      if (!n->dirty) continue;
+      return PyDict_New();
+    }
+    if (!sort_cache(n)) return nullptr;
+    if (!cache_fresh(n) || n->cache == nullptr) continue;
+    Py_INCREF(n->cache);
+    return n->cache;
+  }
+}
+
+// The C++ node's consistent snapshot; false with a Python exception set.
+bool snapshot(PyNode* n, Items& items) {
   try {
-    items = md_of(self).items();
+    items = n->md->items();
     return true;
   } catch (...) {
     set_python_error();
@@ -406,15 +1005,18 @@ bool snapshot(PyObject* self, Items& items) {
   }
 }
 
-// A key name as a str (surrogateescape: a name C++ wrote that is not UTF-8 round-trips).
-PyObject* key_object(std::string_view name) {
-  return PyUnicode_DecodeUTF8(name.data(), static_cast<Py_ssize_t>(name.size()), "surrogateescape");
-}
-
 // A consistent snapshot as a list: of (key, value) tuples, or of keys alone.
 PyObject* snapshot_list(PyObject* self, bool values) {
+  PyNode* n = node_of(self);
+  PyObject* d = iteration_dict(n);
+  if (d != nullptr) {
+    PyObject* r = values ? PyDict_Items(d) : PyDict_Keys(d);
+    Py_DECREF(d);
+    return r;
+  }
+  if (PyErr_Occurred()) return nullptr;
   Items items;
-  if (!snapshot(self, items)) return nullptr;
+  if (!snapshot(n, items)) return nullptr;
   PyObject* list = PyList_New(static_cast<Py_ssize_t>(items.size()));
   if (list == nullptr) return nullptr;
   for (std::size_t i = 0; i < items.size(); ++i) {
@@ -439,6 +1041,14 @@ PyObject* md_items_list(PyObject* self, PyObject* = nullptr) { return snapshot_l
 
 // The snapshot as a new dict.
 PyObject* md_dict(PyObject* self, PyObject* = nullptr) {
+  PyNode* n = node_of(self);
+  PyObject* d = iteration_dict(n);
+  if (d != nullptr) {
+    PyObject* copy = PyDict_Copy(d);
+    Py_DECREF(d);
+    return copy;
+  }
+  if (PyErr_Occurred()) return nullptr;
   PyObject* items = md_items_list(self);
   if (items == nullptr) return nullptr;
   PyObject* dict = PyDict_New();
@@ -446,6 +1056,8 @@ PyObject* md_dict(PyObject* self, PyObject* = nullptr) {
   Py_DECREF(items);
   return dict;
 }
+
+PyObject* node_dict(PyObject* self) { return md_dict(self); }
 
 PyObject* md_keys_list(PyObject* self, PyObject* = nullptr) { return snapshot_list(self, false); }
 
@@ -460,118 +1072,280 @@ bool arity(const char* name, Py_ssize_t nargs, Py_ssize_t lo, Py_ssize_t hi) {
   return false;
 }
 
-PyObject* md_iter(PyObject* self) {
-  PyObject* keys = md_keys_list(self);
-  if (keys == nullptr) return nullptr;
-  PyObject* it = PyObject_GetIter(keys);
-  Py_DECREF(keys);
+// An iterator over a dict view of the node's entries (which: 0 keys, 1 values, 2 items), in
+// key-name order, of the node as it is now (later writes copy the cache first).
+PyObject* view_iter(PyObject* self, int which) {
+  PyNode* n = node_of(self);
+  PyObject* d = iteration_dict(n);
+  if (d == nullptr) {
+    if (PyErr_Occurred()) return nullptr;
+    PyObject* list = which == 0 ? md_keys_list(self) : md_items_list(self);
+    if (list == nullptr) return nullptr;
+    if (which == 1) {  // values of the (key, value) pairs
+      for (Py_ssize_t i = 0; i < PyList_GET_SIZE(list); ++i) {
+        PyObject* pair = PyList_GET_ITEM(list, i);
+        PyObject* v = PyTuple_GET_ITEM(pair, 1);
+        Py_INCREF(v);
+        PyList_SET_ITEM(list, i, v);
+        Py_DECREF(pair);
+      }
+    }
+    PyObject* it = PyObject_GetIter(list);
+    Py_DECREF(list);
+    return it;
+  }
+  PyObject* it = nullptr;
+  if (which == 0) {
+    it = PyObject_GetIter(d);
+  } else {
+    PyObject* view = _PyDictView_New(d, which == 1 ? &PyDictValues_Type : &PyDictItems_Type);
+    if (view != nullptr) {
+      it = PyObject_GetIter(view);
+      Py_DECREF(view);
+    }
+  }
+  Py_DECREF(d);
   return it;
 }
 
+PyObject* md_iter(PyObject* self) { return view_iter(self, 0); }
+PyObject* md_iter_values(PyObject* self, PyObject*) { return view_iter(self, 1); }
+PyObject* md_iter_items(PyObject* self, PyObject*) { return view_iter(self, 2); }
+
 PyObject* md_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
+  if (nargs == 1 && PyUnicode_CheckExact(args[0])) {  // the hot path
+    PyNode* n = node_of(self);
+    if (cache_fresh(n) && n->cache != nullptr) {
+      PyObject* v = PyDict_GetItemWithError(n->cache, args[0]);
+      if (v == nullptr) {
+        if (PyErr_Occurred()) return nullptr;
+        v = Py_None;
+      }
+      Py_INCREF(v);
+      return v;
+    }
+  }
   if (!arity("get", nargs, 1, 2)) return nullptr;
   return lookup(self, args[0], nargs == 2 ? args[1] : Py_None);
 }
 
 // --- writes ---
 
-int md_ass_subscript(PyObject* self, PyObject* key, PyObject* value) {
-  drain_pending();  // references oneTBB workers handed over (usually none: one load)
-  NodeMetadata& md = md_of(self);
-  if (value == nullptr) {  // del md[key]
-    std::optional<Key> k;
-    if (!read_key(key, k)) return -1;
-    if (!PyUnicode_Check(key)) {
-      set_key_error(key);
-      return -1;
-    }
-    try {
-      if (k && md.store().is_protected(*k)) {
-        set_protected_error(key);
-        return -1;
-      }
-      if (k && md.erase(*k)) return 0;
-    } catch (...) {
-      set_python_error();
-      return -1;
-    }
-    set_key_error(key);
-    return -1;
-  }
+// md[key] = value straight into the C++ node (the store's write_through count is up, or C++
+// writers keep the node changing): the node is flushed first, so Python's writes reach C++
+// in order. `mode`: 0 md[k] = v (protected: ProtectedKeyError), 1 try_set (returns the
+// WriteResult in *result), 2 set_once (*result: 1 inserted, 0 not).
+int write_cpp(PyNode* n, PyObject* key, PyObject* value, int mode, int* result) {
   Key k = keys::val;  // overwritten
   if (!write_key(key, k)) return -1;
-  if (md.store().is_protected(k)) {  // before converting: a refused write costs no allocation
+  if (mode != 2 && n->pystore->store().is_protected(k)) {  // before converting
+    if (mode == 1) {
+      *result = static_cast<int>(WriteResult::kRejectedProtected);
+      return 0;
+    }
     set_protected_error(key);
     return -1;
   }
   Value v;
-  if (!to_value(value, v)) return -1;
+  if (!to_value(value, v)) return -1;  // may run Python code
+  // Flushed right before the C++ write, with no Python code in between: C++ never writes
+  // a dirty node.
+  while (n->dirty) {
+    if (!flush(n)) return -1;
+  }
   try {
-    if (md.try_set(k, std::move(v)) == WriteResult::kRejectedProtected) {
-      set_protected_error(key);  // protected by another thread since the check above
-      return -1;
+    if (mode == 2) {
+      *result = n->md->set_once(k, std::move(v)) ? 1 : 0;
+    } else {
+      const WriteResult r = n->md->try_set(k, std::move(v));
+      if (mode == 1) {
+        *result = static_cast<int>(r);
+      } else if (r == WriteResult::kRejectedProtected) {
+        mark_stale(n);
+        set_protected_error(key);  // protected by another thread since the check above
+        return -1;
+      }
     }
   } catch (...) {
     set_python_error();
     return -1;
   }
+  mark_stale(n);
   return 0;
+}
+
+// del md[key] in the C++ node (see write_cpp).
+int erase_cpp(PyNode* n, PyObject* key) {
+  while (n->dirty) {
+    if (!flush(n)) return -1;
+  }
+  std::optional<Key> k;
+  if (!read_key(key, k)) return -1;
+  try {
+    if (k && n->md->store().is_protected(*k)) {
+      set_protected_error(key);
+      return -1;
+    }
+    if (k && n->md->erase(*k)) {
+      mark_stale(n);
+      return 0;
+    }
+  } catch (...) {
+    set_python_error();
+    return -1;
+  }
+  set_key_error(key);
+  return -1;
+}
+
+int md_ass_subscript(PyObject* self, PyObject* key, PyObject* value) {
+  drain_pending();  // references oneTBB workers handed over (usually none: one load)
+  PyNode* n = node_of(self);
+  if (!PyUnicode_CheckExact(key)) {
+    if (value == nullptr && !PyUnicode_Check(key)) {
+      if (PyObject_Hash(key) == -1) return -1;
+      set_key_error(key);
+      return -1;
+    }
+    PyObject* text = exact_key(key);
+    if (text == nullptr) return -1;
+    const int r = md_ass_subscript(self, text, value);
+    Py_DECREF(text);
+    return r;
+  }
+  const int p = PySet_Contains(n->pystore->protected_names(), key);
+  if (p != 0) {  // as the original: whether or not the key is present
+    if (p > 0) set_protected_error(key);
+    return -1;
+  }
+  switch (prepare_write(n)) {
+    case Prepared::kError:
+      return -1;
+    case Prepared::kWriteThrough: {
+      int unused = 0;
+      return value != nullptr ? write_cpp(n, key, value, 0, &unused) : erase_cpp(n, key);
+    }
+    case Prepared::kCache:
+      break;
+  }
+  if (value == nullptr) return PyDict_DelItem(n->cache, key);  // KeyError(key) if absent
+  return cache_store(n, key, value);
 }
 
 PyObject* md_try_set(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   if (!arity("try_set", nargs, 2, 2)) return nullptr;
   drain_pending();
-  NodeMetadata& md = md_of(self);
-  Key k = keys::val;  // overwritten
-  if (!write_key(args[0], k)) return nullptr;
-  WriteResult r = WriteResult::kRejectedProtected;
-  if (!md.store().is_protected(k)) {
-    Value v;
-    if (!to_value(args[1], v)) return nullptr;
-    try {
-      r = md.try_set(k, std::move(v));
-    } catch (...) {
-      set_python_error();
-      return nullptr;
+  PyNode* n = node_of(self);
+  py::object key = py::reinterpret_steal<py::object>(exact_key(args[0]));
+  if (!key) return nullptr;
+  const int p = PySet_Contains(n->pystore->protected_names(), key.ptr());
+  if (p < 0) return nullptr;
+  int r = static_cast<int>(WriteResult::kRejectedProtected);
+  if (p == 0) {
+    switch (prepare_write(n)) {
+      case Prepared::kError:
+        return nullptr;
+      case Prepared::kWriteThrough:
+        if (write_cpp(n, key.ptr(), args[1], 1, &r) != 0) return nullptr;
+        break;
+      case Prepared::kCache: {
+        const int present = PyDict_Contains(n->cache, key.ptr());
+        if (present < 0 || cache_store(n, key.ptr(), args[1]) != 0) return nullptr;
+        r = static_cast<int>(present ? WriteResult::kUpdated : WriteResult::kInserted);
+        break;
+      }
     }
   }
-  PyObject* result = g_write_results[static_cast<int>(r)];
+  PyObject* result = g_write_results[r];
   Py_INCREF(result);
   return result;
 }
 
 PyObject* md_set_once(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   if (!arity("set_once", nargs, 2, 2)) return nullptr;
-  Key k = keys::val;  // overwritten
-  if (!write_key(args[0], k)) return nullptr;
-  Value v;
-  if (!to_value(args[1], v)) return nullptr;
-  try {
-    return PyBool_FromLong(md_of(self).set_once(k, std::move(v)));
-  } catch (...) {
-    set_python_error();
-    return nullptr;
+  PyNode* n = node_of(self);
+  py::object key = py::reinterpret_steal<py::object>(exact_key(args[0]));
+  if (!key) return nullptr;
+  int inserted = 0;
+  switch (prepare_write(n)) {
+    case Prepared::kError:
+      return nullptr;
+    case Prepared::kWriteThrough:
+      if (write_cpp(n, key.ptr(), args[1], 2, &inserted) != 0) return nullptr;
+      break;
+    case Prepared::kCache: {
+      const int present = PyDict_Contains(n->cache, key.ptr());
+      if (present < 0) return nullptr;
+      if (present == 0) {
+        if (cache_store(n, key.ptr(), args[1]) != 0) return nullptr;
+        inserted = 1;
+      }
+      break;
+    }
   }
+  return PyBool_FromLong(inserted);
 }
 
-// One atomic edit of the node; false with the Python error set (a protected `key`:
+// One atomic edit of the C++ node, the node flushed first and Python writes to its store
+// sent to C++ meanwhile; false with the Python error set (a protected `key`:
 // ProtectedKeyError naming it as Python spelled it).
 template <class F>
 bool edit_node(PyObject* self, PyObject* key, F&& fn) {
+  PyNode* n = node_of(self);
+  WriteThrough scope(n->pystore);
+  NodeMetadata* md = synced(self);
+  if (md == nullptr) return false;
   try {
-    md_of(self).edit(std::forward<F>(fn));
+    md->edit(std::forward<F>(fn));
+    mark_stale(n);
     return true;
   } catch (const ProtectedKeyError&) {
     set_protected_error(key);
   } catch (...) {
     set_python_error();
   }
+  mark_stale(n);
   return false;
 }
 
-// pop(key[, default]): atomic (one edit); a protected key present raises.
+// pop(key[, default]): atomic; a protected key present raises.
 PyObject* md_pop(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   if (!arity("pop", nargs, 1, 2)) return nullptr;
+  PyNode* n = node_of(self);
+  if (PyUnicode_CheckExact(args[0]) && n->pystore->write_through == 0) {
+    const int f = fresh(n);
+    if (f < 0) return nullptr;
+    if (f > 0) {
+      PyObject* v = n->cache != nullptr ? PyDict_GetItemWithError(n->cache, args[0]) : nullptr;
+      if (v == nullptr) {
+        if (PyErr_Occurred()) return nullptr;
+        if (nargs == 2) {
+          Py_INCREF(args[1]);
+          return args[1];
+        }
+        set_key_error(args[0]);
+        return nullptr;
+      }
+      const int p = PySet_Contains(n->pystore->protected_names(), args[0]);
+      if (p != 0) {
+        if (p > 0) set_protected_error(args[0]);
+        return nullptr;
+      }
+      if (prepare_write(n) == Prepared::kCache) {
+        PyObject* found = PyDict_GetItemWithError(n->cache, args[0]);
+        if (found != nullptr) {
+          Py_INCREF(found);
+          if (PyDict_DelItem(n->cache, args[0]) != 0) {
+            Py_DECREF(found);
+            return nullptr;
+          }
+          return found;
+        }
+        if (PyErr_Occurred()) return nullptr;
+      }
+      if (PyErr_Occurred()) return nullptr;
+    }
+  }
   std::optional<Key> k;
   if (!read_key(args[0], k)) return nullptr;
   std::optional<Value> old;
@@ -594,6 +1368,32 @@ PyObject* md_pop(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
 PyObject* md_setdefault(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   if (!arity("setdefault", nargs, 1, 2)) return nullptr;
   PyObject* dflt = nargs == 2 ? args[1] : Py_None;
+  PyNode* n = node_of(self);
+  if (PyUnicode_CheckExact(args[0]) && n->pystore->write_through == 0) {
+    const int f = fresh(n);
+    if (f < 0) return nullptr;
+    if (f > 0) {
+      PyObject* v = n->cache != nullptr ? PyDict_GetItemWithError(n->cache, args[0]) : nullptr;
+      if (v != nullptr) {
+        Py_INCREF(v);
+        return v;
+      }
+      if (PyErr_Occurred()) return nullptr;
+      const int p = PySet_Contains(n->pystore->protected_names(), args[0]);
+      if (p != 0) {
+        if (p > 0) set_protected_error(args[0]);
+        return nullptr;
+      }
+      if (prepare_write(n) == Prepared::kCache) {
+        v = PyDict_GetItemWithError(n->cache, args[0]);
+        if (v == nullptr && !PyErr_Occurred() && cache_store(n, args[0], dflt) == 0) v = dflt;
+        if (v == nullptr) return nullptr;
+        Py_INCREF(v);
+        return v;
+      }
+      if (PyErr_Occurred()) return nullptr;
+    }
+  }
   Key k = keys::val;  // overwritten
   if (!write_key(args[0], k)) return nullptr;
   Value v;
@@ -610,58 +1410,136 @@ PyObject* md_setdefault(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
   return dflt;
 }
 
+// (key, value) pairs of a mapping, converted for a store (keys interned).
+bool mapping_items(PyObject* data, std::vector<KeyValue>& out) {
+  if (data == nullptr) return true;
+  py::object dict;
+  if (PyDict_Check(data)) {
+    dict = py::reinterpret_borrow<py::object>(data);
+  } else if (is_node(data)) {
+    dict = py::reinterpret_steal<py::object>(md_dict(data));
+    if (!dict) return false;
+  } else {
+    dict = py::reinterpret_steal<py::object>(PyDict_New());
+    if (!dict) return false;
+    const int rc = PyObject_HasAttrString(data, "keys") ? PyDict_Merge(dict.ptr(), data, 1)
+                                                         : PyDict_MergeFromSeq2(dict.ptr(), data, 1);
+    if (rc != 0) return false;
+  }
+  Py_ssize_t pos = 0;
+  PyObject* k;
+  PyObject* v;
+  out.reserve(out.size() + static_cast<std::size_t>(PyDict_Size(dict.ptr())));
+  while (PyDict_Next(dict.ptr(), &pos, &k, &v)) {
+    Key key = keys::val;  // overwritten
+    if (!write_key(k, key)) return false;
+    Value value;
+    if (!to_value(v, value)) return false;
+    out.emplace_back(key, std::move(value));
+  }
+  return true;
+}
+
 // update(other=(), **kw): all or nothing; any protected key raises before anything is written.
 PyObject* md_update(PyObject* self, PyObject* args, PyObject* kwds) {
   PyObject* other = nullptr;
   if (!PyArg_UnpackTuple(args, "update", 0, 1, &other)) return nullptr;
+  PyNode* n = node_of(self);
+  if (n->pystore->write_through == 0) {
+    // Into the cache: the new entries checked first, then stored with no Python code between
+    // (so all or nothing).
+    py::object entries = py::reinterpret_steal<py::object>(cache_from(other));
+    if (!entries) return nullptr;
+    if (kwds != nullptr && PyDict_Merge(entries.ptr(), kwds, 1) != 0) return nullptr;
+    Py_ssize_t pos = 0;
+    PyObject* k;
+    PyObject* v;
+    while (PyDict_Next(entries.ptr(), &pos, &k, &v)) {
+      const int p = PySet_Contains(n->pystore->protected_names(), k);
+      if (p != 0) {
+        if (p > 0) set_protected_error(k);
+        return nullptr;
+      }
+      if (!PyUnicode_CheckExact(k) || !valid_key(k)) {  // kwds keys (always str)
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_TypeError, "NodeMetadata keys must be str");
+        return nullptr;
+      }
+    }
+    switch (prepare_write(n)) {
+      case Prepared::kError:
+        return nullptr;
+      case Prepared::kCache: {
+        const Py_ssize_t before = PyDict_GET_SIZE(n->cache);
+        if (PyDict_Update(n->cache, entries.ptr()) != 0) return nullptr;
+        if (PyDict_GET_SIZE(n->cache) > before && before > 0) n->unsorted = true;
+        if (before == 0 && PyDict_GET_SIZE(entries.ptr()) > 1) n->unsorted = true;
+        Py_RETURN_NONE;
+      }
+      case Prepared::kWriteThrough:
+        break;
+    }
+  }
+  WriteThrough scope(n->pystore);
   std::vector<KeyValue> items;
   if (!mapping_items(other, items) || !mapping_items(kwds, items)) return nullptr;
-  NodeMetadata& md = md_of(self);
+  NodeMetadata* md = synced(self);
+  if (md == nullptr) return nullptr;
   for (const auto& [k, v] : items) {
-    if (md.store().is_protected(k)) {
+    if (md->store().is_protected(k)) {
       py::str name(std::string(k.name()));
       set_protected_error(name.ptr());
       return nullptr;
     }
   }
   try {
-    md.edit([&](NodeEditor& e) {
+    md->edit([&](NodeEditor& e) {
       for (const auto& [k, v] : items) e.set(k, v);
     });
   } catch (...) {
+    mark_stale(n);
     set_python_error();
     return nullptr;
   }
+  mark_stale(n);
   Py_RETURN_NONE;
 }
 
 // clear(): all or nothing; a node holding a protected key raises.
 PyObject* md_clear(PyObject* self, PyObject*) {
+  PyNode* n = node_of(self);
+  WriteThrough scope(n->pystore);
+  NodeMetadata* md = synced(self);
+  if (md == nullptr) return nullptr;
   try {
-    md_of(self).edit([&](NodeEditor& e) {
+    md->edit([&](NodeEditor& e) {
       for (const auto& [name, v] : e.items()) e.erase(Key(name));
     });
   } catch (...) {
+    mark_stale(n);
     set_python_error();
     return nullptr;
   }
+  mark_stale(n);
   Py_RETURN_NONE;
 }
 
 // popitem(): removes and returns the last (key, value) in iteration order whose key is not
 // protected; KeyError when empty, ProtectedKeyError when every key left is protected.
 PyObject* md_popitem(PyObject* self, PyObject*) {
+  PyNode* n = node_of(self);
+  WriteThrough scope(n->pystore);
+  NodeMetadata* md = synced(self);
+  if (md == nullptr) return nullptr;
   std::optional<std::pair<std::string, Value>> popped;
   std::optional<std::string> blocked;
   try {
-    NodeMetadata& md = md_of(self);
-    md.edit([&](NodeEditor& e) {
+    md->edit([&](NodeEditor& e) {
       popped.reset();
       blocked.reset();
       Items items = e.items();
       for (auto it = items.rbegin(); it != items.rend(); ++it) {
         const Key k(it->first);
-        if (md.store().is_protected(k)) {
+        if (md->store().is_protected(k)) {
           if (!blocked) blocked = it->first;
           continue;
         }
@@ -671,9 +1549,11 @@ PyObject* md_popitem(PyObject* self, PyObject*) {
       }
     });
   } catch (...) {
+    mark_stale(n);
     set_python_error();
     return nullptr;
   }
+  mark_stale(n);
   if (!popped) {
     if (blocked) {
       py::str name(*blocked);
@@ -693,10 +1573,19 @@ PyObject* md_popitem(PyObject* self, PyObject*) {
 
 // --- copies, comparison, repr, pickle ---
 
+// copy(): a new node of the same store sharing this one's cache dict (either copies it
+// before its first write); in the C++ store once C++ needs it.
 PyObject* md_copy(PyObject* self, PyObject* = nullptr) {
-  auto* node = reinterpret_cast<PyNode*>(self);
+  PyNode* n = node_of(self);
+  const int f = fresh(n);
+  if (f < 0) return nullptr;
+  if (f > 0) {
+    PyObject* cache = n->cache;
+    Py_XINCREF(cache);
+    return new_node(Py_TYPE(self), n->store, n->pystore, std::nullopt, cache, n->unsorted);
+  }
   try {
-    return new_node(Py_TYPE(self), node->md.copy(), node->store);
+    return new_node(Py_TYPE(self), n->store, n->pystore, n->md->copy(), nullptr, false);
   } catch (...) {
     set_python_error();
     return nullptr;
@@ -704,14 +1593,8 @@ PyObject* md_copy(PyObject* self, PyObject* = nullptr) {
 }
 
 PyObject* md_deepcopy(PyObject* self, PyObject* memo) {
-  auto* node = reinterpret_cast<PyNode*>(self);
-  PyObject* result = nullptr;
-  try {
-    result = new_node(Py_TYPE(self), node->md.store().create(), node->store);
-  } catch (...) {
-    set_python_error();
-    return nullptr;
-  }
+  PyNode* node = node_of(self);
+  PyObject* result = new_node(Py_TYPE(self), node->store, node->pystore, std::nullopt, nullptr, false);
   if (result == nullptr) return nullptr;
   py::object guard = py::reinterpret_steal<py::object>(result);
   try {
@@ -725,13 +1608,21 @@ PyObject* md_deepcopy(PyObject* self, PyObject* memo) {
     }
     py::list items = py::reinterpret_steal<py::list>(md_items_list(self));
     if (!items) throw py::error_already_set();
-    NodeMetadata& target = md_of(result);
+    py::dict entries;
     for (py::handle item : items) {
       py::tuple pair = py::reinterpret_borrow<py::tuple>(item);
-      py::object copied = deepcopy(pair[1], py_memo);
-      Value v;
-      if (!to_value(copied.ptr(), v)) throw py::error_already_set();
-      target.set_once(Key(py::cast<std::string>(pair[0])), std::move(v));
+      entries[pair[0]] = deepcopy(pair[1], py_memo);
+    }
+    // The copy is new and not in the C++ store: its entries (protected ones too) are its cache.
+    PyNode* target = node_of(result);
+    PyObject* cache = cache_from(entries.ptr());
+    if (cache == nullptr) throw py::error_already_set();
+    if (target->cache == nullptr && !target->md) {
+      target->cache = cache;
+      target->unsorted = false;
+    } else {
+      Py_DECREF(cache);
+      for (auto [k, v] : entries) guard.attr("set_once")(k, v);  // written meanwhile (rare)
     }
   } catch (...) {
     set_python_error();
@@ -752,25 +1643,41 @@ PyObject* md_reduce(PyObject* self, PyObject*) {
 // __setstate__(entries): every entry added (protected ones included: the node is being
 // built), replacing the value of a key already present unless that key is protected.
 PyObject* md_setstate(PyObject* self, PyObject* state) {
-  std::vector<KeyValue> items;
   if (!PyDict_Check(state)) {
     PyErr_SetString(PyExc_TypeError, "NodeMetadata.__setstate__ expects a dict");
     return nullptr;
   }
+  PyNode* n = node_of(self);
+  if (!n->md && n->cache == nullptr) {  // a new node (as unpickling makes): its cache
+    PyObject* cache = cache_from(state);
+    if (cache == nullptr) return nullptr;
+    if (!n->md && n->cache == nullptr) {
+      n->cache = cache;
+      n->unsorted = PyDict_GET_SIZE(cache) > 1;
+      Py_RETURN_NONE;
+    }
+    Py_DECREF(cache);
+  }
+  WriteThrough scope(n->pystore);
+  std::vector<KeyValue> items;
   if (!mapping_items(state, items)) return nullptr;
+  NodeMetadata* md = synced(self);
+  if (md == nullptr) return nullptr;
   try {
-    NodeMetadata& md = md_of(self);
     for (auto& [k, v] : items) {
-      if (!md.set_once(k, v) && md.try_set(k, v) == WriteResult::kRejectedProtected) {
+      if (!md->set_once(k, v) && md->try_set(k, v) == WriteResult::kRejectedProtected) {
+        mark_stale(n);
         py::str name(std::string(k.name()));
         set_protected_error(name.ptr());
         return nullptr;
       }
     }
   } catch (...) {
+    mark_stale(n);
     set_python_error();
     return nullptr;
   }
+  mark_stale(n);
   Py_RETURN_NONE;
 }
 
@@ -831,12 +1738,14 @@ PyObject* md_values(PyObject* self, PyObject*) { return make_view(self, 1); }
 PyObject* md_items(PyObject* self, PyObject*) { return make_view(self, 2); }
 
 PyObject* md_get_store(PyObject* self, void*) {
-  PyObject* s = reinterpret_cast<PyNode*>(self)->store;
+  PyObject* s = node_of(self)->store;
   Py_INCREF(s);
   return s;
 }
 PyObject* md_get_id(PyObject* self, void*) {
-  return PyLong_FromUnsignedLongLong(md_of(self).id());
+  NodeMetadata* md = synced(self);  // a node gets its id when it enters the C++ store
+  if (md == nullptr) return nullptr;
+  return PyLong_FromUnsignedLongLong(md->id());
 }
 
 PyMethodDef g_methods[] = {
@@ -866,6 +1775,8 @@ PyMethodDef g_methods[] = {
      "set_once(key, value) -> bool: insert only if absent (also a protected key); True iff inserted."},
     {"_items", md_items_list, METH_NOARGS, "A consistent snapshot: a list of (key, value) pairs."},
     {"_dict", md_dict, METH_NOARGS, "A consistent snapshot as a new dict."},
+    {"_iter_values", md_iter_values, METH_NOARGS, "An iterator over the values (iteration order)."},
+    {"_iter_items", md_iter_items, METH_NOARGS, "An iterator over the (key, value) pairs (iteration order)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyGetSetDef g_getset[] = {
@@ -920,19 +1831,30 @@ py::list run_passes(py::object store_obj, std::vector<FxNode> nodes, std::vector
     (void)passes::make_pass(n);  // unknown names: std::invalid_argument listing the valid ones
   }
   if (threads && *threads < 1) throw std::invalid_argument("run_passes: threads must be >= 1");
-  graph::Graph g = graph::Graph::over(store);
-  std::vector<graph::Node> gnodes;
-  gnodes.reserve(nodes.size());
+  PyStore& py_store = py::cast<PyStore&>(store_obj);
   for (FxNode& n : nodes) {
     if (!is_node(n.meta.ptr())) {
       throw std::invalid_argument("run_passes: node '" + n.name + "' has no nodemeta.NodeMetadata (attach the graph first)");
     }
-    NodeMetadata& md = md_of(n.meta.ptr());
-    if (&md.store() != &store) {
+    if (node_of(n.meta.ptr())->pystore != &py_store) {
       throw std::invalid_argument("run_passes: node '" + n.name + "' lives in another MetadataStore");
     }
+  }
+  // From here until the passes end, Python writes to this store go to C++ at once; the
+  // nodes' earlier Python writes are flushed into C++ first (a flush may run Python code, so
+  // other threads, whose writes then go to C++ too).
+  WriteThrough scope(&py_store);
+  graph::Graph g = graph::Graph::over(store);
+  std::vector<graph::Node> gnodes;
+  gnodes.reserve(nodes.size());
+  for (FxNode& n : nodes) {
+    if (synced(n.meta.ptr()) == nullptr) throw py::error_already_set();
+  }
+  for (FxNode& n : nodes) {
+    PyNode* pn = node_of(n.meta.ptr());
+    if (pn->dirty) throw std::logic_error("run_passes: a node was written during its flush");
     gnodes.push_back(graph::Node{std::move(n.name), std::move(n.op), std::move(n.target),
-                                 std::move(n.inputs), md.view()});
+                                 std::move(n.inputs), pn->md->view()});
   }
   g.replace_nodes(std::move(gnodes));
   if (training) g.attrs().emplace_back(std::string(passes::graph_attrs::kTraining), Value(*training));
@@ -943,7 +1865,6 @@ py::list run_passes(py::object store_obj, std::vector<FxNode> nodes, std::vector
     // back while the interpreter finalizes is stopped by a forced unwind, which must not
     // meet a noexcept frame.
     std::exception_ptr error;
-    PyStore& py_store = py::cast<PyStore&>(store_obj);
     ++g_cpp_active;
     ++py_store.passes_in_flight;
     PyThreadState* saved = PyEval_SaveThread();
@@ -963,6 +1884,12 @@ py::list run_passes(py::object store_obj, std::vector<FxNode> nodes, std::vector
     PyEval_RestoreThread(saved);
     --py_store.passes_in_flight;
     --g_cpp_active;
+    // The caches of nodes the passes changed would keep the objects they replaced alive
+    // until the next read: dropped now.
+    for (const FxNode& n : nodes) {
+      PyNode* pn = node_of(n.meta.ptr());
+      if (!pn->dirty && pn->cache != nullptr && pn->md->version() != pn->cache_version) mark_stale(pn);
+    }
     drain_pending();
     if (error) std::rethrow_exception(error);
   }
@@ -1066,12 +1993,21 @@ PYBIND11_MODULE(_core, m) {
       .def(py::init<py::object>(), py::arg("protected_keys") = py::none())
       .def("create",
            [](py::object self, py::object data) {
-             PyObject* r = create_in(node_type(), self.ptr(), data.ptr());
+             PyObject* r = create_in(node_type(), self.ptr(), &py::cast<PyStore&>(self), data.ptr());
              if (r == nullptr) throw py::error_already_set();
              return py::reinterpret_steal<py::object>(r);
            },
            py::arg("data") = py::none(), "A new node in this store holding a copy of data (protected keys allowed).")
-      .def("protect", [](PyStore& s, const std::string& k) { s.store().protect(Key(k)); }, py::arg("key"),
+      .def("protect",
+           [](PyStore& s, const std::string& k) {
+             // Python writes made so far reach the C++ nodes before the key is protected
+             // (they happened before it), and writes made meanwhile go to C++ at once.
+             WriteThrough scope(&s);
+             if (!flush_all(&s)) throw py::error_already_set();
+             s.store().protect(Key(k));
+             s.refresh_protected_names();
+           },
+           py::arg("key"),
            "Protect key from now on, in every node of this store.")
       .def("is_protected",
            [](PyStore& s, py::handle key) {
@@ -1080,7 +2016,11 @@ PYBIND11_MODULE(_core, m) {
              return k.has_value() && s.store().is_protected(*k);
            },
            py::arg("key"))
-      .def_property_readonly("node_count", [](PyStore& s) { return s.store().node_count(); })
+      .def_property_readonly("node_count",
+                             [](PyStore& s) {
+                               if (!flush_all(&s)) throw py::error_already_set();  // nodes Python made
+                               return s.store().node_count();
+                             })
       .def_property_readonly("protected_keys", [](PyStore& s) { return s.store().protected_keys(); })
       .def("__repr__", [](PyStore& s) {
         return std::string(s.is_default() ? "<nodemeta default MetadataStore" : "<nodemeta MetadataStore") +
@@ -1088,6 +2028,7 @@ PYBIND11_MODULE(_core, m) {
       });
 
   py::object default_store = py::cast(PyStore(MetadataStore::default_store()));
+  g_default_pystore = &py::cast<PyStore&>(default_store);
   g_default_store = default_store.release().ptr();
   m.attr("default_store") = py::handle(g_default_store);
 
@@ -1112,7 +2053,7 @@ PYBIND11_MODULE(_core, m) {
       throw py::type_error("_new_in: not a NodeMetadataBase subclass");
     }
     if (!py::isinstance<PyStore>(store)) throw py::type_error("_new_in: not a MetadataStore");
-    PyObject* r = create_in(reinterpret_cast<PyTypeObject*>(tp.ptr()), store.ptr(), nullptr);
+    PyObject* r = create_in(reinterpret_cast<PyTypeObject*>(tp.ptr()), store.ptr(), &py::cast<PyStore&>(store), nullptr);
     if (r == nullptr) throw py::error_already_set();
     return py::reinterpret_steal<py::object>(r);
   });
@@ -1149,14 +2090,18 @@ PYBIND11_MODULE(_core, m) {
   // What C++ code sees of a stored value (for tests and debugging): kind, type_name, repr.
   m.def("_cpp_view", [](py::handle md, const std::string& key) {
     if (!is_node(md.ptr())) throw py::type_error("_cpp_view: not a NodeMetadata");
-    const Value v = md_of(md.ptr()).at(Key(key));
+    NodeMetadata* node = synced(md.ptr());
+    if (node == nullptr) throw py::error_already_set();
+    const Value v = node->at(Key(key));
     static const char* const kKinds[] = {"none", "bool", "int", "double", "string", "list", "dict", "object"};
     return py::make_tuple(kKinds[static_cast<int>(v.kind())], v.type_name(), v.repr());
   });
   // v.as<T>() from C++, T in int, double, bool, str: BadValueCast becomes TypeError.
   m.def("_cpp_as", [](py::handle md, const std::string& key, const std::string& type) -> py::object {
     if (!is_node(md.ptr())) throw py::type_error("_cpp_as: not a NodeMetadata");
-    const Value v = md_of(md.ptr()).at(Key(key));
+    NodeMetadata* node = synced(md.ptr());
+    if (node == nullptr) throw py::error_already_set();
+    const Value v = node->at(Key(key));
     if (type == "int") return py::int_(v.as<std::int64_t>());
     if (type == "double") return py::float_(v.as<double>());
     if (type == "bool") return py::bool_(v.as<bool>());

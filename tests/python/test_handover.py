@@ -39,8 +39,10 @@ def retire_a_payload():
     p = Payload()
     ref = weakref.ref(p)
     md["k"] = p
+    _core._cpp_view(md, "k")  # flushed: the C++ node holds the Payload (Python writes are cached)
     del p
-    md["k"] = 0  # the box holding the Payload is retired, not yet released
+    md["k"] = 0
+    _core._cpp_view(md, "k")  # flushed: the box holding the Payload is retired, not yet released
     return md, ref
 
 
@@ -93,7 +95,9 @@ EXIT_SCRIPT = textwrap.dedent("""
 
     md = nodemeta.NodeMetadata()
     md["k"] = Payload()
+    _core._cpp_view(md, "k")  # Python writes are cached: flushed into the C++ node here
     md["k"] = 0
+    _core._cpp_view(md, "k")  # the box holding the Payload is retired
     _core._pause_next_handover(2.0)
     t = threading.Thread(target=nodemeta.release_retired_values, daemon=True)
     t.start()

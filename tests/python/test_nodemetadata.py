@@ -489,16 +489,21 @@ def test_cycles_through_the_store_are_collected():
         h = Holder()
         h.meta = nodemeta.NodeMetadata({"val": [1]})
         h.meta["back"] = h  # value -> holder -> node: a cycle through the C++ store
-        h.meta["copy_shares_boxes"] = [h]
-        h.other = h.meta.copy()  # shares every box with h.meta: those are never visited
+        h.meta["copy_shares_the_cache"] = [h]
+        h.other = h.meta.copy()  # shares h.meta's cache dict (visited by both), not C++ boxes
         return weakref.ref(h)
 
     refs = [make() for _ in range(50)]
     gc.collect()
-    # A box two nodes share is never visited (conservative): these cycles stay...
-    assert all(r() is not None for r in refs)
-    for r in refs:
-        del r().other  # ...until the sharing ends: then the node holds its boxes alone
+    assert all(r() is None for r in refs)
+
+    def flushed():
+        h = make()()
+        _core._cpp_view(h.meta, "back")  # both nodes in the C++ store, each with its own box
+        _core._cpp_view(h.other, "back")
+        return weakref.ref(h)
+
+    refs = [flushed() for _ in range(50)]
     gc.collect()
     assert all(r() is None for r in refs)
     def lone():

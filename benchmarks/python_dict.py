@@ -1,0 +1,254 @@
+#!/usr/bin/python3
+"""nodemeta.NodeMetadata against the plain dict it replaces as torch.fx's ``node.meta``,
+per operation, and per pass, interleaved in one process.
+
+  --mode=ops     timeit per op (one thread): reads, writes of each value type, iteration,
+                 copy, creation, on dict, on nodemeta.NodeMetadata (a store without
+                 protected keys, as a torch.fx user replacing node.meta would use) and on
+                 PyTorch's class (benchmarks/python_original.py) where it has the op.
+                 Repetitions interleave the three, so noise hits all of them.
+  --mode=passes  on a traced torchvision model: (a) a Python pass that reads tensor_meta
+                 and writes one key per node, (b) ShapeProp then that pass, each on the
+                 graph with dict metas and with NodeMetadata metas (attached), interleaved.
+
+Prints a table (and with --json one JSON object). Needs nodemeta importable
+(PYTHONPATH=build/release/python); --mode=passes and the TensorMetadata / FakeTensor rows
+need torch (the rows are left out without it).
+"""
+import argparse
+import json
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import timeit
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import python_original as original  # noqa: E402
+import nodemeta  # noqa: E402
+
+KEYS = ["val", "stack_trace", "nn_module_stack", "debug_handle", "tensor_meta", "flops"]
+
+
+class Opaque:
+    pass
+
+
+def sample_values():
+    """The values the write rows store (one object each, made once)."""
+    values = {"int": 12345, "str": "torch.float32", "list": [1, 2, 3], "tuple": (1, 2, 3),
+              "object": Opaque()}
+    try:
+        import torch
+        from torch.fx.passes.shape_prop import _extract_tensor_metadata
+        t = torch.randn(2, 3)
+        values["TensorMetadata"] = _extract_tensor_metadata(t)
+        try:
+            from torch._subclasses.fake_tensor import FakeTensorMode
+            with FakeTensorMode() as mode:
+                values["FakeTensor"] = mode.from_tensor(t)
+        except Exception:  # noqa: BLE001 (no fake tensors in this torch)
+            pass
+    except ImportError:
+        pass
+    return values
+
+
+def node_data():
+    return {k: i for i, k in enumerate(KEYS)} | {"stack_trace": "File x.py, line 1", "flops": [1, 2]}
+
+
+# (row name, statement, which implementations have it). `md` is the mapping under test,
+# `C` its class, `data` a dict of six keys, `v` the value of a write row.
+READS = [
+    ("get (hit)", "md.get('val')", "dn"),
+    ("get (miss)", "md.get('nope')", "dn"),
+    ("md[k]", "md['val']", "dno"),
+    ("k in md", "'val' in md", "dno"),
+    ("len(md)", "len(md)", "dn"),
+]
+OTHERS = [
+    ("for k in md", "for k in md: pass", "dn"),
+    ("for k, v in md.items()", "for k, v in md.items(): pass", "dn"),
+    ("for k in md.keys()", "for k in md.keys(): pass", "dn"),
+    ("md.copy()", "md.copy()", "dno"),
+    ("setdefault (present)", "md.setdefault('val', 0)", "dn"),
+    ("C(data) (6 keys)", "C(data)", "dno"),
+    ("C() (empty)", "C()", "dn"),
+]
+
+
+def make_impls():
+    store = nodemeta.MetadataStore(protected_keys=())
+    data = node_data()
+
+    def nm(d=None):
+        return store.create(d)
+
+    return {
+        "d": ("dict", dict, dict(data)),
+        "n": ("nodemeta", nm, store.create(data)),
+        "o": ("original", original.NodeMetadata, original.NodeMetadata(data)),
+    }, data, store
+
+
+def rows_spec(values):
+    rows = list(READS)
+    for name in values:
+        rows.append((f"md[k] = v ({name})", "md['flops'] = v", "dno", name))
+    rows += OTHERS
+    return [r if len(r) == 4 else (*r, None) for r in rows]
+
+
+def mode_ops(reps, number):
+    values = sample_values()
+    impls, data, store = make_impls()
+    # C(data) for nodemeta: a node of the same store (NodeMetadata(data) is the default store's).
+    classes = {"d": dict, "n": nodemeta.NodeMetadata, "o": original.NodeMetadata}
+    specs = rows_spec(values)
+    timers = {}
+    for name, stmt, which, vname in specs:
+        for code in which:
+            label, _, md = impls[code]
+            ns = {"md": md, "C": classes[code], "data": data, "v": values.get(vname)}
+            timers[(name, code)] = timeit.Timer(stmt, globals=ns)
+    empty = timeit.Timer("pass")
+    samples = {k: [] for k in timers}
+    loop = []
+    for _ in range(reps):
+        loop.append(empty.timeit(number))
+        for name, _, which, _ in specs:
+            for code in which:  # interleaved: noise hits every implementation
+                if (name, code) in timers:
+                    samples[(name, code)].append(timers[(name, code)].timeit(number))
+    loop_ns = statistics.median(loop) / number * 1e9
+    rows = []
+    for name, _, which, _ in specs:
+        row = {"op": name}
+        per = {}
+        for code in which:
+            if (name, code) not in samples:
+                continue
+            s = [x / number * 1e9 for x in samples[(name, code)]]
+            per[code] = s
+            row[impls[code][0] + "_ns"] = round(statistics.median(s), 1)
+        if "n" in per:
+            ratios = sorted(n / d for n, d in zip(per["n"], per["d"]))
+            row["nodemeta_over_dict"] = round(statistics.median(ratios), 2)
+            row["ratio_min"] = round(ratios[0], 2)
+            row["ratio_max"] = round(ratios[-1], 2)
+        rows.append(row)
+    return {"mode": "ops", "reps": reps, "number": number, "loop_ns": round(loop_ns, 1), "rows": rows,
+            "note": "ns per op, timeit's loop included (loop_ns is an empty statement's)"}
+
+
+def tensor_meta_pass(gm):
+    """A user's pass: reads tensor_meta, writes one key per node."""
+    for n in gm.graph.nodes:
+        tm = n.meta.get("tensor_meta")
+        if tm is not None and hasattr(tm, "shape"):
+            numel = 1
+            for d in tm.shape:
+                numel *= d
+            n.meta["numel"] = numel
+        else:
+            n.meta["numel"] = None
+
+
+def mode_passes(reps, model_name):
+    import copy
+    import time
+
+    import torch
+    import torch.fx
+    import torchvision
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    import nodemeta.fx
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, model_name)().eval()
+    x = torch.randn(1, 3, 224, 224)
+    base = torch.fx.symbolic_trace(model)
+
+    def plain():
+        gm = copy.deepcopy(base)
+        return gm
+
+    def attached():
+        gm = copy.deepcopy(base)
+        nodemeta.fx.attach(gm, nodemeta.MetadataStore(protected_keys=()))
+        return gm
+
+    propagated = {"dict": plain(), "nodemeta": attached()}
+    with torch.no_grad():
+        for gm in propagated.values():
+            ShapeProp(gm).propagate(x)
+    # Same results first.
+    for gm in propagated.values():
+        tensor_meta_pass(gm)
+    same = [n.meta["numel"] for n in propagated["dict"].graph.nodes] == \
+        [n.meta["numel"] for n in propagated["nodemeta"].graph.nodes]
+
+    samples = {("pass", "dict"): [], ("pass", "nodemeta"): [],
+               ("shapeprop+pass", "dict"): [], ("shapeprop+pass", "nodemeta"): []}
+    for _ in range(reps):
+        for impl, gm in propagated.items():
+            t = time.perf_counter()
+            tensor_meta_pass(gm)
+            samples[("pass", impl)].append(time.perf_counter() - t)
+        for impl, make in (("dict", plain), ("nodemeta", attached)):
+            gm = make()
+            t = time.perf_counter()
+            with torch.no_grad():
+                ShapeProp(gm).propagate(x)
+            tensor_meta_pass(gm)
+            samples[("shapeprop+pass", impl)].append(time.perf_counter() - t)
+    rows = []
+    for what in ("pass", "shapeprop+pass"):
+        d = samples[(what, "dict")]
+        n = samples[(what, "nodemeta")]
+        ratios = sorted(a / b for a, b in zip(n, d))
+        rows.append({"op": what, "dict_ms": round(statistics.median(d) * 1e3, 3),
+                     "nodemeta_ms": round(statistics.median(n) * 1e3, 3),
+                     "nodemeta_over_dict": round(statistics.median(ratios), 3),
+                     "ratio_min": round(ratios[0], 3), "ratio_max": round(ratios[-1], 3)})
+    return {"mode": "passes", "model": model_name, "nodes": len(base.graph.nodes), "reps": reps,
+            "same_results": same, "rows": rows}
+
+
+def print_table(result):
+    rows = result["rows"]
+    cols = [c for c in ("dict_ns", "nodemeta_ns", "original_ns", "dict_ms", "nodemeta_ms")
+            if any(c in r for r in rows)]
+    head = ["op", *cols, "nodemeta/dict", "min", "max"]
+    print(" | ".join(head))
+    for r in rows:
+        print(" | ".join([r["op"], *[str(r.get(c, "")) for c in cols], str(r.get("nodemeta_over_dict", "")),
+                          str(r.get("ratio_min", "")), str(r.get("ratio_max", ""))]))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["ops", "passes"], default="ops")
+    ap.add_argument("--reps", type=int, default=15)
+    ap.add_argument("--number", type=int, default=200_000, help="timeit's number per sample (ops)")
+    ap.add_argument("--model", default="resnet50", help="torchvision model (passes)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    a = ap.parse_args()
+    result = mode_ops(a.reps, a.number) if a.mode == "ops" else mode_passes(a.reps, a.model)
+    result["python"] = platform.python_version()
+    result["nodemeta_from"] = os.path.dirname(nodemeta.__file__)
+    result["load_average"] = os.getloadavg()
+    if a.json:
+        print(json.dumps(result))
+    else:
+        print(f"# {result['mode']}, reps {result['reps']}, load average {result['load_average']}")
+        print_table(result)
+
+
+if __name__ == "__main__":
+    main()
