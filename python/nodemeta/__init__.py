@@ -29,6 +29,7 @@ store in one pickle come back in one new store; the default store's in the defau
 import collections.abc as _abc
 import copy as _copy
 import copyreg as _copyreg
+import types as _types
 
 from . import _core
 
@@ -63,7 +64,7 @@ def _set_extra_state(obj, d, slots):
         setattr(obj, name, value)
 
 
-class NodeMetadata(_core.NodeMetadataBase, _abc.MutableMapping):
+class NodeMetadata(_core.NodeMetadataBase):
     """NodeMetadata(data=None): a node's metadata, holding a copy of ``data``.
 
     ``data`` is a dict (or any mapping, or iterable of pairs); protected keys may be given
@@ -73,6 +74,7 @@ class NodeMetadata(_core.NodeMetadataBase, _abc.MutableMapping):
     """
 
     __slots__ = ()
+    __class_getitem__ = classmethod(_types.GenericAlias)
 
     def __reduce_ex__(self, protocol):
         # _restore_node: the node is made without __init__, in its store, and memoized before
@@ -120,30 +122,26 @@ def _reduce_store(store):
 _copyreg.pickle(MetadataStore, _reduce_store)
 
 
-class _KeysView(_abc.KeysView):
+# The views iterate with the C bases' tp_iter (NodeMetadata's own iterators); md.keys()
+# and friends make them without calling MappingView.__init__.
+class _KeysView(_core._KeysIter, _abc.KeysView):
     __slots__ = ()
 
-    def __iter__(self):
-        return iter(self._mapping)
 
-
-class _ValuesView(_abc.ValuesView):
+class _ValuesView(_core._ValuesIter, _abc.ValuesView):
     __slots__ = ()
-
-    def __iter__(self):
-        return self._mapping._iter_values()
 
     def __contains__(self, value):
         return any(v is value or v == value for _, v in self._mapping._items())
 
 
-class _ItemsView(_abc.ItemsView):
+class _ItemsView(_core._ItemsIter, _abc.ItemsView):
     __slots__ = ()
 
-    def __iter__(self):
-        return self._mapping._iter_items()
 
-
+# A virtual MutableMapping (registered, not inherited: NodeMetadata implements every method
+# itself, and a class whose metaclass is `type` can be called without an argument tuple).
+_abc.MutableMapping.register(NodeMetadata)
 _core._set_node_type(NodeMetadata, (_KeysView, _ValuesView, _ItemsView))
 
 # How C++ sees torch objects (TensorMetadata, torch.Size, dtypes, tensors, classes): the

@@ -1661,10 +1661,10 @@ PyObject* md_setstate(PyObject* self, PyObject* state) {
   WriteThrough scope(n->pystore);
   std::vector<KeyValue> items;
   if (!mapping_items(state, items)) return nullptr;
-  NodeMetadata* md = synced(self);
-  if (md == nullptr) return nullptr;
   try {
     for (auto& [k, v] : items) {
+      NodeMetadata* md = synced(self);  // again each time: a write may run Python code
+      if (md == nullptr) return nullptr;
       if (!md->set_once(k, v) && md->try_set(k, v) == WriteResult::kRejectedProtected) {
         mark_stale(n);
         py::str name(std::string(k.name()));
@@ -1726,12 +1726,83 @@ PyObject* md_repr(PyObject* self) {
   return result;
 }
 
+// The views (nodemeta's KeysView, ValuesView, ItemsView subclasses) are made here without
+// calling their Python __init__: the mapping goes straight into MappingView's `_mapping`
+// slot (its offset read from the slot's descriptor by _set_node_type).
+Py_ssize_t g_mapping_offset = 0;
+
 PyObject* make_view(PyObject* self, int which) {
   if (g_views == nullptr) {
     PyErr_SetString(PyExc_RuntimeError, "nodemeta: views not initialised (import nodemeta)");
     return nullptr;
   }
-  return PyObject_CallOneArg(PyTuple_GET_ITEM(g_views, which), self);
+  auto* tp = reinterpret_cast<PyTypeObject*>(PyTuple_GET_ITEM(g_views, which));
+  if (g_mapping_offset <= 0) return PyObject_CallOneArg(reinterpret_cast<PyObject*>(tp), self);
+  PyObject* view = tp->tp_alloc(tp, 0);
+  if (view == nullptr) return nullptr;
+  Py_INCREF(self);
+  *reinterpret_cast<PyObject**>(reinterpret_cast<char*>(view) + g_mapping_offset) = self;
+  return view;
+}
+
+// tp_iter of the views' C bases: the node's own iterators (keys, values, items).
+template <int Which>
+PyObject* view_type_iter(PyObject* view) {
+  PyObject* m = g_mapping_offset > 0
+                    ? *reinterpret_cast<PyObject**>(reinterpret_cast<char*>(view) + g_mapping_offset)
+                    : nullptr;
+  if (m == nullptr || !is_node(m)) {
+    PyErr_SetString(PyExc_TypeError, "nodemeta view: not a view of a NodeMetadata");
+    return nullptr;
+  }
+  return view_iter(m, Which);
+}
+
+PyType_Slot g_keys_iter_slots[] = {{Py_tp_iter, reinterpret_cast<void*>(view_type_iter<0>)}, {0, nullptr}};
+PyType_Slot g_values_iter_slots[] = {{Py_tp_iter, reinterpret_cast<void*>(view_type_iter<1>)}, {0, nullptr}};
+PyType_Slot g_items_iter_slots[] = {{Py_tp_iter, reinterpret_cast<void*>(view_type_iter<2>)}, {0, nullptr}};
+PyType_Spec g_view_specs[] = {
+    {"nodemeta._core._KeysIter", sizeof(PyObject), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, g_keys_iter_slots},
+    {"nodemeta._core._ValuesIter", sizeof(PyObject), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, g_values_iter_slots},
+    {"nodemeta._core._ItemsIter", sizeof(PyObject), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE, g_items_iter_slots},
+};
+
+// NodeMetadata(data=None) called with at most one positional argument: made here, without
+// the argument tuple type_call builds (set as nodemeta.NodeMetadata's tp_vectorcall).
+PyObject* md_vectorcall(PyObject* callable, PyObject* const* args, std::size_t nargsf, PyObject* kwnames) {
+  const Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+  auto* tp = reinterpret_cast<PyTypeObject*>(callable);
+  if (kwnames != nullptr || nargs > 1 || tp->tp_init != md_init || tp->tp_new != md_new) {
+    PyObject* tuple = PyTuple_New(nargs);
+    if (tuple == nullptr) return nullptr;
+    for (Py_ssize_t i = 0; i < nargs; ++i) {
+      Py_INCREF(args[i]);
+      PyTuple_SET_ITEM(tuple, i, args[i]);
+    }
+    PyObject* kw = nullptr;
+    if (kwnames != nullptr) {
+      kw = PyDict_New();
+      for (Py_ssize_t i = 0; kw != nullptr && i < PyTuple_GET_SIZE(kwnames); ++i) {
+        if (PyDict_SetItem(kw, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) != 0) Py_CLEAR(kw);
+      }
+      if (kw == nullptr) {
+        Py_DECREF(tuple);
+        return nullptr;
+      }
+    }
+    PyObject* r = PyType_Type.tp_call(callable, tuple, kw);
+    Py_DECREF(tuple);
+    Py_XDECREF(kw);
+    return r;
+  }
+  PyObject* data = nargs == 1 && args[0] != Py_None ? args[0] : nullptr;
+  PyObject* cache = nullptr;
+  if (data != nullptr) {
+    cache = cache_from(data);
+    if (cache == nullptr) return nullptr;
+  }
+  const bool unsorted = cache != nullptr && PyDict_GET_SIZE(cache) > 1;
+  return new_node(tp, g_default_store, g_default_pystore, std::nullopt, cache, unsorted);
 }
 PyObject* md_keys(PyObject* self, PyObject*) { return make_view(self, 0); }
 PyObject* md_values(PyObject* self, PyObject*) { return make_view(self, 1); }
@@ -1843,16 +1914,25 @@ py::list run_passes(py::object store_obj, std::vector<FxNode> nodes, std::vector
   // From here until the passes end, Python writes to this store go to C++ at once; the
   // nodes' earlier Python writes are flushed into C++ first (a flush may run Python code, so
   // other threads, whose writes then go to C++ too).
+  // passes_in_flight is counted from here too: no node is reset (__init__) meanwhile.
   WriteThrough scope(&py_store);
+  struct InFlight {
+    PyStore& s;
+    explicit InFlight(PyStore& store) : s(store) { ++s.passes_in_flight; }
+    ~InFlight() { --s.passes_in_flight; }
+  } in_flight(py_store);
   graph::Graph g = graph::Graph::over(store);
   std::vector<graph::Node> gnodes;
   gnodes.reserve(nodes.size());
-  for (FxNode& n : nodes) {
-    if (synced(n.meta.ptr()) == nullptr) throw py::error_already_set();
+  for (bool again = true; again;) {  // until none is dirty (none should be after one round)
+    again = false;
+    for (FxNode& n : nodes) {
+      if (synced(n.meta.ptr()) == nullptr) throw py::error_already_set();
+    }
+    for (FxNode& n : nodes) again = again || node_of(n.meta.ptr())->dirty;
   }
   for (FxNode& n : nodes) {
     PyNode* pn = node_of(n.meta.ptr());
-    if (pn->dirty) throw std::logic_error("run_passes: a node was written during its flush");
     gnodes.push_back(graph::Node{std::move(n.name), std::move(n.op), std::move(n.target),
                                  std::move(n.inputs), pn->md->view()});
   }
@@ -1866,7 +1946,6 @@ py::list run_passes(py::object store_obj, std::vector<FxNode> nodes, std::vector
     // meet a noexcept frame.
     std::exception_ptr error;
     ++g_cpp_active;
-    ++py_store.passes_in_flight;
     PyThreadState* saved = PyEval_SaveThread();
     try {
       tbb::task_arena arena(threads ? *threads : tbb::task_arena::automatic);
@@ -1882,7 +1961,6 @@ py::list run_passes(py::object store_obj, std::vector<FxNode> nodes, std::vector
       error = std::current_exception();
     }
     PyEval_RestoreThread(saved);
-    --py_store.passes_in_flight;
     --g_cpp_active;
     // The caches of nodes the passes changed would keep the objects they replaced alive
     // until the next read: dropped now.
@@ -2036,6 +2114,9 @@ PYBIND11_MODULE(_core, m) {
   if (base == nullptr) throw py::error_already_set();
   g_base_type = reinterpret_cast<PyTypeObject*>(base);
   m.attr("NodeMetadataBase") = py::handle(base);
+  m.attr("_KeysIter") = py::reinterpret_steal<py::object>(PyType_FromSpec(&g_view_specs[0]));
+  m.attr("_ValuesIter") = py::reinterpret_steal<py::object>(PyType_FromSpec(&g_view_specs[1]));
+  m.attr("_ItemsIter") = py::reinterpret_steal<py::object>(PyType_FromSpec(&g_view_specs[2]));
 
   m.def("_set_node_type", [](py::object tp, py::tuple views) {
     if (!PyType_Check(tp.ptr()) || !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(tp.ptr()), g_base_type)) {
@@ -2043,8 +2124,16 @@ PYBIND11_MODULE(_core, m) {
     }
     Py_INCREF(tp.ptr());
     g_node_type = reinterpret_cast<PyTypeObject*>(tp.ptr());
+    // NodeMetadata(...) without type_call's argument tuple (tp_vectorcall is what calling a
+    // class whose metaclass is `type` uses when set; never inherited by subclasses).
+    if (Py_TYPE(tp.ptr()) == &PyType_Type) g_node_type->tp_vectorcall = md_vectorcall;
     Py_INCREF(views.ptr());
     Py_XSETREF(g_views, views.ptr());
+    py::object slot = py::module_::import("collections.abc").attr("MappingView").attr("__dict__")["_mapping"];
+    if (Py_TYPE(slot.ptr()) == &PyMemberDescr_Type) {
+      const PyMemberDef* member = reinterpret_cast<PyMemberDescrObject*>(slot.ptr())->d_member;
+      if (member->type == T_OBJECT_EX) g_mapping_offset = member->offset;
+    }
   });
   // An empty node of type tp (a NodeMetadataBase subclass) in store, __init__ not called
   // (what unpickling a NodeMetadata builds before its entries are set).
