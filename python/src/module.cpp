@@ -75,7 +75,17 @@ class PyStore {
     py::list names = py::cast(store_->protected_keys());
     PyObject* set = PyFrozenSet_New(names.ptr());
     if (set == nullptr) throw py::error_already_set();
+    std::uint64_t mask = 0;
+    for (py::handle name : names) mask |= std::uint64_t{1} << (static_cast<std::uint64_t>(PyObject_Hash(name.ptr())) & 63);
     protected_names_ = py::reinterpret_steal<py::object>(set);
+    protected_mask_ = mask;
+  }
+  // Whether the exact str `key` is protected: 1, 0, -1 error. A 64-bit filter of the names'
+  // hashes answers most keys without a set lookup.
+  int is_protected_name(PyObject* key) const {
+    const Py_hash_t h = reinterpret_cast<PyASCIIObject*>(key)->hash;
+    if (h != -1 && (protected_mask_ & (std::uint64_t{1} << (static_cast<std::uint64_t>(h) & 63))) == 0) return 0;
+    return PySet_Contains(protected_names_.ptr(), key);
   }
   // run_passes calls on this store in flight (changed only with the GIL held).
   int passes_in_flight = 0;
@@ -90,6 +100,7 @@ class PyStore {
   std::unique_ptr<MetadataStore> owned_;
   MetadataStore* store_;
   py::object protected_names_;
+  std::uint64_t protected_mask_ = 0;
 };
 
 // --- the NodeMetadata type ------------------------------------------------------------
@@ -237,13 +248,35 @@ bool write_key(PyObject* key, Key& out) {
 // Whether an exact str may be a key (what Key() accepts); false with the error Key() gives
 // (ValueError for a NUL, UnicodeEncodeError for lone surrogates). Short ASCII names are
 // checked in place; others are interned, as any written key is.
+// The str objects last found valid, by address (each held, so the address is not reused
+// while cached): the same key objects come back again and again (literals, interned names).
+constexpr std::size_t kValidKeySlots = 256;
+PyObject* g_valid_keys[kValidKeySlots] = {};
+
+std::size_t valid_key_slot(PyObject* o) {
+  const auto a = reinterpret_cast<std::uintptr_t>(o);
+  return ((a >> 4) ^ (a >> 12)) & (kValidKeySlots - 1);
+}
+
+void clear_valid_keys() {
+  for (PyObject*& o : g_valid_keys) Py_CLEAR(o);
+}
+
 bool valid_key(PyObject* key) {
+  PyObject*& cached = g_valid_keys[valid_key_slot(key)];
+  if (cached == key) return true;
+  bool ok = false;
   if (PyUnicode_IS_COMPACT_ASCII(key) && PyUnicode_GET_LENGTH(key) <= 4096) {
     const char* s = static_cast<const char*>(PyUnicode_DATA(key));
-    if (std::memchr(s, 0, static_cast<std::size_t>(PyUnicode_GET_LENGTH(key))) == nullptr) return true;
+    ok = std::memchr(s, 0, static_cast<std::size_t>(PyUnicode_GET_LENGTH(key))) == nullptr;
   }
-  Key k = keys::val;  // overwritten
-  return write_key(key, k);
+  if (!ok) {
+    Key k = keys::val;  // overwritten
+    if (!write_key(key, k)) return false;
+  }
+  Py_INCREF(key);
+  Py_XSETREF(cached, key);
+  return true;
 }
 
 // The exact str a write stores under (new reference): `key` itself, or a str subclass's
@@ -1213,7 +1246,7 @@ int md_ass_subscript(PyObject* self, PyObject* key, PyObject* value) {
     Py_DECREF(text);
     return r;
   }
-  const int p = PySet_Contains(n->pystore->protected_names(), key);
+  const int p = n->pystore->is_protected_name(key);
   if (p != 0) {  // as the original: whether or not the key is present
     if (p > 0) set_protected_error(key);
     return -1;
@@ -1238,7 +1271,7 @@ PyObject* md_try_set(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   PyNode* n = node_of(self);
   py::object key = py::reinterpret_steal<py::object>(exact_key(args[0]));
   if (!key) return nullptr;
-  const int p = PySet_Contains(n->pystore->protected_names(), key.ptr());
+  const int p = n->pystore->is_protected_name(key.ptr());
   if (p < 0) return nullptr;
   int r = static_cast<int>(WriteResult::kRejectedProtected);
   if (p == 0) {
@@ -1326,7 +1359,7 @@ PyObject* md_pop(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
         set_key_error(args[0]);
         return nullptr;
       }
-      const int p = PySet_Contains(n->pystore->protected_names(), args[0]);
+      const int p = n->pystore->is_protected_name(args[0]);
       if (p != 0) {
         if (p > 0) set_protected_error(args[0]);
         return nullptr;
@@ -1379,7 +1412,7 @@ PyObject* md_setdefault(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
         return v;
       }
       if (PyErr_Occurred()) return nullptr;
-      const int p = PySet_Contains(n->pystore->protected_names(), args[0]);
+      const int p = n->pystore->is_protected_name(args[0]);
       if (p != 0) {
         if (p > 0) set_protected_error(args[0]);
         return nullptr;
@@ -1455,7 +1488,7 @@ PyObject* md_update(PyObject* self, PyObject* args, PyObject* kwds) {
     PyObject* k;
     PyObject* v;
     while (PyDict_Next(entries.ptr(), &pos, &k, &v)) {
-      const int p = PySet_Contains(n->pystore->protected_names(), k);
+      const int p = n->pystore->is_protected_name(k);
       if (p != 0) {
         if (p > 0) set_protected_error(k);
         return nullptr;
@@ -2149,6 +2182,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("_set_converter_hook", [](py::object fn) { set_converter_hook(fn.ptr()); });
   m.def("_shutdown", [] {
     clear_caches();
+    clear_valid_keys();
     release_without_gil();
     shut_down_handover();
   });
