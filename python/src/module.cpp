@@ -298,6 +298,8 @@ PyObject* key_object(std::string_view name) {
   return PyUnicode_DecodeUTF8(name.data(), static_cast<Py_ssize_t>(name.size()), "surrogateescape");
 }
 
+Py_ssize_t dict_size(PyObject* d) { return reinterpret_cast<PyDictObject*>(d)->ma_used; }
+
 std::uint64_t dict_tag(PyObject* d) {
   _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wdeprecated-declarations\"")
   return reinterpret_cast<PyDictObject*>(d)->ma_version_tag;
@@ -397,8 +399,8 @@ inline int fresh(PyNode* n) {
 
 // Whether `cache` (a node's, maybe nullptr) holds exactly the objects of `snap`.
 bool cache_matches(PyObject* cache, PyObject* snap) {
-  const Py_ssize_t size = cache != nullptr ? PyDict_GET_SIZE(cache) : 0;
-  if (size != PyDict_GET_SIZE(snap)) return false;
+  const Py_ssize_t size = cache != nullptr ? dict_size(cache) : 0;
+  if (size != dict_size(snap)) return false;
   Py_ssize_t pos = 0;
   PyObject* k;
   PyObject* o;
@@ -613,9 +615,9 @@ Prepared prepare_write(PyNode* n) {
 // (valid_key) after the store and taken out again if it is not valid.
 int cache_store(PyNode* n, PyObject* key, PyObject* value) {
   PyObject* d = n->cache;
-  const Py_ssize_t before = PyDict_GET_SIZE(d);
+  const Py_ssize_t before = dict_size(d);
   if (PyDict_SetItem(d, key, value) != 0) return -1;  // may run __del__ of the old value
-  if (n->cache == d && PyDict_GET_SIZE(d) > before) {
+  if (n->cache == d && dict_size(d) > before) {
     if (!valid_key(key)) {
       PyObject* type;
       PyObject* error;
@@ -724,7 +726,7 @@ PyObject* cache_from(PyObject* data) {
 PyObject* create_in(PyTypeObject* tp, PyObject* store_obj, PyStore* ps, PyObject* data) {
   PyObject* cache = cache_from(data);
   if (cache == nullptr) return nullptr;
-  const bool unsorted = PyDict_GET_SIZE(cache) > 1;
+  const bool unsorted = dict_size(cache) > 1;
   return new_node(tp, store_obj, ps, std::nullopt, cache, unsorted);
 }
 
@@ -765,7 +767,7 @@ int md_init(PyObject* self, PyObject* args, PyObject* kwds) {
   std::optional<NodeMetadata> old_md = std::exchange(n->md, std::nullopt);
   PyObject* old_cache = n->cache;
   n->cache = cache;
-  n->unsorted = PyDict_GET_SIZE(cache) > 1;
+  n->unsorted = dict_size(cache) > 1;
   n->cache_version = kStale;
   link_dirty(n);
   Py_XDECREF(old_cache);
@@ -965,7 +967,7 @@ Py_ssize_t md_length(PyObject* self) {
   PyNode* n = node_of(self);
   const int f = fresh(n);
   if (f < 0) return -1;
-  if (f > 0) return n->cache != nullptr ? PyDict_GET_SIZE(n->cache) : 0;
+  if (f > 0) return n->cache != nullptr ? dict_size(n->cache) : 0;
   try {
     return static_cast<Py_ssize_t>(n->md->size());
   } catch (...) {
@@ -1502,10 +1504,10 @@ PyObject* md_update(PyObject* self, PyObject* args, PyObject* kwds) {
       case Prepared::kError:
         return nullptr;
       case Prepared::kCache: {
-        const Py_ssize_t before = PyDict_GET_SIZE(n->cache);
+        const Py_ssize_t before = dict_size(n->cache);
         if (PyDict_Update(n->cache, entries.ptr()) != 0) return nullptr;
-        if (PyDict_GET_SIZE(n->cache) > before && before > 0) n->unsorted = true;
-        if (before == 0 && PyDict_GET_SIZE(entries.ptr()) > 1) n->unsorted = true;
+        if (dict_size(n->cache) > before && before > 0) n->unsorted = true;
+        if (before == 0 && dict_size(entries.ptr()) > 1) n->unsorted = true;
         Py_RETURN_NONE;
       }
       case Prepared::kWriteThrough:
@@ -1686,7 +1688,7 @@ PyObject* md_setstate(PyObject* self, PyObject* state) {
     if (cache == nullptr) return nullptr;
     if (!n->md && n->cache == nullptr) {
       n->cache = cache;
-      n->unsorted = PyDict_GET_SIZE(cache) > 1;
+      n->unsorted = dict_size(cache) > 1;
       Py_RETURN_NONE;
     }
     Py_DECREF(cache);
@@ -1834,7 +1836,7 @@ PyObject* md_vectorcall(PyObject* callable, PyObject* const* args, std::size_t n
     cache = cache_from(data);
     if (cache == nullptr) return nullptr;
   }
-  const bool unsorted = cache != nullptr && PyDict_GET_SIZE(cache) > 1;
+  const bool unsorted = cache != nullptr && dict_size(cache) > 1;
   return new_node(tp, g_default_store, g_default_pystore, std::nullopt, cache, unsorted);
 }
 PyObject* md_keys(PyObject* self, PyObject*) { return make_view(self, 0); }
