@@ -459,6 +459,64 @@ def python_section(L, results):
                  f"thread ({p['speedup_1']:.1f}x) and {p['nodemeta_2_ms']:.2f} ms at 2 threads ({p['speedup_2']:.1f}x) "
                  "(`benchmarks/python_bench.py --mode=passes`).")
         L.append("")
+    python_dict_section(L, results)
+
+
+# Issue 23's goals against plain dict, per row of benchmarks/python_dict.py (None: no goal).
+DICT_GOALS = {"get (hit)": 1.2, "get (miss)": 1.2, "md[k]": 1.2, "k in md": 1.2, "len(md)": 1.2,
+              "for k in md": 1.5, "for k, v in md.items()": 1.5, "for k in md.keys()": 1.5,
+              "md.copy()": 1.5, "C(data) (6 keys)": 1.5, "C() (empty)": 1.5,
+              "pass": 1.15, "shapeprop+pass": 1.15}
+
+
+def dict_goal(op):
+    if op.startswith("md[k] = v"):
+        return 1.5
+    return DICT_GOALS.get(op)
+
+
+def python_dict_section(L, results):
+    """Issue 23: nodemeta.NodeMetadata against the plain dict torch.fx's node.meta is."""
+    ops_path = os.path.join(results, "python_dict_ops.json")
+    if not os.path.exists(ops_path):
+        return
+    with open(ops_path) as f:
+        ops = json.load(f)
+    L.append(f"**Against plain `dict`** (issue 23), per op, `timeit` in one process, CPython {ops['python']}, a node of "
+             f"six keys in a store without protected keys, {ops['reps']} repetitions of {ops['number']:,} ops "
+             "interleaved between dict, nodemeta and PyTorch's class, median ns per op (timeit's loop included) and "
+             "the median of the per-repetition ratios, with their range (`benchmarks/python_dict.py --mode=ops`; "
+             f"load average at the start {', '.join(f'{x:.1f}' for x in ops['load_average'])}).")
+    L.append("")
+    L.append("| operation | dict ns | nodemeta ns | original ns | nodemeta / dict (range) | goal |")
+    L.append("|---|---:|---:|---:|---:|---|")
+    for r in ops["rows"]:
+        goal = dict_goal(r["op"])
+        ratio = r.get("nodemeta_over_dict")
+        orig = f"{r['original_ns']:.1f}" if "original_ns" in r else ""
+        g = f"<= {goal}x: {verdict(ratio <= goal)}" if goal is not None and ratio is not None else ""
+        L.append(f"| `{r['op']}` | {r['dict_ns']:.1f} | {r['nodemeta_ns']:.1f} | {orig} | {ratio:.2f}x "
+                 f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | {g} |")
+    L.append("")
+    passes_path = os.path.join(results, "python_dict_passes.json")
+    if os.path.exists(passes_path):
+        with open(passes_path) as f:
+            p = json.load(f)
+        L.append(f"Per pass on a traced torchvision {p['model']} ({p['nodes']} nodes, `symbolic_trace`), node.meta as "
+                 f"dicts and as NodeMetadata (attached, a store without protected keys), median of {p['reps']} "
+                 "interleaved: a Python pass reading `tensor_meta` and writing one key per node; the same pass right "
+                 "after `run_passes` wrote every node; ShapeProp then the pass (`benchmarks/python_dict.py "
+                 "--mode=passes`). Results " + ("identical." if p["same_results"] else "**differ**."))
+        L.append("")
+        L.append("| pass | dict ms | nodemeta ms | nodemeta / dict (range) | goal |")
+        L.append("|---|---:|---:|---:|---|")
+        for r in p["rows"]:
+            goal = dict_goal(r["op"])
+            ratio = r["nodemeta_over_dict"]
+            g = f"<= {goal}x: {verdict(ratio <= goal)}" if goal is not None else ""
+            L.append(f"| {r['op']} | {r['dict_ms']:.3f} | {r['nodemeta_ms']:.3f} | {ratio:.2f}x "
+                     f"({r['ratio_min']:.2f}-{r['ratio_max']:.2f}) | {g} |")
+        L.append("")
 
 
 def main():
