@@ -300,6 +300,13 @@ PyObject* key_object(std::string_view name) {
 
 Py_ssize_t dict_size(PyObject* d) { return reinterpret_cast<PyDictObject*>(d)->ma_used; }
 
+// d[key] for an exact str key (borrowed; nullptr: absent, or an error if PyErr_Occurred()),
+// with the str's cached hash when it has one.
+inline PyObject* dict_get_str(PyObject* d, PyObject* key) {
+  const Py_hash_t h = reinterpret_cast<PyASCIIObject*>(key)->hash;
+  return h != -1 ? _PyDict_GetItem_KnownHash(d, key, h) : PyDict_GetItemWithError(d, key);
+}
+
 std::uint64_t dict_tag(PyObject* d) {
   _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wdeprecated-declarations\"")
   return reinterpret_cast<PyDictObject*>(d)->ma_version_tag;
@@ -616,7 +623,9 @@ Prepared prepare_write(PyNode* n) {
 int cache_store(PyNode* n, PyObject* key, PyObject* value) {
   PyObject* d = n->cache;
   const Py_ssize_t before = dict_size(d);
-  if (PyDict_SetItem(d, key, value) != 0) return -1;  // may run __del__ of the old value
+  const Py_hash_t h = reinterpret_cast<PyASCIIObject*>(key)->hash;
+  // may run __del__ of the old value
+  if ((h != -1 ? _PyDict_SetItem_KnownHash(d, key, value, h) : PyDict_SetItem(d, key, value)) != 0) return -1;
   if (n->cache == d && dict_size(d) > before) {
     if (!valid_key(key)) {
       PyObject* type;
@@ -928,7 +937,7 @@ PyObject* lookup(PyObject* self, PyObject* key, PyObject* absent) {
 PyObject* md_subscript(PyObject* self, PyObject* key) {
   PyNode* n = node_of(self);
   if (PyUnicode_CheckExact(key) && cache_fresh(n) && n->cache != nullptr) {  // the hot path
-    PyObject* v = PyDict_GetItemWithError(n->cache, key);
+    PyObject* v = dict_get_str(n->cache, key);
     if (v != nullptr) {
       Py_INCREF(v);
       return v;
@@ -951,7 +960,11 @@ int md_contains(PyObject* self, PyObject* key) {
   }
   const int f = fresh(n);
   if (f < 0) return -1;
-  if (f > 0) return n->cache != nullptr ? PyDict_Contains(n->cache, key) : 0;
+  if (f > 0) {
+    if (n->cache == nullptr) return 0;
+    if (dict_get_str(n->cache, key) != nullptr) return 1;
+    return PyErr_Occurred() ? -1 : 0;
+  }
   std::optional<Key> k;
   if (!read_key(key, k)) return -1;
   if (!k) return 0;
@@ -1151,7 +1164,7 @@ PyObject* md_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs == 1 && PyUnicode_CheckExact(args[0])) {  // the hot path
     PyNode* n = node_of(self);
     if (cache_fresh(n) && n->cache != nullptr) {
-      PyObject* v = PyDict_GetItemWithError(n->cache, args[0]);
+      PyObject* v = dict_get_str(n->cache, args[0]);
       if (v == nullptr) {
         if (PyErr_Occurred()) return nullptr;
         v = Py_None;
