@@ -1517,6 +1517,18 @@ PyObject* md_update(PyObject* self, PyObject* args, PyObject* kwds) {
       case Prepared::kError:
         return nullptr;
       case Prepared::kCache: {
+        // The values replaced are released after the whole update, so no __del__ runs (and
+        // lets another thread see the node) halfway through it.
+        py::list replaced;
+        pos = 0;
+        while (PyDict_Next(entries.ptr(), &pos, &k, &v)) {
+          PyObject* old = dict_get_str(n->cache, k);
+          if (old != nullptr && PyList_Append(replaced.ptr(), old) != 0) return nullptr;
+        }
+        if (prepare_write(n) != Prepared::kCache) {  // the appends may have run the collector
+          if (PyErr_Occurred()) return nullptr;
+          break;
+        }
         const Py_ssize_t before = dict_size(n->cache);
         if (PyDict_Update(n->cache, entries.ptr()) != 0) return nullptr;
         if (dict_size(n->cache) > before && before > 0) n->unsorted = true;
@@ -1696,12 +1708,15 @@ PyObject* md_setstate(PyObject* self, PyObject* state) {
     return nullptr;
   }
   PyNode* n = node_of(self);
-  if (!n->md && n->cache == nullptr) {  // a new node (as unpickling makes): its cache
+  auto empty_new = [n] { return !n->md && (n->cache == nullptr || dict_size(n->cache) == 0); };
+  if (empty_new()) {  // a new node (as unpickling makes): its cache
     PyObject* cache = cache_from(state);
     if (cache == nullptr) return nullptr;
-    if (!n->md && n->cache == nullptr) {
+    if (empty_new()) {
+      PyObject* old = n->cache;
       n->cache = cache;
       n->unsorted = dict_size(cache) > 1;
+      Py_XDECREF(old);
       Py_RETURN_NONE;
     }
     Py_DECREF(cache);
