@@ -24,6 +24,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -150,8 +151,15 @@ struct PyNode {
   PyNode* dirty_next;
   bool dirty;
   bool unsorted;  // the cache's order is not key-name order
+  std::uint8_t stale_ops;  // operations answered by C++ since the cache went stale
   PyObject* weakrefs;
 };
+
+// A node C++ has just written is read and written through C++ for its first few operations
+// (a Python pass that reads one key and writes one on each node after run_passes pays what
+// a direct C++ access costs), and its cache is rebuilt from a snapshot only once it is used
+// more (a rebuild is a sorted snapshot of the whole node).
+constexpr std::uint8_t kStaleOpsBeforeRefresh = 2;
 
 // Calls that run C++ on Python's values with the GIL released (run_passes,
 // release_retired_values) in flight: while there are any, other threads may copy and drop
@@ -313,6 +321,38 @@ std::uint64_t dict_tag(PyObject* d) {
   _Pragma("GCC diagnostic pop")
 }
 
+// The interned str of each key name a refresh met (key names are a small, fixed
+// vocabulary: docs/python.md), so a rebuilt cache reuses the key objects. GIL held.
+std::unordered_map<std::string, PyObject*>* g_key_objects = nullptr;
+
+// A new reference to the interned str of `name`; nullptr with an error set.
+PyObject* key_object_cached(std::string_view name) {
+  if (g_key_objects == nullptr) g_key_objects = new std::unordered_map<std::string, PyObject*>();
+  if (auto it = g_key_objects->find(std::string(name)); it != g_key_objects->end()) {
+    Py_INCREF(it->second);
+    return it->second;
+  }
+  PyObject* k = key_object(name);
+  if (k == nullptr) return nullptr;
+  PyUnicode_InternInPlace(&k);  // literal keys in code then match by identity
+  if (g_key_objects->size() >= 65536) {
+    for (auto& [n, o] : *g_key_objects) Py_DECREF(o);
+    g_key_objects->clear();
+  }
+  try {
+    g_key_objects->emplace(std::string(name), k);
+    Py_INCREF(k);
+  } catch (...) {  // out of memory: not cached
+  }
+  return k;
+}
+
+void clear_key_objects() {
+  if (g_key_objects == nullptr) return;
+  for (auto& [n, o] : *g_key_objects) Py_DECREF(o);
+  g_key_objects->clear();
+}
+
 // --- the dirty list and the cache's states ---
 
 void link_dirty(PyNode* n) {
@@ -367,12 +407,11 @@ int refresh(PyNode* n) {
     PyObject* d = _PyDict_NewPresized(static_cast<Py_ssize_t>(items.size()));
     if (d == nullptr) return -1;
     for (const auto& [name, v] : items) {
-      PyObject* k = key_object(name);
+      PyObject* k = key_object_cached(name);
       if (k == nullptr) {
         Py_DECREF(d);
         return -1;
       }
-      PyUnicode_InternInPlace(&k);  // literal keys in code then match by identity
       PyObject* o = to_python(v);
       const int rc = o != nullptr ? PyDict_SetItem(d, k, o) : -1;
       Py_DECREF(k);
@@ -392,6 +431,7 @@ int refresh(PyNode* n) {
     n->cache = d;
     n->cache_version = v1;
     n->unsorted = false;
+    n->stale_ops = 0;
     Py_XDECREF(old);  // may run __del__: the state above is already consistent
     return 1;
   }
@@ -401,6 +441,10 @@ int refresh(PyNode* n) {
 // Makes the cache answer reads: 1 it does, 0 read C++ directly, -1 error.
 inline int fresh(PyNode* n) {
   if (cache_fresh(n)) return 1;
+  if (n->stale_ops < kStaleOpsBeforeRefresh) {
+    ++n->stale_ops;
+    return 0;
+  }
   return refresh(n);
 }
 
@@ -577,6 +621,10 @@ Prepared prepare_write(PyNode* n) {
     if (n->pystore->write_through > 0) return Prepared::kWriteThrough;
     if (!n->dirty) {
       if (!cache_fresh(n)) {
+        if (n->stale_ops < kStaleOpsBeforeRefresh) {
+          ++n->stale_ops;
+          return Prepared::kWriteThrough;
+        }
         const int r = refresh(n);
         if (r < 0) return Prepared::kError;
         if (r == 0) return Prepared::kWriteThrough;
@@ -663,6 +711,7 @@ PyObject* new_node(PyTypeObject* tp, PyObject* store_obj, PyStore* ps, std::opti
   n->dirty_prev = n->dirty_next = nullptr;
   n->dirty = false;
   n->unsorted = unsorted;
+  n->stale_ops = kStaleOpsBeforeRefresh;  // a node that goes stale before any refresh: rebuilt
   n->weakrefs = nullptr;
   if (!n->md) link_dirty(n);
   return self;
@@ -2029,7 +2078,10 @@ py::list run_passes(py::object store_obj, std::vector<FxNode> nodes, std::vector
     // until the next read: dropped now.
     for (const FxNode& n : nodes) {
       PyNode* pn = node_of(n.meta.ptr());
-      if (!pn->dirty && pn->cache != nullptr && pn->md->version() != pn->cache_version) mark_stale(pn);
+      if (!pn->dirty && pn->md->version() != pn->cache_version) {
+        mark_stale(pn);
+        pn->stale_ops = 0;  // C++ wrote it: the next operations go through C++
+      }
     }
     drain_pending();
     if (error) std::rethrow_exception(error);
@@ -2213,6 +2265,7 @@ PYBIND11_MODULE(_core, m) {
   m.def("_shutdown", [] {
     clear_caches();
     clear_valid_keys();
+    clear_key_objects();
     release_without_gil();
     shut_down_handover();
   });
