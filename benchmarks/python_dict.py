@@ -207,22 +207,27 @@ def mode_passes(reps, model_name):
     inner = 50  # the pass alone is short: timed over this many runs
     samples = {(w, i): [] for w in ("pass", "pass after run_passes", "shapeprop+pass") for i in ("dict", "nodemeta")}
     for _ in range(reps):
-        for impl, gm in propagated.items():
-            t = time.perf_counter()
-            for _ in range(inner):
+        # Each sample: the median of `inner` runs, dict and nodemeta alternating run by run.
+        runs = {impl: [] for impl in propagated}
+        for _ in range(inner):
+            for impl, gm in propagated.items():
+                t = time.perf_counter()
                 tensor_meta_pass(gm)
-            samples[("pass", impl)].append((time.perf_counter() - t) / inner)
-        # The pass on nodes the C++ passes just wrote (each node's cache is rebuilt by its
-        # first read); the dict side runs the same pass on its dicts.
-        for impl, gm in propagated.items():
-            total = 0.0
-            for _ in range(inner // 5):
+                runs[impl].append(time.perf_counter() - t)
+        for impl in propagated:
+            samples[("pass", impl)].append(statistics.median(runs[impl]))
+        # The pass on nodes the C++ passes just wrote; the dict side runs the same pass on
+        # its dicts.
+        runs = {impl: [] for impl in propagated}
+        for _ in range(inner // 2):
+            for impl, gm in propagated.items():
                 if impl == "nodemeta":
                     nodemeta.fx.run_passes(gm, passes=("cost",))
                 t = time.perf_counter()
                 tensor_meta_pass(gm)
-                total += time.perf_counter() - t
-            samples[("pass after run_passes", impl)].append(total / (inner // 5))
+                runs[impl].append(time.perf_counter() - t)
+        for impl in propagated:
+            samples[("pass after run_passes", impl)].append(statistics.median(runs[impl]))
         for impl, make in (("dict", plain), ("nodemeta", attached)):
             gm = make()
             t = time.perf_counter()
