@@ -545,6 +545,44 @@ TEST(NodeMetadataStandaloneTest, LivesInTheDefaultStore) {
   EXPECT_EQ(MetadataStore::default_store().node_count(), before);
 }
 
+// --- version(): what a cache beside the store validates against ------------------------------
+
+TEST(NodeMetadataVersionTest, AdvancesOnEveryWriteThatChangesTheNodeAndOnNoOther) {
+  MetadataStore store;
+  NodeMetadata md = store.create({{"val", 1}});
+  std::uint64_t v = md.version();
+  EXPECT_EQ(v % 2, 0u);  // no write being published
+  auto changed = [&] {
+    const std::uint64_t now = md.version();
+    const bool moved = now != v;
+    EXPECT_EQ(now % 2, 0u);
+    if (moved) {
+      EXPECT_GT(now, v);
+    }
+    v = now;
+    return moved;
+  };
+  md.set("a", 1);
+  EXPECT_TRUE(changed());
+  md.set("a", 1);  // the same value again still replaces it
+  EXPECT_TRUE(changed());
+  EXPECT_FALSE(md.set_once("a", 2));
+  EXPECT_EQ(md.try_set("val", 2), WriteResult::kRejectedProtected);
+  (void)md.get("a");
+  (void)md.items();
+  EXPECT_FALSE(changed());
+  EXPECT_TRUE(md.erase("a"));
+  EXPECT_TRUE(changed());
+  EXPECT_FALSE(md.erase("a"));
+  EXPECT_FALSE(changed());
+  md.edit([](NodeEditor& e) { e.set("b", 2); e.set("c", 3); });
+  EXPECT_TRUE(changed());
+  (void)md.update("b", [](std::optional<Value>) { return Value(4); });
+  EXPECT_TRUE(changed());
+  NodeMetadata view = md.view();
+  view.set("d", 5);
+  EXPECT_TRUE(changed());  // one node, whichever handle wrote it
+}
 
 // --- view(): a non-owning handle -----------------------------------------------------------
 
