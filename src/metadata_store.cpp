@@ -940,12 +940,16 @@ Value MetadataStore::update(NodeEntry& node, Key key,
     Value stored = next;         // dies after the lock (declared before it)
     bool committed = false;
     {
-      WriteLock lock(state, false, /*priority=*/run >= kPoliteAfter);
+      // As write(): a small node with room opens its window in the lock's CAS (the lookup
+      // and the comparison are then inside it, at most kScanInWindow slots); a commit that
+      // finds the key changed closes it unchanged.
+      WriteLock lock(state, open_with_lock(state), /*priority=*/run >= kPoliteAfter);
       const std::uint32_t i = find_owned(state, id);
       const bool unchanged =
           i == kAbsent ? !slot
                        : slot && state.slots.load(std::memory_order_relaxed)[i].kind == slot->kind &&
                              state.slots.load(std::memory_order_relaxed)[i].bits == slot->bits;
+      if (!unchanged && lock.is_open()) lock.close(false);
       if (unchanged) {
         FreshSlots fresh;
         if (i == kAbsent) prepare_append(state, fresh);  // may throw: nothing changed yet
