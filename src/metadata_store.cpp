@@ -160,7 +160,7 @@ class Backoff {
 struct NodeHold;
 struct alignas(64) LockNote {
   std::atomic<std::atomic<std::uint64_t>*> held{nullptr};
-  // The counts its thread holds in nodes (NodeState::callbacks, priority_waiters),
+  // The counts its thread holds in nodes (NodeState::aux's two counts),
   // innermost first: the child handler takes back those of the threads it does not have.
   std::atomic<NodeHold*> holds{nullptr};
   std::atomic<bool> in_use{true};
@@ -172,7 +172,8 @@ pthread_key_t g_lock_note_key;
 
 // One count a thread holds in a node (HeldCount): linked into its LockNote's holds.
 struct NodeHold {
-  std::atomic<std::uint32_t>* count = nullptr;
+  std::atomic<std::uint32_t>* count = nullptr;  // a NodeState's aux
+  std::uint32_t unit = 0;                        // the count's field there (its unit)
   NodeHold* outer = nullptr;
   std::atomic<bool> counted{false};  // count was incremented (and not yet decremented)
 };
@@ -186,7 +187,9 @@ void clear_inherited_locks() noexcept {
     // give them back as they end.
     for (NodeHold* h = n->holds.exchange(nullptr, std::memory_order_acquire); h != nullptr;
          h = h->outer) {
-      if (h->counted.load(std::memory_order_relaxed)) h->count->fetch_sub(1, std::memory_order_relaxed);
+      if (h->counted.load(std::memory_order_relaxed)) {
+        h->count->fetch_sub(h->unit, std::memory_order_relaxed);
+      }
     }
     if (std::atomic<std::uint64_t>* ctl = n->held.exchange(nullptr, std::memory_order_relaxed)) {
       const std::uint64_t w = ctl->load(std::memory_order_relaxed);
@@ -245,33 +248,51 @@ bool is_torn(std::uint64_t w) noexcept {
 // before it opens, so a window stays a few stores long whatever the node's size.
 constexpr std::uint32_t kScanInWindow = 16;
 
-// A count this thread holds in a node while it lives (or until stop()), recorded in the
-// thread's LockNote so that a fork()ed child can take back the counts of the threads it
-// does not have. Scopes nest: started and stopped innermost first.
+// A count this thread holds in a node while it lives (or until stop()): one of the two
+// counts in NodeState::aux, recorded in the thread's LockNote so that a fork()ed child can
+// take back the counts of the threads it does not have. Scopes nest: started and stopped
+// innermost first.
 class HeldCount {
  public:
+  enum class Field : std::uint32_t {
+    kCallbacks = NodeState::kCallbackUnit,  // update()/edit() calls running on the node
+    kPriority = NodeState::kPriorityUnit,   // threads waiting for its lock with priority
+  };
   HeldCount() noexcept = default;
-  explicit HeldCount(std::atomic<std::uint32_t>& count) { start(count); }
+  HeldCount(NodeState& node, Field field) { start(node, field); }
   ~HeldCount() { (void)stop(); }
   HeldCount(const HeldCount&) = delete;
   HeldCount& operator=(const HeldCount&) = delete;
-  // Increments `count` (once). Throws std::bad_alloc once per thread (its LockNote).
-  void start(std::atomic<std::uint32_t>& count) {
-    if (hold_.count != nullptr) return;
+  // Increments the count (once) and returns true; false, counting nothing, if it already
+  // is NodeState::kMaxCount. Throws std::bad_alloc once per thread (its LockNote).
+  bool start(NodeState& node, Field field) {
+    if (hold_.count != nullptr) return true;
+    const std::uint32_t unit = static_cast<std::uint32_t>(field);
     note_ = tls_lock_note != nullptr ? tls_lock_note : create_lock_note();
-    hold_.count = &count;
+    std::atomic<std::uint32_t>& aux = node.aux;
+    std::uint32_t w = aux.load(std::memory_order_relaxed);
+    hold_.count = &aux;
+    hold_.unit = unit;
     hold_.outer = note_->holds.load(std::memory_order_relaxed);
     note_->holds.store(&hold_, std::memory_order_release);
-    count.fetch_add(1, std::memory_order_acq_rel);
+    do {
+      if (((w / unit) & NodeState::kMaxCount) == NodeState::kMaxCount) {
+        note_->holds.store(hold_.outer, std::memory_order_release);
+        hold_.count = nullptr;
+        return false;
+      }
+    } while (!aux.compare_exchange_weak(w, w + unit, std::memory_order_acq_rel,
+                                        std::memory_order_relaxed));
     // A fork() between the increment and this store leaves the count one too high in the
     // child (docs/design.md, "Forked children").
     hold_.counted.store(true, std::memory_order_relaxed);
+    return true;
   }
-  // Decrements the count if started; returns the value it held before (0 if not started).
+  // Decrements the count if started; returns the aux word it replaced (0 if not started).
   std::uint32_t stop() noexcept {
     if (hold_.count == nullptr) return 0;
     hold_.counted.store(false, std::memory_order_relaxed);
-    const std::uint32_t before = hold_.count->fetch_sub(1, std::memory_order_acq_rel);
+    const std::uint32_t before = hold_.count->fetch_sub(hold_.unit, std::memory_order_acq_rel);
     note_->holds.store(hold_.outer, std::memory_order_release);
     hold_.count = nullptr;
     return before;
@@ -282,7 +303,7 @@ class HeldCount {
   LockNote* note_ = nullptr;
 };
 
-// Threads waiting for a node's lock with priority (NodeState::priority_waiters): a read's
+// Threads waiting for a node's lock with priority (NodeState::aux's count): a read's
 // fallback (optimistic_read), and an update()/edit() whose callback another writer of its
 // node has outrun kPoliteAfter times. Other writers of that node (only of that node) defer
 // to them before taking its lock, so that a hot writer (whose unlock-to-relock gap is a few
@@ -318,7 +339,7 @@ class WriteLock {
     std::uint64_t w = node.ctl.load(std::memory_order_relaxed);
     note->held.store(&node.ctl, std::memory_order_relaxed);  // ordered before the CAS
     if ((w & (NodeState::kLocked | NodeState::kWriting)) != 0 ||
-        (!priority && node.priority_waiters.load(std::memory_order_relaxed) != 0) ||
+        (!priority && (node.aux.load(std::memory_order_relaxed) & NodeState::kPriorityMask) != 0) ||
         !node.ctl.compare_exchange_strong(w, w | bits, std::memory_order_seq_cst,
                                           std::memory_order_relaxed)) {
       w = acquire_slow(bits, priority);
@@ -365,7 +386,7 @@ class WriteLock {
     std::uint64_t w = node_.ctl.load(std::memory_order_relaxed);
     for (;;) {
       if ((w & (NodeState::kLocked | NodeState::kWriting)) == 0) {
-        if (defer && node_.priority_waiters.load(std::memory_order_relaxed) != 0) {
+        if (defer && (node_.aux.load(std::memory_order_relaxed) & NodeState::kPriorityMask) != 0) {
           const auto now = std::chrono::steady_clock::now();
           if (defer_until == std::chrono::steady_clock::time_point{}) {
             defer_until = now + kMaxDefer;
@@ -402,7 +423,8 @@ class WriteLock {
 // the allocator).
 bool open_with_lock(const NodeState& node) noexcept {
   const std::uint32_t size = node.size.load(std::memory_order_relaxed);
-  return size <= kScanInWindow && size < node.capacity.load(std::memory_order_relaxed);
+  return size <= kScanInWindow &&
+         detail::has_room(size, node.aux.load(std::memory_order_relaxed) & NodeState::kCapacityMask);
 }
 
 // Optimistic attempts a read makes before it takes the node's lock for one locked attempt:
@@ -425,7 +447,7 @@ auto optimistic_read(const NodeState& node, F&& read, std::uint64_t* version = n
   int limit = kOptimisticReadsLarge;
   for (int attempt = 0;; ++attempt) {
     if (attempt >= limit) {
-      HeldCount waiting(const_cast<NodeState&>(node).priority_waiters);
+      HeldCount waiting(const_cast<NodeState&>(node), HeldCount::Field::kPriority);
       WriteLock lock(const_cast<NodeState&>(node), false, /*priority=*/true);
       auto result = read(node.slots.load(std::memory_order_relaxed),
                          node.size.load(std::memory_order_relaxed));
@@ -495,8 +517,8 @@ struct FreshSlots {
 // Before a write window: if appending one key needs a bigger array, allocate it (may throw;
 // nothing has changed yet) and copy the current slots into it.
 void prepare_append(const NodeState& node, FreshSlots& fresh) {
+  if (node.has_room()) return;
   const std::uint32_t size = node.size.load(std::memory_order_relaxed);
-  if (size < node.capacity.load(std::memory_order_relaxed)) return;
   fresh.capacity = detail::grown_capacity(size);
   fresh.slots = detail::allocate_slots(fresh.capacity);
   if (size != 0) {
@@ -513,8 +535,8 @@ void append_in_window(NodeState& node, const Slot& slot, FreshSlots& fresh) noex
     fresh.slots[size] = slot;  // not yet visible to any reader
     node.slots.store(fresh.take(), std::memory_order_release);
     node.size.store(size + 1, std::memory_order_release);
-    if (old != nullptr) detail::retire(old, &free_slots, node.capacity.load(std::memory_order_relaxed));
-    node.capacity.store(fresh.capacity, std::memory_order_relaxed);
+    if (old != nullptr) detail::retire(old, &free_slots, node.capacity());
+    node.set_capacity(fresh.capacity);
   } else {
     detail::store_slot(node.slots.load(std::memory_order_relaxed)[size], slot);
     node.size.store(size + 1, std::memory_order_release);
@@ -685,7 +707,7 @@ NodeEntry* MetadataStore::insert(detail::Record record) {
   (void)inserted;
   NodeState& node = acc->second;
   const std::uint32_t size = record.size();
-  node.capacity.store(record.capacity(), std::memory_order_relaxed);
+  node.set_capacity(record.capacity());  // not yet shared
   node.slots.store(record.release(), std::memory_order_relaxed);
   node.size.store(size, std::memory_order_relaxed);
   // The element stays at this address until remove(): the map relinks, never moves, its
@@ -704,8 +726,8 @@ void MetadataStore::remove(NodeEntry& node) noexcept {
   // lock, so the node is only marked; each running call sees the mark after its callback
   // and throws std::logic_error without committing, and the last one erases the node.
   const std::uint32_t running =
-      node.second.callbacks.fetch_or(NodeState::kDestroyed, std::memory_order_acq_rel);
-  if ((running & ~NodeState::kDestroyed) != 0) return;
+      node.second.aux.fetch_or(NodeState::kDestroyed, std::memory_order_acq_rel);
+  if ((running & NodeState::kCallbackMask) != 0) return;
   erase_node(node);
 }
 
@@ -716,7 +738,8 @@ void MetadataStore::erase_node(NodeEntry& node) noexcept {
   const bool torn = is_torn(state.ctl.load(std::memory_order_relaxed));
   const std::uint32_t size = state.size.load(std::memory_order_relaxed);
   Slot* slots = state.slots.exchange(nullptr, std::memory_order_relaxed);
-  const std::uint32_t capacity = state.capacity.exchange(0, std::memory_order_relaxed);
+  const std::uint32_t capacity = state.capacity();
+  state.aux.fetch_and(~NodeState::kCapacityMask, std::memory_order_relaxed);
   state.size.store(0, std::memory_order_relaxed);
   const bool erased = map_.erase(node.first);
   NODEMETA_ASSERT(erased, "a live NodeMetadata's node is in its store");
@@ -852,6 +875,23 @@ constexpr unsigned kMaxCallbackRuns = 256;
   throw ReentrancyError(what);
 }
 
+// Counts an update()/edit() call in the node (see remove()). Throws std::length_error if
+// NodeState::kMaxCount calls already run on it, std::bad_alloc once per thread.
+void start_call(HeldCount& running, NodeState& node, const char* op) {
+  if (!running.start(node, HeldCount::Field::kCallbacks)) {
+    throw std::length_error(std::string("nodemeta: ") + op + ": " +
+                            std::to_string(NodeState::kMaxCount) +
+                            " update()/edit() calls already run on this node (the most "
+                            "there may be at once, nested calls included)");
+  }
+}
+// Whether the call whose count ended with aux word `before` was the last one running on a
+// node destroyed meanwhile.
+bool last_call_on_destroyed(std::uint32_t before) noexcept {
+  return (before & (NodeState::kDestroyed | NodeState::kCallbackMask)) ==
+         (NodeState::kDestroyed | NodeState::kCallbackUnit);
+}
+
 [[noreturn]] void throw_destroyed_in_callback(const char* op) {
   throw std::logic_error(std::string("nodemeta: the node was destroyed inside its own ") + op +
                          " callback; nothing was committed");
@@ -865,16 +905,17 @@ Value MetadataStore::update(NodeEntry& node, Key key,
   if (is_protected(key)) throw ProtectedKeyError(key.name());
   NodeState& state = node.second;
   const std::uint32_t id = key.id();
-  HeldCount running(state.callbacks);  // may throw std::bad_alloc: nothing done yet
+  HeldCount running;
+  start_call(running, state, "update()");  // may throw: nothing done yet
   const AtExit last([&]() noexcept {
-    if (running.stop() == (NodeState::kDestroyed | 1)) erase_node(node);  // see remove()
+    if (last_call_on_destroyed(running.stop())) erase_node(node);  // see remove()
   });
-  if ((state.callbacks.load(std::memory_order_acquire) & NodeState::kDestroyed) != 0) {
+  if ((state.aux.load(std::memory_order_acquire) & NodeState::kDestroyed) != 0) {
     throw_destroyed_in_callback("update()");  // a view's call on a node being destroyed
   }
   HeldCount polite;  // a starved callback's: state's other writers defer to it
   for (unsigned run = 1;; ++run) {
-    if (run == kPoliteAfter) polite.start(state.priority_waiters);
+    if (run == kPoliteAfter) (void)polite.start(state, HeldCount::Field::kPriority);
     // What the callback reads, and what the commit validates: the key's slot (kind and bits).
     // `seen` holds a reference to a box it names, so that box cannot be freed and its
     // address reused for another value before the commit compares (no ABA).
@@ -892,19 +933,23 @@ Value MetadataStore::update(NodeEntry& node, Key key,
     // No lock held: fn may read or write anything, this node included, and wait for tasks
     // that do.
     Value next = run_callback(this, node, id, flags, [&] { return fn(seen); });
-    if ((state.callbacks.load(std::memory_order_acquire) & NodeState::kDestroyed) != 0) {
+    if ((state.aux.load(std::memory_order_acquire) & NodeState::kDestroyed) != 0) {
       throw_destroyed_in_callback("update()");  // `last` erases it if no other call runs
     }
     detail::reserve_retired(1);  // may throw: nothing changed yet
     Value stored = next;         // dies after the lock (declared before it)
     bool committed = false;
     {
-      WriteLock lock(state, false, /*priority=*/run >= kPoliteAfter);
+      // As write(): a small node with room opens its window in the lock's CAS (the lookup
+      // and the comparison are then inside it, at most kScanInWindow slots); a commit that
+      // finds the key changed closes it unchanged.
+      WriteLock lock(state, open_with_lock(state), /*priority=*/run >= kPoliteAfter);
       const std::uint32_t i = find_owned(state, id);
       const bool unchanged =
           i == kAbsent ? !slot
                        : slot && state.slots.load(std::memory_order_relaxed)[i].kind == slot->kind &&
                              state.slots.load(std::memory_order_relaxed)[i].bits == slot->bits;
+      if (!unchanged && lock.is_open()) lock.close(false);
       if (unchanged) {
         FreshSlots fresh;
         if (i == kAbsent) prepare_append(state, fresh);  // may throw: nothing changed yet
@@ -931,16 +976,17 @@ Value MetadataStore::update(NodeEntry& node, Key key,
 
 void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)> fn) {
   NodeState& state = node.second;
-  HeldCount running(state.callbacks);  // as in update()
+  HeldCount running;
+  start_call(running, state, "edit()");  // as in update()
   const AtExit last([&]() noexcept {
-    if (running.stop() == (NodeState::kDestroyed | 1)) erase_node(node);
+    if (last_call_on_destroyed(running.stop())) erase_node(node);
   });
-  if ((state.callbacks.load(std::memory_order_acquire) & NodeState::kDestroyed) != 0) {
+  if ((state.aux.load(std::memory_order_acquire) & NodeState::kDestroyed) != 0) {
     throw_destroyed_in_callback("edit()");
   }
   HeldCount polite;
   for (unsigned run = 1;; ++run) {
-    if (run == kPoliteAfter) polite.start(state.priority_waiters);
+    if (run == kPoliteAfter) (void)polite.start(state, HeldCount::Field::kPriority);
     // The working copy, and the node's version it was copied at: the commit validates the
     // whole node (the editor's items() and size() read all of it).
     std::uint64_t version = 0;
@@ -948,7 +994,7 @@ void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)>
     const std::uint32_t base_size = editor.record_.size();
     CallbackFlags flags;
     run_callback(this, node, kWholeNode, flags, [&] { fn(editor); });  // no lock held
-    if ((state.callbacks.load(std::memory_order_acquire) & NodeState::kDestroyed) != 0) {
+    if ((state.aux.load(std::memory_order_acquire) & NodeState::kDestroyed) != 0) {
       throw_destroyed_in_callback("edit()");
     }
 
@@ -964,7 +1010,7 @@ void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)>
         // Unchanged since the copy: size and slots are the copy's. A node too large to
         // rewrite inside a window (or one that must grow) adopts the working copy's array.
         Slot* slots = state.slots.load(std::memory_order_relaxed);
-        const std::uint32_t capacity = state.capacity.load(std::memory_order_relaxed);
+        const std::uint32_t capacity = state.capacity();
         const bool adopt = n > capacity || n > kScanInWindow || base_size > kScanInWindow;
         lock.open();
         // Linearized at this window. Every NodeEditor write found its key unprotected when
@@ -979,7 +1025,7 @@ void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)>
           const std::uint32_t next_capacity = next.capacity();
           state.slots.store(next.release(), std::memory_order_release);  // with its references
           state.size.store(n, std::memory_order_release);
-          state.capacity.store(next_capacity, std::memory_order_relaxed);
+          state.set_capacity(next_capacity);
           lock.close(true);
           // Outside the window, under the lock: the old array and its references, retired.
           for (std::uint32_t j = 0; j < base_size; ++j) retire_value(slots[j]);

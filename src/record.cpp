@@ -34,13 +34,29 @@ void deallocate_slots(Slot* slots, std::uint32_t capacity) noexcept {
   std::allocator_traits<Allocator<Slot>>::deallocate(alloc, slots, capacity);
 }
 
+std::uint32_t capacity_class_for(std::uint32_t n) noexcept {
+  if (n < kExactCapacities) return n;
+  std::uint32_t lo = kExactCapacities;
+  std::uint32_t hi = kCapacityTable.count - 1;  // class_capacity(hi) == kMaxSlots >= n
+  while (lo < hi) {
+    const std::uint32_t mid = lo + (hi - lo) / 2;
+    if (class_capacity(mid) < n) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
 std::uint32_t grown_capacity(std::uint32_t size) {
   if (size >= kMaxSlots) {
     throw std::length_error("nodemeta: a node cannot hold more than " + std::to_string(kMaxSlots) +
                             " keys");
   }
   const std::uint64_t grown = size < 4 ? 4 : std::uint64_t{size} + size / 2;
-  return static_cast<std::uint32_t>(grown < kMaxSlots ? grown : kMaxSlots);
+  return class_capacity(
+      capacity_class_for(static_cast<std::uint32_t>(grown < kMaxSlots ? grown : kMaxSlots)));
 }
 
 Record::Record(const Record& other, std::uint32_t capacity) {
@@ -69,6 +85,7 @@ void Record::reserve(std::uint32_t capacity) {
     throw std::length_error("nodemeta: a node cannot hold more than " + std::to_string(kMaxSlots) +
                             " keys");
   }
+  capacity = class_capacity(capacity_class_for(capacity));  // a node can record it
   Slot* fresh = allocate_slots(capacity);
   if (slots_ != nullptr) {
     if (size_ != 0) std::memcpy(static_cast<void*>(fresh), slots_, sizeof(Slot) * size_);
@@ -115,7 +132,7 @@ NodeState::~NodeState() {
   Slot* s = slots.load(std::memory_order_relaxed);
   const std::uint32_t n = size.load(std::memory_order_relaxed);
   for (std::uint32_t i = 0; i < n; ++i) ValueAccess::drop(s[i].bits, s[i].kind);
-  deallocate_slots(s, capacity.load(std::memory_order_relaxed));
+  deallocate_slots(s, capacity());
 }
 
 }  // namespace nodemeta::detail

@@ -191,6 +191,73 @@ TEST(CallbacksTest, ANodeDestroyedOnAnotherThreadInsideItsCallbackIsAClearError)
   }
 }
 
+// The node's capacity shares a word with the count of calls running on it (NodeState::aux):
+// a callback that grows its own node many times (each growth changes the capacity field)
+// leaves the count exact, so the node is erased by its handle afterwards, or, destroyed
+// inside the callback, by the call when it returns.
+TEST(CallbacksTest, ANodeGrowingInsideItsOwnCallbackKeepsItsCallCount) {
+  MetadataStore store;
+  for (const bool destroy : {false, true}) {
+    NodeMetadata h = store.create({{"k", 1}});
+    const auto grow = [&] {
+      for (int i = 0; i < 300; ++i) h.set("grown." + std::to_string(i), i);
+    };
+    if (!destroy) {
+      EXPECT_EQ(h.update("k", [&](std::optional<Value> v) {
+                  grow();
+                  return Value(v->as<std::int64_t>() + 1);
+                }).as<std::int64_t>(),
+                2);
+      EXPECT_EQ(h.size(), 301U);
+      EXPECT_EQ(h.get("grown.299")->as<std::int64_t>(), 299);
+      { NodeMetadata gone = std::move(h); }
+    } else {
+      EXPECT_THROW((void)h.update("k", [&](std::optional<Value> v) {
+                     grow();
+                     std::thread([&] { NodeMetadata gone = std::move(h); }).join();
+                     return *v;
+                   }),
+                   std::logic_error);
+    }
+    EXPECT_EQ(store.node_count(), 0U) << "destroy=" << destroy;
+  }
+}
+
+// The same under contention: one thread grows a node while others run update() on it; the
+// counts and the capacity, all in one word, stay exact (the node ends with every key, and
+// is erased when its handle goes).
+TEST(CallbacksTest, GrowthAndRunningCallsShareTheNodesWordUnderContention) {
+  MetadataStore store;
+  for (int round = 0; round < 50; ++round) {
+    NodeMetadata h = store.create({{"n", 0}});
+    constexpr int kUpdaters = 3;
+    constexpr int kIncrements = 200;
+    std::atomic<int> ready{0};
+    std::vector<std::thread> threads;
+    threads.emplace_back([&] {
+      ready.fetch_add(1);
+      while (ready.load() < kUpdaters + 1) {
+      }
+      for (int i = 0; i < 200; ++i) h.set("g." + std::to_string(i), i);
+    });
+    for (int t = 0; t < kUpdaters; ++t) {
+      threads.emplace_back([&] {
+        ready.fetch_add(1);
+        while (ready.load() < kUpdaters + 1) {
+        }
+        for (int i = 0; i < kIncrements; ++i) {
+          (void)h.update("n", [](std::optional<Value> v) { return Value(v->as<std::int64_t>() + 1); });
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    EXPECT_EQ(h.get("n")->as<std::int64_t>(), kUpdaters * kIncrements) << "round " << round;
+    EXPECT_EQ(h.size(), 201U) << "round " << round;
+    { NodeMetadata gone = std::move(h); }
+    EXPECT_EQ(store.node_count(), 0U) << "round " << round;
+  }
+}
+
 // The same from a nested call: the inner update() sees the node destroyed and throws; the
 // outer one, the last call on the node, erases it when the exception leaves it.
 TEST(CallbacksTest, ANodeDestroyedInsideNestedCallbacksIsErasedByTheOutermost) {

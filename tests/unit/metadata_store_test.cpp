@@ -119,6 +119,50 @@ TEST(MetadataStoreTest, NodeSizeLimitIsCheckedNotWrapped) {
   EXPECT_THROW(detail::Record(detail::kMaxSlots + 1), std::length_error);
 }
 
+// A node records its array's capacity as a 7-bit class (NodeState::aux): every capacity an
+// array is given must be a class's, exact up to 32, and the classes must reach kMaxSlots.
+TEST(MetadataStoreTest, SlotArrayCapacitiesAreClasses) {
+  for (std::uint32_t c = 0; c < detail::kExactCapacities; ++c) {
+    EXPECT_EQ(detail::class_capacity(c), c);
+    EXPECT_EQ(detail::capacity_class_for(c), c);
+  }
+  EXPECT_LE(detail::kCapacityTable.count, detail::NodeState::kCapacityMask + 1);
+  for (std::uint32_t c = 1; c < detail::kCapacityTable.count; ++c) {
+    EXPECT_GT(detail::class_capacity(c), detail::class_capacity(c - 1)) << c;
+  }
+  std::vector<std::uint32_t> sizes;
+  for (std::uint32_t n = 0; n < 2000; ++n) sizes.push_back(n);
+  for (std::uint32_t n : {std::uint32_t{1} << 20, detail::kMaxSlots - 1, detail::kMaxSlots}) sizes.push_back(n);
+  for (std::uint32_t n : sizes) {
+    const std::uint32_t c = detail::capacity_class_for(n);
+    ASSERT_LT(c, detail::kCapacityTable.count) << n;
+    EXPECT_GE(detail::class_capacity(c), n) << n;
+    if (c > 0) {
+      EXPECT_LT(detail::class_capacity(c - 1), n) << n;  // the smallest such class
+    }
+    if (n >= 40) {
+      EXPECT_LE(detail::class_capacity(c), n + n / 4 + 1) << n;  // waste <= 1/4
+    }
+    EXPECT_EQ(detail::has_room(n, c), detail::class_capacity(c) > n) << n;
+    if (n < detail::kMaxSlots) {
+      const std::uint32_t g = detail::grown_capacity(n);
+      EXPECT_GT(g, n);
+      EXPECT_EQ(detail::class_capacity(detail::capacity_class_for(g)), g) << n;
+    }
+  }
+  for (std::uint32_t n : {0U, 5U, 33U, 100U, 1000U}) {
+    const detail::Record r(n);
+    EXPECT_GE(r.capacity(), n);
+    EXPECT_EQ(detail::class_capacity(detail::capacity_class_for(r.capacity())), r.capacity());
+  }
+  // A node holding 10,000 keys went through many classes; it keeps them all.
+  MetadataStore store;
+  NodeMetadata node = store.create({});
+  for (int i = 0; i < 10000; ++i) node.set("cap." + std::to_string(i), i);
+  EXPECT_EQ(node.size(), 10000U);
+  EXPECT_EQ(node.get("cap.9999")->as<std::int64_t>(), 9999);
+}
+
 TEST(MetadataStoreTest, NodeCountTracksCreationAndDestruction) {
   MetadataStore store(StoreOptions{.expected_nodes = 1000});
   std::vector<NodeMetadata> nodes;

@@ -62,9 +62,43 @@ inline void store_slot(Slot& s, const Slot& v) noexcept {
 // The most keys one node can hold (a clear std::length_error beyond).
 inline constexpr std::uint32_t kMaxSlots = std::uint32_t{1} << 30;
 
+// Slot-array capacities come in classes, so that a node keeps its capacity in 7 bits of a
+// word it shares with two counts (NodeState::aux): class c < 33 is capacity c (every node
+// a torch.fx graph has), then each class is 5/4 of the one before (at least one more), up
+// to kMaxSlots. An array's capacity is always a class's.
+inline constexpr std::uint32_t kExactCapacities = 33;
+inline constexpr std::uint32_t kCapacityClasses = 128;
+struct CapacityTable {
+  std::uint32_t of[kCapacityClasses] = {};
+  std::uint32_t count = 0;
+  constexpr CapacityTable() {
+    std::uint64_t c = 0;
+    for (; c < kExactCapacities; ++c) of[c] = static_cast<std::uint32_t>(c);
+    std::uint64_t cap = kExactCapacities - 1;
+    while (cap < kMaxSlots) {
+      const std::uint64_t next = cap + (cap / 4 > 0 ? (cap + 3) / 4 : 1);
+      cap = next < kMaxSlots ? next : kMaxSlots;
+      of[c++] = static_cast<std::uint32_t>(cap);
+    }
+    count = static_cast<std::uint32_t>(c);
+  }
+};
+inline constexpr CapacityTable kCapacityTable{};
+static_assert(kCapacityTable.count <= kCapacityClasses &&
+              kCapacityTable.of[kCapacityTable.count - 1] == kMaxSlots);
+// The capacity of class `c`.
+constexpr std::uint32_t class_capacity(std::uint32_t c) noexcept { return kCapacityTable.of[c]; }
+// The smallest class whose capacity is at least `n` (n <= kMaxSlots).
+NODEMETA_API std::uint32_t capacity_class_for(std::uint32_t n) noexcept;
+// Whether an array of class `c` has room for more than `size` slots.
+constexpr bool has_room(std::uint32_t size, std::uint32_t c) noexcept {
+  // Below kExactCapacities a class is its capacity, and every larger class holds more.
+  return size < kExactCapacities ? size < c : size < class_capacity(c);
+}
+
 NODEMETA_API Slot* allocate_slots(std::uint32_t capacity);  // throws std::bad_alloc
 NODEMETA_API void deallocate_slots(Slot* slots, std::uint32_t capacity) noexcept;
-// Growth policy: the capacity for `size` slots after one more is added.
+// Growth policy: the capacity (a class's) for `size` slots after one more is added.
 NODEMETA_API std::uint32_t grown_capacity(std::uint32_t size);
 
 class NODEMETA_API Record {
@@ -129,37 +163,63 @@ class NODEMETA_API Record {
 };
 static_assert(sizeof(Record) == 16);
 
-// One live node as the store's map holds it (32 bytes).
+// One live node as the store's map holds it (24 bytes).
 //
 // ctl: bit 0 kWriting (a write window is open: readers retry), bit 1 kLocked (a writer owns
 // the node, possibly running an update()/edit() callback: readers go on), bits 2-63 the
 // version, advanced by every write window that changed something.
-// callbacks: the update()/edit() calls running on this node, on any thread, and bit 31
-// kDestroyed: the node's handle was destroyed while one ran; the last of them to return
-// removes the node from the store (metadata_store.cpp CallbackUse).
-// priority_waiters: the threads waiting for this node's lock with priority (a read's locked
-// fallback, a starved update()/edit()); this node's other writers defer to them.
+// aux, changed only by atomic read-modify-writes (its fields have different writers):
+//   bits 0-6   the slot array's capacity class (class_capacity()); the lock holder's;
+//   bit 7      kDestroyed: the node's handle was destroyed while update()/edit() calls ran
+//              on it; the last of them to return removes the node (metadata_store.cpp);
+//   bits 8-19  those calls (on any thread; at most kMaxCount);
+//   bits 20-31 the threads waiting for this node's lock with priority (a read's locked
+//              fallback, a starved update()/edit()); this node's other writers defer to them.
 struct NODEMETA_API NodeState {
   static constexpr std::uint64_t kWriting = 1;
   static constexpr std::uint64_t kLocked = 2;
   static constexpr std::uint64_t kVersionStep = 4;
+
+  static constexpr std::uint32_t kCapacityMask = 0x7f;
+  static constexpr std::uint32_t kDestroyed = 0x80;
+  static constexpr std::uint32_t kCallbackUnit = std::uint32_t{1} << 8;
+  static constexpr std::uint32_t kCallbackMask = std::uint32_t{0xfff} << 8;
+  static constexpr std::uint32_t kPriorityUnit = std::uint32_t{1} << 20;
+  static constexpr std::uint32_t kPriorityMask = std::uint32_t{0xfff} << 20;
+  static constexpr std::uint32_t kMaxCount = 0xfff;  // of either count
 
   std::atomic<std::uint64_t> ctl{0};
   // Writers store slots before size when both change; readers load size before slots, so
   // a reader never indexes an array past the size it was published with.
   std::atomic<Slot*> slots{nullptr};
   std::atomic<std::uint32_t> size{0};
-  // Written only by the lock holder; others read it only as a hint (relaxed).
-  std::atomic<std::uint32_t> capacity{0};
-  std::atomic<std::uint32_t> callbacks{0};
-  std::atomic<std::uint32_t> priority_waiters{0};
-  static constexpr std::uint32_t kDestroyed = std::uint32_t{1} << 31;
+  std::atomic<std::uint32_t> aux{0};
+
+  // The array's capacity. Exact for the lock holder (and the node's owner); others may
+  // read it only as a hint.
+  std::uint32_t capacity() const noexcept {
+    return class_capacity(aux.load(std::memory_order_relaxed) & kCapacityMask);
+  }
+  // Whether the array has room for one more slot (the same terms).
+  bool has_room() const noexcept {
+    return detail::has_room(size.load(std::memory_order_relaxed),
+                            aux.load(std::memory_order_relaxed) & kCapacityMask);
+  }
+  // Records the array's capacity (a class's): the lock holder, or the node's owner.
+  void set_capacity(std::uint32_t capacity) noexcept {
+    const std::uint32_t c = capacity_class_for(capacity);
+    NODEMETA_ASSERT(class_capacity(c) == capacity, "slot arrays have a class's capacity");
+    const std::uint32_t old = aux.load(std::memory_order_relaxed) & kCapacityMask;
+    // The field is below the counts and changes only here: no carry or borrow reaches them.
+    if (c != old) aux.fetch_add(c - old, std::memory_order_relaxed);
+  }
 
   NodeState() noexcept = default;
   NodeState(const NodeState&) = delete;
   NodeState& operator=(const NodeState&) = delete;
   ~NodeState();  // releases the slots' references and the array (no reader may remain)
 };
+static_assert(sizeof(NodeState) == 24);
 
 // Test hook: how many times, in this process, a write began to defer to a node's priority
 // waiters (WriteLock). Only counted on that slow path.
