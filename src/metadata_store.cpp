@@ -427,6 +427,14 @@ bool open_with_lock(const NodeState& node) noexcept {
          detail::has_room(size, node.aux.load(std::memory_order_relaxed) & NodeState::kCapacityMask);
 }
 
+// A window opened in the lock's CAS on open_with_lock()'s hint: under the lock the same
+// test is exact. If another writer grew the node past kScanInWindow or filled its array
+// between the hint and the CAS, close the window again (unchanged) so that the scan and the
+// allocation run outside it; the write opens it later with open().
+void recheck_open(WriteLock& lock, const NodeState& node) noexcept {
+  if (lock.is_open() && !open_with_lock(node)) lock.close(false);
+}
+
 // Optimistic attempts a read makes before it takes the node's lock for one locked attempt:
 // few for a large node (each attempt copies or scans all of it, and a hot writer
 // invalidates nearly every one), many for a small one (an attempt is a few loads, and
@@ -786,6 +794,7 @@ WriteResult MetadataStore::write(NodeEntry& node, Key key, Value&& value) {
   {
     // A large node is scanned under the lock before the window opens (readers go on).
     WriteLock lock(state, open_with_lock(state));
+    recheck_open(lock, state);
     const std::uint32_t i = find_owned(state, key.id());
     FreshSlots fresh;
     if (i == kAbsent) prepare_append(state, fresh);  // may throw: nothing changed yet
@@ -811,6 +820,7 @@ bool MetadataStore::set_once(NodeEntry& node, Key key, Value&& value) {
   NodeState& state = node.second;
   {
     WriteLock lock(state, open_with_lock(state));
+    recheck_open(lock, state);
     if (find_owned(state, key.id()) != kAbsent) {
       if (lock.is_open()) lock.close(false);
       return false;
@@ -944,6 +954,7 @@ Value MetadataStore::update(NodeEntry& node, Key key,
       // and the comparison are then inside it, at most kScanInWindow slots); a commit that
       // finds the key changed closes it unchanged.
       WriteLock lock(state, open_with_lock(state), /*priority=*/run >= kPoliteAfter);
+      recheck_open(lock, state);
       const std::uint32_t i = find_owned(state, id);
       const bool unchanged =
           i == kAbsent ? !slot

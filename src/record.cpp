@@ -55,8 +55,11 @@ std::uint32_t grown_capacity(std::uint32_t size) {
                             " keys");
   }
   const std::uint64_t grown = size < 4 ? 4 : std::uint64_t{size} + size / 2;
-  return class_capacity(
-      capacity_class_for(static_cast<std::uint32_t>(grown < kMaxSlots ? grown : kMaxSlots)));
+  std::uint32_t c = capacity_class_for(static_cast<std::uint32_t>(grown < kMaxSlots ? grown : kMaxSlots));
+  // The largest class within 1.5x that still holds one more slot (classes above 32 are 5/4
+  // apart, so one always does): growth keeps its 1.5x bound on the waste.
+  if (class_capacity(c) > grown && c > 0 && class_capacity(c - 1) > size) --c;
+  return class_capacity(c);
 }
 
 Record::Record(const Record& other, std::uint32_t capacity) {
