@@ -225,10 +225,16 @@ std::string last_component(std::string_view s) {
 // formulas are for torch.nn's own classes only: another module's key is its qualified type
 // ("module:__main__.Conv2d", "module:torch.ao.nn.quantized.modules.conv.Conv2d"), which
 // no formula matches.
-std::string op_key(const graph::Node& n) {
+// Where nn_module_stack names no type (torch 1.13's symbolic_trace records no stack), the
+// graph's "modules" entry for the target does.
+std::string op_key(const graph::Node& n, const Value* module) {
   if (n.op == "call_module") {
-    const std::string type = detail::module_type(n);
-    if (type.empty()) return "module:" + n.target + " (no type in nn_module_stack)";
+    std::string type = detail::module_type(n);
+    if (type.empty() && module) {
+      const Value* t = module->find("type");
+      if (const auto* s = t ? t->get_if<std::string>() : nullptr) type = *s;
+    }
+    if (type.empty()) return "module:" + n.target + " (no type in nn_module_stack or the graph's modules table)";
     if (type.rfind("torch.nn.modules.", 0) == 0) return "module:" + last_component(type);
     return "module:" + type;
   }
@@ -239,7 +245,7 @@ std::string op_key(const graph::Node& n) {
     t.remove_prefix(15);
     return "aten." + std::string(t.substr(0, t.find('.')));  // drop the overload
   }
-  for (std::string_view prefix : {"_operator.", "torch.nn.functional.", "torch."}) {
+  for (std::string_view prefix : {"_operator.", "torch.nn.functional.", "torch._C._nn.", "torch."}) {
     if (t.rfind(prefix, 0) == 0 && t.find('.', prefix.size()) == std::string_view::npos) {
       return std::string(t.substr(prefix.size()));
     }
@@ -290,8 +296,13 @@ namespace {
 // The estimate of one node: what the formulas below share.
 class Estimator {
  public:
-  Estimator(const graph::Graph& graph, const graph::Node& n)
-      : graph_(graph), n_(n), key_(op_key(n)), base_(base_name(key_)), training_(training_mode(graph)) {}
+  Estimator(const graph::Graph& graph, const graph::Node& n, const Value* module)
+      : graph_(graph),
+        n_(n),
+        module_(module),
+        key_(op_key(n, module)),
+        base_(base_name(key_)),
+        training_(training_mode(graph)) {}
 
   CostEstimate run() {
     if (one_of(n_.op, detail::kNoComputation)) {
@@ -348,6 +359,49 @@ class Estimator {
     }
     return &in_[k].tensors.front();
   }
+  // ---- The call_module node's "modules" entry (module_ is nullptr without one) -----------
+
+  // An attribute of the module ("kernel_size"), or nullptr.
+  const Value* attribute(std::string_view name) const {
+    const Value* a = module_ ? module_->find("attributes") : nullptr;
+    return a ? a->find(name) : nullptr;
+  }
+  // A parameter of the module as the entry records it: kTensor (t is its shape), kNone (the
+  // module has none: bias=False), kMissing (not recorded or unusable; why_ says which).
+  enum class Param { kTensor, kNone, kMissing };
+  Param parameter(std::string_view name, Tensor& t) {
+    const Value* ps = module_ ? module_->find("parameters") : nullptr;
+    const Value* p = ps ? ps->find(name) : nullptr;
+    if (p && p->is_none()) return Param::kNone;
+    if (!p || p->kind() != Value::Kind::kDict || !is_tensor_value(*p)) {
+      why_ = key_ + ": the graph's modules table records no " + std::string(name) + " shape for " + n_.target;
+      return Param::kMissing;
+    }
+    std::string why;
+    if (!parse_tensor(*p, t, why)) {
+      why_ = key_ + ": the modules table's " + std::string(name) + " is " + why;
+      return Param::kMissing;
+    }
+    return Param::kTensor;
+  }
+  // The module's weight and optional bias: false (why_ set) unless the weight is a tensor
+  // and the bias a tensor or None.
+  bool weight_and_bias(Tensor& w, std::optional<Tensor>& bias) {
+    if (parameter("weight", w) != Param::kTensor) {
+      if (why_.empty()) why_ = key_ + ": the module has no weight";
+      return false;
+    }
+    Tensor b;
+    switch (parameter("bias", b)) {
+      case Param::kTensor: bias = std::move(b); return true;
+      case Param::kNone: return true;
+      case Param::kMissing: return false;
+    }
+    return false;
+  }
+  // "(weight shape from the graph's modules table)" and the like share this.
+  static constexpr std::string_view kFromTable = "; weight shape from the graph's modules table";
+
   std::string mode_unknown() const {
     return "the graph does not say whether it was traced in training mode (graph attribute 'training')";
   }
@@ -364,6 +418,7 @@ class Estimator {
       return known(0, out_.bytes, key_ + ": allocation/fill, 0 flops; bytes = output written");
     }
     if (one_of(base_, detail::kConcatenation)) return known(0, io_bytes_, "cat: 0 flops; bytes = inputs read + output written");
+    if (one_of(base_, detail::kEmbedding) && n_.op == "call_module") return embedding_module();
     if (one_of(base_, detail::kEmbedding)) {  // embedding(weight, indices)
       const Tensor* indices = operand(0) ? operand(1) : nullptr;
       if (!indices) return unknown(why_);
@@ -379,6 +434,10 @@ class Estimator {
       return known(product({5, numel_}), io_bytes_,
                    "layer norm: flops = 5*numel(out) (mean, centre, variance, normalise, affine)");
     }
+    if (one_of(base_, detail::kGroupNorm)) {
+      return known(product({5, numel_}), io_bytes_,
+                   "group/instance norm: flops = 5*numel(out) (mean, centre, variance, normalise, affine)");
+    }
     if (one_of(base_, detail::kSoftmax)) {
       return known(product({5, numel_}), io_bytes_, "softmax: flops = 5*numel(out) (max, subtract, exp, sum, divide)");
     }
@@ -387,6 +446,12 @@ class Estimator {
       if (!x) return unknown(why_);
       return known(x->numel, io_bytes_, key_ + ": flops = numel(input) (one add per input element)");
     }
+    if (one_of(base_, detail::kAdaptiveMaxPool)) {
+      const Tensor* x = operand(0);
+      if (!x) return unknown(why_);
+      return known(x->numel, io_bytes_, key_ + ": flops = numel(input) (one compare per input element)");
+    }
+    if (one_of(base_, detail::kLinearLayer) && module_) return linear_module();
     if (one_of(base_, detail::kLinearLayer)) {
       const Count flops = linear();
       if (!flops_ok_) return unknown(why_);
@@ -398,12 +463,110 @@ class Estimator {
     if (one_of(base_, detail::kConvolution)) return convolution();
     if (one_of(base_, detail::kAttention)) return attention();
     if (one_of(base_, detail::kConvModules)) {
+      if (module_) return conv_module();
       return unknown(key_ + ": kernel size and groups are not in fx call_module metadata");
     }
     if (one_of(base_, detail::kPooling)) {
+      if (module_ && n_.op == "call_module") return pool_module();
       return unknown(key_ + ": kernel size is not in the node metadata");
     }
     return unknown("no cost formula for " + key_);
+  }
+
+  // A Conv*d / ConvTranspose*d module, its weight's shape from the modules table:
+  //   forward:    weight [C_out, C_in/g, k...], flops = 2*numel(out)*prod(weight[1:])
+  //   transposed: weight [C_in, C_out/g, k...], flops = 2*numel(in)*prod(weight[1:])
+  // + numel(out) with a bias; bytes = input + output + weight (+ bias). The input may be
+  // unbatched ([C, spatial...]).
+  CostEstimate conv_module() {
+    Tensor w;
+    std::optional<Tensor> bias;
+    if (!weight_and_bias(w, bias)) return unknown(why_);
+    if (in_.size() != 1) return unknown(key_ + ": expects the input as its only operand");
+    const Tensor* x = operand(0);
+    if (!x) return unknown(why_);
+    const Tensor& y = *y_;
+    const std::size_t r = w.rank();
+    if (r < 3 || x->rank() != y.rank() || (x->rank() != r && x->rank() != r - 1)) {
+      return unknown(key_ + ": input, weight and output are not [N, C, spatial...] (or [C, spatial...]) tensors of the weight's rank");
+    }
+    const std::size_t c = x->rank() == r ? 1 : 0;  // the channel dimension
+    const bool transposed = base_.rfind("ConvTranspose", 0) == 0;
+    const std::int64_t cin = x->dim(c), cout = y.dim(c), w0 = w.dim(0), w1 = w.dim(1);
+    const Value* g_attr = attribute("groups");
+    const std::int64_t* groups = g_attr ? g_attr->get_if<std::int64_t>() : nullptr;
+    bool fits = (c == 0 || x->dim(0) == y.dim(0)) && w1 > 0;
+    if (!transposed) {  // C_out = w0 and C_in = groups * w1
+      fits = fits && cout == w0 && cin % w1 == 0 && (!groups || *groups * w1 == cin);
+    } else {  // C_in = w0 and C_out = groups * w1
+      fits = fits && cin == w0 && cout % w1 == 0 && (!groups || *groups * w1 == cout);
+    }
+    if (!fits) return unknown(key_ + ": the input, output and weight shapes do not fit the module");
+    Count per = 1;  // prod(weight[1:])
+    for (std::size_t d = 1; d < r; ++d) per = per ? product({*per, w.dim(d)}) : per;
+    if (!per) return unknown(key_ + ": the count does not fit int64");
+    const Count flops =
+        sum({product({2, transposed ? x->numel : numel_, *per}), bias ? Count(numel_) : Count(0)});
+    const Count bytes = sum({io_bytes_, w.bytes, bias ? Count(bias->bytes) : Count(0)});
+    const std::string bias_rule = bias ? " + numel(out) (bias)" : "";
+    const std::string rule = transposed ? key_ + ": flops = 2*numel(in)*C_out/groups*prod(kernel)" + bias_rule
+                                        : key_ + ": flops = 2*numel(out)*C_in/groups*prod(kernel)" + bias_rule;
+    return known(flops, bytes, rule + "; bytes = in + out + weight" + (bias ? " + bias" : "") + std::string(kFromTable));
+  }
+
+  // A Linear module with its weight [out_features, in_features] from the modules table.
+  CostEstimate linear_module() {
+    Tensor w;
+    std::optional<Tensor> bias;
+    if (!weight_and_bias(w, bias)) return unknown(why_);
+    const Count flops = linear();
+    if (!flops_ok_) return unknown(why_);
+    if (w.rank() != 2 || w.dim(1) != operand(0)->shape.back() || w.dim(0) != y_->shape.back()) {
+      return unknown(key_ + ": the weight's shape does not fit [..., in_features] -> [..., out_features]");
+    }
+    return known(sum({flops, bias ? Count(numel_) : Count(0)}),
+                 sum({io_bytes_, w.bytes, bias ? Count(bias->bytes) : Count(0)}),
+                 std::string("Linear: flops = 2*numel(out)*in_features") + (bias ? " + numel(out) (bias)" : "") +
+                     "; bytes = in + out + weight" + (bias ? " + bias" : "") + std::string(kFromTable));
+  }
+
+  // An Embedding module(indices): a gather, as aten embedding(weight, indices).
+  CostEstimate embedding_module() {
+    Tensor w;
+    if (parameter("weight", w) != Param::kTensor) {
+      return unknown(why_.empty() ? key_ + ": the module has no weight" : why_);
+    }
+    const Tensor* indices = operand(0);
+    if (!indices) return unknown(why_);
+    if (w.rank() != 2 || y_->rank() == 0 || y_->shape.back() != w.dim(1)) {
+      return unknown(key_ + ": the output's last dimension is not the weight's embedding_dim");
+    }
+    return known(0, sum({product({2, y_->bytes}), indices->bytes}),
+                 "Embedding: gather, 0 flops; bytes = rows read + output written + indices");
+  }
+
+  // MaxPool*d / AvgPool*d modules: one compare or add per window element of each output,
+  // kernel_size from the modules table (an int, or one per spatial dimension).
+  CostEstimate pool_module() {
+    const Value* k = attribute("kernel_size");
+    const std::size_t dims = static_cast<std::size_t>(base_[base_.size() - 2] - '0');  // "MaxPool2d": 2
+    Count window = 1;
+    if (const auto* ki = k ? k->get_if<std::int64_t>() : nullptr) {
+      for (std::size_t d = 0; d < dims && window; ++d) window = *ki < 0 ? std::nullopt : product({*window, *ki});
+    } else if (const auto* kl = k ? k->get_if<Value::List>() : nullptr; kl && kl->size() == dims) {
+      for (const Value& e : *kl) {
+        const auto* kd = e.get_if<std::int64_t>();
+        window = (!kd || *kd < 0 || !window) ? std::nullopt : product({*window, *kd});
+      }
+    } else {
+      return unknown(key_ + ": the graph's modules table records no kernel_size (an int or " + std::to_string(dims) +
+                     " ints) for " + n_.target);
+    }
+    if (!window) return unknown(key_ + ": kernel_size is negative or its product does not fit int64");
+    const bool max = base_.rfind("Max", 0) == 0;
+    return known(product({numel_, *window}), io_bytes_,
+                 key_ + ": flops = numel(out)*prod(kernel_size) (one " + (max ? "compare" : "add") +
+                     " per window element); kernel_size from the graph's modules table");
   }
 
   // Batch norm: the rate depends on the mode; without it, the eval count is a lower bound.
@@ -560,6 +723,15 @@ class Estimator {
     const bool seq_first = q->dim(1) == k->dim(1) && k->dim(1) == v->dim(1) && k->dim(0) == v->dim(0);
     const Count bf = flops(q->dim(0), q->dim(1), k->dim(1));
     const Count sf = flops(q->dim(1), q->dim(0), k->dim(0));
+    const Value* bf_attr = attribute("batch_first");
+    if (const auto* b = bf_attr ? bf_attr->get_if<bool>() : nullptr) {  // the modules table says
+      if (!(*b ? batch_first : seq_first)) {
+        return unknown(key_ + ": the shapes do not fit the module's layout (batch_first " + (*b ? "true" : "false") + ")");
+      }
+      return known(*b ? bf : sf, io_bytes_,
+                   std::string("MultiheadAttention (") + (*b ? "batch_first [N, L, E]" : "[L, N, E]") +
+                       ", batch_first from the graph's modules table): " + formula);
+    }
     if (batch_first && !seq_first) return known(bf, io_bytes_, "MultiheadAttention (batch_first [N, L, E]): " + formula);
     if (seq_first && !batch_first) return known(sf, io_bytes_, "MultiheadAttention ([L, N, E]): " + formula);
     if (!batch_first) return unknown(key_ + ": query, key and value shapes fit neither [N, L, E] nor [L, N, E]");
@@ -635,6 +807,7 @@ class Estimator {
 
   const graph::Graph& graph_;
   const graph::Node& n_;
+  const Value* module_;  // the node's "modules" entry, or nullptr
   const std::string key_;
   const std::string base_;
   const std::optional<bool> training_;
@@ -650,11 +823,16 @@ class Estimator {
 }  // namespace
 
 CostEstimate estimate_cost(const graph::Graph& graph, std::size_t index) {
-  return Estimator(graph, graph.node(index)).run();
+  const graph::Node& node = graph.node(index);
+  return Estimator(graph, node, detail::module_entry(graph, node)).run();
 }
 
 CostEstimate estimate_cost(const graph::Graph& graph, const graph::Node& node) {
-  return Estimator(graph, node).run();
+  return Estimator(graph, node, detail::module_entry(graph, node)).run();
+}
+
+CostEstimate detail::estimate_cost(const graph::Graph& graph, const graph::Node& node, const Value* module) {
+  return Estimator(graph, node, module).run();
 }
 
 }  // namespace nodemeta::passes

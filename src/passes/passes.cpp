@@ -5,6 +5,8 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <utility>
 
 #include "nodemeta/passes/provenance.h"
@@ -85,9 +87,22 @@ class CostPass final : public Pass {
   }
   void run(PassContext& ctx) override {
     const Graph& g = ctx.graph();
+    // The "modules" entries by path, looked up once (a node's lookup is then O(1)).
+    std::unordered_map<std::string_view, const Value*> modules;
+    for (const auto& [name, value] : g.attrs()) {
+      if (name != detail::kModulesAttr) continue;
+      if (const auto* d = value.get_if<Value::Dict>()) {
+        for (const auto& [path, entry] : *d) {
+          if (entry.kind() == Value::Kind::kDict) modules.emplace(path, &entry);
+        }
+      }
+      break;
+    }
     std::atomic<std::size_t> unknown{0};
     for_each_node(g, [&](std::size_t i) {
-      CostEstimate c = estimate_cost(g, i);
+      const graph::Node& n = g.node(i);
+      const auto m = n.op == "call_module" ? modules.find(n.target) : modules.end();
+      CostEstimate c = detail::estimate_cost(g, n, m == modules.end() ? nullptr : m->second);
       if (!c.flops) unknown.fetch_add(1, std::memory_order_relaxed);
       write_cost(ctx, ctx.graph().node(i).meta, std::move(c));
     });
