@@ -772,6 +772,150 @@ TEST(CostModelTest, NestedTupleResultsCountEveryTensor) {
   EXPECT_FALSE(cost_of(g, "lstm").flops);  // no formula
 }
 
+// ---- The graph's "modules" table (issue 23 item 2): torch 1.13's symbolic_trace records no
+// nn_module_stack, so nodemeta.fx writes each called module's type, attributes and
+// parameter shapes as a graph attribute; cost reads it for call_module nodes.
+
+// A call_module node with no nn_module_stack, as symbolic_trace makes it.
+FileNode bare(const std::string& name, std::vector<int> inputs, std::string result) {
+  return {name, "call_module", name, std::move(inputs), std::move(result), "torch.Tensor", "{}", ""};
+}
+
+std::string entry(const std::string& type, const std::string& attributes, const std::string& parameters) {
+  return R"({"type":"torch.nn.modules.)" + type + R"(","attributes":{)" + attributes + R"(},"parameters":{)" +
+         parameters + "}}";
+}
+
+std::string param(std::initializer_list<std::int64_t> shape) { return T(shape); }
+
+// The modules table for module_nodes(): each entry as nodemeta.fx writes it.
+std::string modules_attr() {
+  return R"("training":false,"modules":{)"
+         R"("conv":)" + entry("conv.Conv2d", R"("groups":1,"kernel_size":[3,3])",
+                             R"("weight":)" + param({8, 3, 3, 3}) + R"(,"bias":null)") + "," +
+         R"("dw":)" + entry("conv.Conv2d", R"("groups":8)", R"("weight":)" + param({8, 1, 3, 3}) +
+                           R"(,"bias":)" + param({8})) + "," +
+         R"("up":)" + entry("conv.ConvTranspose2d", R"("groups":1)",
+                           R"("weight":)" + param({8, 4, 2, 2}) + R"(,"bias":null)") + "," +
+         R"("pool":)" + entry("pooling.MaxPool2d", R"("kernel_size":3,"stride":2)", "") + "," +
+         R"("avg":)" + entry("pooling.AvgPool2d", R"("kernel_size":[2,1])", "") + "," +
+         R"("bn":)" + entry("batchnorm.BatchNorm2d", R"("eps":1e-05)", R"("weight":)" + param({8}) +
+                           R"(,"bias":)" + param({8})) + "," +
+         R"("gap":)" + entry("pooling.AdaptiveAvgPool2d", R"("output_size":[1,1])", "") + "," +
+         R"("flat":)" + entry("flatten.Flatten", R"("start_dim":1,"end_dim":-1)", "") + "," +
+         R"("fc":)" + entry("linear.Linear", R"("in_features":8,"out_features":10)",
+                           R"("weight":)" + param({10, 8}) + R"(,"bias":)" + param({10})) + "," +
+         R"("gn":)" + entry("normalization.GroupNorm", R"("num_groups":2)", "") + "," +
+         R"("amax":)" + entry("pooling.AdaptiveMaxPool2d", R"("output_size":1)", "") + "," +
+         R"("emb":)" + entry("sparse.Embedding", "", R"("weight":)" + param({100, 16})) + "," +
+         R"("nokernel":)" + entry("pooling.MaxPool2d", "", "") + "," +
+         R"("noweight":)" + entry("conv.Conv2d", R"("groups":1)", "") + "," +
+         R"("wrongweight":)" + entry("conv.Conv2d", R"("groups":1)", R"("weight":)" + param({8, 2, 3, 3}) +
+                                    R"(,"bias":null)") + "},";
+}
+
+std::vector<FileNode> module_nodes() {
+  return {{"x", "placeholder", "x", {}, T({1, 3, 8, 8})},
+          bare("conv", {0}, T({1, 8, 8, 8})),              // 1
+          bare("dw", {1}, T({1, 8, 8, 8})),                // 2
+          bare("up", {2}, T({1, 4, 16, 16})),              // 3
+          bare("pool", {2}, T({1, 8, 3, 3})),              // 4
+          bare("avg", {2}, T({1, 8, 4, 8})),               // 5
+          bare("bn", {2}, T({1, 8, 8, 8})),                // 6
+          bare("gap", {6}, T({1, 8, 1, 1})),               // 7
+          bare("flat", {7}, T({1, 8})),                    // 8
+          bare("fc", {8}, T({1, 10})),                     // 9
+          bare("gn", {2}, T({1, 8, 8, 8})),                // 10
+          bare("amax", {2}, T({1, 8, 1, 1})),              // 11
+          {"ids", "placeholder", "ids", {}, T({2, 5}, "torch.int64")},
+          bare("emb", {12}, T({2, 5, 16})),                // 13
+          bare("nokernel", {2}, T({1, 8, 3, 3})),          // 14
+          bare("noweight", {0}, T({1, 8, 8, 8})),          // 15
+          bare("wrongweight", {0}, T({1, 8, 8, 8})),       // 16
+          bare("unlisted", {2}, T({1, 8, 8, 8}))};         // 17
+}
+
+TEST(CostModelTest, ModulesTableCostsCallModuleNodes) {
+  const Graph g = crafted(module_nodes(), modules_attr());
+  const std::int64_t act = 8 * 8 * 8;
+  EXPECT_EQ(cost_of(g, "conv").flops, 2 * act * (3 * 3 * 3)) << cost_of(g, "conv").rule;
+  EXPECT_EQ(cost_of(g, "conv").bytes, (3 * 64 + act + 8 * 27) * 4);  // in + out + weight
+  EXPECT_NE(cost_of(g, "conv").rule.find("modules table"), std::string::npos);
+  EXPECT_EQ(cost_of(g, "dw").flops, 2 * act * 9 + act) << cost_of(g, "dw").rule;  // depthwise, + bias
+  EXPECT_EQ(cost_of(g, "dw").bytes, (act + act + 8 * 9 + 8) * 4);
+  EXPECT_EQ(cost_of(g, "up").flops, 2 * act * (4 * 2 * 2)) << cost_of(g, "up").rule;  // 2*numel(in)*...
+  EXPECT_EQ(cost_of(g, "pool").flops, 8 * 9 * 9) << cost_of(g, "pool").rule;  // kernel 3: 3x3
+  EXPECT_EQ(cost_of(g, "avg").flops, 8 * 4 * 8 * 2) << cost_of(g, "avg").rule;  // kernel [2, 1]
+  EXPECT_EQ(cost_of(g, "bn").flops, 2 * act);  // eval mode
+  EXPECT_EQ(cost_of(g, "gap").flops, act);
+  EXPECT_EQ(cost_of(g, "flat").flops, 0);
+  EXPECT_EQ(cost_of(g, "fc").flops, 2 * 10 * 8 + 10) << cost_of(g, "fc").rule;  // + bias
+  EXPECT_EQ(cost_of(g, "fc").bytes, (8 + 10 + 80 + 10) * 4);
+  EXPECT_EQ(cost_of(g, "gn").flops, 5 * act);
+  EXPECT_EQ(cost_of(g, "amax").flops, act);
+  EXPECT_EQ(cost_of(g, "emb").flops, 0);
+  EXPECT_EQ(cost_of(g, "emb").bytes, 2 * (10 * 16 * 4) + 10 * 8);
+  // What the table does not say stays unknown, with the reason.
+  EXPECT_FALSE(cost_of(g, "nokernel").flops);
+  EXPECT_NE(cost_of(g, "nokernel").rule.find("records no kernel_size"), std::string::npos) << cost_of(g, "nokernel").rule;
+  EXPECT_FALSE(cost_of(g, "noweight").flops);
+  EXPECT_NE(cost_of(g, "noweight").rule.find("records no weight shape"), std::string::npos) << cost_of(g, "noweight").rule;
+  EXPECT_FALSE(cost_of(g, "wrongweight").flops);  // C_in 3 is not groups 1 * 2
+  EXPECT_NE(cost_of(g, "wrongweight").rule.find("do not fit"), std::string::npos) << cost_of(g, "wrongweight").rule;
+  EXPECT_FALSE(cost_of(g, "unlisted").flops);
+  EXPECT_NE(cost_of(g, "unlisted").rule.find("no type in nn_module_stack or the graph's modules table"),
+            std::string::npos) << cost_of(g, "unlisted").rule;
+}
+
+// Without the table (a file that predates it) the same nodes are costed as before: unknown.
+TEST(CostModelTest, WithoutModulesTableCallModuleNodesStayUnknown) {
+  const Graph g = crafted(module_nodes(), R"("training":false,)");
+  for (const char* name : {"conv", "pool", "fc", "bn"}) {
+    const CostEstimate c = cost_of(g, name);
+    EXPECT_FALSE(c.flops) << name;
+    EXPECT_NE(c.rule.find("no type in nn_module_stack"), std::string::npos) << c.rule;
+  }
+  // nn_module_stack's type, where present, is the type; without the table a conv module is
+  // unknown as before (its kernel is not in the node's metadata).
+  const Graph s = crafted({{"x", "placeholder", "x", {}, T({1, 3, 8, 8})},
+                           module("conv", "torch.nn.modules.conv.Conv2d", {0}, T({1, 8, 8, 8}))});
+  EXPECT_NE(cost_of(s, "conv").rule.find("kernel size and groups are not in fx call_module metadata"),
+            std::string::npos) << cost_of(s, "conv").rule;
+}
+
+// The cost pass (which indexes the table once) writes what estimate_cost computes, and a
+// saved graph keeps the table: loading it again gives the same costs.
+TEST(CostModelTest, ModulesTableSurvivesSaveAndThePassAgrees) {
+  Graph g = crafted(module_nodes(), modules_attr());
+  const Baseline base(g);
+  run_pipeline(g, std::vector<std::string>{"cost"}, base);
+  Graph again = graph::parse_graph(graph::to_json(g), "saved.json");
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    const CostEstimate c = estimate_cost(again, i);
+    const NodeMetadata& m = g.node(i).meta;
+    EXPECT_EQ(m.at("flops"), c.flops ? Value(*c.flops) : Value("unknown")) << g.node(i).name;
+    EXPECT_EQ(m.at("cost_rule"), Value(c.rule)) << g.node(i).name;
+  }
+  EXPECT_EQ(graph::to_json(again), graph::to_json(g));
+}
+
+// MultiheadAttention's batch_first, which the shapes cannot settle for self-attention, comes
+// from the table.
+TEST(CostModelTest, ModulesTableSettlesAttentionLayout) {
+  const std::string attrs = R"("modules":{"attn":{"type":"torch.nn.modules.activation.MultiheadAttention",)"
+                            R"("attributes":{"batch_first":false},"parameters":{}}},)";
+  const std::vector<FileNode> nodes = {{"q", "placeholder", "q", {}, T({2, 6, 8})},
+                                       bare("attn", {0}, "[" + T({2, 6, 8}) + ",null]")};
+  const Graph without = crafted({nodes[0], module("attn", "torch.nn.modules.activation.MultiheadAttention", {0},
+                                                  "[" + T({2, 6, 8}) + ",null]")});
+  EXPECT_EQ(cost_of(without, "attn").flops, std::nullopt);  // both layouts fit, with different counts
+  const Graph g = crafted(nodes, attrs);
+  const CostEstimate c = cost_of(g, "attn");
+  // [L, N, E]: N = 6, L = S = 2, E = 8
+  EXPECT_EQ(c.flops, 4 * 6 * 2 * 64 + 2 * 6 * 2 * 8 * 16 + 4 * 6 * 2 * 2 * 8) << c.rule;
+  EXPECT_NE(c.rule.find("batch_first from the graph's modules table"), std::string::npos) << c.rule;
+}
+
 // Kind: regression (issue 14, also). Batch norm and dropout cost depend on the training
 // mode, which only the graph attribute "training" records.
 TEST(CostModelTest, BatchNormAndDropoutFollowTheMode) {
