@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 __all__ = ["MAX_VALUE_DEPTH", "SCHEMA_KEYS", "converter_for", "to_plain", "target_name", "module_table",
-           "graph_document", "save"]
+           "call_table", "graph_document", "save"]
 
 #: The arrays/objects a node's meta value may nest: nodemeta loads a document nested at most
 #: 256 deep by default (--max-depth, LoadOptions::max_depth), and a meta value sits at depth 5.
@@ -476,6 +476,39 @@ def module_table(gm: Any) -> dict:
     return table
 
 
+def call_table(gm: Any) -> dict:
+    """The graph's "calls" attribute: {node name: {"args": [...], "kwargs": {...}}} for each
+    call_function / call_method node with an argument that is not a node (a kernel size, a
+    dim, a window size, a flag), its arguments as to_plain() writes them, each node among
+    them as {"node": its name}. A node whose arguments cannot all be written (a slice, an
+    opaque object) or that has only node arguments is left out. The cost pass reads it where
+    a function's cost depends on an argument (the kernel size of F.max_pool2d, swin's window
+    size). `gm` is a GraphModule or a Graph; in graph order.
+    """
+    import torch.fx
+
+    graph = gm if isinstance(gm, torch.fx.Graph) else gm.graph
+    Node = torch.fx.Node
+    table: dict = {}
+    for node in graph.nodes:
+        if node.op not in ("call_function", "call_method"):
+            continue
+        constants = []
+        torch.fx.node.map_aggregate((node.args, node.kwargs),
+                                    lambda a: constants.append(a) if not isinstance(a, Node) else None)
+        if not constants:
+            continue
+        as_names = torch.fx.node.map_arg((node.args, node.kwargs), lambda n: {"node": n.name})
+        try:
+            args, kwargs = to_plain(as_names)
+        except (TypeError, ValueError):
+            continue
+        if not isinstance(kwargs, dict):
+            continue
+        table[node.name] = {"args": args, "kwargs": kwargs}
+    return table
+
+
 def _example_input(meta: Mapping[str, Any]) -> Any:
     # A placeholder's converted tensor_meta or val: {"shape", "dtype"} of a tensor.
     value = meta["tensor_meta"] if meta["tensor_meta"] is not None else meta["val"]
@@ -513,7 +546,9 @@ def graph_document(
     bare Graph without it writes none (unknown).
 
     "modules" is module_table(gm) (each called module's type, plain attributes and parameter
-    shapes, which the cost pass reads for call_module nodes), left out when empty.
+    shapes, which the cost pass reads for call_module nodes), left out when empty; "calls"
+    is call_table(gm) (the non-node arguments of call_function / call_method nodes, which
+    the cost pass reads for the ops whose cost depends on one), left out when empty.
 
     Raises ValueError naming the node and the key for anything a graph file cannot hold:
     "nodes[12] (relu_3).meta['foo']: cannot convert <class 'X'>".
@@ -551,6 +586,9 @@ def graph_document(
     modules = module_table(gm)
     if modules:
         doc["modules"] = modules
+    calls = call_table(gm)
+    if calls:
+        doc["calls"] = calls
     try:
         doc = to_plain(doc)
     except (TypeError, ValueError) as e:

@@ -69,8 +69,10 @@ def run_passes(gm: Any, passes: Sequence[str] = ("cost", "propagate", "verify"),
     seconds, summary, problems. ``training``: the mode the graph was traced in (batch norm
     and dropout costs depend on it); default: a GraphModule's own ``training`` flag, unknown
     for a bare Graph. Each called module's type, attributes and parameter shapes go to the
-    passes as the graph's "modules" attribute (``_fxjson.module_table``), as ``save()``
-    writes it, so call_module nodes are costed alike here and from a saved file. Concurrent-safe with other threads reading and writing the same nodes;
+    passes as the graph's "modules" attribute (``_fxjson.module_table``), and the non-node
+    arguments of function and method calls as its "calls" attribute
+    (``_fxjson.call_table``), as ``save()`` writes them, so nodes are costed alike here and
+    from a saved file. Concurrent-safe with other threads reading and writing the same nodes;
     the graph's structure must not change while it runs.
     """
     if isinstance(passes, str):
@@ -96,6 +98,9 @@ def run_passes(gm: Any, passes: Sequence[str] = ("cost", "propagate", "verify"),
     modules = _fxjson.module_table(gm)
     if modules:
         attrs["modules"] = modules  # what save() writes: the same costs from the file
+    calls = _fxjson.call_table(gm)
+    if calls:
+        attrs["calls"] = calls
     return _core._run_passes(store, spec, list(passes), threads,
                              None if training is None else bool(training), attrs)
 

@@ -296,10 +296,11 @@ namespace {
 // The estimate of one node: what the formulas below share.
 class Estimator {
  public:
-  Estimator(const graph::Graph& graph, const graph::Node& n, const Value* module)
+  Estimator(const graph::Graph& graph, const graph::Node& n, const Value* module, const Value* call)
       : graph_(graph),
         n_(n),
         module_(module),
+        call_(call),
         key_(op_key(n, module)),
         base_(base_name(key_)),
         training_(training_mode(graph)) {}
@@ -399,6 +400,43 @@ class Estimator {
     }
     return false;
   }
+  // ---- The call_function / call_method node's "calls" entry (call_ is nullptr without one) --
+
+  // The call's argument at position `pos`, else its keyword `name`, or nullptr.
+  const Value* argument(std::size_t pos, std::string_view name) const {
+    if (!call_) return nullptr;
+    const Value* args = call_->find("args");
+    if (const auto* l = args ? args->get_if<Value::List>() : nullptr; l && pos < l->size()) return &(*l)[pos];
+    const Value* kwargs = call_->find("kwargs");
+    return kwargs ? kwargs->find(name) : nullptr;
+  }
+  // The node a node argument ({"node": name}) names, or nullptr (absent, None, not a node).
+  const graph::Node* node_argument(std::size_t pos, std::string_view name) const {
+    const Value* a = argument(pos, name);
+    const Value* ref = a && a->kind() == Value::Kind::kDict ? a->find("node") : nullptr;
+    const auto* s = ref ? ref->get_if<std::string>() : nullptr;
+    const std::optional<std::size_t> i = s ? graph_.find(*s) : std::nullopt;
+    return i ? &graph_.node(*i) : nullptr;
+  }
+  // A list of `n` integers >= 0, or nullopt.
+  static std::optional<std::vector<std::int64_t>> ints(const Value* v, std::size_t n) {
+    const auto* l = v ? v->get_if<Value::List>() : nullptr;
+    if (!l || l->size() != n) return std::nullopt;
+    std::vector<std::int64_t> out;
+    for (const Value& e : *l) {
+      const auto* i = e.get_if<std::int64_t>();
+      if (!i || *i < 0) return std::nullopt;
+      out.push_back(*i);
+    }
+    return out;
+  }
+  // A number argument as a double (an int or a float), or nullopt.
+  static std::optional<double> number(const Value* v) {
+    if (const auto* i = v ? v->get_if<std::int64_t>() : nullptr) return static_cast<double>(*i);
+    if (const auto* d = v ? v->get_if<double>() : nullptr) return *d;
+    return std::nullopt;
+  }
+
   // "(weight shape from the graph's modules table)" and the like share this.
   static constexpr std::string_view kFromTable = "; weight shape from the graph's modules table";
 
@@ -408,6 +446,14 @@ class Estimator {
 
   CostEstimate formulas() {
     if (key_.rfind("nodemeta.fused.", 0) == 0) return fused(key_.substr(15));
+    if (one_of(base_, detail::kDropout) && call_) {  // stochastic_depth(input, p, mode, training)
+      const Value* t = argument(3, "training");
+      const std::optional<double> p = number(argument(1, "p"));
+      if (const auto* b = t ? t->get_if<bool>() : nullptr; b && p) {
+        if (!*b || *p == 0.0) return {0, 0, key_ + " (training=False or p=0 in the call): identity", std::nullopt};
+        return known(numel_, io_bytes_, key_ + " (training=True in the call): flops = numel(out) (mask and scale)");
+      }
+    }
     if (one_of(base_, detail::kDropout)) {
       if (!training_) return unknown(key_ + ": identity in eval mode, elementwise in training mode; " + mode_unknown());
       if (!*training_) return {0, 0, "Dropout (eval mode): identity", std::nullopt};
@@ -467,9 +513,11 @@ class Estimator {
       return unknown(key_ + ": kernel size and groups are not in fx call_module metadata");
     }
     if (one_of(base_, detail::kPooling)) {
-      if (module_ && n_.op == "call_module") return pool_module();
+      if (module_ && n_.op == "call_module") return pool(attribute("kernel_size"), "modules");
+      if (call_ && n_.op != "call_module") return pool(argument(1, "kernel_size"), "calls");
       return unknown(key_ + ": kernel size is not in the node metadata");
     }
+    if (one_of(base_, detail::kWindowAttention)) return window_attention();
     return unknown("no cost formula for " + key_);
   }
 
@@ -545,10 +593,10 @@ class Estimator {
                  "Embedding: gather, 0 flops; bytes = rows read + output written + indices");
   }
 
-  // MaxPool*d / AvgPool*d modules: one compare or add per window element of each output,
-  // kernel_size from the modules table (an int, or one per spatial dimension).
-  CostEstimate pool_module() {
-    const Value* k = attribute("kernel_size");
+  // MaxPool*d / AvgPool*d modules and max_pool*d / avg_pool*d calls: one compare or add per
+  // window element of each output, kernel_size (an int, or one per spatial dimension) from
+  // the graph's `table` ("modules": the module's attribute; "calls": the call's argument).
+  CostEstimate pool(const Value* k, const std::string& table) {
     const std::size_t dims = static_cast<std::size_t>(base_[base_.size() - 2] - '0');  // "MaxPool2d": 2
     Count window = 1;
     if (const auto* ki = k ? k->get_if<std::int64_t>() : nullptr) {
@@ -559,14 +607,95 @@ class Estimator {
         window = (!kd || *kd < 0 || !window) ? std::nullopt : product({*window, *kd});
       }
     } else {
-      return unknown(key_ + ": the graph's modules table records no kernel_size (an int or " + std::to_string(dims) +
-                     " ints) for " + n_.target);
+      return unknown(key_ + ": the graph's " + table + " table records no kernel_size (an int or " +
+                     std::to_string(dims) + " ints) for " + (table == "calls" ? n_.name : n_.target));
     }
     if (!window) return unknown(key_ + ": kernel_size is negative or its product does not fit int64");
     const bool max = base_.rfind("Max", 0) == 0;
     return known(product({numel_, *window}), io_bytes_,
                  key_ + ": flops = numel(out)*prod(kernel_size) (one " + (max ? "compare" : "add") +
-                     " per window element); kernel_size from the graph's modules table");
+                     " per window element); kernel_size from the graph's " + table + " table");
+  }
+
+  // torchvision's shifted_window_attention(input [B, H, W, C], qkv_weight [O, C], proj_weight
+  // [C, C], relative_position_bias [1, h, L, L], window_size [a, b], num_heads h,
+  // shift_size, attention_dropout, dropout, qkv_bias, proj_bias, logit_scale), from the
+  // "calls" table: the input is padded to Hp x Wp (multiples of the window), T = B*Hp*Wp
+  // tokens in windows of L = a*b; the shift applies where the window is smaller than the
+  // padded map. Counted (the code's own steps): qkv and proj projections 2*T*C*O + 2*T*C*C,
+  // QK^T and AV 4*T*L*C, bias add and softmax 6*T*h*L, the shift mask add T*h*L, q's scaling
+  // T*C (v1) or the cosine attention's normalisation of q and k 4*T*C and logit scale
+  // T*h*L (v2, with logit_scale), the biases T*O + T*C, dropouts with p > 0 (F.dropout
+  // there drops in both modes) T*h*L + T*C. Bytes: every operand and the output.
+  CostEstimate window_attention() {
+    if (!call_) return unknown(key_ + ": the window size and head count are not in the node metadata (no calls table)");
+    const graph::Node* nodes[] = {node_argument(0, "input"), node_argument(1, "qkv_weight"),
+                                  node_argument(2, "proj_weight")};
+    const std::optional<std::vector<std::int64_t>> window = ints(argument(4, "window_size"), 2);
+    const std::optional<std::vector<std::int64_t>> shift = ints(argument(6, "shift_size"), 2);
+    const Value* heads_v = argument(5, "num_heads");
+    const auto* heads = heads_v ? heads_v->get_if<std::int64_t>() : nullptr;
+    if (!nodes[0] || !nodes[1] || !nodes[2] || !window || !shift || !heads || *heads <= 0 || (*window)[0] <= 0 ||
+        (*window)[1] <= 0) {
+      return unknown(key_ + ": the calls table does not record input, qkv_weight, proj_weight, window_size, "
+                            "num_heads and shift_size as the function takes them");
+    }
+    std::vector<Tensor> t[3];
+    for (int k = 0; k < 3; ++k) {
+      Result r = node_result(*nodes[k]);
+      if (r.kind != Result::Kind::kTensors || r.tensors.size() != 1) {
+        return unknown(key_ + ": argument " + std::to_string(k) + " is not one tensor with a shape");
+      }
+      t[k] = std::move(r.tensors);
+    }
+    const Tensor &x = t[0][0], &qkv_w = t[1][0], &proj_w = t[2][0];
+    if (x.rank() != 4 || y_->shape != x.shape || qkv_w.rank() != 2 || proj_w.rank() != 2 ||
+        qkv_w.dim(1) != x.dim(3) || proj_w.dim(0) != x.dim(3) || proj_w.dim(1) != x.dim(3) ||
+        x.dim(3) % *heads != 0) {
+      return unknown(key_ + ": the input [B, H, W, C], weights [O, C] and [C, C], output and num_heads do not fit");
+    }
+    auto has = [&](std::size_t pos, std::string_view name) {
+      const Value* a = argument(pos, name);
+      return a && !a->is_none();
+    };
+    const bool qkv_bias = has(9, "qkv_bias"), proj_bias = has(10, "proj_bias"), cosine = has(11, "logit_scale");
+    const std::optional<double> attn_p = number(argument(7, "attention_dropout"));
+    const std::optional<double> out_p = number(argument(8, "dropout"));
+    if ((has(7, "attention_dropout") && !attn_p) || (has(8, "dropout") && !out_p)) {
+      return unknown(key_ + ": a dropout probability in the calls table is not a number");
+    }
+    const std::int64_t a = (*window)[0], b = (*window)[1], c = x.dim(3), o = qkv_w.dim(0), h = *heads;
+    const std::int64_t hp = (x.dim(1) + a - 1) / a * a, wp = (x.dim(2) + b - 1) / b * b;
+    const bool shifted = (a < hp && (*shift)[0] > 0) || (b < wp && (*shift)[1] > 0);
+    const Count tokens = product({x.dim(0), hp, wp});
+    if (!tokens) return unknown(key_ + ": the count does not fit int64");
+    const std::int64_t n = *tokens, l = a * b;
+    std::string rule = key_ + ": flops = 2*T*C*O + 2*T*C*C (qkv, proj) + 4*T*L*C (QK^T, AV) + 6*T*h*L (bias add, softmax)";
+    Count flops = sum({product({2, n, c, o}), product({2, n, c, c}), product({4, n, l, c}), product({6, n, h, l})});
+    if (shifted) {
+      flops = sum({flops, product({n, h, l})});
+      rule += " + T*h*L (shift mask)";
+    }
+    if (cosine) {
+      flops = sum({flops, product({4, n, c}), product({n, h, l})});
+      rule += " + 4*T*C + T*h*L (cosine attention)";
+    } else {
+      flops = sum({flops, product({n, c})});
+      rule += " + T*C (q scale)";
+    }
+    if (qkv_bias || proj_bias) {
+      flops = sum({flops, qkv_bias ? product({n, o}) : Count(0), proj_bias ? product({n, c}) : Count(0)});
+      rule += " + biases";
+    }
+    if ((attn_p && *attn_p != 0.0) || (out_p && *out_p != 0.0)) {
+      flops = sum({flops, attn_p && *attn_p != 0.0 ? product({n, h, l}) : Count(0),
+                   out_p && *out_p != 0.0 ? product({n, c}) : Count(0)});
+      rule += " + dropout";
+    }
+    return known(flops, io_bytes_,
+                 rule + "; T = B*Hp*Wp = " + std::to_string(n) + " tokens (padded), L = " + std::to_string(l) +
+                     " (window " + std::to_string(a) + "x" + std::to_string(b) + "), h = " + std::to_string(h) +
+                     " from the graph's calls table");
   }
 
   // Batch norm: the rate depends on the mode; without it, the eval count is a lower bound.
@@ -808,6 +937,7 @@ class Estimator {
   const graph::Graph& graph_;
   const graph::Node& n_;
   const Value* module_;  // the node's "modules" entry, or nullptr
+  const Value* call_;    // the node's "calls" entry, or nullptr
   const std::string key_;
   const std::string base_;
   const std::optional<bool> training_;
@@ -824,15 +954,16 @@ class Estimator {
 
 CostEstimate estimate_cost(const graph::Graph& graph, std::size_t index) {
   const graph::Node& node = graph.node(index);
-  return Estimator(graph, node, detail::module_entry(graph, node)).run();
+  return Estimator(graph, node, detail::module_entry(graph, node), detail::call_entry(graph, node)).run();
 }
 
 CostEstimate estimate_cost(const graph::Graph& graph, const graph::Node& node) {
-  return Estimator(graph, node, detail::module_entry(graph, node)).run();
+  return Estimator(graph, node, detail::module_entry(graph, node), detail::call_entry(graph, node)).run();
 }
 
-CostEstimate detail::estimate_cost(const graph::Graph& graph, const graph::Node& node, const Value* module) {
-  return Estimator(graph, node, module).run();
+CostEstimate detail::estimate_cost(const graph::Graph& graph, const graph::Node& node, const Value* module,
+                                   const Value* call) {
+  return Estimator(graph, node, module, call).run();
 }
 
 }  // namespace nodemeta::passes

@@ -65,6 +65,9 @@ inline constexpr std::string_view kMatrixProduct[] = {"mm", "bmm", "matmul"};
 inline constexpr std::string_view kMatrixProductWithBias[] = {"addmm"};
 inline constexpr std::string_view kConvolution[] = {"convolution"};
 inline constexpr std::string_view kAttention[] = {"MultiheadAttention"};
+// torchvision's swin attention (torch.fx.wrap'ed: one call_function node), costed from its
+// operands and the window size and head count of the graph's "calls" table.
+inline constexpr std::string_view kWindowAttention[] = {"torchvision.models.swin_transformer.shifted_window_attention"};
 // Known from the graph's "modules" table (the weight's shape, the kernel size); unknown
 // without it, and always for the functional pools, whose kernel size is an argument.
 inline constexpr std::string_view kConvModules[] = {
@@ -150,6 +153,7 @@ inline constexpr OpFamily kOpFamilies[] = {
     {"matrix product with bias", kMatrixProductWithBias},
     {"convolution", kConvolution},
     {"attention", kAttention},
+    {"windowed attention", kWindowAttention},
     {"fused nodes", kFusedParts},
     {"conv modules", kConvModules},
     {"pooling", kPooling},
@@ -181,6 +185,11 @@ constexpr std::int64_t dtype_bytes(std::string_view dtype) {
 // "Graphs"). Absent in files that predate it: call_module nodes are then costed as before.
 inline constexpr std::string_view kModulesAttr = "modules";
 
+// The graph attribute nodemeta.fx writes for call_function / call_method nodes: {node name:
+// {"args": [...], "kwargs": {...}}}, their non-node arguments (a node among them written as
+// {"node": name}). Absent in files that predate it.
+inline constexpr std::string_view kCallsAttr = "calls";
+
 // The "modules" entry (a dict) of a call_module node's target, or nullptr: another op, no
 // table, no entry, or an entry that is not a dict. Linear in the table's size.
 inline const Value* module_entry(const graph::Graph& g, const graph::Node& n) {
@@ -203,10 +212,24 @@ inline std::string module_type(const graph::Node& n) {
   return s ? *s : std::string();
 }
 
+// The "calls" entry (a dict) of a call_function / call_method node, or nullptr. Linear in
+// the table's size.
+inline const Value* call_entry(const graph::Graph& g, const graph::Node& n) {
+  if (n.op != "call_function" && n.op != "call_method") return nullptr;
+  for (const auto& [name, value] : g.attrs()) {
+    if (name != kCallsAttr) continue;
+    const Value* e = value.find(n.name);
+    return e && e->kind() == Value::Kind::kDict ? e : nullptr;
+  }
+  return nullptr;
+}
+
 // The cost of `node` (in `graph`, or a new node whose inputs are `graph`'s indices), with
-// `module` its "modules" entry (module_entry, or nullptr): what estimate_cost() computes,
-// for callers that look the entries up once per graph (the cost pass).
-CostEstimate estimate_cost(const graph::Graph& graph, const graph::Node& node, const Value* module);
+// `module` its "modules" entry (module_entry, or nullptr) and `call` its "calls" entry
+// (call_entry, or nullptr): what estimate_cost() computes, for callers that look the
+// entries up once per graph (the cost pass).
+CostEstimate estimate_cost(const graph::Graph& graph, const graph::Node& node, const Value* module,
+                           const Value* call);
 
 }  // namespace nodemeta::passes::detail
 

@@ -87,22 +87,33 @@ class CostPass final : public Pass {
   }
   void run(PassContext& ctx) override {
     const Graph& g = ctx.graph();
-    // The "modules" entries by path, looked up once (a node's lookup is then O(1)).
-    std::unordered_map<std::string_view, const Value*> modules;
-    for (const auto& [name, value] : g.attrs()) {
-      if (name != detail::kModulesAttr) continue;
-      if (const auto* d = value.get_if<Value::Dict>()) {
-        for (const auto& [path, entry] : *d) {
-          if (entry.kind() == Value::Kind::kDict) modules.emplace(path, &entry);
+    // The "modules" entries by path and the "calls" entries by node name, looked up once
+    // (a node's lookup is then O(1)); the first of duplicate keys, as Value::find.
+    const auto index = [&](std::string_view attr) {
+      std::unordered_map<std::string_view, const Value*> table;
+      for (const auto& [name, value] : g.attrs()) {
+        if (name != attr) continue;
+        if (const auto* d = value.get_if<Value::Dict>()) {
+          for (const auto& [key, entry] : *d) {
+            if (entry.kind() == Value::Kind::kDict) table.emplace(key, &entry);
+          }
         }
+        break;
       }
-      break;
-    }
+      return table;
+    };
+    const auto modules = index(detail::kModulesAttr);
+    const auto calls = index(detail::kCallsAttr);
+    const auto lookup = [](const auto& table, std::string_view key) -> const Value* {
+      const auto it = table.find(key);
+      return it == table.end() ? nullptr : it->second;
+    };
     std::atomic<std::size_t> unknown{0};
     for_each_node(g, [&](std::size_t i) {
       const graph::Node& n = g.node(i);
-      const auto m = n.op == "call_module" ? modules.find(n.target) : modules.end();
-      CostEstimate c = detail::estimate_cost(g, n, m == modules.end() ? nullptr : m->second);
+      const bool call = n.op == "call_function" || n.op == "call_method";
+      CostEstimate c = detail::estimate_cost(g, n, n.op == "call_module" ? lookup(modules, n.target) : nullptr,
+                                             call ? lookup(calls, n.name) : nullptr);
       if (!c.flops) unknown.fetch_add(1, std::memory_order_relaxed);
       write_cost(ctx, ctx.graph().node(i).meta, std::move(c));
     });
