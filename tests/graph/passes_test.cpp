@@ -916,6 +916,65 @@ TEST(CostModelTest, ModulesTableSettlesAttentionLayout) {
   EXPECT_NE(c.rule.find("batch_first from the graph's modules table"), std::string::npos) << c.rule;
 }
 
+// The graph's "calls" table: a call's non-node arguments, for the ops whose cost depends on
+// one (a functional pool's kernel size, stochastic_depth's flag, swin's window).
+TEST(CostModelTest, CallsTableCostsFunctionalPoolsAndStochasticDepth) {
+  const std::vector<FileNode> nodes = {
+      {"x", "placeholder", "x", {}, T({1, 8, 9, 9})},
+      {"max_pool2d", "call_function", "torch.nn.functional.max_pool2d", {0}, T({1, 8, 4, 4})},
+      {"avg_pool2d", "call_function", "torch._C._nn.avg_pool2d", {0}, T({1, 8, 9, 9})},
+      {"sd_eval", "call_function", "torchvision.ops.stochastic_depth.stochastic_depth", {0}, T({1, 8, 9, 9})},
+      {"sd_train", "call_function", "torchvision.ops.stochastic_depth.stochastic_depth", {0}, T({1, 8, 9, 9})}};
+  const std::string calls =
+      R"("calls":{"max_pool2d":{"args":[{"node":"x"}],"kwargs":{"kernel_size":3,"stride":2}},)"
+      R"("avg_pool2d":{"args":[{"node":"x"},[3,1],1,1],"kwargs":{}},)"
+      R"("sd_eval":{"args":[{"node":"x"},0.1,"row",false],"kwargs":{}},)"
+      R"("sd_train":{"args":[{"node":"x"},0.1,"row",true],"kwargs":{}}},)";
+  const Graph g = crafted(nodes, calls);
+  EXPECT_EQ(cost_of(g, "max_pool2d").flops, 8 * 16 * 9) << cost_of(g, "max_pool2d").rule;
+  EXPECT_NE(cost_of(g, "max_pool2d").rule.find("calls table"), std::string::npos);
+  EXPECT_EQ(cost_of(g, "avg_pool2d").flops, 8 * 81 * 3) << cost_of(g, "avg_pool2d").rule;  // was "no cost formula"
+  EXPECT_EQ(cost_of(g, "sd_eval").flops, 0) << cost_of(g, "sd_eval").rule;  // the call's own flag, mode unknown
+  EXPECT_EQ(cost_of(g, "sd_train").flops, 8 * 81) << cost_of(g, "sd_train").rule;
+  const Graph without = crafted(nodes);
+  EXPECT_FALSE(cost_of(without, "max_pool2d").flops);
+  EXPECT_NE(cost_of(without, "max_pool2d").rule.find("kernel size is not in the node metadata"), std::string::npos);
+  EXPECT_FALSE(cost_of(without, "avg_pool2d").flops);
+  EXPECT_FALSE(cost_of(without, "sd_eval").flops);  // identity or not: the graph's mode decides
+  EXPECT_NE(cost_of(without, "sd_eval").rule.find("training"), std::string::npos) << cost_of(without, "sd_eval").rule;
+}
+
+// swin's shifted_window_attention: every step the function runs, from its operands' shapes and
+// the window size, head count and shift of the calls table.
+TEST(CostModelTest, CallsTableCostsShiftedWindowAttention) {
+  const std::int64_t b = 1, h = 6, w = 5, c = 8, heads = 2, a = 4, bw = 4;  // pads to 8 x 8
+  const std::vector<FileNode> nodes = {
+      {"x", "placeholder", "x", {}, T({b, h, w, c})},
+      {"qkv_w", "get_attr", "qkv_w", {}, T({3 * c, c})},
+      {"proj_w", "get_attr", "proj_w", {}, T({c, c})},
+      {"rpb", "placeholder", "rpb", {}, T({1, heads, a * bw, a * bw})},
+      {"qkv_b", "get_attr", "qkv_b", {}, T({3 * c})},
+      {"swa", "call_function", "torchvision.models.swin_transformer.shifted_window_attention", {0, 1, 2, 3, 4},
+       T({b, h, w, c})},
+      {"swa_shift", "call_function", "torchvision.models.swin_transformer.shifted_window_attention", {0, 1, 2, 3},
+       T({b, h, w, c})}};
+  const std::string calls =
+      R"("calls":{"swa":{"args":[{"node":"x"},{"node":"qkv_w"},{"node":"proj_w"},{"node":"rpb"},[4,4],2],)"
+      R"("kwargs":{"shift_size":[0,0],"attention_dropout":0.0,"dropout":0.0,"qkv_bias":{"node":"qkv_b"},"proj_bias":null}},)"
+      R"("swa_shift":{"args":[{"node":"x"},{"node":"qkv_w"},{"node":"proj_w"},{"node":"rpb"},[4,4],2],)"
+      R"("kwargs":{"shift_size":[2,2]}}},)";
+  const Graph g = crafted(nodes, calls);
+  const std::int64_t t = b * 8 * 8, l = a * bw;
+  const std::int64_t base = 2 * t * c * 3 * c + 2 * t * c * c + 4 * t * l * c + 6 * t * heads * l + t * c;
+  EXPECT_EQ(cost_of(g, "swa").flops, base + t * 3 * c) << cost_of(g, "swa").rule;  // + the qkv bias
+  EXPECT_EQ(cost_of(g, "swa_shift").flops, base + t * heads * l) << cost_of(g, "swa_shift").rule;  // + the mask
+  const std::int64_t operands = (b * h * w * c + 3 * c * c + c * c + heads * l * l) * 4;
+  EXPECT_EQ(cost_of(g, "swa").bytes, operands + 3 * c * 4 + b * h * w * c * 4);
+  const Graph without = crafted(nodes);
+  EXPECT_FALSE(cost_of(without, "swa").flops);
+  EXPECT_NE(cost_of(without, "swa").rule.find("no calls table"), std::string::npos) << cost_of(without, "swa").rule;
+}
+
 // Kind: regression (issue 14, also). Batch norm and dropout cost depend on the training
 // mode, which only the graph attribute "training" records.
 TEST(CostModelTest, BatchNormAndDropoutFollowTheMode) {
