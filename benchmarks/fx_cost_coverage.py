@@ -11,6 +11,11 @@ nodes (call_function, call_method, call_module), how many have a known cost, the
 the most frequent unknown reasons, and whether run_passes and the saved file agree. Models
 that symbolic_trace (or ShapeProp) refuses are listed with the error.
 
+--unpack-fix replaces torch 1.13's Proxy.__iter__ while tracing with one that finds the
+UNPACKING instruction by byte offset (on Python 3.11 its `f_lasti // 2` index misses it, so
+`n, c, h, w = x.shape` raises TraceError), as the shared graphs' generator does; the models
+that then trace (vit, shufflenet, maxvit) are the ones Python <= 3.10 traces unpatched.
+
     PYTHONPATH=build/debug/python /usr/bin/python3 benchmarks/fx_cost_coverage.py \\
         --cli build/debug/tools/nodemeta/nodemeta [--models resnet18,densenet121] [--markdown]
 
@@ -19,6 +24,8 @@ Exit status 0 when every traced model has >= --goal (default 95) percent known a
 """
 import argparse
 import collections
+import dis
+import inspect
 import json
 import os
 import re
@@ -39,6 +46,15 @@ COST_KEYS = ("flops", "bytes", "cost_rule", "flops_lower_bound")
 
 def input_size(name):
     return 299 if name == "inception_v3" else 224
+
+
+def _iter_by_offset(self):
+    # torch 1.13's Proxy.__iter__, the instruction looked up by its byte offset.
+    caller = inspect.currentframe().f_back
+    inst = next((i for i in dis.get_instructions(caller.f_code) if i.offset == caller.f_lasti), None)
+    if inst is not None and inst.opname == "UNPACK_SEQUENCE":
+        return (self[i] for i in range(inst.argval))
+    return self.tracer.iter(self)
 
 
 def traced(name):
@@ -119,9 +135,13 @@ def main():
     ap.add_argument("--cli", help="the nodemeta command (for the saved-file comparison)")
     ap.add_argument("--models", help="comma-separated model names (default: every classification model)")
     ap.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    ap.add_argument("--unpack-fix", action="store_true",
+                    help="trace with Proxy.__iter__ fixed for Python 3.11 (see above)")
     ap.add_argument("--goal", type=float, default=95.0, help="percent known every traced model must reach")
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.unpack_fix:
+        torch.fx.proxy.Proxy.__iter__ = _iter_by_offset
     names = args.models.split(",") if args.models else sorted(torchvision.models.list_models(module=torchvision.models))
     if args.markdown:
         print("| model | call nodes | known | % | top unknown reasons | run_passes = saved file |")

@@ -221,7 +221,7 @@ def result_bytes(meta: Dict[str, Any]) -> Optional[int]:
     return None if r.kind == UNKNOWN_RESULT else r.nbytes
 
 
-_CALL_FUNCTION_PREFIXES = ("_operator.", "torch.nn.functional.", "torch._C._nn.", "torch.")
+_CALL_FUNCTION_PREFIXES = ("_operator.", "torch.nn.functional.", "torch._C._nn.", "torch.functional.", "torch.")
 
 
 def op_key(node: Node, module: Optional[Dict[str, Any]] = None) -> str:
@@ -278,7 +278,8 @@ def training_mode(attrs: Optional[Dict[str, Any]]) -> Optional[bool]:
 VIEW_OPS = frozenset({
     "view", "_unsafe_view", "_reshape_alias", "reshape", "permute", "transpose", "t", "expand",
     "slice", "split", "unsqueeze", "squeeze", "flatten", "getitem", "getattr", "detach", "dim",
-    "size", "Identity", "Flatten", "_assert"})
+    "size", "Identity", "Flatten", "_assert", "chunk", "unbind", "swapaxes", "swapdims", "narrow", "select",
+    "movedim", "unflatten"})
 SCALAR_OPS = frozenset({"eq", "floordiv", "mul", "add", "sub", "truediv"})
 ALLOC_OPS = frozenset({"empty", "empty_like", "full", "arange", "zeros", "ones"})
 ELEMENTWISE_OPS = frozenset({
@@ -444,6 +445,8 @@ class _Estimator:
                               "Linear: flops = 2*numel(out)*in_features; bias add and weights not in fx metadata")
         if base in MATMUL_OPS:
             return self.matrix_product()
+        if base == "einsum":
+            return self.einsum()
         if base == "convolution":
             return self.convolution()
         if base == "MultiheadAttention":
@@ -592,14 +595,7 @@ class _Estimator:
         return kwargs.get(name) if isinstance(kwargs, dict) else None
 
     def node_argument(self, pos: int, name: str) -> Optional[Node]:
-        a = self.argument(pos, name)
-        ref = a.get("node") if isinstance(a, dict) else None
-        if not isinstance(ref, str):
-            return None
-        if self.names is None:
-            self.names = {n.name: i for i, n in enumerate(self.nodes)}
-        i = self.names.get(ref)
-        return self.nodes[i] if i is not None else None
+        return self.node_ref(self.argument(pos, name))
 
     @staticmethod
     def number(v: Any) -> Optional[float]:
@@ -610,6 +606,50 @@ class _Estimator:
         if not isinstance(v, list) or len(v) != n or not all(type(e) is int and e >= 0 for e in v):
             return None
         return v
+
+    def node_ref(self, a: Any) -> Optional[Node]:
+        ref = a.get("node") if isinstance(a, dict) else None
+        if not isinstance(ref, str):
+            return None
+        if self.names is None:
+            self.names = {n.name: i for i, n in enumerate(self.nodes)}
+        i = self.names.get(ref)
+        return self.nodes[i] if i is not None else None
+
+    def einsum(self) -> Estimate:
+        key = self.key
+        eq = self.argument(0, "equation")
+        if not isinstance(eq, str):
+            return self.unknown(f"{key}: the equation is not in the node metadata (no calls table entry)")
+        e = eq.replace(" ", "")
+        lhs = e.split("->", 1)[0]
+        if lhs.count(",") != 1 or "." in e:
+            return self.unknown(f"{key}: only two operands without an ellipsis are costed (equation '{eq}')")
+        terms = lhs.split(",")
+        listed = self.argument(1, "operands")
+        size: Dict[str, int] = {}
+        for k in range(2):
+            if isinstance(listed, list):
+                node = self.node_ref(listed[k] if len(listed) == 2 else None)
+            else:
+                node = self.node_argument(k + 1, "")
+            r = node_result(node.meta) if node is not None else None
+            if r is None or r.kind != TENSORS or len(r.tensors) != 1:
+                return self.unknown(f"{key}: operand {k} is not one tensor with a shape")
+            t = r.tensors[0]
+            if len(t.shape) != len(terms[k]):
+                return self.unknown(f"{key}: operand {k}'s rank does not fit '{eq}'")
+            for c, dim in zip(terms[k], t.shape):
+                if not (c.isascii() and c.isalpha()):
+                    return self.unknown(f"{key}: equation '{eq}' is not letters, ',' and '->'")
+                s = size.get(c, -1)
+                if s in (-1, 1):
+                    size[c] = max(s, dim)
+                elif dim != s and dim != 1:
+                    return self.unknown(f"{key}: index '{c}' has sizes {s} and {dim}")
+        return self.known(2 * math.prod(size.values()), self.io_bytes,
+                          f"{key}: flops = 2*prod(size of each index) (one multiply-add per combination); "
+                          "equation from the graph's calls table")
 
     def window_attention(self) -> Estimate:
         key = self.key

@@ -7,6 +7,7 @@
 // attention layout) makes the node unknown, with the reason in cost_rule. Where part of the
 // count is certain, flops_lower_bound keeps it.
 #include <algorithm>
+#include <cctype>
 #include <array>
 #include <cstdint>
 #include <initializer_list>
@@ -245,7 +246,7 @@ std::string op_key(const graph::Node& n, const Value* module) {
     t.remove_prefix(15);
     return "aten." + std::string(t.substr(0, t.find('.')));  // drop the overload
   }
-  for (std::string_view prefix : {"_operator.", "torch.nn.functional.", "torch._C._nn.", "torch."}) {
+  for (std::string_view prefix : {"_operator.", "torch.nn.functional.", "torch._C._nn.", "torch.functional.", "torch."}) {
     if (t.rfind(prefix, 0) == 0 && t.find('.', prefix.size()) == std::string_view::npos) {
       return std::string(t.substr(prefix.size()));
     }
@@ -412,7 +413,9 @@ class Estimator {
   }
   // The node a node argument ({"node": name}) names, or nullptr (absent, None, not a node).
   const graph::Node* node_argument(std::size_t pos, std::string_view name) const {
-    const Value* a = argument(pos, name);
+    return node_ref(argument(pos, name));
+  }
+  const graph::Node* node_ref(const Value* a) const {
     const Value* ref = a && a->kind() == Value::Kind::kDict ? a->find("node") : nullptr;
     const auto* s = ref ? ref->get_if<std::string>() : nullptr;
     const std::optional<std::size_t> i = s ? graph_.find(*s) : std::nullopt;
@@ -506,6 +509,7 @@ class Estimator {
     if (one_of(base_, detail::kMatrixProduct) || one_of(base_, detail::kMatrixProductWithBias)) {
       return matrix_product();
     }
+    if (one_of(base_, detail::kEinsum)) return einsum();
     if (one_of(base_, detail::kConvolution)) return convolution();
     if (one_of(base_, detail::kAttention)) return attention();
     if (one_of(base_, detail::kConvModules)) {
@@ -696,6 +700,56 @@ class Estimator {
                  rule + "; T = B*Hp*Wp = " + std::to_string(n) + " tokens (padded), L = " + std::to_string(l) +
                      " (window " + std::to_string(a) + "x" + std::to_string(b) + "), h = " + std::to_string(h) +
                      " from the graph's calls table");
+  }
+
+  // einsum(equation, a, b) with two operands and no ellipsis: every combination of the
+  // indices is one multiply and one add, flops = 2*prod(size of each distinct index) (the
+  // same whatever the output keeps). Sizes from the operands' shapes (1 broadcasts).
+  CostEstimate einsum() {
+    const Value* eq_v = argument(0, "equation");
+    const auto* eq = eq_v ? eq_v->get_if<std::string>() : nullptr;
+    if (!eq) return unknown(key_ + ": the equation is not in the node metadata (no calls table entry)");
+    std::string e;
+    for (char ch : *eq) {
+      if (ch != ' ') e += ch;
+    }
+    const std::string lhs = e.substr(0, e.find("->"));
+    const std::size_t comma = lhs.find(',');
+    if (comma == std::string::npos || lhs.find(',', comma + 1) != std::string::npos || e.find('.') != std::string::npos) {
+      return unknown(key_ + ": only two operands without an ellipsis are costed (equation '" + *eq + "')");
+    }
+    const std::string terms[2] = {lhs.substr(0, comma), lhs.substr(comma + 1)};
+    // The operands: einsum(eq, a, b) or einsum(eq, [a, b]).
+    const Value* listed = argument(1, "operands");
+    const auto* list = listed ? listed->get_if<Value::List>() : nullptr;
+    std::array<std::int64_t, 128> size;  // per index letter; -1: not seen
+    size.fill(-1);
+    for (std::size_t k = 0; k < 2; ++k) {
+      const graph::Node* node = list ? node_ref(list->size() == 2 ? &(*list)[k] : nullptr) : node_argument(k + 1, "");
+      Result r = node ? node_result(*node) : Result{};
+      if (r.kind != Result::Kind::kTensors || r.tensors.size() != 1) {
+        return unknown(key_ + ": operand " + std::to_string(k) + " is not one tensor with a shape");
+      }
+      const Tensor& t = r.tensors.front();
+      if (t.rank() != terms[k].size()) return unknown(key_ + ": operand " + std::to_string(k) + "'s rank does not fit '" + *eq + "'");
+      for (std::size_t d = 0; d < t.rank(); ++d) {
+        const unsigned char c = static_cast<unsigned char>(terms[k][d]);
+        if (c >= 128 || !std::isalpha(c)) return unknown(key_ + ": equation '" + *eq + "' is not letters, ',' and '->'");
+        std::int64_t& s = size[c];
+        if (s == -1 || s == 1) {
+          s = std::max(s, t.dim(d));
+        } else if (t.dim(d) != s && t.dim(d) != 1) {
+          return unknown(key_ + ": index '" + std::string(1, static_cast<char>(c)) + "' has sizes " + std::to_string(s) +
+                         " and " + std::to_string(t.dim(d)));
+        }
+      }
+    }
+    Count flops = 2;
+    for (std::int64_t s : size) {
+      if (s >= 0 && flops) flops = product({*flops, s});
+    }
+    return known(flops, io_bytes_, key_ + ": flops = 2*prod(size of each index) (one multiply-add per combination); "
+                                          "equation from the graph's calls table");
   }
 
   // Batch norm: the rate depends on the mode; without it, the eval count is a lower bound.

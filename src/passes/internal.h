@@ -29,7 +29,8 @@ inline constexpr std::string_view kViewOps[] = {
     "view",     "_unsafe_view", "_reshape_alias", "reshape", "permute",   "transpose",
     "t",        "expand",       "slice",          "split",   "unsqueeze", "squeeze",
     "flatten",  "getitem",      "getattr",        "detach",  "dim",       "size",
-    "Identity", "Flatten",      "_assert"};
+    "Identity", "Flatten",      "_assert",        "chunk",   "unbind",    "swapaxes",
+    "swapdims", "narrow",       "select",         "movedim", "unflatten"};
 inline constexpr std::string_view kScalarOps[] = {"eq", "floordiv", "mul", "add", "sub", "truediv"};
 inline constexpr std::string_view kDropout[] = {"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
                                                 "torchvision.ops.stochastic_depth.stochastic_depth"};
@@ -63,6 +64,8 @@ inline constexpr std::string_view kAdaptiveMaxPool[] = {
 inline constexpr std::string_view kLinearLayer[] = {"Linear"};
 inline constexpr std::string_view kMatrixProduct[] = {"mm", "bmm", "matmul"};
 inline constexpr std::string_view kMatrixProductWithBias[] = {"addmm"};
+// einsum(equation, a, b): the equation from the graph's "calls" table.
+inline constexpr std::string_view kEinsum[] = {"einsum"};
 inline constexpr std::string_view kConvolution[] = {"convolution"};
 inline constexpr std::string_view kAttention[] = {"MultiheadAttention"};
 // torchvision's swin attention (torch.fx.wrap'ed: one call_function node), costed from its
@@ -151,6 +154,7 @@ inline constexpr OpFamily kOpFamilies[] = {
     {"linear layer", kLinearLayer},
     {"matrix product", kMatrixProduct},
     {"matrix product with bias", kMatrixProductWithBias},
+    {"einsum", kEinsum},
     {"convolution", kConvolution},
     {"attention", kAttention},
     {"windowed attention", kWindowAttention},

@@ -975,6 +975,35 @@ TEST(CostModelTest, CallsTableCostsShiftedWindowAttention) {
   EXPECT_NE(cost_of(without, "swa").rule.find("no calls table"), std::string::npos) << cost_of(without, "swa").rule;
 }
 
+// einsum's equation comes from the calls table; chunk and swapaxes (maxvit) are views.
+TEST(CostModelTest, CallsTableCostsEinsum) {
+  const std::vector<FileNode> nodes = {
+      {"q", "placeholder", "q", {}, T({2, 3, 5, 4})},
+      {"k", "placeholder", "k", {}, T({2, 1, 7, 4})},
+      {"einsum", "call_function", "torch.functional.einsum", {0, 1}, T({2, 3, 5, 7})},
+      {"listed", "call_function", "torch.functional.einsum", {0, 1}, T({2, 3, 5, 7})},
+      {"three", "call_function", "torch.functional.einsum", {0, 1}, T({2, 3, 5, 7})},
+      {"bad", "call_function", "torch.functional.einsum", {0, 1}, T({2, 3, 5, 7})},
+      {"chunk", "call_function", "torch.chunk", {0}, "[" + T({2, 3, 5, 2}) + "," + T({2, 3, 5, 2}) + "]", "builtins.tuple"},
+      {"swapaxes", "call_function", "torch.swapaxes", {0}, T({2, 3, 4, 5})}};
+  const std::string calls =
+      R"("calls":{"einsum":{"args":["b h i d, b h j d -> b h i j",{"node":"q"},{"node":"k"}],"kwargs":{}},)"
+      R"("listed":{"args":["bhid,bhjd->bhij",[{"node":"q"},{"node":"k"}]],"kwargs":{}},)"
+      R"("three":{"args":["bhid,bhjd,bhjd->bhij",{"node":"q"},{"node":"k"},{"node":"k"}],"kwargs":{}},)"
+      R"("bad":{"args":["bhid,bhdj->bhij",{"node":"q"},{"node":"k"}],"kwargs":{}}},)";
+  const Graph g = crafted(nodes, calls);
+  const std::int64_t expected = 2 * 2 * 3 * 5 * 4 * 7;  // b, h (1 broadcasts to 3), i, d, j
+  EXPECT_EQ(cost_of(g, "einsum").flops, expected) << cost_of(g, "einsum").rule;
+  EXPECT_EQ(cost_of(g, "listed").flops, expected) << cost_of(g, "listed").rule;
+  EXPECT_FALSE(cost_of(g, "three").flops);
+  EXPECT_NE(cost_of(g, "three").rule.find("only two operands"), std::string::npos) << cost_of(g, "three").rule;
+  EXPECT_FALSE(cost_of(g, "bad").flops);  // d is 4 in q, 7 in k
+  EXPECT_NE(cost_of(g, "bad").rule.find("index 'd' has sizes 4 and 7"), std::string::npos) << cost_of(g, "bad").rule;
+  EXPECT_EQ(cost_of(g, "chunk").flops, 0);
+  EXPECT_EQ(cost_of(g, "swapaxes").flops, 0);
+  EXPECT_FALSE(cost_of(crafted(nodes), "einsum").flops);  // no calls table: no equation
+}
+
 // Kind: regression (issue 14, also). Batch norm and dropout cost depend on the training
 // mode, which only the graph attribute "training" records.
 TEST(CostModelTest, BatchNormAndDropoutFollowTheMode) {
