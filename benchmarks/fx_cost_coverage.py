@@ -64,7 +64,7 @@ def traced(name):
     try:
         gm = torch.fx.symbolic_trace(model)
     except Exception as e:  # torch 1.13 on Python 3.11: Proxy.__iter__ (n, c, h, w = x.shape)
-        return None, f"symbolic_trace: {type(e).__name__}: {str(e).splitlines()[0][:90]}"
+        return None, f"symbolic_trace: {type(e).__name__}: {str(e).splitlines()[0].split('. ')[0][:90]}"
     s = input_size(name)
     try:
         with torch.no_grad():
