@@ -1004,6 +1004,35 @@ TEST(CostModelTest, CallsTableCostsEinsum) {
   EXPECT_FALSE(cost_of(crafted(nodes), "einsum").flops);  // no calls table: no equation
 }
 
+// A malformed table is read defensively: whatever it holds, the node is unknown with a reason
+// (or costed from what is usable), never a crash or a guess.
+TEST(CostModelTest, MalformedTablesGiveReasonsNotCrashes) {
+  const std::vector<FileNode> nodes = {{"x", "placeholder", "x", {}, T({1, 3, 8, 8})},
+                                       bare("conv", {0}, T({1, 8, 8, 8})),
+                                       bare("pool", {0}, T({1, 3, 4, 4})),
+                                       bare("fc", {0}, T({1, 3, 8, 10})),
+                                       {"mp", "call_function", "torch.nn.functional.max_pool2d", {0}, T({1, 3, 4, 4})}};
+  const std::string attrs =
+      R"("modules":{"conv":{"type":"torch.nn.modules.conv.Conv2d","parameters":{"weight":{"shape":"x","dtype":"torch.float32"}}},)"
+      R"("pool":{"type":"torch.nn.modules.pooling.MaxPool2d","attributes":{"kernel_size":[2,"a"]}},)"
+      R"("fc":{"type":7}},"calls":{"mp":{"args":"not a list","kwargs":[1]}},)";
+  const Graph g = crafted(nodes, attrs);
+  for (const char* name : {"conv", "pool", "fc", "mp"}) {
+    const CostEstimate c = cost_of(g, name);
+    EXPECT_FALSE(c.flops) << name << ": " << c.rule;
+    EXPECT_EQ(c.rule.rfind("unknown: ", 0), 0U) << c.rule;
+  }
+  EXPECT_NE(cost_of(g, "conv").rule.find("shape is not a list"), std::string::npos) << cost_of(g, "conv").rule;
+  EXPECT_NE(cost_of(g, "fc").rule.find("no type in nn_module_stack or the graph's modules table"), std::string::npos);
+  for (const std::string& table : {std::string(R"("modules":[1,2],"calls":"x",)"), std::string(R"("modules":null,)")}) {
+    const Graph h = crafted(nodes, table);
+    const Baseline base(h);
+    Graph copy = h.clone();
+    run_pipeline(copy, std::vector<std::string>{"cost"}, base);
+    EXPECT_EQ(copy.node(1).meta.at("flops"), Value("unknown")) << table;
+  }
+}
+
 // Kind: regression (issue 14, also). Batch norm and dropout cost depend on the training
 // mode, which only the graph attribute "training" records.
 TEST(CostModelTest, BatchNormAndDropoutFollowTheMode) {
