@@ -7,8 +7,8 @@
 // attention layout) makes the node unknown, with the reason in cost_rule. Where part of the
 // count is certain, flops_lower_bound keeps it.
 #include <algorithm>
-#include <cctype>
 #include <array>
+#include <cctype>
 #include <cstdint>
 #include <initializer_list>
 #include <optional>
