@@ -184,15 +184,11 @@ constexpr std::int64_t dtype_bytes(std::string_view dtype) {
 
 // ---- Node helpers ------------------------------------------------------------------------------
 
-// The graph attribute (a file's top-level field) nodemeta.fx writes: {module path: {"type",
-// "attributes", "parameters"}} for each module a call_module node calls (docs/passes.md,
-// "Graphs"). Absent in files that predate it: call_module nodes are then costed as before.
-inline constexpr std::string_view kModulesAttr = "modules";
-
-// The graph attribute nodemeta.fx writes for call_function / call_method nodes: {node name:
-// {"args": [...], "kwargs": {...}}}, their non-node arguments (a node among them written as
-// {"node": name}). Absent in files that predate it.
-inline constexpr std::string_view kCallsAttr = "calls";
+// The graph attributes (a file's top-level fields) nodemeta.fx writes: passes.h's
+// graph_attrs::kModules and kCalls. Absent in files that predate them: nodes are then
+// costed as before.
+inline constexpr std::string_view kModulesAttr = graph_attrs::kModules;
+inline constexpr std::string_view kCallsAttr = graph_attrs::kCalls;
 
 // The "modules" entry (a dict) of a call_module node's target, or nullptr: another op, no
 // table, no entry, or an entry that is not a dict. Linear in the table's size.
