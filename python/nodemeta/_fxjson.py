@@ -435,7 +435,7 @@ def _plain_attribute(v: Any) -> tuple[bool, Any]:
 def _module_entry(module: Any) -> dict:
     attributes = {}
     for k, v in vars(module).items():
-        if k.startswith("_") or not isinstance(k, str):
+        if not isinstance(k, str) or k.startswith("_"):
             continue
         ok, p = _plain_attribute(v)
         if ok and (type(p) is not str or p.isascii()):

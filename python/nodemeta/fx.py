@@ -72,7 +72,7 @@ def run_passes(gm: Any, passes: Sequence[str] = ("cost", "propagate", "verify"),
     passes as the graph's "modules" attribute (``_fxjson.module_table``), and the non-node
     arguments of function and method calls as its "calls" attribute
     (``_fxjson.call_table``), as ``save()`` writes them, so nodes are costed alike here and
-    from a saved file. Concurrent-safe with other threads reading and writing the same nodes;
+    from a saved file (built on each call that runs ``cost``). Concurrent-safe with other threads reading and writing the same nodes;
     the graph's structure must not change while it runs.
     """
     if isinstance(passes, str):
@@ -95,12 +95,13 @@ def run_passes(gm: Any, passes: Sequence[str] = ("cost", "propagate", "verify"),
     if training is None and not isinstance(gm, _torch_fx_graph()):
         training = getattr(gm, "training", None)
     attrs = {}
-    modules = _fxjson.module_table(gm)
-    if modules:
-        attrs["modules"] = modules  # what save() writes: the same costs from the file
-    calls = _fxjson.call_table(gm)
-    if calls:
-        attrs["calls"] = calls
+    if "cost" in passes:  # the one pass that reads them
+        modules = _fxjson.module_table(gm)
+        if modules:
+            attrs["modules"] = modules  # what save() writes: the same costs from the file
+        calls = _fxjson.call_table(gm)
+        if calls:
+            attrs["calls"] = calls
     return _core._run_passes(store, spec, list(passes), threads,
                              None if training is None else bool(training), attrs)
 

@@ -936,7 +936,7 @@ py::list run_passes(py::object store_obj, std::vector<FxNode> nodes, std::vector
   }
   g.replace_nodes(std::move(gnodes));
   if (training) g.attrs().emplace_back(std::string(passes::graph_attrs::kTraining), Value(*training));
-  for (auto [k, v] : attrs) {  // further graph attributes ("modules"), as a file's top-level fields
+  for (auto [k, v] : attrs) {  // further graph attributes ("modules", "calls"), as a file's top-level fields
     Value value;
     if (!to_value(v.ptr(), value)) throw py::error_already_set();
     g.attrs().emplace_back(py::cast<std::string>(k), std::move(value));
