@@ -13,7 +13,8 @@ The graph's "training" attribute (true, false, absent: unknown) is passed as `tr
     from python_passes import nodes_from_json, run_passes, training_mode
     doc = json.load(open("resnet50.json"))
     nodes = nodes_from_json(doc)
-    stats = run_passes(nodes, training=training_mode(doc))  # mutates each node.meta
+    stats = run_passes(nodes, training=training_mode(doc), modules=doc.get("modules"),
+                       calls=doc.get("calls"))  # mutates each node.meta
 
     /usr/bin/python3 benchmarks/python_passes.py --check GRAPH... --expected DUMP...
 
@@ -220,18 +221,21 @@ def result_bytes(meta: Dict[str, Any]) -> Optional[int]:
     return None if r.kind == UNKNOWN_RESULT else r.nbytes
 
 
-_CALL_FUNCTION_PREFIXES = ("_operator.", "torch.nn.functional.", "torch.")
+_CALL_FUNCTION_PREFIXES = ("_operator.", "torch.nn.functional.", "torch._C._nn.", "torch.functional.", "torch.")
 
 
-def op_key(node: Node) -> str:
+def op_key(node: Node, module: Optional[Dict[str, Any]] = None) -> str:
     """A short op name: "module:Conv2d", "aten.convolution", "add", "method:mean". Module
-    formulas are for torch.nn's own classes only: another module's key is its qualified type."""
+    formulas are for torch.nn's own classes only: another module's key is its qualified type.
+    Where nn_module_stack names no type, the graph's "modules" entry `module` does."""
     op, target = node.op, node.target
     if op == "call_module":
         stack = node.meta.get("nn_module_stack")
         type_name = stack.get(target) if isinstance(stack, dict) else None
+        if (not isinstance(type_name, str) or not type_name) and module is not None:
+            type_name = module.get("type")
         if not isinstance(type_name, str) or not type_name:
-            return "module:" + target + " (no type in nn_module_stack)"
+            return "module:" + target + " (no type in nn_module_stack or the graph's modules table)"
         if type_name.startswith("torch.nn.modules."):
             return "module:" + type_name.rsplit(".", 1)[-1]
         return "module:" + type_name
@@ -274,20 +278,34 @@ def training_mode(attrs: Optional[Dict[str, Any]]) -> Optional[bool]:
 VIEW_OPS = frozenset({
     "view", "_unsafe_view", "_reshape_alias", "reshape", "permute", "transpose", "t", "expand",
     "slice", "split", "unsqueeze", "squeeze", "flatten", "getitem", "getattr", "detach", "dim",
-    "size", "Identity", "Flatten", "_assert"})
+    "size", "Identity", "Flatten", "_assert", "chunk", "unbind", "swapaxes", "swapdims", "narrow", "select",
+    "movedim", "unflatten"})
 SCALAR_OPS = frozenset({"eq", "floordiv", "mul", "add", "sub", "truediv"})
 ALLOC_OPS = frozenset({"empty", "empty_like", "full", "arange", "zeros", "ones"})
 ELEMENTWISE_OPS = frozenset({
     "add", "sub", "mul", "div", "truediv", "neg", "pow", "exp", "log", "sqrt", "rsqrt", "relu",
-    "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "where", "bernoulli",
-    "ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh", "Hardswish", "Hardsigmoid"})
+    "relu6", "gelu", "silu", "sigmoid", "tanh", "hardswish", "hardsigmoid", "leaky_relu", "elu", "hardtanh",
+    "mish", "where", "bernoulli", "ReLU", "ReLU6", "GELU", "SiLU", "Sigmoid", "Tanh", "Hardswish", "Hardsigmoid",
+    "LeakyReLU", "ELU", "Hardtanh", "Mish", "PReLU"})
+DROPOUT_OPS = frozenset({"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
+                         "torchvision.ops.stochastic_depth.stochastic_depth"})
+COPY_OPS = frozenset({"clone", "contiguous", "torchvision.models.swin_transformer._patch_merging_pad",
+                      "torchvision.models.swin_transformer._get_relative_position_bias"})
+GROUP_NORM_OPS = frozenset({"GroupNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "group_norm",
+                            "instance_norm"})
+ADAPTIVE_MAX_OPS = frozenset({"AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d", "adaptive_max_pool1d",
+                              "adaptive_max_pool2d", "adaptive_max_pool3d"})
+WINDOW_ATTENTION = "torchvision.models.swin_transformer.shifted_window_attention"
 BATCH_NORM_OPS = frozenset({"BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "native_batch_norm", "batch_norm"})
 LAYER_NORM_OPS = frozenset({"LayerNorm", "native_layer_norm", "layer_norm"})
 SOFTMAX_OPS = frozenset({"_softmax", "softmax", "Softmax"})
-MEAN_OPS = frozenset({"AdaptiveAvgPool2d", "adaptive_avg_pool2d", "mean"})
+MEAN_OPS = frozenset({"AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d", "adaptive_avg_pool1d",
+                      "adaptive_avg_pool2d", "adaptive_avg_pool3d", "mean"})
 MATMUL_OPS = frozenset({"addmm", "mm", "bmm", "matmul"})
 CONV_MODULES = frozenset({"Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"})
-POOL_OPS = frozenset({"MaxPool2d", "AvgPool2d", "max_pool2d", "avg_pool2d"})
+POOL_OPS = frozenset({"MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d", "max_pool1d",
+                      "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d"})
+FROM_TABLE = "; weight shape from the graph's modules table"
 TORCH_CONV = frozenset({"torch.nn.modules.conv.Conv1d", "torch.nn.modules.conv.Conv2d", "torch.nn.modules.conv.Conv3d"})
 TORCH_CONV_TRANSPOSE = frozenset({"torch.nn.modules.conv.ConvTranspose1d", "torch.nn.modules.conv.ConvTranspose2d",
                                   "torch.nn.modules.conv.ConvTranspose3d"})
@@ -308,10 +326,17 @@ class Estimate(NamedTuple):
 class _Estimator:
     """Estimator in src/passes/cost.cpp: the estimate of one node."""
 
-    def __init__(self, nodes: Sequence[Node], index: int, training: Optional[bool]):
+    def __init__(self, nodes: Sequence[Node], index: int, training: Optional[bool],
+                 modules: Optional[Dict[str, Any]] = None, calls: Optional[Dict[str, Any]] = None,
+                 names: Optional[Dict[str, int]] = None):
         self.nodes = nodes
         self.n = nodes[index]
-        self.key = op_key(self.n)
+        entry = (modules or {}).get(self.n.target) if self.n.op == "call_module" else None
+        self.module = entry if isinstance(entry, dict) else None
+        call = (calls or {}).get(self.n.name) if self.n.op in ("call_function", "call_method") else None
+        self.call = call if isinstance(call, dict) else None
+        self.names = names
+        self.key = op_key(self.n, self.module)
         self.base = base_name(self.key)
         self.training = training
         self.why = ""
@@ -362,19 +387,27 @@ class _Estimator:
         key, base, numel, io_bytes, training = self.key, self.base, self.numel, self.io_bytes, self.training
         if key.startswith("nodemeta.fused."):
             return self.fused(key[len("nodemeta.fused."):])
-        if base == "Dropout":
+        if base in DROPOUT_OPS and self.call is not None:  # stochastic_depth(input, p, mode, training)
+            t, p = self.argument(3, "training"), self.number(self.argument(1, "p"))
+            if isinstance(t, bool) and p is not None:
+                if not t or p == 0.0:
+                    return Estimate(0, 0, f"{key} (training=False or p=0 in the call): identity")
+                return self.known(numel, io_bytes, f"{key} (training=True in the call): flops = numel(out) (mask and scale)")
+        if base in DROPOUT_OPS:
             if training is None:
                 return self.unknown(f"{key}: identity in eval mode, elementwise in training mode; {MODE_UNKNOWN}")
             if not training:
                 return Estimate(0, 0, "Dropout (eval mode): identity")
             return self.known(numel, io_bytes, "Dropout (training mode): flops = numel(out) (mask and scale)")
-        if base in ("clone", "contiguous"):
+        if base in COPY_OPS:
             return self.known(0, io_bytes, f"{key}: copy, 0 flops; bytes = read + write")
         if base in ALLOC_OPS:
             return self.known(0, self.out.nbytes, f"{key}: allocation/fill, 0 flops; bytes = output written")
         if base == "cat":
             return self.known(0, io_bytes, "cat: 0 flops; bytes = inputs read + output written")
-        if base == "embedding":  # embedding(weight, indices)
+        if base in ("embedding", "Embedding") and self.n.op == "call_module":
+            return self.embedding_module()
+        if base in ("embedding", "Embedding"):  # embedding(weight, indices)
             indices = self.operand(1) if self.operand(0) is not None else None
             if indices is None:
                 return self.unknown(self.why)
@@ -387,6 +420,9 @@ class _Estimator:
         if base in LAYER_NORM_OPS:
             return self.known(5 * numel, io_bytes,
                               "layer norm: flops = 5*numel(out) (mean, centre, variance, normalise, affine)")
+        if base in GROUP_NORM_OPS:
+            return self.known(5 * numel, io_bytes,
+                              "group/instance norm: flops = 5*numel(out) (mean, centre, variance, normalise, affine)")
         if base in SOFTMAX_OPS:
             return self.known(5 * numel, io_bytes, "softmax: flops = 5*numel(out) (max, subtract, exp, sum, divide)")
         if base in MEAN_OPS:
@@ -394,6 +430,13 @@ class _Estimator:
             if x is None:
                 return self.unknown(self.why)
             return self.known(x.numel, io_bytes, f"{key}: flops = numel(input) (one add per input element)")
+        if base in ADAPTIVE_MAX_OPS:
+            x = self.operand(0)
+            if x is None:
+                return self.unknown(self.why)
+            return self.known(x.numel, io_bytes, f"{key}: flops = numel(input) (one compare per input element)")
+        if base == "Linear" and self.module is not None:
+            return self.linear_module()
         if base == "Linear":
             flops = self.linear()
             if flops is None:
@@ -402,15 +445,271 @@ class _Estimator:
                               "Linear: flops = 2*numel(out)*in_features; bias add and weights not in fx metadata")
         if base in MATMUL_OPS:
             return self.matrix_product()
+        if base == "einsum":
+            return self.einsum()
         if base == "convolution":
             return self.convolution()
         if base == "MultiheadAttention":
             return self.attention()
         if base in CONV_MODULES:
+            if self.module is not None:
+                return self.conv_module()
             return self.unknown(f"{key}: kernel size and groups are not in fx call_module metadata")
         if base in POOL_OPS:
+            if self.module is not None and self.n.op == "call_module":
+                return self.pool(self.attribute("kernel_size"), "modules")
+            if self.call is not None and self.n.op != "call_module":
+                return self.pool(self.argument(1, "kernel_size"), "calls")
             return self.unknown(f"{key}: kernel size is not in the node metadata")
+        if base == WINDOW_ATTENTION:
+            return self.window_attention()
         return self.unknown(f"no cost formula for {key}")
+
+    # ---- the call_module node's "modules" entry (self.module None without one) --------------
+
+    def attribute(self, name: str) -> Any:
+        a = self.module.get("attributes") if self.module is not None else None
+        return a.get(name) if isinstance(a, dict) else None
+
+    _MISSING = object()
+
+    def parameter(self, name: str) -> Any:
+        """The parameter's Tensor, None (the module has none), or _MISSING (self.why set)."""
+        ps = self.module.get("parameters") if self.module is not None else None
+        p = ps.get(name, self._MISSING) if isinstance(ps, dict) else self._MISSING
+        if p is None:
+            return None
+        if not isinstance(p, dict) or not _is_tensor_value(p):
+            self.why = f"{self.key}: the graph's modules table records no {name} shape for {self.n.target}"
+            return self._MISSING
+        try:
+            return parse_tensor(p)
+        except Unusable as u:
+            self.why = f"{self.key}: the modules table's {name} is {u.why}"
+            return self._MISSING
+
+    def weight_and_bias(self):
+        """(weight, bias or None), or None with self.why set."""
+        w = self.parameter("weight")
+        if w is None or w is self._MISSING:
+            if w is None or not self.why:
+                self.why = f"{self.key}: the module has no weight"
+            return None
+        b = self.parameter("bias")
+        if b is self._MISSING:
+            return None
+        return w, b
+
+    def conv_module(self) -> Estimate:
+        key, y = self.key, self.y
+        wb = self.weight_and_bias()
+        if wb is None:
+            return self.unknown(self.why)
+        w, bias = wb
+        if len(self.inp) != 1:
+            return self.unknown(f"{key}: expects the input as its only operand")
+        x = self.operand(0)
+        if x is None:
+            return self.unknown(self.why)
+        r = len(w.shape)
+        if r < 3 or len(x.shape) != len(y.shape) or len(x.shape) not in (r, r - 1):
+            return self.unknown(f"{key}: input, weight and output are not [N, C, spatial...] (or [C, spatial...]) "
+                                "tensors of the weight's rank")
+        c = 1 if len(x.shape) == r else 0
+        transposed = self.base.startswith("ConvTranspose")
+        cin, cout, w0, w1 = x.shape[c], y.shape[c], w.shape[0], w.shape[1]
+        groups = self.attribute("groups")
+        groups = groups if type(groups) is int else None
+        ok = (c == 0 or x.shape[0] == y.shape[0]) and w1 > 0
+        if not transposed:
+            ok = ok and cout == w0 and cin % w1 == 0 and (groups is None or groups * w1 == cin)
+        else:
+            ok = ok and cin == w0 and cout % w1 == 0 and (groups is None or groups * w1 == cout)
+        if not ok:
+            return self.unknown(f"{key}: the input, output and weight shapes do not fit the module")
+        per = math.prod(w.shape[1:])
+        if not fits(per):
+            return self.unknown(f"{key}: the count does not fit int64")
+        flops = 2 * (x.numel if transposed else self.numel) * per + (self.numel if bias is not None else 0)
+        nbytes = self.io_bytes + w.nbytes + (bias.nbytes if bias is not None else 0)
+        bias_rule = " + numel(out) (bias)" if bias is not None else ""
+        rule = (f"{key}: flops = 2*numel(in)*C_out/groups*prod(kernel)" if transposed
+                else f"{key}: flops = 2*numel(out)*C_in/groups*prod(kernel)") + bias_rule
+        return self.known(flops, nbytes, rule + "; bytes = in + out + weight" + (" + bias" if bias is not None else "")
+                          + FROM_TABLE)
+
+    def linear_module(self) -> Estimate:
+        wb = self.weight_and_bias()
+        if wb is None:
+            return self.unknown(self.why)
+        w, bias = wb
+        flops = self.linear()
+        if flops is None:
+            return self.unknown(self.why)
+        if len(w.shape) != 2 or w.shape[1] != self.operand(0).shape[-1] or w.shape[0] != self.y.shape[-1]:
+            return self.unknown(f"{self.key}: the weight's shape does not fit [..., in_features] -> [..., out_features]")
+        return self.known(flops + (self.numel if bias is not None else 0),
+                          self.io_bytes + w.nbytes + (bias.nbytes if bias is not None else 0),
+                          "Linear: flops = 2*numel(out)*in_features" + (" + numel(out) (bias)" if bias is not None else "")
+                          + "; bytes = in + out + weight" + (" + bias" if bias is not None else "") + FROM_TABLE)
+
+    def embedding_module(self) -> Estimate:
+        w = self.parameter("weight")
+        if w is None or w is self._MISSING:
+            return self.unknown(self.why if (w is self._MISSING and self.why) else f"{self.key}: the module has no weight")
+        indices = self.operand(0)
+        if indices is None:
+            return self.unknown(self.why)
+        if len(w.shape) != 2 or not self.y.shape or self.y.shape[-1] != w.shape[1]:
+            return self.unknown(f"{self.key}: the output's last dimension is not the weight's embedding_dim")
+        return self.known(0, 2 * self.y.nbytes + indices.nbytes,
+                          "Embedding: gather, 0 flops; bytes = rows read + output written + indices")
+
+    def pool(self, k: Any, table: str) -> Estimate:
+        key = self.key
+        dims = int(self.base[-2])
+        if type(k) is int:
+            window = k ** dims if k >= 0 else None
+        elif isinstance(k, list) and len(k) == dims:
+            window = math.prod(k) if all(type(e) is int and e >= 0 for e in k) else None
+        else:
+            where = self.n.name if table == "calls" else self.n.target
+            return self.unknown(f"{key}: the graph's {table} table records no kernel_size (an int or {dims} ints) "
+                                f"for {where}")
+        if window is None or not fits(window):
+            return self.unknown(f"{key}: kernel_size is negative or its product does not fit int64")
+        what = "compare" if self.base.startswith("Max") else "add"
+        return self.known(self.numel * window, self.io_bytes,
+                          f"{key}: flops = numel(out)*prod(kernel_size) (one {what} per window element); "
+                          f"kernel_size from the graph's {table} table")
+
+    # ---- the call node's "calls" entry (self.call None without one) -------------------------
+
+    def argument(self, pos: int, name: str) -> Any:
+        if self.call is None:
+            return None
+        args = self.call.get("args")
+        if isinstance(args, list) and pos < len(args):
+            return args[pos]
+        kwargs = self.call.get("kwargs")
+        return kwargs.get(name) if isinstance(kwargs, dict) else None
+
+    def node_argument(self, pos: int, name: str) -> Optional[Node]:
+        return self.node_ref(self.argument(pos, name))
+
+    @staticmethod
+    def number(v: Any) -> Optional[float]:
+        return float(v) if type(v) in (int, float) else None
+
+    @staticmethod
+    def ints(v: Any, n: int) -> Optional[List[int]]:
+        if not isinstance(v, list) or len(v) != n or not all(type(e) is int and e >= 0 for e in v):
+            return None
+        return v
+
+    def node_ref(self, a: Any) -> Optional[Node]:
+        ref = a.get("node") if isinstance(a, dict) else None
+        if not isinstance(ref, str):
+            return None
+        if self.names is None:
+            self.names = {n.name: i for i, n in enumerate(self.nodes)}
+        i = self.names.get(ref)
+        return self.nodes[i] if i is not None else None
+
+    def einsum(self) -> Estimate:
+        key = self.key
+        eq = self.argument(0, "equation")
+        if not isinstance(eq, str):
+            return self.unknown(f"{key}: the equation is not in the node metadata (no calls table entry)")
+        e = eq.replace(" ", "")
+        lhs = e.split("->", 1)[0]
+        if lhs.count(",") != 1 or "." in e:
+            return self.unknown(f"{key}: only two operands without an ellipsis are costed (equation '{eq}')")
+        terms = lhs.split(",")
+        listed = self.argument(1, "operands")
+        size: Dict[str, int] = {}
+        for k in range(2):
+            if isinstance(listed, list):
+                node = self.node_ref(listed[k] if len(listed) == 2 else None)
+            else:
+                node = self.node_argument(k + 1, "")
+            r = node_result(node.meta) if node is not None else None
+            if r is None or r.kind != TENSORS or len(r.tensors) != 1:
+                return self.unknown(f"{key}: operand {k} is not one tensor with a shape")
+            t = r.tensors[0]
+            if len(t.shape) != len(terms[k]):
+                return self.unknown(f"{key}: operand {k}'s rank does not fit '{eq}'")
+            for c, dim in zip(terms[k], t.shape):
+                if not (c.isascii() and c.isalpha()):
+                    return self.unknown(f"{key}: equation '{eq}' is not letters, ',' and '->'")
+                s = size.get(c, -1)
+                if s in (-1, 1):
+                    size[c] = max(s, dim)
+                elif dim != s and dim != 1:
+                    return self.unknown(f"{key}: index '{c}' has sizes {s} and {dim}")
+        return self.known(2 * math.prod(size.values()), self.io_bytes,
+                          f"{key}: flops = 2*prod(size of each index) (one multiply-add per combination); "
+                          "equation from the graph's calls table")
+
+    def window_attention(self) -> Estimate:
+        key = self.key
+        if self.call is None:
+            return self.unknown(f"{key}: the window size and head count are not in the node metadata (no calls table)")
+        nodes = [self.node_argument(0, "input"), self.node_argument(1, "qkv_weight"), self.node_argument(2, "proj_weight")]
+        window, shift = self.ints(self.argument(4, "window_size"), 2), self.ints(self.argument(6, "shift_size"), 2)
+        heads = self.argument(5, "num_heads")
+        if (any(n is None for n in nodes) or window is None or shift is None or type(heads) is not int or heads <= 0
+                or window[0] <= 0 or window[1] <= 0):
+            return self.unknown(f"{key}: the calls table does not record input, qkv_weight, proj_weight, window_size, "
+                                "num_heads and shift_size as the function takes them")
+        t = []
+        for k, n in enumerate(nodes):
+            r = node_result(n.meta)
+            if r.kind != TENSORS or len(r.tensors) != 1:
+                return self.unknown(f"{key}: argument {k} is not one tensor with a shape")
+            t.append(r.tensors[0])
+        x, qkv_w, proj_w = t
+        X = x.shape
+        if (len(X) != 4 or self.y.shape != X or len(qkv_w.shape) != 2 or len(proj_w.shape) != 2
+                or qkv_w.shape[1] != X[3] or proj_w.shape[0] != X[3] or proj_w.shape[1] != X[3] or X[3] % heads != 0):
+            return self.unknown(f"{key}: the input [B, H, W, C], weights [O, C] and [C, C], output and num_heads do not fit")
+
+        def has(pos: int, name: str) -> bool:
+            return self.argument(pos, name) is not None
+
+        qkv_bias, proj_bias, cosine = has(9, "qkv_bias"), has(10, "proj_bias"), has(11, "logit_scale")
+        attn_p, out_p = self.number(self.argument(7, "attention_dropout")), self.number(self.argument(8, "dropout"))
+        if (has(7, "attention_dropout") and attn_p is None) or (has(8, "dropout") and out_p is None):
+            return self.unknown(f"{key}: a dropout probability in the calls table is not a number")
+        a, b = window
+        c, o, h = X[3], qkv_w.shape[0], heads
+        hp, wp = -(-X[1] // a) * a, -(-X[2] // b) * b
+        shifted = (a < hp and shift[0] > 0) or (b < wp and shift[1] > 0)
+        n = X[0] * hp * wp
+        if not fits(n):
+            return self.unknown(f"{key}: the count does not fit int64")
+        l = a * b
+        rule = f"{key}: flops = 2*T*C*O + 2*T*C*C (qkv, proj) + 4*T*L*C (QK^T, AV) + 6*T*h*L (bias add, softmax)"
+        flops = 2 * n * c * o + 2 * n * c * c + 4 * n * l * c + 6 * n * h * l
+        if shifted:
+            flops += n * h * l
+            rule += " + T*h*L (shift mask)"
+        if cosine:
+            flops += 4 * n * c + n * h * l
+            rule += " + 4*T*C + T*h*L (cosine attention)"
+        else:
+            flops += n * c
+            rule += " + T*C (q scale)"
+        if qkv_bias or proj_bias:
+            flops += (n * o if qkv_bias else 0) + (n * c if proj_bias else 0)
+            rule += " + biases"
+        if (attn_p is not None and attn_p != 0.0) or (out_p is not None and out_p != 0.0):
+            flops += (n * h * l if attn_p is not None and attn_p != 0.0 else 0) + \
+                (n * c if out_p is not None and out_p != 0.0 else 0)
+            rule += " + dropout"
+        return self.known(flops, self.io_bytes,
+                          f"{rule}; T = B*Hp*Wp = {n} tokens (padded), L = {l} (window {a}x{b}), h = {h} "
+                          "from the graph's calls table")
 
     def batch_norm(self) -> Estimate:
         key, numel = self.key, self.numel
@@ -539,6 +838,14 @@ class _Estimator:
         seq_first = Q[1] == K[1] == V[1] and K[0] == V[0]
         bf = flops(Q[0], Q[1], K[1])
         sf = flops(Q[1], Q[0], K[0])
+        b_attr = self.attribute("batch_first")
+        if isinstance(b_attr, bool):  # the modules table says
+            if not (batch_first if b_attr else seq_first):
+                return self.unknown(f"{key}: the shapes do not fit the module's layout (batch_first "
+                                    f"{'true' if b_attr else 'false'})")
+            return self.known(bf if b_attr else sf, self.io_bytes,
+                              f"MultiheadAttention ({'batch_first [N, L, E]' if b_attr else '[L, N, E]'}, batch_first "
+                              "from the graph's modules table): " + formula)
         if batch_first and not seq_first:
             return self.known(bf, self.io_bytes, "MultiheadAttention (batch_first [N, L, E]): " + formula)
         if seq_first and not batch_first:
@@ -605,10 +912,14 @@ class _Estimator:
                             + (f"; flops_lower_bound = {lower_text}" if lower_text else ""), lower)
 
 
-def estimate_cost(nodes: Sequence[Node], index: int, training: Optional[bool] = None) -> Estimate:
+def estimate_cost(nodes: Sequence[Node], index: int, training: Optional[bool] = None,
+                  modules: Optional[Dict[str, Any]] = None, calls: Optional[Dict[str, Any]] = None,
+                  names: Optional[Dict[str, int]] = None) -> Estimate:
     """The cost of one node (src/passes/cost.cpp's estimate_cost); `training` is the graph's
-    "training" attribute (None: the graph does not say)."""
-    return _Estimator(nodes, index, training).run()
+    "training" attribute (None: the graph does not say), `modules` and `calls` its "modules"
+    and "calls" attributes (None: absent); `names` maps node names to indices (built when
+    needed)."""
+    return _Estimator(nodes, index, training, modules, calls, names).run()
 
 
 # ---- baseline and the passes (src/passes/passes.cpp) -------------------------------------------
@@ -643,10 +954,14 @@ def write_cost(meta: Dict[str, Any], c: Estimate) -> None:
         meta.pop("flops_lower_bound", None)
 
 
-def cost_pass(nodes: Sequence[Node], stats: Dict[str, Any], training: Optional[bool] = None) -> None:
+def cost_pass(nodes: Sequence[Node], stats: Dict[str, Any], training: Optional[bool] = None,
+              modules: Optional[Dict[str, Any]] = None, calls: Optional[Dict[str, Any]] = None) -> None:
     unknown = 0
+    names = {n.name: i for i, n in enumerate(nodes)} if calls else None
+    modules = modules if isinstance(modules, dict) else None
+    calls = calls if isinstance(calls, dict) else None
     for i, node in enumerate(nodes):
-        c = estimate_cost(nodes, i, training)
+        c = estimate_cost(nodes, i, training, modules, calls, names)
         if c.flops is None:
             unknown += 1
         write_cost(node.meta, c)
@@ -779,12 +1094,14 @@ def verify_pass(nodes: Sequence[Node], stats: Dict[str, Any], baseline: Optional
 
 
 def run_passes(nodes: Sequence[Node], passes: Iterable[str] = PASSES,
-               baseline: Optional[Baseline] = None, training: Optional[bool] = None) -> List[Dict[str, Any]]:
+               baseline: Optional[Baseline] = None, training: Optional[bool] = None,
+               modules: Optional[Dict[str, Any]] = None, calls: Optional[Dict[str, Any]] = None) -> List[Dict[str, Any]]:
     """Runs the named passes in order on `nodes` (mutating each node.meta) and returns one
     dict per pass: name, nodes_touched, rejected_protected, nodes_before, nodes_after,
     seconds, summary, problems. verify checks against `baseline`, taken here before the
     first pass when not given (`nodemeta run` takes it right after loading). `training`
-    is the graph's "training" attribute (training_mode(doc)); None: the graph does not say."""
+    is the graph's "training" attribute (training_mode(doc)); None: the graph does not say.
+    `modules` and `calls` are the graph's "modules" and "calls" attributes (doc.get(...))."""
     passes = list(passes)
     for name in passes:
         if name not in PASSES:
@@ -796,7 +1113,7 @@ def run_passes(nodes: Sequence[Node], passes: Iterable[str] = PASSES,
         stats = _stats(name, nodes)
         t0 = time.perf_counter()
         if name == "cost":
-            cost_pass(nodes, stats, training)
+            cost_pass(nodes, stats, training, modules, calls)
         elif name == "propagate":
             propagate_pass(nodes, stats)
         else:
@@ -820,7 +1137,7 @@ def check(graph_path: str, expected_path: str, passes: Sequence[str], max_report
     doc = load_document(graph_path)
     nodes = nodes_from_json(doc)
     t0 = time.perf_counter()
-    stats = run_passes(nodes, passes, training=training_mode(doc))
+    stats = run_passes(nodes, passes, training=training_mode(doc), modules=doc.get("modules"), calls=doc.get("calls"))
     seconds = time.perf_counter() - t0
     expected = load_document(expected_path)
     want_graph = expected.get("graph", expected)
@@ -886,7 +1203,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         t0 = time.perf_counter()
         baseline = Baseline(nodes)
         baseline_s = time.perf_counter() - t0
-        stats = run_passes(nodes, passes, baseline, training_mode(doc))
+        stats = run_passes(nodes, passes, baseline, training_mode(doc), doc.get("modules"), doc.get("calls"))
         print(json.dumps({"graph": g, "nodes": len(nodes), "baseline_seconds": baseline_s,
                           "total_seconds": baseline_s + sum(s["seconds"] for s in stats), "passes": stats}))
     return 0

@@ -24,7 +24,8 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-__all__ = ["MAX_VALUE_DEPTH", "SCHEMA_KEYS", "converter_for", "to_plain", "target_name", "graph_document", "save"]
+__all__ = ["MAX_VALUE_DEPTH", "SCHEMA_KEYS", "converter_for", "to_plain", "target_name", "module_table",
+           "call_table", "graph_document", "save"]
 
 #: The arrays/objects a node's meta value may nest: nodemeta loads a document nested at most
 #: 256 deep by default (--max-depth, LoadOptions::max_depth), and a meta value sits at depth 5.
@@ -411,6 +412,103 @@ def _node_document(i: int, node: Any, ids: Mapping[Any, int]) -> dict:
     }
 
 
+def _plain_attribute(v: Any) -> tuple[bool, Any]:
+    # (True, JSON value) for a module attribute of plain scalars (and tuples/lists of them,
+    # one level deep: kernel_size, normalized_shape, output_size), else (False, None).
+    if v is None or type(v) in (bool, str):
+        return True, v
+    if type(v) is int:
+        return _INT64_MIN <= v <= _INT64_MAX, v
+    if type(v) is float:
+        return math.isfinite(v), v
+    if type(v) in (tuple, list):
+        out = []
+        for x in v:
+            ok, p = _plain_attribute(x) if not isinstance(x, (tuple, list)) else (False, None)
+            if not ok:
+                return False, None
+            out.append(p)
+        return True, out
+    return False, None
+
+
+def _module_entry(module: Any) -> dict:
+    attributes = {}
+    for k, v in vars(module).items():
+        if not isinstance(k, str) or k.startswith("_"):
+            continue
+        ok, p = _plain_attribute(v)
+        if ok and (type(p) is not str or p.isascii()):
+            attributes[k] = p
+    parameters = {}
+    for k, p in module._parameters.items():  # the module's own, not its children's
+        parameters[k] = None if p is None else {"shape": [int(d) for d in p.shape], "dtype": str(p.dtype)}
+    return {"type": _type_name(type(module)), "attributes": attributes, "parameters": parameters}
+
+
+def module_table(gm: Any) -> dict:
+    """The graph's "modules" attribute: {path: entry} for each module a call_module node calls.
+
+    An entry is {"type": qualified class name ("torch.nn.modules.conv.Conv2d"),
+    "attributes": the module's public instance attributes that are plain values (int, float,
+    bool, str, None, or a flat list of them: in_channels, kernel_size, stride, padding,
+    groups, eps, p, training, ...), "parameters": {name: {"shape", "dtype"} or None} of the
+    module's own parameters (weight, bias)}. The cost pass reads it where a call_module
+    node's nn_module_stack does not name the type (torch 1.13's symbolic_trace records no
+    module stack). `gm` is a GraphModule, or a Graph whose owning module is used ({} without
+    one); in graph order of first call.
+    """
+    import torch.fx
+
+    root = gm.owning_module if isinstance(gm, torch.fx.Graph) else gm
+    graph = gm if isinstance(gm, torch.fx.Graph) else gm.graph
+    table: dict = {}
+    if root is None:
+        return table
+    for node in graph.nodes:
+        if node.op != "call_module" or not isinstance(node.target, str) or node.target in table:
+            continue
+        try:
+            module = root.get_submodule(node.target)
+        except AttributeError:
+            continue
+        table[node.target] = _module_entry(module)
+    return table
+
+
+def call_table(gm: Any) -> dict:
+    """The graph's "calls" attribute: {node name: {"args": [...], "kwargs": {...}}} for each
+    call_function / call_method node with an argument that is not a node (a kernel size, a
+    dim, a window size, a flag), its arguments as to_plain() writes them, each node among
+    them as {"node": its name}. A node whose arguments cannot all be written (a slice, an
+    opaque object) or that has only node arguments is left out. The cost pass reads it where
+    a function's cost depends on an argument (the kernel size of F.max_pool2d, swin's window
+    size). `gm` is a GraphModule or a Graph; in graph order.
+    """
+    import torch.fx
+
+    graph = gm if isinstance(gm, torch.fx.Graph) else gm.graph
+    Node = torch.fx.Node
+    table: dict = {}
+    for node in graph.nodes:
+        if node.op not in ("call_function", "call_method"):
+            continue
+        constants = []
+        torch.fx.node.map_aggregate((node.args, node.kwargs),
+                                    lambda a: constants.append(a) if not isinstance(a, Node) else None)
+        if not constants:
+            continue
+        as_names = torch.fx.node.map_arg((node.args, node.kwargs), lambda n: {"node": n.name})
+        try:
+            args, kwargs = to_plain(as_names)
+        except (TypeError, ValueError):
+            continue
+        if not isinstance(kwargs, dict):
+            continue
+        table[node.name] = {"args": args, "kwargs": kwargs}
+    return table
+
+
 def _example_input(meta: Mapping[str, Any]) -> Any:
     # A placeholder's converted tensor_meta or val: {"shape", "dtype"} of a tensor.
     value = meta["tensor_meta"] if meta["tensor_meta"] is not None else meta["val"]
@@ -447,6 +545,11 @@ def graph_document(
     conv+bn folding depend on) is `training`, else a GraphModule's own `training` flag; a
     bare Graph without it writes none (unknown).
 
+    "modules" is module_table(gm) (each called module's type, plain attributes and parameter
+    shapes, which the cost pass reads for call_module nodes), left out when empty; "calls"
+    is call_table(gm) (the non-node arguments of call_function / call_method nodes, which
+    the cost pass reads for the ops whose cost depends on one), left out when empty.
+
     Raises ValueError naming the node and the key for anything a graph file cannot hold:
     "nodes[12] (relu_3).meta['foo']: cannot convert <class 'X'>".
     """
@@ -480,6 +583,12 @@ def graph_document(
         training = getattr(gm, "training", None)
     if training is not None:
         doc["training"] = bool(training)
+    modules = module_table(gm)
+    if modules:
+        doc["modules"] = modules
+    calls = call_table(gm)
+    if calls:
+        doc["calls"] = calls
     try:
         doc = to_plain(doc)
     except (TypeError, ValueError) as e:

@@ -68,7 +68,11 @@ def run_passes(gm: Any, passes: Sequence[str] = ("cost", "propagate", "verify"),
     command prints it: name, nodes_touched, rejected_protected, nodes_before, nodes_after,
     seconds, summary, problems. ``training``: the mode the graph was traced in (batch norm
     and dropout costs depend on it); default: a GraphModule's own ``training`` flag, unknown
-    for a bare Graph. Concurrent-safe with other threads reading and writing the same nodes;
+    for a bare Graph. Each called module's type, attributes and parameter shapes go to the
+    passes as the graph's "modules" attribute (``_fxjson.module_table``), and the non-node
+    arguments of function and method calls as its "calls" attribute
+    (``_fxjson.call_table``), as ``save()`` writes them, so nodes are costed alike here and
+    from a saved file (built on each call that runs ``cost``). Concurrent-safe with other threads reading and writing the same nodes;
     the graph's structure must not change while it runs.
     """
     if isinstance(passes, str):
@@ -90,8 +94,16 @@ def run_passes(gm: Any, passes: Sequence[str] = ("cost", "propagate", "verify"),
         spec.append((n.name, n.op, _fxjson.target_name(n), inputs, n.meta))
     if training is None and not isinstance(gm, _torch_fx_graph()):
         training = getattr(gm, "training", None)
+    attrs = {}
+    if "cost" in passes:  # the one pass that reads them
+        modules = _fxjson.module_table(gm)
+        if modules:
+            attrs["modules"] = modules  # what save() writes: the same costs from the file
+        calls = _fxjson.call_table(gm)
+        if calls:
+            attrs["calls"] = calls
     return _core._run_passes(store, spec, list(passes), threads,
-                             None if training is None else bool(training))
+                             None if training is None else bool(training), attrs)
 
 
 def _torch_fx_graph():

@@ -2003,7 +2003,7 @@ struct FxNode {
 };
 
 py::list run_passes(py::object store_obj, std::vector<FxNode> nodes, std::vector<std::string> names,
-                    std::optional<int> threads, std::optional<bool> training) {
+                    std::optional<int> threads, std::optional<bool> training, py::dict attrs) {
   MetadataStore& store = py::cast<PyStore&>(store_obj).store();
   for (const std::string& n : names) {
     if (n == "fuse") {
@@ -2050,6 +2050,11 @@ py::list run_passes(py::object store_obj, std::vector<FxNode> nodes, std::vector
   }
   g.replace_nodes(std::move(gnodes));
   if (training) g.attrs().emplace_back(std::string(passes::graph_attrs::kTraining), Value(*training));
+  for (auto [k, v] : attrs) {  // further graph attributes ("modules", "calls"), as a file's top-level fields
+    Value value;
+    if (!to_value(v.ptr(), value)) throw py::error_already_set();
+    g.attrs().emplace_back(py::cast<std::string>(k), std::move(value));
+  }
   std::vector<passes::PassStats> stats;
   {
     // `nodes` keeps every NodeMetadata object (so every viewed node) alive meanwhile. The GIL
@@ -2316,7 +2321,7 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("_run_passes",
         [](py::object store, py::list nodes, std::vector<std::string> names, std::optional<int> threads,
-           std::optional<bool> training) {
+           std::optional<bool> training, py::dict attrs) {
           std::vector<FxNode> fx;
           fx.reserve(nodes.size());
           for (py::handle h : nodes) {
@@ -2325,10 +2330,10 @@ PYBIND11_MODULE(_core, m) {
                                 py::cast<std::string>(t[2]), py::cast<std::vector<std::size_t>>(t[3]),
                                 py::reinterpret_borrow<py::object>(t[4])});
           }
-          return run_passes(store, std::move(fx), std::move(names), threads, training);
+          return run_passes(store, std::move(fx), std::move(names), threads, training, std::move(attrs));
         },
         py::arg("store"), py::arg("nodes"), py::arg("names"), py::arg("threads") = py::none(),
-        py::arg("training") = py::none());
+        py::arg("training") = py::none(), py::arg("attrs") = py::dict());
   py::register_exception_translator([](std::exception_ptr p) {
     try {
       if (p) std::rethrow_exception(p);

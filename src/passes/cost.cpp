@@ -8,6 +8,7 @@
 // count is certain, flops_lower_bound keeps it.
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <cstdint>
 #include <initializer_list>
 #include <optional>
@@ -225,10 +226,16 @@ std::string last_component(std::string_view s) {
 // formulas are for torch.nn's own classes only: another module's key is its qualified type
 // ("module:__main__.Conv2d", "module:torch.ao.nn.quantized.modules.conv.Conv2d"), which
 // no formula matches.
-std::string op_key(const graph::Node& n) {
+// Where nn_module_stack names no type (torch 1.13's symbolic_trace records no stack), the
+// graph's "modules" entry for the target does.
+std::string op_key(const graph::Node& n, const Value* module) {
   if (n.op == "call_module") {
-    const std::string type = detail::module_type(n);
-    if (type.empty()) return "module:" + n.target + " (no type in nn_module_stack)";
+    std::string type = detail::module_type(n);
+    if (type.empty() && module) {
+      const Value* t = module->find("type");
+      if (const auto* s = t ? t->get_if<std::string>() : nullptr) type = *s;
+    }
+    if (type.empty()) return "module:" + n.target + " (no type in nn_module_stack or the graph's modules table)";
     if (type.rfind("torch.nn.modules.", 0) == 0) return "module:" + last_component(type);
     return "module:" + type;
   }
@@ -239,7 +246,7 @@ std::string op_key(const graph::Node& n) {
     t.remove_prefix(15);
     return "aten." + std::string(t.substr(0, t.find('.')));  // drop the overload
   }
-  for (std::string_view prefix : {"_operator.", "torch.nn.functional.", "torch."}) {
+  for (std::string_view prefix : {"_operator.", "torch.nn.functional.", "torch._C._nn.", "torch.functional.", "torch."}) {
     if (t.rfind(prefix, 0) == 0 && t.find('.', prefix.size()) == std::string_view::npos) {
       return std::string(t.substr(prefix.size()));
     }
@@ -290,8 +297,14 @@ namespace {
 // The estimate of one node: what the formulas below share.
 class Estimator {
  public:
-  Estimator(const graph::Graph& graph, const graph::Node& n)
-      : graph_(graph), n_(n), key_(op_key(n)), base_(base_name(key_)), training_(training_mode(graph)) {}
+  Estimator(const graph::Graph& graph, const graph::Node& n, const Value* module, const Value* call)
+      : graph_(graph),
+        n_(n),
+        module_(module),
+        call_(call),
+        key_(op_key(n, module)),
+        base_(base_name(key_)),
+        training_(training_mode(graph)) {}
 
   CostEstimate run() {
     if (one_of(n_.op, detail::kNoComputation)) {
@@ -348,12 +361,102 @@ class Estimator {
     }
     return &in_[k].tensors.front();
   }
+  // ---- The call_module node's "modules" entry (module_ is nullptr without one) -----------
+
+  // An attribute of the module ("kernel_size"), or nullptr.
+  const Value* attribute(std::string_view name) const {
+    const Value* a = module_ ? module_->find("attributes") : nullptr;
+    return a ? a->find(name) : nullptr;
+  }
+  // A parameter of the module as the entry records it: kTensor (t is its shape), kNone (the
+  // module has none: bias=False), kMissing (not recorded or unusable; why_ says which).
+  enum class Param { kTensor, kNone, kMissing };
+  Param parameter(std::string_view name, Tensor& t) {
+    const Value* ps = module_ ? module_->find("parameters") : nullptr;
+    const Value* p = ps ? ps->find(name) : nullptr;
+    if (p && p->is_none()) return Param::kNone;
+    if (!p || p->kind() != Value::Kind::kDict || !is_tensor_value(*p)) {
+      why_ = key_ + ": the graph's modules table records no " + std::string(name) + " shape for " + n_.target;
+      return Param::kMissing;
+    }
+    std::string why;
+    if (!parse_tensor(*p, t, why)) {
+      why_ = key_ + ": the modules table's " + std::string(name) + " is " + why;
+      return Param::kMissing;
+    }
+    return Param::kTensor;
+  }
+  // The module's weight and optional bias: false (why_ set) unless the weight is a tensor
+  // and the bias a tensor or None.
+  bool weight_and_bias(Tensor& w, std::optional<Tensor>& bias) {
+    if (parameter("weight", w) != Param::kTensor) {
+      if (why_.empty()) why_ = key_ + ": the module has no weight";
+      return false;
+    }
+    Tensor b;
+    switch (parameter("bias", b)) {
+      case Param::kTensor: bias = std::move(b); return true;
+      case Param::kNone: return true;
+      case Param::kMissing: return false;
+    }
+    return false;
+  }
+  // ---- The call_function / call_method node's "calls" entry (call_ is nullptr without one) --
+
+  // The call's argument at position `pos`, else its keyword `name`, or nullptr.
+  const Value* argument(std::size_t pos, std::string_view name) const {
+    if (!call_) return nullptr;
+    const Value* args = call_->find("args");
+    if (const auto* l = args ? args->get_if<Value::List>() : nullptr; l && pos < l->size()) return &(*l)[pos];
+    const Value* kwargs = call_->find("kwargs");
+    return kwargs ? kwargs->find(name) : nullptr;
+  }
+  // The node a node argument ({"node": name}) names, or nullptr (absent, None, not a node).
+  const graph::Node* node_argument(std::size_t pos, std::string_view name) const {
+    return node_ref(argument(pos, name));
+  }
+  const graph::Node* node_ref(const Value* a) const {
+    const Value* ref = a && a->kind() == Value::Kind::kDict ? a->find("node") : nullptr;
+    const auto* s = ref ? ref->get_if<std::string>() : nullptr;
+    const std::optional<std::size_t> i = s ? graph_.find(*s) : std::nullopt;
+    return i ? &graph_.node(*i) : nullptr;
+  }
+  // A list of `n` integers >= 0, or nullopt.
+  static std::optional<std::vector<std::int64_t>> ints(const Value* v, std::size_t n) {
+    const auto* l = v ? v->get_if<Value::List>() : nullptr;
+    if (!l || l->size() != n) return std::nullopt;
+    std::vector<std::int64_t> out;
+    for (const Value& e : *l) {
+      const auto* i = e.get_if<std::int64_t>();
+      if (!i || *i < 0) return std::nullopt;
+      out.push_back(*i);
+    }
+    return out;
+  }
+  // A number argument as a double (an int or a float), or nullopt.
+  static std::optional<double> number(const Value* v) {
+    if (const auto* i = v ? v->get_if<std::int64_t>() : nullptr) return static_cast<double>(*i);
+    if (const auto* d = v ? v->get_if<double>() : nullptr) return *d;
+    return std::nullopt;
+  }
+
+  // "(weight shape from the graph's modules table)" and the like share this.
+  static constexpr std::string_view kFromTable = "; weight shape from the graph's modules table";
+
   std::string mode_unknown() const {
     return "the graph does not say whether it was traced in training mode (graph attribute 'training')";
   }
 
   CostEstimate formulas() {
     if (key_.rfind("nodemeta.fused.", 0) == 0) return fused(key_.substr(15));
+    if (one_of(base_, detail::kDropout) && call_) {  // stochastic_depth(input, p, mode, training)
+      const Value* t = argument(3, "training");
+      const std::optional<double> p = number(argument(1, "p"));
+      if (const auto* b = t ? t->get_if<bool>() : nullptr; b && p) {
+        if (!*b || *p == 0.0) return {0, 0, key_ + " (training=False or p=0 in the call): identity", std::nullopt};
+        return known(numel_, io_bytes_, key_ + " (training=True in the call): flops = numel(out) (mask and scale)");
+      }
+    }
     if (one_of(base_, detail::kDropout)) {
       if (!training_) return unknown(key_ + ": identity in eval mode, elementwise in training mode; " + mode_unknown());
       if (!*training_) return {0, 0, "Dropout (eval mode): identity", std::nullopt};
@@ -364,6 +467,7 @@ class Estimator {
       return known(0, out_.bytes, key_ + ": allocation/fill, 0 flops; bytes = output written");
     }
     if (one_of(base_, detail::kConcatenation)) return known(0, io_bytes_, "cat: 0 flops; bytes = inputs read + output written");
+    if (one_of(base_, detail::kEmbedding) && n_.op == "call_module") return embedding_module();
     if (one_of(base_, detail::kEmbedding)) {  // embedding(weight, indices)
       const Tensor* indices = operand(0) ? operand(1) : nullptr;
       if (!indices) return unknown(why_);
@@ -379,6 +483,10 @@ class Estimator {
       return known(product({5, numel_}), io_bytes_,
                    "layer norm: flops = 5*numel(out) (mean, centre, variance, normalise, affine)");
     }
+    if (one_of(base_, detail::kGroupNorm)) {
+      return known(product({5, numel_}), io_bytes_,
+                   "group/instance norm: flops = 5*numel(out) (mean, centre, variance, normalise, affine)");
+    }
     if (one_of(base_, detail::kSoftmax)) {
       return known(product({5, numel_}), io_bytes_, "softmax: flops = 5*numel(out) (max, subtract, exp, sum, divide)");
     }
@@ -387,6 +495,12 @@ class Estimator {
       if (!x) return unknown(why_);
       return known(x->numel, io_bytes_, key_ + ": flops = numel(input) (one add per input element)");
     }
+    if (one_of(base_, detail::kAdaptiveMaxPool)) {
+      const Tensor* x = operand(0);
+      if (!x) return unknown(why_);
+      return known(x->numel, io_bytes_, key_ + ": flops = numel(input) (one compare per input element)");
+    }
+    if (one_of(base_, detail::kLinearLayer) && module_) return linear_module();
     if (one_of(base_, detail::kLinearLayer)) {
       const Count flops = linear();
       if (!flops_ok_) return unknown(why_);
@@ -395,15 +509,247 @@ class Estimator {
     if (one_of(base_, detail::kMatrixProduct) || one_of(base_, detail::kMatrixProductWithBias)) {
       return matrix_product();
     }
+    if (one_of(base_, detail::kEinsum)) return einsum();
     if (one_of(base_, detail::kConvolution)) return convolution();
     if (one_of(base_, detail::kAttention)) return attention();
     if (one_of(base_, detail::kConvModules)) {
+      if (module_) return conv_module();
       return unknown(key_ + ": kernel size and groups are not in fx call_module metadata");
     }
     if (one_of(base_, detail::kPooling)) {
+      if (module_ && n_.op == "call_module") return pool(attribute("kernel_size"), "modules");
+      if (call_ && n_.op != "call_module") return pool(argument(1, "kernel_size"), "calls");
       return unknown(key_ + ": kernel size is not in the node metadata");
     }
+    if (one_of(base_, detail::kWindowAttention)) return window_attention();
     return unknown("no cost formula for " + key_);
+  }
+
+  // A Conv*d / ConvTranspose*d module, its weight's shape from the modules table:
+  //   forward:    weight [C_out, C_in/g, k...], flops = 2*numel(out)*prod(weight[1:])
+  //   transposed: weight [C_in, C_out/g, k...], flops = 2*numel(in)*prod(weight[1:])
+  // + numel(out) with a bias; bytes = input + output + weight (+ bias). The input may be
+  // unbatched ([C, spatial...]).
+  CostEstimate conv_module() {
+    Tensor w;
+    std::optional<Tensor> bias;
+    if (!weight_and_bias(w, bias)) return unknown(why_);
+    if (in_.size() != 1) return unknown(key_ + ": expects the input as its only operand");
+    const Tensor* x = operand(0);
+    if (!x) return unknown(why_);
+    const Tensor& y = *y_;
+    const std::size_t r = w.rank();
+    if (r < 3 || x->rank() != y.rank() || (x->rank() != r && x->rank() != r - 1)) {
+      return unknown(key_ + ": input, weight and output are not [N, C, spatial...] (or [C, spatial...]) tensors of the weight's rank");
+    }
+    const std::size_t c = x->rank() == r ? 1 : 0;  // the channel dimension
+    const bool transposed = base_.rfind("ConvTranspose", 0) == 0;
+    const std::int64_t cin = x->dim(c), cout = y.dim(c), w0 = w.dim(0), w1 = w.dim(1);
+    const Value* g_attr = attribute("groups");
+    const std::int64_t* groups = g_attr ? g_attr->get_if<std::int64_t>() : nullptr;
+    bool fits = (c == 0 || x->dim(0) == y.dim(0)) && w1 > 0;
+    if (!transposed) {  // C_out = w0 and C_in = groups * w1
+      fits = fits && cout == w0 && cin % w1 == 0 && (!groups || *groups * w1 == cin);
+    } else {  // C_in = w0 and C_out = groups * w1
+      fits = fits && cin == w0 && cout % w1 == 0 && (!groups || *groups * w1 == cout);
+    }
+    if (!fits) return unknown(key_ + ": the input, output and weight shapes do not fit the module");
+    Count per = 1;  // prod(weight[1:])
+    for (std::size_t d = 1; d < r; ++d) per = per ? product({*per, w.dim(d)}) : per;
+    if (!per) return unknown(key_ + ": the count does not fit int64");
+    const Count flops =
+        sum({product({2, transposed ? x->numel : numel_, *per}), bias ? Count(numel_) : Count(0)});
+    const Count bytes = sum({io_bytes_, w.bytes, bias ? Count(bias->bytes) : Count(0)});
+    const std::string bias_rule = bias ? " + numel(out) (bias)" : "";
+    const std::string rule = transposed ? key_ + ": flops = 2*numel(in)*C_out/groups*prod(kernel)" + bias_rule
+                                        : key_ + ": flops = 2*numel(out)*C_in/groups*prod(kernel)" + bias_rule;
+    return known(flops, bytes, rule + "; bytes = in + out + weight" + (bias ? " + bias" : "") + std::string(kFromTable));
+  }
+
+  // A Linear module with its weight [out_features, in_features] from the modules table.
+  CostEstimate linear_module() {
+    Tensor w;
+    std::optional<Tensor> bias;
+    if (!weight_and_bias(w, bias)) return unknown(why_);
+    const Count flops = linear();
+    if (!flops_ok_) return unknown(why_);
+    if (w.rank() != 2 || w.dim(1) != operand(0)->shape.back() || w.dim(0) != y_->shape.back()) {
+      return unknown(key_ + ": the weight's shape does not fit [..., in_features] -> [..., out_features]");
+    }
+    return known(sum({flops, bias ? Count(numel_) : Count(0)}),
+                 sum({io_bytes_, w.bytes, bias ? Count(bias->bytes) : Count(0)}),
+                 std::string("Linear: flops = 2*numel(out)*in_features") + (bias ? " + numel(out) (bias)" : "") +
+                     "; bytes = in + out + weight" + (bias ? " + bias" : "") + std::string(kFromTable));
+  }
+
+  // An Embedding module(indices): a gather, as aten embedding(weight, indices).
+  CostEstimate embedding_module() {
+    Tensor w;
+    if (parameter("weight", w) != Param::kTensor) {
+      return unknown(why_.empty() ? key_ + ": the module has no weight" : why_);
+    }
+    const Tensor* indices = operand(0);
+    if (!indices) return unknown(why_);
+    if (w.rank() != 2 || y_->rank() == 0 || y_->shape.back() != w.dim(1)) {
+      return unknown(key_ + ": the output's last dimension is not the weight's embedding_dim");
+    }
+    return known(0, sum({product({2, y_->bytes}), indices->bytes}),
+                 "Embedding: gather, 0 flops; bytes = rows read + output written + indices");
+  }
+
+  // MaxPool*d / AvgPool*d modules and max_pool*d / avg_pool*d calls: one compare or add per
+  // window element of each output, kernel_size (an int, or one per spatial dimension) from
+  // the graph's `table` ("modules": the module's attribute; "calls": the call's argument).
+  CostEstimate pool(const Value* k, const std::string& table) {
+    const std::size_t dims = static_cast<std::size_t>(base_[base_.size() - 2] - '0');  // "MaxPool2d": 2
+    Count window = 1;
+    if (const auto* ki = k ? k->get_if<std::int64_t>() : nullptr) {
+      for (std::size_t d = 0; d < dims && window; ++d) window = *ki < 0 ? std::nullopt : product({*window, *ki});
+    } else if (const auto* kl = k ? k->get_if<Value::List>() : nullptr; kl && kl->size() == dims) {
+      for (const Value& e : *kl) {
+        const auto* kd = e.get_if<std::int64_t>();
+        window = (!kd || *kd < 0 || !window) ? std::nullopt : product({*window, *kd});
+      }
+    } else {
+      return unknown(key_ + ": the graph's " + table + " table records no kernel_size (an int or " +
+                     std::to_string(dims) + " ints) for " + (table == "calls" ? n_.name : n_.target));
+    }
+    if (!window) return unknown(key_ + ": kernel_size is negative or its product does not fit int64");
+    const bool max = base_.rfind("Max", 0) == 0;
+    return known(product({numel_, *window}), io_bytes_,
+                 key_ + ": flops = numel(out)*prod(kernel_size) (one " + (max ? "compare" : "add") +
+                     " per window element); kernel_size from the graph's " + table + " table");
+  }
+
+  // torchvision's shifted_window_attention(input [B, H, W, C], qkv_weight [O, C], proj_weight
+  // [C, C], relative_position_bias [1, h, L, L], window_size [a, b], num_heads h,
+  // shift_size, attention_dropout, dropout, qkv_bias, proj_bias, logit_scale), from the
+  // "calls" table: the input is padded to Hp x Wp (multiples of the window), T = B*Hp*Wp
+  // tokens in windows of L = a*b; the shift applies where the window is smaller than the
+  // padded map. Counted (the code's own steps): qkv and proj projections 2*T*C*O + 2*T*C*C,
+  // QK^T and AV 4*T*L*C, bias add and softmax 6*T*h*L, the shift mask add T*h*L, q's scaling
+  // T*C (v1) or the cosine attention's normalisation of q and k 4*T*C and logit scale
+  // T*h*L (v2, with logit_scale), the biases T*O + T*C, dropouts with p > 0 (F.dropout
+  // there drops in both modes) T*h*L + T*C. Bytes: every operand and the output.
+  CostEstimate window_attention() {
+    if (!call_) return unknown(key_ + ": the window size and head count are not in the node metadata (no calls table)");
+    const graph::Node* nodes[] = {node_argument(0, "input"), node_argument(1, "qkv_weight"),
+                                  node_argument(2, "proj_weight")};
+    const std::optional<std::vector<std::int64_t>> window = ints(argument(4, "window_size"), 2);
+    const std::optional<std::vector<std::int64_t>> shift = ints(argument(6, "shift_size"), 2);
+    const Value* heads_v = argument(5, "num_heads");
+    const auto* heads = heads_v ? heads_v->get_if<std::int64_t>() : nullptr;
+    if (!nodes[0] || !nodes[1] || !nodes[2] || !window || !shift || !heads || *heads <= 0 || (*window)[0] <= 0 ||
+        (*window)[1] <= 0) {
+      return unknown(key_ + ": the calls table does not record input, qkv_weight, proj_weight, window_size, "
+                            "num_heads and shift_size as the function takes them");
+    }
+    std::vector<Tensor> t[3];
+    for (int k = 0; k < 3; ++k) {
+      Result r = node_result(*nodes[k]);
+      if (r.kind != Result::Kind::kTensors || r.tensors.size() != 1) {
+        return unknown(key_ + ": argument " + std::to_string(k) + " is not one tensor with a shape");
+      }
+      t[k] = std::move(r.tensors);
+    }
+    const Tensor &x = t[0][0], &qkv_w = t[1][0], &proj_w = t[2][0];
+    if (x.rank() != 4 || y_->shape != x.shape || qkv_w.rank() != 2 || proj_w.rank() != 2 ||
+        qkv_w.dim(1) != x.dim(3) || proj_w.dim(0) != x.dim(3) || proj_w.dim(1) != x.dim(3) ||
+        x.dim(3) % *heads != 0) {
+      return unknown(key_ + ": the input [B, H, W, C], weights [O, C] and [C, C], output and num_heads do not fit");
+    }
+    auto has = [&](std::size_t pos, std::string_view name) {
+      const Value* a = argument(pos, name);
+      return a && !a->is_none();
+    };
+    const bool qkv_bias = has(9, "qkv_bias"), proj_bias = has(10, "proj_bias"), cosine = has(11, "logit_scale");
+    const std::optional<double> attn_p = number(argument(7, "attention_dropout"));
+    const std::optional<double> out_p = number(argument(8, "dropout"));
+    if ((has(7, "attention_dropout") && !attn_p) || (has(8, "dropout") && !out_p)) {
+      return unknown(key_ + ": a dropout probability in the calls table is not a number");
+    }
+    const std::int64_t a = (*window)[0], b = (*window)[1], c = x.dim(3), o = qkv_w.dim(0), h = *heads;
+    const std::int64_t hp = (x.dim(1) + a - 1) / a * a, wp = (x.dim(2) + b - 1) / b * b;
+    const bool shifted = (a < hp && (*shift)[0] > 0) || (b < wp && (*shift)[1] > 0);
+    const Count tokens = product({x.dim(0), hp, wp});
+    if (!tokens) return unknown(key_ + ": the count does not fit int64");
+    const std::int64_t n = *tokens, l = a * b;
+    std::string rule = key_ + ": flops = 2*T*C*O + 2*T*C*C (qkv, proj) + 4*T*L*C (QK^T, AV) + 6*T*h*L (bias add, softmax)";
+    Count flops = sum({product({2, n, c, o}), product({2, n, c, c}), product({4, n, l, c}), product({6, n, h, l})});
+    if (shifted) {
+      flops = sum({flops, product({n, h, l})});
+      rule += " + T*h*L (shift mask)";
+    }
+    if (cosine) {
+      flops = sum({flops, product({4, n, c}), product({n, h, l})});
+      rule += " + 4*T*C + T*h*L (cosine attention)";
+    } else {
+      flops = sum({flops, product({n, c})});
+      rule += " + T*C (q scale)";
+    }
+    if (qkv_bias || proj_bias) {
+      flops = sum({flops, qkv_bias ? product({n, o}) : Count(0), proj_bias ? product({n, c}) : Count(0)});
+      rule += " + biases";
+    }
+    if ((attn_p && *attn_p != 0.0) || (out_p && *out_p != 0.0)) {
+      flops = sum({flops, attn_p && *attn_p != 0.0 ? product({n, h, l}) : Count(0),
+                   out_p && *out_p != 0.0 ? product({n, c}) : Count(0)});
+      rule += " + dropout";
+    }
+    return known(flops, io_bytes_,
+                 rule + "; T = B*Hp*Wp = " + std::to_string(n) + " tokens (padded), L = " + std::to_string(l) +
+                     " (window " + std::to_string(a) + "x" + std::to_string(b) + "), h = " + std::to_string(h) +
+                     " from the graph's calls table");
+  }
+
+  // einsum(equation, a, b) with two operands and no ellipsis: every combination of the
+  // indices is one multiply and one add, flops = 2*prod(size of each distinct index) (the
+  // same whatever the output keeps). Sizes from the operands' shapes (1 broadcasts).
+  CostEstimate einsum() {
+    const Value* eq_v = argument(0, "equation");
+    const auto* eq = eq_v ? eq_v->get_if<std::string>() : nullptr;
+    if (!eq) return unknown(key_ + ": the equation is not in the node metadata (no calls table entry)");
+    std::string e;
+    for (char ch : *eq) {
+      if (ch != ' ') e += ch;
+    }
+    const std::string lhs = e.substr(0, e.find("->"));
+    const std::size_t comma = lhs.find(',');
+    if (comma == std::string::npos || lhs.find(',', comma + 1) != std::string::npos || e.find('.') != std::string::npos) {
+      return unknown(key_ + ": only two operands without an ellipsis are costed (equation '" + *eq + "')");
+    }
+    const std::string terms[2] = {lhs.substr(0, comma), lhs.substr(comma + 1)};
+    // The operands: einsum(eq, a, b) or einsum(eq, [a, b]).
+    const Value* listed = argument(1, "operands");
+    const auto* list = listed ? listed->get_if<Value::List>() : nullptr;
+    std::array<std::int64_t, 128> size;  // per index letter; -1: not seen
+    size.fill(-1);
+    for (std::size_t k = 0; k < 2; ++k) {
+      const graph::Node* node = list ? node_ref(list->size() == 2 ? &(*list)[k] : nullptr) : node_argument(k + 1, "");
+      Result r = node ? node_result(*node) : Result{};
+      if (r.kind != Result::Kind::kTensors || r.tensors.size() != 1) {
+        return unknown(key_ + ": operand " + std::to_string(k) + " is not one tensor with a shape");
+      }
+      const Tensor& t = r.tensors.front();
+      if (t.rank() != terms[k].size()) return unknown(key_ + ": operand " + std::to_string(k) + "'s rank does not fit '" + *eq + "'");
+      for (std::size_t d = 0; d < t.rank(); ++d) {
+        const unsigned char c = static_cast<unsigned char>(terms[k][d]);
+        if (c >= 128 || !std::isalpha(c)) return unknown(key_ + ": equation '" + *eq + "' is not letters, ',' and '->'");
+        std::int64_t& s = size[c];
+        if (s == -1 || s == 1) {
+          s = std::max(s, t.dim(d));
+        } else if (t.dim(d) != s && t.dim(d) != 1) {
+          return unknown(key_ + ": index '" + std::string(1, static_cast<char>(c)) + "' has sizes " + std::to_string(s) +
+                         " and " + std::to_string(t.dim(d)));
+        }
+      }
+    }
+    Count flops = 2;
+    for (std::int64_t s : size) {
+      if (s >= 0 && flops) flops = product({*flops, s});
+    }
+    return known(flops, io_bytes_, key_ + ": flops = 2*prod(size of each index) (one multiply-add per combination); "
+                                          "equation from the graph's calls table");
   }
 
   // Batch norm: the rate depends on the mode; without it, the eval count is a lower bound.
@@ -560,6 +906,15 @@ class Estimator {
     const bool seq_first = q->dim(1) == k->dim(1) && k->dim(1) == v->dim(1) && k->dim(0) == v->dim(0);
     const Count bf = flops(q->dim(0), q->dim(1), k->dim(1));
     const Count sf = flops(q->dim(1), q->dim(0), k->dim(0));
+    const Value* bf_attr = attribute("batch_first");
+    if (const auto* b = bf_attr ? bf_attr->get_if<bool>() : nullptr) {  // the modules table says
+      if (!(*b ? batch_first : seq_first)) {
+        return unknown(key_ + ": the shapes do not fit the module's layout (batch_first " + (*b ? "true" : "false") + ")");
+      }
+      return known(*b ? bf : sf, io_bytes_,
+                   std::string("MultiheadAttention (") + (*b ? "batch_first [N, L, E]" : "[L, N, E]") +
+                       ", batch_first from the graph's modules table): " + formula);
+    }
     if (batch_first && !seq_first) return known(bf, io_bytes_, "MultiheadAttention (batch_first [N, L, E]): " + formula);
     if (seq_first && !batch_first) return known(sf, io_bytes_, "MultiheadAttention ([L, N, E]): " + formula);
     if (!batch_first) return unknown(key_ + ": query, key and value shapes fit neither [N, L, E] nor [L, N, E]");
@@ -635,6 +990,8 @@ class Estimator {
 
   const graph::Graph& graph_;
   const graph::Node& n_;
+  const Value* module_;  // the node's "modules" entry, or nullptr
+  const Value* call_;    // the node's "calls" entry, or nullptr
   const std::string key_;
   const std::string base_;
   const std::optional<bool> training_;
@@ -650,11 +1007,17 @@ class Estimator {
 }  // namespace
 
 CostEstimate estimate_cost(const graph::Graph& graph, std::size_t index) {
-  return Estimator(graph, graph.node(index)).run();
+  const graph::Node& node = graph.node(index);
+  return Estimator(graph, node, detail::module_entry(graph, node), detail::call_entry(graph, node)).run();
 }
 
 CostEstimate estimate_cost(const graph::Graph& graph, const graph::Node& node) {
-  return Estimator(graph, node).run();
+  return Estimator(graph, node, detail::module_entry(graph, node), detail::call_entry(graph, node)).run();
+}
+
+CostEstimate detail::estimate_cost(const graph::Graph& graph, const graph::Node& node, const Value* module,
+                                   const Value* call) {
+  return Estimator(graph, node, module, call).run();
 }
 
 }  // namespace nodemeta::passes

@@ -15,6 +15,7 @@
 
 #include "nodemeta/graph/graph.h"
 #include "nodemeta/key.h"
+#include "nodemeta/passes/passes.h"
 #include "nodemeta/value.h"
 
 namespace nodemeta::passes::detail {
@@ -28,34 +29,56 @@ inline constexpr std::string_view kViewOps[] = {
     "view",     "_unsafe_view", "_reshape_alias", "reshape", "permute",   "transpose",
     "t",        "expand",       "slice",          "split",   "unsqueeze", "squeeze",
     "flatten",  "getitem",      "getattr",        "detach",  "dim",       "size",
-    "Identity", "Flatten",      "_assert"};
+    "Identity", "Flatten",      "_assert",        "chunk",   "unbind",    "swapaxes",
+    "swapdims", "narrow",       "select",         "movedim", "unflatten"};
 inline constexpr std::string_view kScalarOps[] = {"eq", "floordiv", "mul", "add", "sub", "truediv"};
-inline constexpr std::string_view kDropout[] = {"Dropout"};
-inline constexpr std::string_view kCopies[] = {"clone", "contiguous"};
+inline constexpr std::string_view kDropout[] = {"Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout",
+                                                "torchvision.ops.stochastic_depth.stochastic_depth"};
+// torchvision's swin helpers (torch.fx.wrap'ed, one call_function node each) only move data:
+// _patch_merging_pad pads and regroups, _get_relative_position_bias gathers the bias rows.
+inline constexpr std::string_view kCopies[] = {"clone", "contiguous",
+                                               "torchvision.models.swin_transformer._patch_merging_pad",
+                                               "torchvision.models.swin_transformer._get_relative_position_bias"};
 inline constexpr std::string_view kAllocations[] = {"empty",  "empty_like", "full",
                                                     "arange", "zeros",      "ones"};
 inline constexpr std::string_view kConcatenation[] = {"cat"};
-inline constexpr std::string_view kEmbedding[] = {"embedding"};
+inline constexpr std::string_view kEmbedding[] = {"embedding", "Embedding"};
 inline constexpr std::string_view kElementwise[] = {
     "add",  "sub",       "mul",         "div",       "truediv",    "neg",  "pow",   "exp",
     "log",  "sqrt",      "rsqrt",       "relu",      "relu6",      "gelu", "silu",  "sigmoid",
     "tanh", "hardswish", "hardsigmoid", "where",     "bernoulli",  "ReLU", "ReLU6", "GELU",
-    "SiLU", "Sigmoid",   "Tanh",        "Hardswish", "Hardsigmoid"};
+    "SiLU", "Sigmoid",   "Tanh",        "Hardswish", "Hardsigmoid", "leaky_relu", "elu", "hardtanh",
+    "mish", "LeakyReLU", "ELU", "Hardtanh", "Mish", "PReLU"};
 inline constexpr std::string_view kBatchNorm[] = {"BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
                                                   "native_batch_norm", "batch_norm"};
 inline constexpr std::string_view kLayerNorm[] = {"LayerNorm", "native_layer_norm", "layer_norm"};
+inline constexpr std::string_view kGroupNorm[] = {"GroupNorm",      "InstanceNorm1d", "InstanceNorm2d",
+                                                  "InstanceNorm3d", "group_norm",     "instance_norm"};
 inline constexpr std::string_view kSoftmax[] = {"_softmax", "softmax", "Softmax"};
-inline constexpr std::string_view kMean[] = {"AdaptiveAvgPool2d", "adaptive_avg_pool2d", "mean"};
+inline constexpr std::string_view kMean[] = {"AdaptiveAvgPool1d",   "AdaptiveAvgPool2d",   "AdaptiveAvgPool3d",
+                                             "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+                                             "mean"};
+inline constexpr std::string_view kAdaptiveMaxPool[] = {
+    "AdaptiveMaxPool1d",   "AdaptiveMaxPool2d",   "AdaptiveMaxPool3d",
+    "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d"};
 inline constexpr std::string_view kLinearLayer[] = {"Linear"};
 inline constexpr std::string_view kMatrixProduct[] = {"mm", "bmm", "matmul"};
 inline constexpr std::string_view kMatrixProductWithBias[] = {"addmm"};
+// einsum(equation, a, b): the equation from the graph's "calls" table.
+inline constexpr std::string_view kEinsum[] = {"einsum"};
 inline constexpr std::string_view kConvolution[] = {"convolution"};
 inline constexpr std::string_view kAttention[] = {"MultiheadAttention"};
-// Always unknown: the kernel size (and groups) are not in the node metadata.
+// torchvision's swin attention (torch.fx.wrap'ed: one call_function node), costed from its
+// operands and the window size and head count of the graph's "calls" table.
+inline constexpr std::string_view kWindowAttention[] = {"torchvision.models.swin_transformer.shifted_window_attention"};
+// Known from the graph's "modules" table (the weight's shape, the kernel size); unknown
+// without it, and always for the functional pools, whose kernel size is an argument.
 inline constexpr std::string_view kConvModules[] = {
     "Conv1d", "Conv2d", "Conv3d", "ConvTranspose1d", "ConvTranspose2d", "ConvTranspose3d"};
-inline constexpr std::string_view kPooling[] = {"MaxPool2d", "AvgPool2d", "max_pool2d",
-                                                "avg_pool2d"};
+inline constexpr std::string_view kPooling[] = {"MaxPool1d",  "MaxPool2d",  "MaxPool3d",
+                                                "AvgPool1d",  "AvgPool2d",  "AvgPool3d",
+                                                "max_pool1d", "max_pool2d", "max_pool3d",
+                                                "avg_pool1d", "avg_pool2d", "avg_pool3d"};
 
 // ---- fuse's chains, and the parts of a fused node's pattern that cost reads ---------------
 
@@ -124,13 +147,17 @@ inline constexpr OpFamily kOpFamilies[] = {
     {"elementwise", kElementwise},
     {"batch norm", kBatchNorm},
     {"layer norm", kLayerNorm},
+    {"group and instance norm", kGroupNorm},
     {"softmax", kSoftmax},
     {"mean", kMean},
+    {"adaptive max pooling", kAdaptiveMaxPool},
     {"linear layer", kLinearLayer},
     {"matrix product", kMatrixProduct},
     {"matrix product with bias", kMatrixProductWithBias},
+    {"einsum", kEinsum},
     {"convolution", kConvolution},
     {"attention", kAttention},
+    {"windowed attention", kWindowAttention},
     {"fused nodes", kFusedParts},
     {"conv modules", kConvModules},
     {"pooling", kPooling},
@@ -157,6 +184,24 @@ constexpr std::int64_t dtype_bytes(std::string_view dtype) {
 
 // ---- Node helpers ------------------------------------------------------------------------------
 
+// The graph attributes (a file's top-level fields) nodemeta.fx writes: passes.h's
+// graph_attrs::kModules and kCalls. Absent in files that predate them: nodes are then
+// costed as before.
+inline constexpr std::string_view kModulesAttr = graph_attrs::kModules;
+inline constexpr std::string_view kCallsAttr = graph_attrs::kCalls;
+
+// The "modules" entry (a dict) of a call_module node's target, or nullptr: another op, no
+// table, no entry, or an entry that is not a dict. Linear in the table's size.
+inline const Value* module_entry(const graph::Graph& g, const graph::Node& n) {
+  if (n.op != "call_module") return nullptr;
+  for (const auto& [name, value] : g.attrs()) {
+    if (name != kModulesAttr) continue;
+    const Value* e = value.find(n.target);
+    return e && e->kind() == Value::Kind::kDict ? e : nullptr;
+  }
+  return nullptr;
+}
+
 // The type of a call_module node's module as its nn_module_stack entry records it,
 // qualified ("torch.nn.modules.conv.Conv2d"), or "" (another op, or no such entry).
 inline std::string module_type(const graph::Node& n) {
@@ -166,6 +211,25 @@ inline std::string module_type(const graph::Node& n) {
   const auto* s = t ? t->get_if<std::string>() : nullptr;
   return s ? *s : std::string();
 }
+
+// The "calls" entry (a dict) of a call_function / call_method node, or nullptr. Linear in
+// the table's size.
+inline const Value* call_entry(const graph::Graph& g, const graph::Node& n) {
+  if (n.op != "call_function" && n.op != "call_method") return nullptr;
+  for (const auto& [name, value] : g.attrs()) {
+    if (name != kCallsAttr) continue;
+    const Value* e = value.find(n.name);
+    return e && e->kind() == Value::Kind::kDict ? e : nullptr;
+  }
+  return nullptr;
+}
+
+// The cost of `node` (in `graph`, or a new node whose inputs are `graph`'s indices), with
+// `module` its "modules" entry (module_entry, or nullptr) and `call` its "calls" entry
+// (call_entry, or nullptr): what estimate_cost() computes, for callers that look the
+// entries up once per graph (the cost pass).
+CostEstimate estimate_cost(const graph::Graph& graph, const graph::Node& node, const Value* module,
+                           const Value* call);
 
 }  // namespace nodemeta::passes::detail
 

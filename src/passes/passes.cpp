@@ -5,6 +5,8 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <unordered_map>
 #include <utility>
 
 #include "nodemeta/passes/provenance.h"
@@ -85,9 +87,33 @@ class CostPass final : public Pass {
   }
   void run(PassContext& ctx) override {
     const Graph& g = ctx.graph();
+    // The "modules" entries by path and the "calls" entries by node name, looked up once
+    // (a node's lookup is then O(1)); the first of duplicate keys, as Value::find.
+    const auto index = [&](std::string_view attr) {
+      std::unordered_map<std::string_view, const Value*> table;
+      for (const auto& [name, value] : g.attrs()) {
+        if (name != attr) continue;
+        if (const auto* d = value.get_if<Value::Dict>()) {
+          for (const auto& [key, entry] : *d) {
+            if (entry.kind() == Value::Kind::kDict) table.emplace(key, &entry);
+          }
+        }
+        break;
+      }
+      return table;
+    };
+    const auto modules = index(detail::kModulesAttr);
+    const auto calls = index(detail::kCallsAttr);
+    const auto lookup = [](const auto& table, std::string_view key) -> const Value* {
+      const auto it = table.find(key);
+      return it == table.end() ? nullptr : it->second;
+    };
     std::atomic<std::size_t> unknown{0};
     for_each_node(g, [&](std::size_t i) {
-      CostEstimate c = estimate_cost(g, i);
+      const graph::Node& n = g.node(i);
+      const bool call = n.op == "call_function" || n.op == "call_method";
+      CostEstimate c = detail::estimate_cost(g, n, n.op == "call_module" ? lookup(modules, n.target) : nullptr,
+                                             call ? lookup(calls, n.name) : nullptr);
       if (!c.flops) unknown.fetch_add(1, std::memory_order_relaxed);
       write_cost(ctx, ctx.graph().node(i).meta, std::move(c));
     });

@@ -283,3 +283,17 @@ if(NODEMETA_SANITIZER STREQUAL "")
 endif()
 nodemeta_cli_test(run_graph_empty RC 2 REGEX "nodemeta run: error: GRAPH: expects a file name, got ''\n" ARGS run <empty>)
 nodemeta_cli_test(dashes_graph_empty RC 2 REGEX "nodemeta run: error: GRAPH: expects a file name, got ''\n" ARGS run -- <empty>)
+
+# The graph attributes "modules" and "calls" (issue 23): summarised in the header, each
+# node's entry shown with --node, and the costs they give.
+set(_tables ${CMAKE_CURRENT_SOURCE_DIR}/data/ok/module_tables.json)
+nodemeta_cli_test(inspect_tables RC 0
+  REGEX "  modules: 1 entry \\(each node's with --node NAME\\)\n  calls: 1 entry"
+  NOT_REGEX "Conv2d" ARGS inspect ${_tables})
+nodemeta_cli_test(inspect_node_module RC 0
+  REGEX "inputs: \\[x\\]\n  module \\(graph attribute modules\\): {'type': 'torch.nn.modules.conv.Conv2d'.*'weight': {'shape': \\[2, 3, 3, 3\\]"
+  ARGS inspect ${_tables} --node conv)
+nodemeta_cli_test(inspect_node_call RC 0
+  REGEX "  call \\(graph attribute calls\\): {'args': \\[{'node': 'conv'}, 1\\], 'kwargs': {}}"
+  ARGS inspect ${_tables} --node flatten)
+nodemeta_cli_test(run_tables_cost RC 0 REGEX "cost unknown for 0 of 4 nodes" ARGS run ${_tables} --passes cost)

@@ -772,6 +772,267 @@ TEST(CostModelTest, NestedTupleResultsCountEveryTensor) {
   EXPECT_FALSE(cost_of(g, "lstm").flops);  // no formula
 }
 
+// ---- The graph's "modules" table (issue 23 item 2): torch 1.13's symbolic_trace records no
+// nn_module_stack, so nodemeta.fx writes each called module's type, attributes and
+// parameter shapes as a graph attribute; cost reads it for call_module nodes.
+
+// A call_module node with no nn_module_stack, as symbolic_trace makes it.
+FileNode bare(const std::string& name, std::vector<int> inputs, std::string result) {
+  return {name, "call_module", name, std::move(inputs), std::move(result), "torch.Tensor", "{}", ""};
+}
+
+std::string entry(const std::string& type, const std::string& attributes, const std::string& parameters) {
+  return R"({"type":"torch.nn.modules.)" + type + R"(","attributes":{)" + attributes + R"(},"parameters":{)" +
+         parameters + "}}";
+}
+
+std::string param(std::initializer_list<std::int64_t> shape) { return T(shape); }
+
+// The modules table for module_nodes(): each entry as nodemeta.fx writes it.
+std::string modules_attr() {
+  return R"("training":false,"modules":{)"
+         R"("conv":)" + entry("conv.Conv2d", R"("groups":1,"kernel_size":[3,3])",
+                             R"("weight":)" + param({8, 3, 3, 3}) + R"(,"bias":null)") + "," +
+         R"("dw":)" + entry("conv.Conv2d", R"("groups":8)", R"("weight":)" + param({8, 1, 3, 3}) +
+                           R"(,"bias":)" + param({8})) + "," +
+         R"("up":)" + entry("conv.ConvTranspose2d", R"("groups":1)",
+                           R"("weight":)" + param({8, 4, 2, 2}) + R"(,"bias":null)") + "," +
+         R"("pool":)" + entry("pooling.MaxPool2d", R"("kernel_size":3,"stride":2)", "") + "," +
+         R"("avg":)" + entry("pooling.AvgPool2d", R"("kernel_size":[2,1])", "") + "," +
+         R"("bn":)" + entry("batchnorm.BatchNorm2d", R"("eps":1e-05)", R"("weight":)" + param({8}) +
+                           R"(,"bias":)" + param({8})) + "," +
+         R"("gap":)" + entry("pooling.AdaptiveAvgPool2d", R"("output_size":[1,1])", "") + "," +
+         R"("flat":)" + entry("flatten.Flatten", R"("start_dim":1,"end_dim":-1)", "") + "," +
+         R"("fc":)" + entry("linear.Linear", R"("in_features":8,"out_features":10)",
+                           R"("weight":)" + param({10, 8}) + R"(,"bias":)" + param({10})) + "," +
+         R"("gn":)" + entry("normalization.GroupNorm", R"("num_groups":2)", "") + "," +
+         R"("amax":)" + entry("pooling.AdaptiveMaxPool2d", R"("output_size":1)", "") + "," +
+         R"("emb":)" + entry("sparse.Embedding", "", R"("weight":)" + param({100, 16})) + "," +
+         R"("nokernel":)" + entry("pooling.MaxPool2d", "", "") + "," +
+         R"("noweight":)" + entry("conv.Conv2d", R"("groups":1)", "") + "," +
+         R"("wrongweight":)" + entry("conv.Conv2d", R"("groups":1)", R"("weight":)" + param({8, 2, 3, 3}) +
+                                    R"(,"bias":null)") + "},";
+}
+
+std::vector<FileNode> module_nodes() {
+  return {{"x", "placeholder", "x", {}, T({1, 3, 8, 8})},
+          bare("conv", {0}, T({1, 8, 8, 8})),              // 1
+          bare("dw", {1}, T({1, 8, 8, 8})),                // 2
+          bare("up", {2}, T({1, 4, 16, 16})),              // 3
+          bare("pool", {2}, T({1, 8, 3, 3})),              // 4
+          bare("avg", {2}, T({1, 8, 4, 8})),               // 5
+          bare("bn", {2}, T({1, 8, 8, 8})),                // 6
+          bare("gap", {6}, T({1, 8, 1, 1})),               // 7
+          bare("flat", {7}, T({1, 8})),                    // 8
+          bare("fc", {8}, T({1, 10})),                     // 9
+          bare("gn", {2}, T({1, 8, 8, 8})),                // 10
+          bare("amax", {2}, T({1, 8, 1, 1})),              // 11
+          {"ids", "placeholder", "ids", {}, T({2, 5}, "torch.int64")},
+          bare("emb", {12}, T({2, 5, 16})),                // 13
+          bare("nokernel", {2}, T({1, 8, 3, 3})),          // 14
+          bare("noweight", {0}, T({1, 8, 8, 8})),          // 15
+          bare("wrongweight", {0}, T({1, 8, 8, 8})),       // 16
+          bare("unlisted", {2}, T({1, 8, 8, 8}))};         // 17
+}
+
+TEST(CostModelTest, ModulesTableCostsCallModuleNodes) {
+  const Graph g = crafted(module_nodes(), modules_attr());
+  const std::int64_t act = 8 * 8 * 8;
+  EXPECT_EQ(cost_of(g, "conv").flops, 2 * act * (3 * 3 * 3)) << cost_of(g, "conv").rule;
+  EXPECT_EQ(cost_of(g, "conv").bytes, (3 * 64 + act + 8 * 27) * 4);  // in + out + weight
+  EXPECT_NE(cost_of(g, "conv").rule.find("modules table"), std::string::npos);
+  EXPECT_EQ(cost_of(g, "dw").flops, 2 * act * 9 + act) << cost_of(g, "dw").rule;  // depthwise, + bias
+  EXPECT_EQ(cost_of(g, "dw").bytes, (act + act + 8 * 9 + 8) * 4);
+  EXPECT_EQ(cost_of(g, "up").flops, 2 * act * (4 * 2 * 2)) << cost_of(g, "up").rule;  // 2*numel(in)*...
+  EXPECT_EQ(cost_of(g, "pool").flops, 8 * 9 * 9) << cost_of(g, "pool").rule;  // kernel 3: 3x3
+  EXPECT_EQ(cost_of(g, "avg").flops, 8 * 4 * 8 * 2) << cost_of(g, "avg").rule;  // kernel [2, 1]
+  EXPECT_EQ(cost_of(g, "bn").flops, 2 * act);  // eval mode
+  EXPECT_EQ(cost_of(g, "gap").flops, act);
+  EXPECT_EQ(cost_of(g, "flat").flops, 0);
+  EXPECT_EQ(cost_of(g, "fc").flops, 2 * 10 * 8 + 10) << cost_of(g, "fc").rule;  // + bias
+  EXPECT_EQ(cost_of(g, "fc").bytes, (8 + 10 + 80 + 10) * 4);
+  EXPECT_EQ(cost_of(g, "gn").flops, 5 * act);
+  EXPECT_EQ(cost_of(g, "amax").flops, act);
+  EXPECT_EQ(cost_of(g, "emb").flops, 0);
+  EXPECT_EQ(cost_of(g, "emb").bytes, 2 * (10 * 16 * 4) + 10 * 8);
+  // What the table does not say stays unknown, with the reason.
+  EXPECT_FALSE(cost_of(g, "nokernel").flops);
+  EXPECT_NE(cost_of(g, "nokernel").rule.find("records no kernel_size"), std::string::npos) << cost_of(g, "nokernel").rule;
+  EXPECT_FALSE(cost_of(g, "noweight").flops);
+  EXPECT_NE(cost_of(g, "noweight").rule.find("records no weight shape"), std::string::npos) << cost_of(g, "noweight").rule;
+  EXPECT_FALSE(cost_of(g, "wrongweight").flops);  // C_in 3 is not groups 1 * 2
+  EXPECT_NE(cost_of(g, "wrongweight").rule.find("do not fit"), std::string::npos) << cost_of(g, "wrongweight").rule;
+  EXPECT_FALSE(cost_of(g, "unlisted").flops);
+  EXPECT_NE(cost_of(g, "unlisted").rule.find("no type in nn_module_stack or the graph's modules table"),
+            std::string::npos) << cost_of(g, "unlisted").rule;
+}
+
+// Without the table (a file that predates it) the same nodes are costed as before: unknown.
+TEST(CostModelTest, WithoutModulesTableCallModuleNodesStayUnknown) {
+  const Graph g = crafted(module_nodes(), R"("training":false,)");
+  for (const char* name : {"conv", "pool", "fc", "bn"}) {
+    const CostEstimate c = cost_of(g, name);
+    EXPECT_FALSE(c.flops) << name;
+    EXPECT_NE(c.rule.find("no type in nn_module_stack"), std::string::npos) << c.rule;
+  }
+  // nn_module_stack's type, where present, is the type; without the table a conv module is
+  // unknown as before (its kernel is not in the node's metadata).
+  const Graph s = crafted({{"x", "placeholder", "x", {}, T({1, 3, 8, 8})},
+                           module("conv", "torch.nn.modules.conv.Conv2d", {0}, T({1, 8, 8, 8}))});
+  EXPECT_NE(cost_of(s, "conv").rule.find("kernel size and groups are not in fx call_module metadata"),
+            std::string::npos) << cost_of(s, "conv").rule;
+}
+
+// The cost pass (which indexes the table once) writes what estimate_cost computes, and a
+// saved graph keeps the table: loading it again gives the same costs.
+TEST(CostModelTest, ModulesTableSurvivesSaveAndThePassAgrees) {
+  Graph g = crafted(module_nodes(), modules_attr());
+  const Baseline base(g);
+  run_pipeline(g, std::vector<std::string>{"cost"}, base);
+  Graph again = graph::parse_graph(graph::to_json(g), "saved.json");
+  for (std::size_t i = 0; i < g.size(); ++i) {
+    const CostEstimate c = estimate_cost(again, i);
+    const NodeMetadata& m = g.node(i).meta;
+    EXPECT_EQ(m.at("flops"), c.flops ? Value(*c.flops) : Value("unknown")) << g.node(i).name;
+    EXPECT_EQ(m.at("cost_rule"), Value(c.rule)) << g.node(i).name;
+  }
+  EXPECT_EQ(graph::to_json(again), graph::to_json(g));
+}
+
+// MultiheadAttention's batch_first, which the shapes cannot settle for self-attention, comes
+// from the table.
+TEST(CostModelTest, ModulesTableSettlesAttentionLayout) {
+  const std::string attrs = R"("modules":{"attn":{"type":"torch.nn.modules.activation.MultiheadAttention",)"
+                            R"("attributes":{"batch_first":false},"parameters":{}}},)";
+  const std::vector<FileNode> nodes = {{"q", "placeholder", "q", {}, T({2, 6, 8})},
+                                       bare("attn", {0}, "[" + T({2, 6, 8}) + ",null]")};
+  const Graph without = crafted({nodes[0], module("attn", "torch.nn.modules.activation.MultiheadAttention", {0},
+                                                  "[" + T({2, 6, 8}) + ",null]")});
+  EXPECT_EQ(cost_of(without, "attn").flops, std::nullopt);  // both layouts fit, with different counts
+  const Graph g = crafted(nodes, attrs);
+  const CostEstimate c = cost_of(g, "attn");
+  // [L, N, E]: N = 6, L = S = 2, E = 8
+  EXPECT_EQ(c.flops, 4 * 6 * 2 * 64 + 2 * 6 * 2 * 8 * 16 + 4 * 6 * 2 * 2 * 8) << c.rule;
+  EXPECT_NE(c.rule.find("batch_first from the graph's modules table"), std::string::npos) << c.rule;
+}
+
+// The graph's "calls" table: a call's non-node arguments, for the ops whose cost depends on
+// one (a functional pool's kernel size, stochastic_depth's flag, swin's window).
+TEST(CostModelTest, CallsTableCostsFunctionalPoolsAndStochasticDepth) {
+  const std::vector<FileNode> nodes = {
+      {"x", "placeholder", "x", {}, T({1, 8, 9, 9})},
+      {"max_pool2d", "call_function", "torch.nn.functional.max_pool2d", {0}, T({1, 8, 4, 4})},
+      {"avg_pool2d", "call_function", "torch._C._nn.avg_pool2d", {0}, T({1, 8, 9, 9})},
+      {"sd_eval", "call_function", "torchvision.ops.stochastic_depth.stochastic_depth", {0}, T({1, 8, 9, 9})},
+      {"sd_train", "call_function", "torchvision.ops.stochastic_depth.stochastic_depth", {0}, T({1, 8, 9, 9})}};
+  const std::string calls =
+      R"("calls":{"max_pool2d":{"args":[{"node":"x"}],"kwargs":{"kernel_size":3,"stride":2}},)"
+      R"("avg_pool2d":{"args":[{"node":"x"},[3,1],1,1],"kwargs":{}},)"
+      R"("sd_eval":{"args":[{"node":"x"},0.1,"row",false],"kwargs":{}},)"
+      R"("sd_train":{"args":[{"node":"x"},0.1,"row",true],"kwargs":{}}},)";
+  const Graph g = crafted(nodes, calls);
+  EXPECT_EQ(cost_of(g, "max_pool2d").flops, 8 * 16 * 9) << cost_of(g, "max_pool2d").rule;
+  EXPECT_NE(cost_of(g, "max_pool2d").rule.find("calls table"), std::string::npos);
+  EXPECT_EQ(cost_of(g, "avg_pool2d").flops, 8 * 81 * 3) << cost_of(g, "avg_pool2d").rule;  // was "no cost formula"
+  EXPECT_EQ(cost_of(g, "sd_eval").flops, 0) << cost_of(g, "sd_eval").rule;  // the call's own flag, mode unknown
+  EXPECT_EQ(cost_of(g, "sd_train").flops, 8 * 81) << cost_of(g, "sd_train").rule;
+  const Graph without = crafted(nodes);
+  EXPECT_FALSE(cost_of(without, "max_pool2d").flops);
+  EXPECT_NE(cost_of(without, "max_pool2d").rule.find("kernel size is not in the node metadata"), std::string::npos);
+  EXPECT_FALSE(cost_of(without, "avg_pool2d").flops);
+  EXPECT_FALSE(cost_of(without, "sd_eval").flops);  // identity or not: the graph's mode decides
+  EXPECT_NE(cost_of(without, "sd_eval").rule.find("training"), std::string::npos) << cost_of(without, "sd_eval").rule;
+}
+
+// swin's shifted_window_attention: every step the function runs, from its operands' shapes and
+// the window size, head count and shift of the calls table.
+TEST(CostModelTest, CallsTableCostsShiftedWindowAttention) {
+  const std::int64_t b = 1, h = 6, w = 5, c = 8, heads = 2, a = 4, bw = 4;  // pads to 8 x 8
+  const std::vector<FileNode> nodes = {
+      {"x", "placeholder", "x", {}, T({b, h, w, c})},
+      {"qkv_w", "get_attr", "qkv_w", {}, T({3 * c, c})},
+      {"proj_w", "get_attr", "proj_w", {}, T({c, c})},
+      {"rpb", "placeholder", "rpb", {}, T({1, heads, a * bw, a * bw})},
+      {"qkv_b", "get_attr", "qkv_b", {}, T({3 * c})},
+      {"swa", "call_function", "torchvision.models.swin_transformer.shifted_window_attention", {0, 1, 2, 3, 4},
+       T({b, h, w, c})},
+      {"swa_shift", "call_function", "torchvision.models.swin_transformer.shifted_window_attention", {0, 1, 2, 3},
+       T({b, h, w, c})}};
+  const std::string calls =
+      R"("calls":{"swa":{"args":[{"node":"x"},{"node":"qkv_w"},{"node":"proj_w"},{"node":"rpb"},[4,4],2],)"
+      R"("kwargs":{"shift_size":[0,0],"attention_dropout":0.0,"dropout":0.0,"qkv_bias":{"node":"qkv_b"},"proj_bias":null}},)"
+      R"("swa_shift":{"args":[{"node":"x"},{"node":"qkv_w"},{"node":"proj_w"},{"node":"rpb"},[4,4],2],)"
+      R"("kwargs":{"shift_size":[2,2]}}},)";
+  const Graph g = crafted(nodes, calls);
+  const std::int64_t t = b * 8 * 8, l = a * bw;
+  const std::int64_t base = 2 * t * c * 3 * c + 2 * t * c * c + 4 * t * l * c + 6 * t * heads * l + t * c;
+  EXPECT_EQ(cost_of(g, "swa").flops, base + t * 3 * c) << cost_of(g, "swa").rule;  // + the qkv bias
+  EXPECT_EQ(cost_of(g, "swa_shift").flops, base + t * heads * l) << cost_of(g, "swa_shift").rule;  // + the mask
+  const std::int64_t operands = (b * h * w * c + 3 * c * c + c * c + heads * l * l) * 4;
+  EXPECT_EQ(cost_of(g, "swa").bytes, operands + 3 * c * 4 + b * h * w * c * 4);
+  const Graph without = crafted(nodes);
+  EXPECT_FALSE(cost_of(without, "swa").flops);
+  EXPECT_NE(cost_of(without, "swa").rule.find("no calls table"), std::string::npos) << cost_of(without, "swa").rule;
+}
+
+// einsum's equation comes from the calls table; chunk and swapaxes (maxvit) are views.
+TEST(CostModelTest, CallsTableCostsEinsum) {
+  const std::vector<FileNode> nodes = {
+      {"q", "placeholder", "q", {}, T({2, 3, 5, 4})},
+      {"k", "placeholder", "k", {}, T({2, 1, 7, 4})},
+      {"einsum", "call_function", "torch.functional.einsum", {0, 1}, T({2, 3, 5, 7})},
+      {"listed", "call_function", "torch.functional.einsum", {0, 1}, T({2, 3, 5, 7})},
+      {"three", "call_function", "torch.functional.einsum", {0, 1}, T({2, 3, 5, 7})},
+      {"bad", "call_function", "torch.functional.einsum", {0, 1}, T({2, 3, 5, 7})},
+      {"chunk", "call_function", "torch.chunk", {0}, "[" + T({2, 3, 5, 2}) + "," + T({2, 3, 5, 2}) + "]", "builtins.tuple"},
+      {"swapaxes", "call_function", "torch.swapaxes", {0}, T({2, 3, 4, 5})}};
+  const std::string calls =
+      R"("calls":{"einsum":{"args":["b h i d, b h j d -> b h i j",{"node":"q"},{"node":"k"}],"kwargs":{}},)"
+      R"("listed":{"args":["bhid,bhjd->bhij",[{"node":"q"},{"node":"k"}]],"kwargs":{}},)"
+      R"("three":{"args":["bhid,bhjd,bhjd->bhij",{"node":"q"},{"node":"k"},{"node":"k"}],"kwargs":{}},)"
+      R"("bad":{"args":["bhid,bhdj->bhij",{"node":"q"},{"node":"k"}],"kwargs":{}}},)";
+  const Graph g = crafted(nodes, calls);
+  const std::int64_t expected = 2 * 2 * 3 * 5 * 4 * 7;  // b, h (1 broadcasts to 3), i, d, j
+  EXPECT_EQ(cost_of(g, "einsum").flops, expected) << cost_of(g, "einsum").rule;
+  EXPECT_EQ(cost_of(g, "listed").flops, expected) << cost_of(g, "listed").rule;
+  EXPECT_FALSE(cost_of(g, "three").flops);
+  EXPECT_NE(cost_of(g, "three").rule.find("only two operands"), std::string::npos) << cost_of(g, "three").rule;
+  EXPECT_FALSE(cost_of(g, "bad").flops);  // d is 4 in q, 7 in k
+  EXPECT_NE(cost_of(g, "bad").rule.find("index 'd' has sizes 4 and 7"), std::string::npos) << cost_of(g, "bad").rule;
+  EXPECT_EQ(cost_of(g, "chunk").flops, 0);
+  EXPECT_EQ(cost_of(g, "swapaxes").flops, 0);
+  EXPECT_FALSE(cost_of(crafted(nodes), "einsum").flops);  // no calls table: no equation
+}
+
+// A malformed table is read defensively: whatever it holds, the node is unknown with a reason
+// (or costed from what is usable), never a crash or a guess.
+TEST(CostModelTest, MalformedTablesGiveReasonsNotCrashes) {
+  const std::vector<FileNode> nodes = {{"x", "placeholder", "x", {}, T({1, 3, 8, 8})},
+                                       bare("conv", {0}, T({1, 8, 8, 8})),
+                                       bare("pool", {0}, T({1, 3, 4, 4})),
+                                       bare("fc", {0}, T({1, 3, 8, 10})),
+                                       {"mp", "call_function", "torch.nn.functional.max_pool2d", {0}, T({1, 3, 4, 4})}};
+  const std::string attrs =
+      R"("modules":{"conv":{"type":"torch.nn.modules.conv.Conv2d","parameters":{"weight":{"shape":"x","dtype":"torch.float32"}}},)"
+      R"("pool":{"type":"torch.nn.modules.pooling.MaxPool2d","attributes":{"kernel_size":[2,"a"]}},)"
+      R"("fc":{"type":7}},"calls":{"mp":{"args":"not a list","kwargs":[1]}},)";
+  const Graph g = crafted(nodes, attrs);
+  for (const char* name : {"conv", "pool", "fc", "mp"}) {
+    const CostEstimate c = cost_of(g, name);
+    EXPECT_FALSE(c.flops) << name << ": " << c.rule;
+    EXPECT_EQ(c.rule.rfind("unknown: ", 0), 0U) << c.rule;
+  }
+  EXPECT_NE(cost_of(g, "conv").rule.find("shape is not a list"), std::string::npos) << cost_of(g, "conv").rule;
+  EXPECT_NE(cost_of(g, "fc").rule.find("no type in nn_module_stack or the graph's modules table"), std::string::npos);
+  for (const std::string& table : {std::string(R"("modules":[1,2],"calls":"x",)"), std::string(R"("modules":null,)")}) {
+    const Graph h = crafted(nodes, table);
+    const Baseline base(h);
+    Graph copy = h.clone();
+    run_pipeline(copy, std::vector<std::string>{"cost"}, base);
+    EXPECT_EQ(copy.node(1).meta.at("flops"), Value("unknown")) << table;
+  }
+}
+
 // Kind: regression (issue 14, also). Batch norm and dropout cost depend on the training
 // mode, which only the graph attribute "training" records.
 TEST(CostModelTest, BatchNormAndDropoutFollowTheMode) {

@@ -146,8 +146,11 @@ def test_saved_file_is_the_compact_document(resnet50, tmp_path, suffix):
 def test_resnet50_matches_shared_graph(resnet50, shared_resnet50):
     ours = _fxjson.graph_document(resnet50, model="resnet50", source="torchvision.models.resnet50")
     ref = shared_resnet50
-    # The shared files predate the "training" attribute (the mode the model was traced in).
+    # The shared files predate the "training" attribute (the mode the model was traced in)
+    # and the "modules" and "calls" tables (what the cost pass reads of modules and calls).
     assert ours.pop("training") is False
+    assert ours.pop("modules")["conv1"]["type"] == "torch.nn.modules.conv.Conv2d"
+    assert ours.pop("calls")["flatten"] == {"args": [{"node": "avgpool"}, 1], "kwargs": {}}
     assert list(ours) == list(ref)
     for key in ("model", "source", "example_inputs"):
         assert ours[key] == ref[key], key

@@ -878,7 +878,16 @@ int cmd_inspect(const InspectOptions& o) {
   const Graph g = load_for_command(graph_path, o.load);
   if (!node_name) {
     std::cout << printable(graph_path) << ": " << g.size() << " nodes\n";
-    for (const auto& [k, v] : g.attrs()) std::cout << "  " << printable(k) << ": " << printable(v.repr()) << "\n";
+    for (const auto& [k, v] : g.attrs()) {
+      namespace ga = nodemeta::passes::graph_attrs;
+      const auto* d = v.get_if<Value::Dict>();
+      if (d && (k == ga::kModules || k == ga::kCalls)) {  // one entry per module / call: shown per node
+        std::cout << "  " << printable(k) << ": " << d->size() << (d->size() == 1 ? " entry" : " entries")
+                  << " (each node's with --node NAME)\n";
+      } else {
+        std::cout << "  " << printable(k) << ": " << printable(v.repr()) << "\n";
+      }
+    }
     std::cout << "\n";
     print_node_table(g);
     return 0;
@@ -889,7 +898,19 @@ int cmd_inspect(const InspectOptions& o) {
   std::string ins;
   for (std::size_t j : n.inputs) ins += (ins.empty() ? "" : ", ") + g.node(j).name;
   std::cout << "node " << *idx << " '" << printable(n.name) << "'\n  op: " << printable(n.op)
-            << "\n  target: " << printable(n.target) << "\n  inputs: [" << printable(ins) << "]\nmeta ("
+            << "\n  target: " << printable(n.target) << "\n  inputs: [" << printable(ins) << "]\n";
+  // The node's entry of the graph's "modules" (by target) or "calls" (by name) attribute.
+  for (const auto& [k, v] : g.attrs()) {
+    namespace ga = nodemeta::passes::graph_attrs;
+    const bool modules = k == ga::kModules && n.op == "call_module";
+    const bool calls = k == ga::kCalls && (n.op == "call_function" || n.op == "call_method");
+    if (!modules && !calls) continue;
+    if (const Value* e = v.find(modules ? n.target : n.name)) {
+      std::cout << "  " << (modules ? "module" : "call") << " (graph attribute " << printable(k)
+                << "): " << printable(e->repr()) << "\n";
+    }
+  }
+  std::cout << "meta ("
             << n.meta.size() << " keys; protected: ";
   const auto prot = g.store().protected_keys();
   for (std::size_t k = 0; k < prot.size(); ++k) std::cout << (k ? ", " : "") << printable(prot[k]);

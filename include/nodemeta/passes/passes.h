@@ -53,6 +53,14 @@ namespace graph_attrs {
 // true if the graph was traced in training mode, false in eval mode; absent or null when
 // unknown. Batch norm and dropout cost, and conv+bn folding, depend on it.
 inline constexpr std::string_view kTraining = "training";
+// {module path: {"type", "attributes", "parameters"}}: each module a call_module node calls,
+// as nodemeta.fx writes it (docs/passes.md, "Graphs"). Cost reads it where a node's
+// nn_module_stack names no type. Absent: call_module nodes are costed from their metadata.
+inline constexpr std::string_view kModules = "modules";
+// {node name: {"args", "kwargs"}}: the non-node arguments of call_function / call_method
+// nodes (a node among them as {"node": name}). Cost reads it for the ops whose count depends
+// on an argument (a pool's kernel size, einsum's equation, swin's window).
+inline constexpr std::string_view kCalls = "calls";
 }  // namespace graph_attrs
 
 // The graph's "training" attribute: true, false, or nullopt when the graph does not say.
