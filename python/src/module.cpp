@@ -4,12 +4,17 @@
 // (md[k], md[k] = v, k in md) are called by the interpreter directly, with no binding
 // dispatch in between, and string keys reach a Key through the str's cached UTF-8 and
 // the lock-free intern table. The rest (MetadataStore, WriteResult, run_passes) uses
-// pybind11. The Python class nodemeta.NodeMetadata derives from NodeMetadataBase and
-// collections.abc.MutableMapping (python/nodemeta/__init__.py).
+// pybind11. The Python class nodemeta.NodeMetadata derives from NodeMetadataBase and is
+// registered as a collections.abc.MutableMapping (python/nodemeta/__init__.py).
 //
 // Thread safety: every method holds the GIL while it converts values and calls the store;
 // the store's operations are short and never wait for the GIL, so holding it cannot
 // deadlock. run_passes releases the GIL while the C++ passes run.
+#include <Python.h>
+// The node cache reads CPython 3.11's dict internals (python/CMakeLists.txt checks too).
+#if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030C0000
+#error "nodemeta's Python module is written for CPython 3.11 (its node cache uses 3.11's dict internals)"
+#endif
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <structmember.h>
