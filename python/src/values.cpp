@@ -18,6 +18,8 @@ namespace nodemeta::python {
 
 std::atomic<bool> g_python_alive{true};
 
+std::atomic<std::size_t> g_pending_count{0};  // g_pending's size, read without the lock as a hint
+
 namespace {
 
 // References dropped by threads without the GIL, waiting for a thread that has it. Never
@@ -26,7 +28,6 @@ namespace {
 // (see release_object and shut_down_handover for why the call is made under the lock).
 std::mutex g_pending_mutex;
 std::vector<PyObject*>* const g_pending = new std::vector<PyObject*>();
-std::atomic<std::size_t> g_pending_count{0};  // g_pending's size, read without the lock as a hint
 bool g_pending_call_scheduled = false;        // a drain_pending_call is queued and has not started
 std::atomic<std::uint64_t> g_handed_over{0};
 std::atomic<std::uint64_t> g_late_calls{0};   // Py_AddPendingCall made after shutdown (tests: 0)
@@ -72,8 +73,7 @@ int drain_pending_call(void*) {
 // The other drain points (a write from Python, the end of run_passes, ...). They leave the
 // flag alone: a call still queued finds an empty batch and clears it, so at most one
 // drain_pending_call of nodemeta's is ever in CPython's small pending-call queue.
-void drain_pending() noexcept {
-  if (g_pending_count.load(std::memory_order_acquire) == 0) return;
+void drain_pending_slow() noexcept {
   std::vector<PyObject*> batch;
   {
     std::lock_guard<std::mutex> lock(g_pending_mutex);

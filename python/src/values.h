@@ -30,6 +30,7 @@
 #include <Python.h>
 
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 
@@ -42,8 +43,13 @@ extern std::atomic<bool> g_python_alive;
 
 // Drops one reference to `o` from any thread (see above).
 void release_object(PyObject* o) noexcept;
-// Drops the references threads without the GIL handed over. GIL held.
-void drain_pending() noexcept;
+// Drops the references threads without the GIL handed over. GIL held. Inline: every Python
+// write calls it, and nearly always there is nothing to drop (one load).
+extern std::atomic<std::size_t> g_pending_count;
+void drain_pending_slow() noexcept;
+inline void drain_pending() noexcept {
+  if (g_pending_count.load(std::memory_order_acquire) != 0) drain_pending_slow();
+}
 // How many references were handed over so far (tests).
 std::uint64_t handed_over_count() noexcept;
 // From nodemeta's atexit hook (GIL held): no thread calls Py_AddPendingCall after this
