@@ -12,7 +12,7 @@ Values: Python reads get back the very object stored (``md[k] is v``) for every 
 exact ints and floats (which come back equal; CPython caches small ints). C++ readers see
 None/bool/int/float/str/list/tuple/dict natively (tuples as lists), torch objects as the
 graph-file schema has them once ``nodemeta.fx`` is imported, anything else as an opaque
-object. Containers are converted when written: C++ sees their contents as of that write.
+object. Containers are converted when C++ next needs the node (at the latest when run_passes starts): C++ sees their contents as of then.
 
 Thread safety: every operation may be called from any number of Python threads and
 alongside C++ threads using the same store; single-key reads and writes are atomic, and

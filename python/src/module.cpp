@@ -490,7 +490,13 @@ int same_value(PyObject* o, const Value& v) {
       break;
   }
   const detail::ValueBox* box = detail::ValueAccess::box_of(v);
-  if (void* f = box->foreign()) return f == o ? 1 : 0;
+  if (void* f = box->foreign()) {
+    if (f != o) return 0;
+    // The same object: unchanged unless it is a container C++ holds converted contents of,
+    // which may have been changed in place since (a list appended to, then written back):
+    // those are compared as C++ would see them now.
+    if (!PyList_Check(o) && !PyDict_Check(o) && !PyTuple_Check(o)) return 1;
+  }
   // A value C++ wrote (no Python object of its own): `o` was built from it by a refresh,
   // or written since. Compare as C++ would see `o`.
   Value mine;

@@ -238,3 +238,22 @@ def test_protect_while_threads_write_the_key():
             if "k" in md:
                 kind, _, text = _core._cpp_view(md, "k")
                 assert kind == "list" and text == str(list(md["k"]))
+
+
+def test_a_container_changed_in_place_and_written_back_reaches_cpp():
+    # Review finding: the flush took "the C++ box holds this very object" for "unchanged",
+    # so the new contents of a list/dict written back after an in-place change were lost.
+    s = nodemeta.MetadataStore(protected_keys=())
+    md = s.create({})
+    shape = [1, 2]
+    md["shape"] = shape
+    assert nodemeta._core._cpp_view(md, "shape")[2] == "[1, 2]"
+    shape.append(3)
+    md["shape"] = shape
+    assert nodemeta._core._cpp_view(md, "shape")[2] == "[1, 2, 3]"
+    d = {"k": 1}
+    md["d"] = d
+    nodemeta._core._cpp_view(md, "d")
+    d["k"] = 2
+    md.update(d=d)
+    assert nodemeta._core._cpp_view(md, "d")[2] == "{'k': 2}"
