@@ -3,6 +3,7 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <bit>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -276,7 +277,7 @@ class HeldCount {
     hold_.outer = note_->holds.load(std::memory_order_relaxed);
     note_->holds.store(&hold_, std::memory_order_release);
     do {
-      if (((w / unit) & NodeState::kMaxCount) == NodeState::kMaxCount) {
+      if (((w >> std::countr_zero(unit)) & NodeState::kMaxCount) == NodeState::kMaxCount) {
         note_->holds.store(hold_.outer, std::memory_order_release);
         hold_.count = nullptr;
         return false;
