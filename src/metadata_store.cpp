@@ -7,12 +7,14 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include <oneapi/tbb/task_arena.h>
 
@@ -544,7 +546,10 @@ void append_in_window(NodeState& node, const Slot& slot, FreshSlots& fresh) noex
     fresh.slots[size] = slot;  // not yet visible to any reader
     node.slots.store(fresh.take(), std::memory_order_release);
     node.size.store(size + 1, std::memory_order_release);
-    if (old != nullptr) detail::retire(old, &free_slots, node.capacity());
+    // The node's inline array is part of its block: left there, unused, never freed.
+    if (old != nullptr && !detail::is_inline(node, old)) {
+      detail::retire(old, &free_slots, node.capacity());
+    }
     node.set_capacity(fresh.capacity);
   } else {
     detail::store_slot(node.slots.load(std::memory_order_relaxed)[size], slot);
@@ -670,21 +675,45 @@ NodeMetadata MetadataStore::create(std::span<const KeyValue> items) {
     throw std::length_error("nodemeta: a node cannot hold more than " +
                             std::to_string(detail::kMaxSlots) + " keys");
   }
-  // One spare slot: the first key a pass adds to a built node (the commonest write) then
-  // needs no reallocation. 16 bytes a node; docs/design.md has the measurements.
-  detail::Record record(static_cast<std::uint32_t>(items.size()) + 1);
+  const auto n = static_cast<std::uint32_t>(items.size());
   for (const auto& [key, value] : items) {
     if (!key.valid()) {
       throw std::invalid_argument("nodemeta: an invalid (zero-initialised) Key in a node's "
                                   "initial metadata");
     }
-    if (record.find(key.id()) != nullptr) {
-      throw std::invalid_argument("nodemeta: duplicate key '" + std::string(key.name()) +
-                                  "' in a node's initial metadata");
-    }
-    record.append(key.id(), Value(value));
   }
-  return NodeMetadata(this, insert(std::move(record)));
+  // Duplicates: a pairwise scan for the few keys real nodes hold, sorted ids beyond.
+  constexpr std::uint32_t kPairwise = 32;
+  const auto duplicate = [](Key key) {
+    return std::invalid_argument("nodemeta: duplicate key '" + std::string(key.name()) +
+                                 "' in a node's initial metadata");
+  };
+  if (n <= kPairwise) {
+    for (std::uint32_t i = 1; i < n; ++i) {
+      for (std::uint32_t j = 0; j < i; ++j) {
+        if (items[i].first.id() == items[j].first.id()) throw duplicate(items[i].first);
+      }
+    }
+  } else {
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> ids(n);  // (id, index)
+    for (std::uint32_t i = 0; i < n; ++i) ids[i] = {items[i].first.id(), i};
+    std::sort(ids.begin(), ids.end());
+    // The first repeated key in the input's order, as the pairwise scan reports it.
+    std::uint32_t first = n;
+    for (std::uint32_t i = 1; i < n; ++i) {
+      if (ids[i].first == ids[i - 1].first && ids[i].second < first) first = ids[i].second;
+    }
+    if (first != n) throw duplicate(items[first].first);
+  }
+  // One spare slot: the first key a pass adds to a built node (the commonest write) then
+  // needs no reallocation. 16 bytes a node; docs/design.md has the measurements.
+  const std::uint32_t capacity = detail::class_capacity(detail::capacity_class_for(n + 1));
+  return NodeMetadata(this, insert(n, capacity, [&](Slot* out) noexcept {
+    for (std::uint32_t i = 0; i < n; ++i) {
+      const auto rep = detail::ValueAccess::release(Value(items[i].second));  // one reference
+      out[i] = Slot{items[i].first.id(), rep.kind, rep.bits};
+    }
+  }));
 }
 
 void MetadataStore::protect(Key key) {
@@ -708,16 +737,35 @@ void MetadataStore::check_writable(Key key) {
 
 // --- node operations --------------------------------------------------------------------
 
-NodeEntry* MetadataStore::insert(detail::Record record) {
+NodeEntry* MetadataStore::insert(std::uint32_t size, std::uint32_t capacity,
+                                  detail::FunctionRef<void(Slot*)> fill) {
+  NODEMETA_ASSERT(size < capacity, "a new node has a spare slot");
+  // A small node's array is inline in the map node's block; a larger one's on the heap
+  // (allocated first: if that throws, the map is unchanged), the block keeping one slot.
+  const bool inline_array = capacity <= detail::kMaxInlineSlots;
+  FreshSlots heap;
+  if (!inline_array) {
+    heap.slots = detail::allocate_slots(capacity);
+    heap.capacity = capacity;
+  }
   const NodeId id = next_id_.fetch_add(1, std::memory_order_relaxed);
   Map::accessor acc;
+  detail::request_inline_slots(inline_array ? capacity : 1);
   const bool inserted = map_.insert(acc, id);
   NODEMETA_ASSERT(inserted, "node ids are never reused");
   (void)inserted;
   NodeState& node = acc->second;
-  const std::uint32_t size = record.size();
-  node.set_capacity(record.capacity());  // not yet shared
-  node.slots.store(record.release(), std::memory_order_relaxed);
+  if (detail::allocated_inline_slots() != detail::inline_slots(node)) {
+    // Checked in every build: the inline-array test (detail::is_inline) relies on it.
+    std::fprintf(stderr,
+                 "nodemeta: this oneTBB's concurrent_hash_map does not place a node's value at "
+                 "the end of its block; nodemeta must be rebuilt for it\n");
+    std::abort();
+  }
+  Slot* slots = inline_array ? detail::inline_slots(node) : heap.take();
+  fill(slots);
+  node.set_capacity(capacity);  // not yet shared
+  node.slots.store(slots, std::memory_order_relaxed);
   node.size.store(size, std::memory_order_relaxed);
   // The element stays at this address until remove(): the map relinks, never moves, its
   // nodes when it grows. The accessor's release publishes the node to whoever gets the
@@ -726,7 +774,15 @@ NodeEntry* MetadataStore::insert(detail::Record record) {
 }
 
 NodeEntry* MetadataStore::clone(const NodeEntry& node) const {
-  return const_cast<MetadataStore*>(this)->insert(snapshot(node.second, 1));  // + a spare slot
+  detail::Record copy = snapshot(node.second, 0);  // holds its own references
+  const std::uint32_t n = copy.size();
+  const std::uint32_t capacity = detail::class_capacity(detail::capacity_class_for(n + 1));
+  NodeEntry* entry = const_cast<MetadataStore*>(this)->insert(n, capacity, [&](Slot* out) noexcept {
+    if (n != 0) std::memcpy(static_cast<void*>(out), copy.begin(), sizeof(Slot) * n);
+  });
+  const std::uint32_t copy_capacity = copy.capacity();
+  detail::deallocate_slots(copy.release(), copy_capacity);  // its references are the node's
+  return entry;
 }
 
 void MetadataStore::remove(NodeEntry& node) noexcept {
@@ -747,6 +803,15 @@ void MetadataStore::erase_node(NodeEntry& node) noexcept {
   const bool torn = is_torn(state.ctl.load(std::memory_order_relaxed));
   const std::uint32_t size = state.size.load(std::memory_order_relaxed);
   Slot* slots = state.slots.exchange(nullptr, std::memory_order_relaxed);
+  // An inline array dies with the node's block, in the map's erase, before the values are
+  // released: its slots are copied out first (at most kMaxInlineSlots, to the stack).
+  const bool own_block = detail::is_inline(state, slots);
+  Slot inline_copy[detail::kMaxInlineSlots];
+  if (own_block) {
+    NODEMETA_ASSERT(size <= detail::kMaxInlineSlots, "an inline array is small");
+    if (size != 0) std::memcpy(static_cast<void*>(inline_copy), slots, sizeof(Slot) * size);
+    slots = inline_copy;
+  }
   const std::uint32_t capacity = state.capacity();
   state.aux.fetch_and(~NodeState::kCapacityMask, std::memory_order_relaxed);
   state.size.store(0, std::memory_order_relaxed);
@@ -755,7 +820,7 @@ void MetadataStore::erase_node(NodeEntry& node) noexcept {
   (void)erased;
   if (torn) return;  // a fork()ed child's torn node: its slots may name freed boxes; leaked
   for (std::uint32_t i = 0; i < size; ++i) detail::ValueAccess::drop(slots[i].bits, slots[i].kind);
-  detail::deallocate_slots(slots, capacity);
+  if (!own_block) detail::deallocate_slots(slots, capacity);
 }
 
 std::optional<Value> MetadataStore::get(const NodeEntry& node, Key key) const {
@@ -786,6 +851,9 @@ Items MetadataStore::items(const NodeEntry& node) const {
 }
 
 WriteResult MetadataStore::write(NodeEntry& node, Key key, Value&& value) {
+  // The node's block, control word and inline slots, fetched together: the slots' line is
+  // known before the control word arrives (the commonest write is to a node just built).
+  detail::prefetch_node(node.second);
   check_writable(key);
   // Protection only ever goes from false to true, so a rejection needs no lock.
   if (is_protected(key)) return WriteResult::kRejectedProtected;
@@ -1041,7 +1109,9 @@ void MetadataStore::edit(NodeEntry& node, detail::FunctionRef<void(NodeEditor&)>
           lock.close(true);
           // Outside the window, under the lock: the old array and its references, retired.
           for (std::uint32_t j = 0; j < base_size; ++j) retire_value(slots[j]);
-          if (slots != nullptr) detail::retire(slots, &free_slots, capacity);
+          if (slots != nullptr && !detail::is_inline(state, slots)) {
+            detail::retire(slots, &free_slots, capacity);  // an inline one stays, unused
+          }
           committed = true;
         } else {
           for (std::uint32_t j = 0; j < base_size; ++j) retire_value(slots[j]);

@@ -1,6 +1,7 @@
 #include "nodemeta/detail/record.h"
 
 #include <atomic>
+#include <cstddef>
 #include <cstring>
 #include <memory>
 #include <stdexcept>
@@ -32,6 +33,47 @@ void deallocate_slots(Slot* slots, std::uint32_t capacity) noexcept {
   if (slots == nullptr) return;
   Allocator<Slot> alloc;
   std::allocator_traits<Allocator<Slot>>::deallocate(alloc, slots, capacity);
+}
+
+namespace {
+// Initial-exec, as the library's other thread-locals: no __tls_get_addr (the core loads
+// nothing but oneTBB and the C and C++ runtimes).
+__attribute__((tls_model("initial-exec"))) thread_local std::uint32_t t_inline_request = 0;
+__attribute__((tls_model("initial-exec"))) thread_local Slot* t_inline_at = nullptr;
+}  // namespace
+
+void request_inline_slots(std::uint32_t slots) noexcept {
+  t_inline_request = slots;
+  t_inline_at = nullptr;
+}
+
+Slot* allocated_inline_slots() noexcept { return t_inline_at; }
+
+void* allocate_node_block(std::size_t node_bytes) {
+  const std::uint32_t slots = t_inline_request != 0 ? t_inline_request : 1;
+  const std::size_t bytes = node_bytes + sizeof(Slot) * slots;
+#if defined(NODEMETA_STD_ALLOCATOR) && NODEMETA_STD_ALLOCATOR
+  // Unsized new and delete: the block's size is not known where the map frees it.
+  void* block = ::operator new(bytes);
+#else
+#if defined(NODEMETA_FAULT_INJECTION) && NODEMETA_FAULT_INJECTION
+  allocation_fault_point(bytes);
+#endif
+  // tbb_allocator frees by address alone (scalable_free or free): the size is not needed.
+  void* block = tbb::tbb_allocator<std::byte>().allocate(bytes);
+#endif
+  t_inline_request = 0;
+  t_inline_at = reinterpret_cast<Slot*>(static_cast<char*>(block) + node_bytes);
+  return block;
+}
+
+void deallocate_node_block(void* block) noexcept {
+  if (block == nullptr) return;
+#if defined(NODEMETA_STD_ALLOCATOR) && NODEMETA_STD_ALLOCATOR
+  ::operator delete(block);
+#else
+  tbb::tbb_allocator<std::byte>().deallocate(static_cast<std::byte*>(block), 0);
+#endif
 }
 
 std::uint32_t capacity_class_for(std::uint32_t n) noexcept {
@@ -135,7 +177,7 @@ NodeState::~NodeState() {
   Slot* s = slots.load(std::memory_order_relaxed);
   const std::uint32_t n = size.load(std::memory_order_relaxed);
   for (std::uint32_t i = 0; i < n; ++i) ValueAccess::drop(s[i].bits, s[i].kind);
-  deallocate_slots(s, capacity());
+  if (!is_inline(*this, s)) deallocate_slots(s, capacity());
 }
 
 }  // namespace nodemeta::detail

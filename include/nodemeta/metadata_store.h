@@ -36,7 +36,8 @@ struct StoreOptions {
 //
 // Layout: one tbb::concurrent_hash_map from NodeId to the node's state: a 64-bit control
 //   word (lock bit, write-window bit, version) and the node's slot array (16 bytes per
-//   key). The map owns every node: creation and destruction are the map's concurrent
+//   key), which starts inline in the map node's own block (one allocation per node, with a
+//   spare slot) and moves to the heap if the node outgrows it. The map owns every node: creation and destruction are the map's concurrent
 //   insert and erase, and node_count() is its size. A node never moves while it exists, so
 //   its NodeMetadata handle keeps the node's address and reaches it without a hash lookup.
 //   Reads take no lock and write no shared memory: they read the node optimistically and
@@ -101,11 +102,14 @@ class NODEMETA_API MetadataStore {
     static bool equal(NodeId a, NodeId b) noexcept { return a == b; }
   };
   using Map = tbb::concurrent_hash_map<NodeId, detail::NodeState, IdHashCompare,
-                                       detail::Allocator<NodeEntry>>;
+                                       detail::MapAllocator<NodeEntry>>;
   static_assert(std::is_same_v<Map::value_type, NodeEntry>);
 
   // Node operations, called by NodeMetadata with the node its handle owns.
-  NodeEntry* insert(detail::Record record);
+  // A new node in the map, whose `size` slots `fill` writes (it must not throw) into an
+  // array of `capacity` (> size) slots, inline in the node's block when it is small.
+  NodeEntry* insert(std::uint32_t size, std::uint32_t capacity,
+                    detail::FunctionRef<void(detail::Slot*)> fill);
   NodeEntry* clone(const NodeEntry& node) const;
   // Destroys the node: its values are released after it has left the map, outside every
   // lock (their destructors may use the store).

@@ -28,7 +28,7 @@ class ProtectedSet {
     for (auto& s : segments_) delete[] s.load(std::memory_order_relaxed);
   }
 
-  bool contains(std::uint32_t id) const noexcept {
+  [[gnu::always_inline]] bool contains(std::uint32_t id) const noexcept {
     const std::uint64_t w = id / 64;
     const unsigned s = segment_of(w);
     const std::atomic<std::uint64_t>* seg = segments_[s].load(std::memory_order_acquire);

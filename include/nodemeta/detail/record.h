@@ -15,9 +15,12 @@
 #define NODEMETA_DETAIL_RECORD_H_
 
 #include <atomic>
+#include <concepts>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
+#include <type_traits>
 #include <utility>
 
 #include "nodemeta/detail/config.h"
@@ -220,6 +223,89 @@ struct NODEMETA_API NodeState {
   ~NodeState();  // releases the slots' references and the array (no reader may remain)
 };
 static_assert(sizeof(NodeState) == 24);
+
+// The map's nodes carry their first slot array inline: MapAllocator gives every node of
+// the store's hash map a block of the map node followed by room for `inline capacity`
+// slots, so a node just built is one allocation in creation order, and its first access
+// after the handle (the control word, then the slots) touches one block instead of two.
+//
+// The slots start where the map node ends: sizeof(node) is the offset of its value (the
+// NodeEntry, whose NodeState is its last member) plus sizeof(NodeEntry); insert() checks
+// this on every node it builds (a oneTBB whose node layout differs stops the program with
+// a message, in every build). A node's inline region holds at least one slot, so a slot
+// array lies at that address only if it is the inline one: slots == inline_slots(state)
+// tells which arrays are the node's own (never freed, never retired) and which came from
+// the heap. A node that outgrows its inline array, or whose edit() adopts a new one, moves
+// to the heap and leaves the inline region unused until the node is destroyed (at most
+// kMaxInlineSlots slots, and never more than the heap array it moved to: growth is 1.5x).
+inline constexpr std::uint32_t kMaxInlineSlots = 64;
+inline Slot* inline_slots(const NodeState& state) noexcept {
+  return reinterpret_cast<Slot*>(
+      const_cast<char*>(reinterpret_cast<const char*>(&state) + sizeof(NodeState)));
+}
+inline bool is_inline(const NodeState& state, const Slot* slots) noexcept {
+  return slots == inline_slots(state);
+}
+// Starts fetching a node's control word and its inline array (the array a node just
+// built uses) at once, before either is needed.
+inline void prefetch_node(const NodeState& state) noexcept {
+  __builtin_prefetch(&state, 1);
+  __builtin_prefetch(inline_slots(state), 1);
+}
+// The node block allocator's two halves, in the library (the request is thread-local):
+// a block of `node_bytes` plus the slots requested by the calling thread's pending
+// insert (at least one); records where those slots begin for the insert to check.
+NODEMETA_API void* allocate_node_block(std::size_t node_bytes);  // throws std::bad_alloc
+NODEMETA_API void deallocate_node_block(void* block) noexcept;
+// The calling thread's next node block gets room for `slots` (1..kMaxInlineSlots) slots.
+NODEMETA_API void request_inline_slots(std::uint32_t slots) noexcept;
+// Where the calling thread's last node block's slots begin (nullptr if it allocated none
+// since its last request).
+NODEMETA_API Slot* allocated_inline_slots() noexcept;
+
+template <class T>
+concept MapNodeOf = requires(T& node) {
+  { node.value() } -> std::same_as<std::pair<const std::uint64_t, NodeState>&>;
+};
+
+// The store's hash map allocator: node blocks (above) for the map's nodes, Allocator<T>
+// for everything else (its bucket arrays).
+template <class T>
+class MapAllocator {
+ public:
+  using value_type = T;
+  using propagate_on_container_move_assignment = std::true_type;
+  using is_always_equal = std::true_type;
+
+  MapAllocator() noexcept = default;
+  template <class U>
+  MapAllocator(const MapAllocator<U>& /*unused*/) noexcept {}
+
+  [[nodiscard]] T* allocate(std::size_t n) {
+    if constexpr (MapNodeOf<T>) {
+      static_assert(alignof(T) <= alignof(std::max_align_t) && sizeof(T) % alignof(Slot) == 0);
+      NODEMETA_ASSERT(n == 1, "the map allocates its nodes one at a time");
+      return static_cast<T*>(allocate_node_block(sizeof(T)));
+    } else {
+      Allocator<T> alloc;
+      return std::allocator_traits<Allocator<T>>::allocate(alloc, n);
+    }
+  }
+  void deallocate(T* p, std::size_t n) noexcept {
+    if constexpr (MapNodeOf<T>) {
+      (void)n;
+      deallocate_node_block(p);
+    } else {
+      Allocator<T> alloc;
+      std::allocator_traits<Allocator<T>>::deallocate(alloc, p, n);
+    }
+  }
+
+  template <class U>
+  bool operator==(const MapAllocator<U>& /*unused*/) const noexcept {
+    return true;
+  }
+};
 
 // Test hook: how many times, in this process, a write began to defer to a node's priority
 // waiters (WriteLock). Only counted on that slow path.
