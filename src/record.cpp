@@ -1,11 +1,17 @@
 #include "nodemeta/detail/record.h"
 
+#include <pthread.h>
+
 #include <atomic>
 #include <cstddef>
 #include <cstring>
 #include <memory>
+#include <new>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+
+#include <oneapi/tbb/scalable_allocator.h>
 
 namespace nodemeta::detail {
 
@@ -49,18 +55,94 @@ void request_inline_slots(std::uint32_t slots) noexcept {
 
 Slot* allocated_inline_slots() noexcept { return t_inline_at; }
 
+#if !(defined(NODEMETA_STD_ALLOCATOR) && NODEMETA_STD_ALLOCATOR)
+namespace {
+// The node blocks this thread freed last, reused first (LIFO, like glibc's tcache): a node
+// destroyed and another created (a graph rebuilt node by node, a pass replacing nodes) then
+// gets the block just freed, so nodes keep the order they were built in. Without it,
+// tbbmalloc hands out a size class's free objects slab by slab, and after such churn
+// consecutive nodes lie ~1.7 KB apart instead of 160 bytes (docs/design.md). Per thread, no
+// synchronisation; at most kCachedBlocks blocks (~10 KB) each; freed at thread exit.
+class BlockCache {
+ public:
+  static constexpr int kCachedBlocks = 8;
+
+  // A cached block of at least `bytes` and less than 1.25x that (so a node never gets a
+  // block much larger than tbbmalloc would give it), the most recently freed first.
+  void* take(std::size_t bytes) noexcept {
+    for (int i = count_ - 1; i >= 0; --i) {
+      const std::size_t usable = blocks_[i].usable;
+      if (usable >= bytes && usable < bytes + bytes / 4 + 16) {
+        void* block = blocks_[i].block;
+        for (int j = i; j + 1 < count_; ++j) blocks_[j] = blocks_[j + 1];
+        --count_;
+        return block;
+      }
+    }
+    return nullptr;
+  }
+  void give(void* block) noexcept {
+    if (!registered_) register_exit();
+    if (exited_) {
+      scalable_free(block);
+      return;
+    }
+    if (count_ == kCachedBlocks) {  // the oldest goes back to tbbmalloc
+      scalable_free(blocks_[0].block);
+      for (int j = 0; j + 1 < count_; ++j) blocks_[j] = blocks_[j + 1];
+      --count_;
+    }
+    blocks_[count_++] = Entry{block, scalable_msize(block)};
+  }
+
+ private:
+  // Thread exit frees the cached blocks through a pthread key's destructor: a C++
+  // thread_local with a destructor would need a dynamic TLS guard (__tls_get_addr, which
+  // the core does not load). Blocks given after that (another thread-exit destructor
+  // destroying a node) are freed directly. The main thread's cache is not freed at exit.
+  static void at_thread_exit(void* cache) noexcept {
+    auto* self = static_cast<BlockCache*>(cache);
+    for (int i = 0; i < self->count_; ++i) scalable_free(self->blocks_[i].block);
+    self->count_ = 0;
+    self->exited_ = true;
+  }
+  void register_exit() noexcept {
+    static pthread_key_t key;
+    static const bool have_key = pthread_key_create(&key, &at_thread_exit) == 0;
+    registered_ = true;
+    if (!have_key || pthread_setspecific(key, this) != 0) exited_ = true;  // no cache then
+  }
+
+  struct Entry {
+    void* block;
+    std::size_t usable;
+  };
+  Entry blocks_[kCachedBlocks] = {};
+  int count_ = 0;
+  bool registered_ = false;
+  bool exited_ = false;
+};
+static_assert(std::is_trivially_destructible_v<BlockCache>);
+constinit __attribute__((tls_model("initial-exec"))) thread_local BlockCache t_block_cache;
+}  // namespace
+#endif
+
 void* allocate_node_block(std::size_t node_bytes) {
   const std::uint32_t slots = t_inline_request != 0 ? t_inline_request : 1;
   const std::size_t bytes = node_bytes + sizeof(Slot) * slots;
 #if defined(NODEMETA_STD_ALLOCATOR) && NODEMETA_STD_ALLOCATOR
-  // Unsized new and delete: the block's size is not known where the map frees it.
+  // Unsized new and delete: the block's size is not known where the map frees it. No
+  // cache: the sanitizers see every block's allocation and release.
   void* block = ::operator new(bytes);
 #else
 #if defined(NODEMETA_FAULT_INJECTION) && NODEMETA_FAULT_INJECTION
   allocation_fault_point(bytes);
 #endif
-  // tbb_allocator frees by address alone (scalable_free or free): the size is not needed.
-  void* block = tbb::tbb_allocator<std::byte>().allocate(bytes);
+  void* block = t_block_cache.take(bytes);
+  if (block == nullptr) {
+    block = scalable_malloc(bytes);
+    if (block == nullptr) throw std::bad_alloc();
+  }
 #endif
   t_inline_request = 0;
   t_inline_at = reinterpret_cast<Slot*>(static_cast<char*>(block) + node_bytes);
@@ -72,7 +154,7 @@ void deallocate_node_block(void* block) noexcept {
 #if defined(NODEMETA_STD_ALLOCATOR) && NODEMETA_STD_ALLOCATOR
   ::operator delete(block);
 #else
-  tbb::tbb_allocator<std::byte>().deallocate(static_cast<std::byte*>(block), 0);
+  t_block_cache.give(block);
 #endif
 }
 
