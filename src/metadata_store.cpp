@@ -676,34 +676,37 @@ NodeMetadata MetadataStore::create(std::span<const KeyValue> items) {
                             std::to_string(detail::kMaxSlots) + " keys");
   }
   const auto n = static_cast<std::uint32_t>(items.size());
-  for (const auto& [key, value] : items) {
-    if (!key.valid()) {
-      throw std::invalid_argument("nodemeta: an invalid (zero-initialised) Key in a node's "
-                                  "initial metadata");
-    }
-  }
+  // The error reported is the input's first, in its order, as when each key was checked
+  // as it was added: an invalid key, or a key that repeats one before it. So duplicates
+  // are only looked for before the first invalid key.
+  std::uint32_t valid = 0;
+  while (valid < n && items[valid].first.valid()) ++valid;
   // Duplicates: a pairwise scan for the few keys real nodes hold, sorted ids beyond.
   constexpr std::uint32_t kPairwise = 32;
   const auto duplicate = [](Key key) {
     return std::invalid_argument("nodemeta: duplicate key '" + std::string(key.name()) +
                                  "' in a node's initial metadata");
   };
-  if (n <= kPairwise) {
-    for (std::uint32_t i = 1; i < n; ++i) {
+  if (valid <= kPairwise) {
+    for (std::uint32_t i = 1; i < valid; ++i) {
       for (std::uint32_t j = 0; j < i; ++j) {
         if (items[i].first.id() == items[j].first.id()) throw duplicate(items[i].first);
       }
     }
   } else {
-    std::vector<std::pair<std::uint32_t, std::uint32_t>> ids(n);  // (id, index)
-    for (std::uint32_t i = 0; i < n; ++i) ids[i] = {items[i].first.id(), i};
+    std::vector<std::pair<std::uint32_t, std::uint32_t>> ids(valid);  // (id, index)
+    for (std::uint32_t i = 0; i < valid; ++i) ids[i] = {items[i].first.id(), i};
     std::sort(ids.begin(), ids.end());
     // The first repeated key in the input's order, as the pairwise scan reports it.
-    std::uint32_t first = n;
-    for (std::uint32_t i = 1; i < n; ++i) {
+    std::uint32_t first = valid;
+    for (std::uint32_t i = 1; i < valid; ++i) {
       if (ids[i].first == ids[i - 1].first && ids[i].second < first) first = ids[i].second;
     }
-    if (first != n) throw duplicate(items[first].first);
+    if (first != valid) throw duplicate(items[first].first);
+  }
+  if (valid != n) {
+    throw std::invalid_argument("nodemeta: an invalid (zero-initialised) Key in a node's "
+                                "initial metadata");
   }
   // One spare slot: the first key a pass adds to a built node (the commonest write) then
   // needs no reallocation. 16 bytes a node; docs/design.md has the measurements.

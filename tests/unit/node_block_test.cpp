@@ -10,6 +10,8 @@
 #include <barrier>
 #include <cstdint>
 #include <cstring>
+#include <optional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -265,6 +267,76 @@ TEST(NodeBlockTest, ThreadsThatCacheBlocksAndExit) {
   release_retired_values();
   EXPECT_EQ(g_live.load(), 0);
   EXPECT_EQ(store.node_count(), 0u);
+}
+
+// create() reports its input's first error in the input's order, as it did when it checked
+// each key as it added it: a key repeated before an invalid one is the duplicate, on both
+// of its duplicate checks (pairwise for a few keys, sorted ids beyond); nothing is created.
+TEST(NodeBlockTest, CreateReportsTheInputsFirstError) {
+  MetadataStore store;
+  const Key a("nb_first_error");
+  Key zero = a;
+  std::memset(static_cast<void*>(&zero), 0, sizeof zero);
+  ASSERT_FALSE(zero.valid());
+  const auto message = [&](const std::vector<KeyValue>& items) {
+    try {
+      (void)store.create(std::span<const KeyValue>(items));
+    } catch (const std::invalid_argument& e) {
+      return std::string(e.what());
+    }
+    return std::string("no exception");
+  };
+  for (int pad : {0, 40}) {  // the pairwise check, then the sorted one
+    std::vector<KeyValue> items;
+    for (int i = 0; i < pad; ++i) items.emplace_back(key_n(i), Value(i));
+    items.emplace_back(a, Value(1));
+    std::vector<KeyValue> invalid_first = items;
+    invalid_first.emplace_back(zero, Value(2));
+    invalid_first.emplace_back(a, Value(3));
+    items.emplace_back(a, Value(2));
+    items.emplace_back(zero, Value(3));
+    EXPECT_EQ(message(items),
+              "nodemeta: duplicate key 'nb_first_error' in a node's initial metadata")
+        << pad << " keys before";
+    EXPECT_EQ(message(invalid_first),
+              "nodemeta: an invalid (zero-initialised) Key in a node's initial metadata")
+        << pad << " keys before";
+  }
+  EXPECT_EQ(store.node_count(), 0u);
+}
+
+// A large input whose one duplicate is its last key: the sorted check names it, nothing is
+// created and no value leaks; without it the node is built (on the heap) with every value.
+TEST(NodeBlockTest, LargeInputWithItsDuplicateLast) {
+  {
+    MetadataStore store;
+    std::vector<KeyValue> items;
+    constexpr int kKeys = 100000;
+    for (int i = 0; i < kKeys; ++i) items.emplace_back(key_n(i), Value::make<Counted>(i));
+    items.emplace_back(key_n(kKeys - 12345), Value::make<Counted>(-1));
+    try {
+      (void)store.create(std::span<const KeyValue>(items));
+      ADD_FAILURE() << "a duplicate key was accepted";
+    } catch (const std::invalid_argument& e) {
+      EXPECT_EQ(std::string(e.what()), "nodemeta: duplicate key '" + std::string(key_n(kKeys - 12345).name()) +
+                                           "' in a node's initial metadata");
+    }
+    EXPECT_EQ(store.node_count(), 0u);
+    EXPECT_EQ(g_live.load(), kKeys + 1);  // only the input's own
+    items.pop_back();
+    NodeMetadata h = store.create(std::span<const KeyValue>(items));
+    items.clear();
+    EXPECT_FALSE(slots_inline(h));
+    ASSERT_EQ(h.size(), static_cast<std::size_t>(kKeys));
+    EXPECT_EQ(g_live.load(), kKeys);  // each value once, in the node
+    for (int i = 0; i < kKeys; i += 997) {  // a sample: each lookup scans the node
+      const Value v = h[key_n(i)];
+      ASSERT_NE(v.get_if<Counted>(), nullptr) << "key " << i;
+      EXPECT_EQ(v.get_if<Counted>()->value, i) << "key " << i;
+    }
+  }
+  release_retired_values();
+  EXPECT_EQ(g_live.load(), 0);
 }
 
 }  // namespace
