@@ -754,7 +754,16 @@ NodeEntry* MetadataStore::insert(std::uint32_t size, std::uint32_t capacity,
   const NodeId id = next_id_.fetch_add(1, std::memory_order_relaxed);
   Map::accessor acc;
   detail::request_inline_slots(inline_array ? capacity : 1);
-  const bool inserted = map_.insert(acc, id);
+  bool inserted = false;
+  try {
+    inserted = map_.insert(acc, id);
+  } catch (...) {
+    // oneTBB links the new node in, then grows its bucket array: if that allocation
+    // throws, the node (empty, its slots not yet filled) is in the map and `acc` holds it.
+    // Take it out again: nothing has changed (and no handle would ever destroy it).
+    if (!acc.empty()) (void)map_.erase(acc);
+    throw;
+  }
   NODEMETA_ASSERT(inserted, "node ids are never reused");
   (void)inserted;
   NodeState& node = acc->second;

@@ -347,6 +347,27 @@ TEST(AllocFaultTest, Create) {
       },
       [](StoreFixture& f) { f.created.push_back(f.store->create(f.items)); },
       [](StoreFixture& f) { return f.state(); });
+  // A store's first node: oneTBB links it into the map, then allocates the map's first
+  // bucket segment (whose failure once left the node in the map, with no handle).
+  exercise<StoreFixture>(
+      "create (a store's first node)",
+      [] {
+        StoreFixture f;
+        f.created.reserve(4);
+        return f;
+      },
+      [](StoreFixture& f) { f.created.push_back(f.store->create({{Key("a"), long_string("a")}})); },
+      [](StoreFixture& f) { return f.state(); });
+  // Too many keys for the node's block: the array is allocated on the heap first.
+  exercise<StoreFixture>(
+      "create (70 keys: a heap array)",
+      [] {
+        StoreFixture f = store_fixture();
+        for (int i = 0; i < 70; ++i) f.items.emplace_back(Key("k" + std::to_string(i)), long_string("v"));
+        return f;
+      },
+      [](StoreFixture& f) { f.created.push_back(f.store->create(f.items)); },
+      [](StoreFixture& f) { return f.state(); });
 }
 
 TEST(AllocFaultTest, Set) {
