@@ -36,9 +36,11 @@ struct StoreOptions {
 //
 // Layout: one tbb::concurrent_hash_map from NodeId to the node's state: a 64-bit control
 //   word (lock bit, write-window bit, version) and the node's slot array (16 bytes per
-//   key), which starts inline in the map node's own block (one allocation per node, with a
-//   spare slot) and moves to the heap if the node outgrows it. The map owns every node: creation and destruction are the map's concurrent
-//   insert and erase, and node_count() is its size. A node never moves while it exists, so
+//   key), which starts inline in the map node's own block (with a spare slot: one
+//   allocation per node built with at most 62 keys; a larger one's array is on the heap
+//   from the start) and moves to the heap if the node outgrows it. The map owns every
+//   node: creation and destruction are the map's concurrent insert and erase, and
+//   node_count() is its size. A node never moves while it exists, so
 //   its NodeMetadata handle keeps the node's address and reaches it without a hash lookup.
 //   Reads take no lock and write no shared memory: they read the node optimistically and
 //   validate its version (a seqlock), under epoch-based deferred reclamation of what

@@ -16,6 +16,8 @@
 #include <thread>
 #include <vector>
 
+#include <oneapi/tbb/parallel_for.h>
+
 #include "nodemeta/detail/record.h"
 #include "nodemeta/nodemeta.h"
 #include "support/stress.h"
@@ -334,6 +336,61 @@ TEST(NodeBlockTest, LargeInputWithItsDuplicateLast) {
       ASSERT_NE(v.get_if<Counted>(), nullptr) << "key " << i;
       EXPECT_EQ(v.get_if<Counted>()->value, i) << "key " << i;
     }
+  }
+  release_retired_values();
+  EXPECT_EQ(g_live.load(), 0);
+}
+
+// A node destroyed inside its own update() or edit() callback (the last call erases it):
+// an inline node's values, and those an edit built, are each released once.
+TEST(NodeBlockTest, InlineNodeDestroyedInItsOwnCallback) {
+  {
+    MetadataStore store;
+    NodeMetadata h = make_node(store, 5, true);
+    ASSERT_TRUE(slots_inline(h));
+    EXPECT_THROW(h.update(key_n(0),
+                          [&](std::optional<Value>) {
+                            h = NodeMetadata();
+                            return Value::make<Counted>(-1);
+                          }),
+                 std::logic_error);
+    NodeMetadata g = make_node(store, 5, true);
+    EXPECT_THROW(g.edit([&](NodeEditor& e) {
+      for (int k = 5; k < 30; ++k) e.set(key_n(k), Value::make<Counted>(k));
+      g = NodeMetadata();
+    }),
+                 std::logic_error);
+    EXPECT_EQ(store.node_count(), 0u);
+  }
+  release_retired_values();
+  EXPECT_EQ(g_live.load(), 0);
+}
+
+// Nodes of every size around the inline limit built and destroyed at once on oneTBB's
+// workers (each thread's pending request is its own): each gets the array its size calls
+// for, with its own values.
+TEST(NodeBlockTest, ConcurrentCreationOnTbbWorkers) {
+  {
+    MetadataStore store;
+    const int n = static_cast<int>(test::rounds(4000));
+    std::vector<NodeMetadata> kept(static_cast<std::size_t>(n));
+    std::atomic<int> bad{0};
+    tbb::parallel_for(0, n, [&](int i) {
+      const int keys = i % 70;
+      NodeMetadata h = make_node(store, keys, i % 2 == 0);
+      const std::uint32_t capacity =
+          detail::class_capacity(detail::capacity_class_for(static_cast<std::uint32_t>(keys) + 1));
+      if (slots_inline(h) != (capacity <= detail::kMaxInlineSlots)) bad.fetch_add(1);
+      if (h.size() != static_cast<std::size_t>(keys)) bad.fetch_add(1);
+      if (i % 3 == 0) h = h.copy();  // the copy replaces the original, which dies here
+      if (i % 5 != 0) kept[static_cast<std::size_t>(i)] = std::move(h);
+    });
+    EXPECT_EQ(bad.load(), 0);
+    for (int i = 0; i < n; ++i) {
+      if (i % 5 != 0) expect_values(kept[static_cast<std::size_t>(i)], i % 70, i % 2 == 0);
+    }
+    tbb::parallel_for(0, n, [&](int i) { kept[static_cast<std::size_t>(i)] = NodeMetadata(); });
+    EXPECT_EQ(store.node_count(), 0u);
   }
   release_retired_values();
   EXPECT_EQ(g_live.load(), 0);
