@@ -594,6 +594,10 @@ bool flush(PyNode* n) {
 bool flush_all(PyStore* s) {
   std::vector<py::object> nodes;
   for (PyNode* n = s->dirty_head; n != nullptr; n = n->dirty_next) {
+    // A node being deallocated (a subclass's dealloc clears its __slots__, whose __del__
+    // may run this, before md_dealloc unlinks it): its writes die with it, and taking a
+    // reference to it would deallocate it twice.
+    if (Py_REFCNT(reinterpret_cast<PyObject*>(n)) == 0) continue;
     nodes.push_back(py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(n)));
   }
   for (const py::object& o : nodes) {
@@ -912,8 +916,10 @@ void md_dealloc(PyObject* self) {
   PyTypeObject* tp = Py_TYPE(self);
   PyObject_GC_UnTrack(self);
   PyNode* n = node_of(self);
-  if (n->weakrefs != nullptr) PyObject_ClearWeakRefs(self);
+  // Out of the dirty list before any Python code can run here (weakref callbacks, and the
+  // values' __del__ below): a flush of the store from one of them must not find this node.
   unlink_dirty(n);
+  if (n->weakrefs != nullptr) PyObject_ClearWeakRefs(self);
   Py_CLEAR(n->cache);
   n->md.~optional();  // may release values: Python code can run
   Py_XDECREF(n->store);
