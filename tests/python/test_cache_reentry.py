@@ -137,6 +137,122 @@ def test_a_del_run_by_a_cpp_write_may_write_and_flush_the_node_being_written(via
     assert dict(md) == dict(md._items())
 
 
+# --- Lead 2: protected keys and the flush --------------------------------------------------
+
+
+@pytest.mark.parametrize("op", ["set", "try_set", "update", "del", "pop"])
+def test_protect_between_the_protection_check_and_the_cache_store_refuses_the_write(op):
+    # The write checks the key's protection, then prepares the cache, which copies it (an
+    # iterator shares it): the copy allocates, so the cycle collector may run, and a gc
+    # callback protects the key right then. The write must not land in the cache after the
+    # protection (C++ would never see it: the flush's set_once is refused).
+    store = nodemeta.MetadataStore(protected_keys=())
+    md = store.create({"k": "old"})
+    _core._cpp_view(md, "k")  # C++ holds 'old'
+    armed = []
+
+    def protect_now(phase, info):
+        if phase == "start" and armed:
+            store.protect(armed.pop())
+
+    in_window = 0
+    gc.callbacks.append(protect_now)
+    old_threshold = gc.get_threshold()
+    try:
+        for attempt in range(40):
+            key = f"k{attempt}"
+            md.set_once(key, "old")
+            _core._cpp_view(md, key)
+            it = iter(md)  # shares the cache: the next write copies it (PyDict_Copy)
+            gc.disable()
+            gc.collect()
+            hold = [{} for _ in range(100)]  # dict's free list empty: the copy is a GC allocation
+            base = gc.get_count()[0]
+            # A collection starts at the first GC allocation once the count passes the
+            # threshold: with offset 0 that is the cache copy inside the write.
+            gc.set_threshold(base + attempt % 4)
+            armed.append(key)
+            gc.enable()
+            try:
+                if op == "set":
+                    md[key] = "new"
+                elif op == "try_set":
+                    assert md.try_set(key, "new") != nodemeta.WriteResult.REJECTED_PROTECTED
+                elif op == "update":
+                    md.update({key: "new"})
+                elif op == "del":
+                    del md[key]
+                else:
+                    md.pop(key)
+                landed = True
+            except (nodemeta.ProtectedKeyError, AssertionError):
+                landed = False
+            gc.set_threshold(*old_threshold)
+            armed.clear()
+            del it, hold
+            if not store.is_protected(key):
+                store.protect(key)  # the collection came after the write
+            elif landed:
+                in_window += 1  # protected during the write, and the write returned
+            # Whenever the protection came, Python and C++ agree on the key.
+            py_value = md.get(key)
+            try:
+                cpp_value = cpp(md, key)
+            except KeyError:
+                cpp_value = None
+            assert cpp_value == (py_value and ("string", repr(py_value))), (attempt, landed, py_value)
+            run_verify(store, md)
+            assert md.get(key) == py_value
+    finally:
+        gc.callbacks.remove(protect_now)
+        gc.set_threshold(*old_threshold)
+        gc.enable()
+
+
+def test_a_protected_container_changed_in_place_keeps_its_cpp_value_and_flushes_the_rest():
+    # C++ holds a protected value as it was when it was set; a list changed in place after
+    # that is not a write (protected values never change in C++), and it does not stop the
+    # node's other writes from reaching C++.
+    store = nodemeta.MetadataStore()
+    md = store.create({})
+    shape = [1, 2]
+    assert md.set_once("val", shape)
+    assert cpp(md, "val") == ("list", "[1, 2]")
+    shape.append(3)
+    md["flops"] = 5
+    assert cpp(md, "flops") == ("int", "5")
+    assert cpp(md, "val") == ("list", "[1, 2]")
+    assert md["val"] is shape
+    run_verify(store, md)
+
+
+def test_the_flush_refuses_a_different_value_for_a_key_cpp_protects():
+    # A protected key the cache holds a different object for than C++ (only reachable if the
+    # Python-side protected names lag C++; forced here through the hook that makes them lag).
+    store = nodemeta.MetadataStore(protected_keys=())
+    md = store.create({"k": "cpp"})
+    _core._cpp_view(md, "k")
+    _core._protect_cpp_only(store, "k")  # C++ protects k; Python's names are not told
+    md["k"] = "python"  # accepted by the stale names, into the cache
+    md["other"] = 1
+    with pytest.raises(nodemeta.ProtectedKeyError, match="Could not override node key: k"):
+        _core._cpp_view(md, "other")
+    # Nothing stored is lost: C++ keeps its protected value, the cache shows it again, and the
+    # node's other writes reach C++.
+    assert md["k"] == "cpp"
+    assert cpp(md, "k") == ("string", "'cpp'")
+    assert cpp(md, "other") == ("int", "1")
+    # The same for an erase the cache holds.
+    md["k2"] = "cpp2"
+    _core._cpp_view(md, "k2")
+    _core._protect_cpp_only(store, "k2")
+    del md["k2"]
+    md["other"] = 2
+    with pytest.raises(nodemeta.ProtectedKeyError, match="Could not override node key: k2"):
+        run_verify(store, md)
+    assert md["k2"] == "cpp2" and cpp(md, "other") == ("int", "2")
+
+
 # --- Lead 3: the cycle collector and dying nodes -----------------------------------------
 
 
