@@ -368,7 +368,31 @@ print("ok")
     assert rc == 0 and out.strip().endswith("ok"), out
 
 
-# --- Also probed: copies of dirty nodes, iteration -------------------------------------
+# --- Also probed: two fx nodes sharing one meta, copies of dirty nodes, iteration ---------
+
+
+def test_two_fx_nodes_sharing_one_meta_share_one_node():
+    torch = pytest.importorskip("torch")
+    import torch.fx
+    import nodemeta.fx
+    g = torch.fx.Graph()
+    x = g.placeholder("x")
+    y = g.create_node("call_function", torch.relu, (x,), name="y")
+    z = g.create_node("call_function", torch.relu, (y,), name="z")
+    g.output(z).meta = {}
+    tm = {"shape": [1, 8], "dtype": "torch.float32"}
+    shared = {"tag": "t", "tensor_meta": tm}
+    x.meta = y.meta = shared  # as a dict, one object for both nodes
+    z.meta = {"tensor_meta": tm}
+    store = nodemeta.fx.attach(g)
+    assert x.meta is y.meta  # still one mapping, now one node
+    x.meta["tag"] = "written through x"
+    assert y.meta["tag"] == "written through x"
+    z.meta = y.meta  # shared after attach too: the same node twice in the passes' graph
+    nodemeta.fx.run_passes(g)
+    assert cpp(y.meta, "tag") == ("string", "'written through x'")
+    assert y.meta["tag"] == "written through x" and "flops" in z.meta
+    assert store.node_count == len({id(n.meta) for n in g.nodes})
 
 
 def test_pickle_and_deepcopy_of_a_dirty_node_keep_its_unflushed_writes():
