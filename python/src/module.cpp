@@ -152,7 +152,9 @@ class PyStore {
 //          yet in the C++ store (`md` empty: made by Python and not yet needed by C++) is
 //          dirty. Dirty nodes are linked in their store's list.
 // Writes. A Python write to a clean or dirty node goes to the cache (the key's protection is
-// checked first, against the store's protected names) and makes the node dirty; the value
+// checked against the store's protected names, again after the last step that may run
+// Python code, and MetadataStore.protect updates them as C++ protects, so the flush never
+// meets a protected key the cache changed) and makes the node dirty; the value
 // is converted for C++ later, when the node is flushed: before run_passes hands it to C++,
 // before protect(), node_count, id, the C++ views of the test hooks, and the operations that
 // work on the C++ node directly. While the store's write_through count is above zero
