@@ -150,12 +150,15 @@ def test_protect_between_the_protection_check_and_the_cache_store_refuses_the_wr
     md = store.create({"k": "old"})
     _core._cpp_view(md, "k")  # C++ holds 'old'
     armed = []
+    in_op = [False]
+    during_op = []  # one entry per protection made while the operation ran
 
     def protect_now(phase, info):
         if phase == "start" and armed:
             store.protect(armed.pop())
+            if in_op[0]:
+                during_op.append(1)
 
-    in_window = 0
     gc.callbacks.append(protect_now)
     old_threshold = gc.get_threshold()
     try:
@@ -173,6 +176,7 @@ def test_protect_between_the_protection_check_and_the_cache_store_refuses_the_wr
             gc.set_threshold(base + attempt % 4)
             armed.append(key)
             gc.enable()
+            in_op[0] = True
             try:
                 if op == "set":
                     md[key] = "new"
@@ -187,13 +191,12 @@ def test_protect_between_the_protection_check_and_the_cache_store_refuses_the_wr
                 landed = True
             except (nodemeta.ProtectedKeyError, AssertionError):
                 landed = False
+            in_op[0] = False
             gc.set_threshold(*old_threshold)
             armed.clear()
             del it, hold
             if not store.is_protected(key):
                 store.protect(key)  # the collection came after the write
-            elif landed:
-                in_window += 1  # protected during the write, and the write returned
             # Whenever the protection came, Python and C++ agree on the key.
             py_value = md.get(key)
             try:
@@ -207,6 +210,11 @@ def test_protect_between_the_protection_check_and_the_cache_store_refuses_the_wr
         gc.callbacks.remove(protect_now)
         gc.set_threshold(*old_threshold)
         gc.enable()
+    # These operations allocate nothing before their protection check, so a collection
+    # while they run came after it: the window was probed (update's new entries are
+    # copied before its check, so its collection may come first).
+    if op != "update":
+        assert during_op, "no collection ran inside the write: the probe missed its window"
 
 
 def test_a_protected_container_changed_in_place_keeps_its_cpp_value_and_flushes_the_rest():
