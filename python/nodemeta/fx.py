@@ -34,16 +34,21 @@ def attach(gm: Any, store: Optional[MetadataStore] = None) -> MetadataStore:
 
     All nodes go into one store: ``store``, or a new ``MetadataStore()`` protecting
     PyTorch's five keys. Each node keeps the same entries (protected ones included; the
-    values are the same objects). A node that already has a NodeMetadata of that store is
-    left as it is. Returns the store.
+    values are the same objects). Nodes that share one meta object share one NodeMetadata
+    afterwards, as they shared the dict. A node that already has a NodeMetadata of that
+    store is left as it is. Returns the store.
     """
     if store is None:
         store = MetadataStore()
+    made = {}  # id(old meta) -> (old meta, its NodeMetadata); the old one kept alive meanwhile
     for node in _graph(gm).nodes:
         meta = node.meta
         if isinstance(meta, NodeMetadata) and meta.store is store:
             continue
-        node.meta = store.create(meta)
+        entry = made.get(id(meta))
+        if entry is None:
+            entry = made[id(meta)] = (meta, store.create(meta))
+        node.meta = entry[1]
     return store
 
 

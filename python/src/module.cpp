@@ -78,13 +78,25 @@ class PyStore {
   // making a Key (kept up to date by MetadataStore.protect, the only way Python protects).
   PyObject* protected_names() const noexcept { return protected_names_.ptr(); }
   void refresh_protected_names() {
-    py::list names = py::cast(store_->protected_keys());
-    PyObject* set = PyFrozenSet_New(names.ptr());
-    if (set == nullptr) throw py::error_already_set();
-    std::uint64_t mask = 0;
-    for (py::handle name : names) mask |= std::uint64_t{1} << (static_cast<std::uint64_t>(PyObject_Hash(name.ptr())) & 63);
-    protected_names_ = py::reinterpret_steal<py::object>(set);
-    protected_mask_ = mask;
+    std::vector<std::string> keys = store_->protected_keys();
+    install_protected_names(names_of(keys));
+  }
+  // Protects `key` in the C++ store and in the names Python writes check, with no Python
+  // code in between: a cache write that checked the names before this returns was made
+  // before the protection (flushed by protect(), which C++ accepts), and one that checks
+  // after it is refused. The names are built first (allocations may run the collector, so
+  // other threads, so other protect() calls: built again if one ran meanwhile).
+  void protect(Key key) {
+    for (;;) {
+      std::vector<std::string> keys = store_->protected_keys();
+      const std::vector<std::string> before = keys;
+      if (std::find(keys.begin(), keys.end(), key.name()) == keys.end()) keys.emplace_back(key.name());
+      std::pair<py::object, std::uint64_t> names = names_of(keys);
+      if (store_->protected_keys() != before) continue;
+      store_->protect(key);
+      install_protected_names(std::move(names));
+      return;
+    }
   }
   // Whether the exact str `key` is protected: 1, 0, -1 error. A 64-bit filter of the names'
   // hashes answers most keys without a set lookup.
@@ -107,6 +119,21 @@ class PyStore {
   MetadataStore* store_;
   py::object protected_names_;
   std::uint64_t protected_mask_ = 0;
+
+  // The frozenset of `keys` and the filter of their hashes.
+  static std::pair<py::object, std::uint64_t> names_of(const std::vector<std::string>& keys) {
+    py::list names = py::cast(keys);
+    PyObject* set = PyFrozenSet_New(names.ptr());
+    if (set == nullptr) throw py::error_already_set();
+    std::uint64_t mask = 0;
+    for (py::handle name : names) mask |= std::uint64_t{1} << (static_cast<std::uint64_t>(PyObject_Hash(name.ptr())) & 63);
+    return {py::reinterpret_steal<py::object>(set), mask};
+  }
+  // Runs no Python code (the old frozenset holds only str).
+  void install_protected_names(std::pair<py::object, std::uint64_t> names) {
+    protected_names_ = std::move(names.first);
+    protected_mask_ = names.second;
+  }
 };
 
 // --- the NodeMetadata type ------------------------------------------------------------
@@ -125,7 +152,9 @@ class PyStore {
 //          yet in the C++ store (`md` empty: made by Python and not yet needed by C++) is
 //          dirty. Dirty nodes are linked in their store's list.
 // Writes. A Python write to a clean or dirty node goes to the cache (the key's protection is
-// checked first, against the store's protected names) and makes the node dirty; the value
+// checked against the store's protected names, again after the last step that may run
+// Python code, and MetadataStore.protect updates them as C++ protects, so the flush never
+// meets a protected key the cache changed) and makes the node dirty; the value
 // is converted for C++ later, when the node is flushed: before run_passes hands it to C++,
 // before protect(), node_count, id, the C++ views of the test hooks, and the operations that
 // work on the C++ node directly. While the store's write_through count is above zero
@@ -526,6 +555,15 @@ bool flush(PyNode* n) {
     }
     std::vector<char> seen(current.size(), 0);
     std::vector<KeyValue> writes;
+    // A protected key C++ holds that the cache holds another object for (or lacks): a write
+    // protection refuses. The Python writes that check the store's protected names cannot
+    // make one (MetadataStore.protect installs the names as C++ protects, and writes check
+    // them after the last step that may run Python code), so this is defensive: C++ keeps
+    // its value, the rest is committed, the cache is rebuilt from C++, and the flush raises
+    // ProtectedKeyError naming the key.
+    std::optional<std::string> refused;
+    std::optional<std::string> late;  // the same, found by the commit
+    const MetadataStore* st = lazy ? nullptr : &n->md->store();
     Py_ssize_t pos = 0;
     PyObject* k;
     PyObject* o;
@@ -544,13 +582,28 @@ bool flush(PyNode* n) {
       }
       Key key = keys::val;  // overwritten
       if (!write_key(k, key)) return false;
+      if (it != current.end() && it->first == name && st->is_protected(key)) {
+        // The very object C++ holds, changed in place since (a list appended to): protected
+        // values never change in C++, so C++ keeps it as it was set. Not a write.
+        const detail::ValueBox* box = detail::ValueAccess::box_of(it->second);
+        if (box == nullptr || box->foreign() != o) {
+          if (!refused) refused.emplace(name);
+        }
+        continue;
+      }
       Value v;
       if (!to_value(o, v)) return false;  // may run Python code
       writes.emplace_back(key, std::move(v));
     }
     std::vector<Key> erases;
     for (std::size_t i = 0; i < current.size(); ++i) {
-      if (seen[i] == 0) erases.emplace_back(current[i].first);
+      if (seen[i] != 0) continue;
+      const Key key(current[i].first);
+      if (st->is_protected(key)) {
+        if (!refused) refused.emplace(current[i].first);
+        continue;
+      }
+      erases.push_back(key);
     }
     // Commit only what the cache still holds (nothing between this check and the commit
     // runs Python code).
@@ -560,12 +613,13 @@ bool flush(PyNode* n) {
       if (lazy) {
         n->md.emplace(n->pystore->store().create(std::span<const KeyValue>(writes)));
       } else if (!writes.empty() || !erases.empty()) {
-        const MetadataStore& st = n->md->store();
         n->md->edit([&](NodeEditor& e) {
+          late.reset();
           for (Key key : erases) e.erase(key);
           for (const auto& [key, v] : writes) {
-            if (st.is_protected(key)) {
-              (void)e.set_once(key, v);  // set_once of an absent protected key, from Python
+            if (st->is_protected(key)) {
+              // set_once of an absent protected key, from Python (present: refused, above)
+              if (!e.set_once(key, v) && !late) late.emplace(key.name());
             } else {
               e.set(key, v);
             }
@@ -576,14 +630,23 @@ bool flush(PyNode* n) {
       set_python_error();
       return false;
     }
+    if (!refused) refused = std::move(late);
     // Released values' destructors may have run Python code since the commit.
     if (n->dirty && cache_matches(n->cache, snap)) {
       unlink_dirty(n);
       const std::uint64_t v = n->md->version();
-      if (n->pystore->write_through > 0 || (v & detail::NodeState::kWriting) != 0) {
+      if (refused || n->pystore->write_through > 0 || (v & detail::NodeState::kWriting) != 0) {
         mark_stale(n);  // C++ may write it now (run_passes): rebuilt by the next read
       } else {
         n->cache_version = v;
+      }
+      if (refused) {
+        PyObject* key = key_object(*refused);
+        if (key != nullptr) {
+          set_protected_error(key);
+          Py_DECREF(key);
+        }
+        return false;
       }
     }
   }
@@ -594,6 +657,10 @@ bool flush(PyNode* n) {
 bool flush_all(PyStore* s) {
   std::vector<py::object> nodes;
   for (PyNode* n = s->dirty_head; n != nullptr; n = n->dirty_next) {
+    // A node being deallocated (a subclass's dealloc clears its __slots__, whose __del__
+    // may run this, before md_dealloc unlinks it): its writes die with it, and taking a
+    // reference to it would deallocate it twice.
+    if (Py_REFCNT(reinterpret_cast<PyObject*>(n)) == 0) continue;
     nodes.push_back(py::reinterpret_borrow<py::object>(reinterpret_cast<PyObject*>(n)));
   }
   for (const py::object& o : nodes) {
@@ -912,8 +979,10 @@ void md_dealloc(PyObject* self) {
   PyTypeObject* tp = Py_TYPE(self);
   PyObject_GC_UnTrack(self);
   PyNode* n = node_of(self);
-  if (n->weakrefs != nullptr) PyObject_ClearWeakRefs(self);
+  // Out of the dirty list before any Python code can run here (weakref callbacks, and the
+  // values' __del__ below): a flush of the store from one of them must not find this node.
   unlink_dirty(n);
+  if (n->weakrefs != nullptr) PyObject_ClearWeakRefs(self);
   Py_CLEAR(n->cache);
   n->md.~optional();  // may release values: Python code can run
   Py_XDECREF(n->store);
@@ -1336,6 +1405,12 @@ int md_ass_subscript(PyObject* self, PyObject* key, PyObject* value) {
     case Prepared::kCache:
       break;
   }
+  // Again: prepare_write may have run Python code (a copy or a refresh that starts the
+  // collector), so MetadataStore.protect(key) may have run since the check above.
+  if (const int q = n->pystore->is_protected_name(key); q != 0) {
+    if (q > 0) set_protected_error(key);
+    return -1;
+  }
   if (value == nullptr) return PyDict_DelItem(n->cache, key);  // KeyError(key) if absent
   return cache_store(n, key, value);
 }
@@ -1357,6 +1432,9 @@ PyObject* md_try_set(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
         if (write_cpp(n, key.ptr(), args[1], 1, &r) != 0) return nullptr;
         break;
       case Prepared::kCache: {
+        const int q = n->pystore->is_protected_name(key.ptr());  // again: see md_ass_subscript
+        if (q < 0) return nullptr;
+        if (q > 0) break;  // kRejectedProtected
         const int present = PyDict_Contains(n->cache, key.ptr());
         if (present < 0 || cache_store(n, key.ptr(), args[1]) != 0) return nullptr;
         r = static_cast<int>(present ? WriteResult::kUpdated : WriteResult::kInserted);
@@ -1440,6 +1518,10 @@ PyObject* md_pop(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
         return nullptr;
       }
       if (prepare_write(n) == Prepared::kCache) {
+        if (const int q = n->pystore->is_protected_name(args[0]); q != 0) {  // again
+          if (q > 0) set_protected_error(args[0]);
+          return nullptr;
+        }
         PyObject* found = PyDict_GetItemWithError(n->cache, args[0]);
         if (found != nullptr) {
           Py_INCREF(found);
@@ -1494,6 +1576,12 @@ PyObject* md_setdefault(PyObject* self, PyObject* const* args, Py_ssize_t nargs)
       }
       if (prepare_write(n) == Prepared::kCache) {
         v = PyDict_GetItemWithError(n->cache, args[0]);
+        if (v == nullptr && !PyErr_Occurred()) {
+          if (const int q = n->pystore->is_protected_name(args[0]); q != 0) {  // again
+            if (q > 0) set_protected_error(args[0]);
+            return nullptr;
+          }
+        }
         if (v == nullptr && !PyErr_Occurred() && cache_store(n, args[0], dflt) == 0) v = dflt;
         if (v == nullptr) return nullptr;
         Py_INCREF(v);
@@ -1588,6 +1676,14 @@ PyObject* md_update(PyObject* self, PyObject* args, PyObject* kwds) {
         if (prepare_write(n) != Prepared::kCache) {  // the appends may have run the collector
           if (PyErr_Occurred()) return nullptr;
           break;
+        }
+        pos = 0;
+        while (PyDict_Next(entries.ptr(), &pos, &k, &v)) {  // protect() may have run meanwhile
+          const int q = n->pystore->is_protected_name(k);
+          if (q != 0) {
+            if (q > 0) set_protected_error(k);
+            return nullptr;
+          }
         }
         const Py_ssize_t before = dict_size(n->cache);
         if (PyDict_Update(n->cache, entries.ptr()) != 0) return nullptr;
@@ -2213,8 +2309,7 @@ PYBIND11_MODULE(_core, m) {
              // (they happened before it), and writes made meanwhile go to C++ at once.
              WriteThrough scope(&s);
              if (!flush_all(&s)) throw py::error_already_set();
-             s.store().protect(Key(k));
-             s.refresh_protected_names();
+             s.protect(Key(k));
            },
            py::arg("key"),
            "Protect key from now on, in every node of this store.")
@@ -2318,6 +2413,9 @@ PYBIND11_MODULE(_core, m) {
     static const char* const kKinds[] = {"none", "bool", "int", "double", "string", "list", "dict", "object"};
     return py::make_tuple(kKinds[static_cast<int>(v.kind())], v.type_name(), v.repr());
   });
+  // Protects key in the C++ store only, leaving the names Python writes check as they were
+  // (tests: what C++ code protecting a key on its own would do; see flush()).
+  m.def("_protect_cpp_only", [](PyStore& s, const std::string& key) { s.store().protect(Key(key)); });
   // v.as<T>() from C++, T in int, double, bool, str: BadValueCast becomes TypeError.
   m.def("_cpp_as", [](py::handle md, const std::string& key, const std::string& type) -> py::object {
     if (!is_node(md.ptr())) throw py::type_error("_cpp_as: not a NodeMetadata");
