@@ -221,7 +221,7 @@ TEST(NodeBlockTest, ReadersRacingTheMoveOutOfTheInlineArray) {
   EXPECT_EQ(g_live.load(), 0);
 }
 
-const void* block_of(const NodeMetadata& h) { return &state_of(h); }
+[[maybe_unused]] const void* block_of(const NodeMetadata& h) { return &state_of(h); }
 
 // The block cache (src/record.cpp): a node built right after one was destroyed on the same
 // thread gets its block (so a graph rebuilt node by node keeps its order), never a block
