@@ -742,7 +742,9 @@ void MetadataStore::check_writable(Key key) {
 
 NodeEntry* MetadataStore::insert(std::uint32_t size, std::uint32_t capacity,
                                   detail::FunctionRef<void(Slot*)> fill) {
-  NODEMETA_ASSERT(size < capacity, "a new node has a spare slot");
+  // A spare slot, except for a copy of a node already at kMaxSlots keys.
+  NODEMETA_ASSERT(size <= capacity && (size < capacity || size == detail::kMaxSlots),
+                  "a new node has a spare slot");
   // A small node's array is inline in the map node's block; a larger one's on the heap
   // (allocated first: if that throws, the map is unchanged), the block keeping one slot.
   const bool inline_array = capacity <= detail::kMaxInlineSlots;
@@ -788,7 +790,8 @@ NodeEntry* MetadataStore::insert(std::uint32_t size, std::uint32_t capacity,
 NodeEntry* MetadataStore::clone(const NodeEntry& node) const {
   detail::Record copy = snapshot(node.second, 0);  // holds its own references
   const std::uint32_t n = copy.size();
-  const std::uint32_t capacity = detail::class_capacity(detail::capacity_class_for(n + 1));
+  const std::uint32_t capacity =  // with a spare slot, unless the node is at kMaxSlots already
+      detail::class_capacity(detail::capacity_class_for(n < detail::kMaxSlots ? n + 1 : n));
   NodeEntry* entry = const_cast<MetadataStore*>(this)->insert(n, capacity, [&](Slot* out) noexcept {
     if (n != 0) std::memcpy(static_cast<void*>(out), copy.begin(), sizeof(Slot) * n);
   });
