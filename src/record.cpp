@@ -67,8 +67,9 @@ class BlockCache {
  public:
   static constexpr int kCachedBlocks = 8;
 
-  // A cached block of at least `bytes` and less than 1.25x that (so a node never gets a
-  // block much larger than tbbmalloc would give it), the most recently freed first.
+  // A cached block of at least `bytes` and under 1.25x that plus 16 bytes (one tbbmalloc
+  // size class step: a node never gets a block much larger than tbbmalloc would give it),
+  // the most recently freed first.
   void* take(std::size_t bytes) noexcept {
     for (int i = count_ - 1; i >= 0; --i) {
       const std::size_t usable = blocks_[i].usable;

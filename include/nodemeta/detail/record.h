@@ -237,7 +237,8 @@ static_assert(sizeof(NodeState) == 24);
 // tells which arrays are the node's own (never freed, never retired) and which came from
 // the heap. A node that outgrows its inline array, or whose edit() adopts a new one, moves
 // to the heap and leaves the inline region unused until the node is destroyed (at most
-// kMaxInlineSlots slots, and never more than the heap array it moved to: growth is 1.5x).
+// kMaxInlineSlots slots, and at most one slot more than the heap array it moved to:
+// growth is 1.5x; an adopted edit copy has no spare).
 inline constexpr std::uint32_t kMaxInlineSlots = 64;
 inline Slot* inline_slots(const NodeState& state) noexcept {
   return reinterpret_cast<Slot*>(
