@@ -2,6 +2,9 @@
 // node), values shared through the Interner, nodes added in order.
 #include <algorithm>
 #include <array>
+#include <atomic>
+#include <iterator>
+#include <optional>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -11,9 +14,15 @@
 #include <utility>
 #include <vector>
 
+#include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/partitioner.h>
+#include <oneapi/tbb/task_arena.h>
+
 #include "input.h"
 #include "interner.h"
 #include "io_internal.h"
+#include "split.h"
 
 namespace nodemeta::graph::io {
 namespace {
@@ -97,13 +106,11 @@ class GraphBuilder {
     simdjson::dom::object top = object_of(root);
     element nodes_el;
     bool have_nodes = false;
-    Value::Dict attrs;
-    std::vector<std::string_view> attr_keys;  // into the document: stable, unlike attrs' strings
-    KeyIndex attr_index;
+    Attrs attrs;
     for (auto field : top) {
-      const Step step{nullptr, field.key, 0, false};
       if (field.key == "nodes") {
         if (have_nodes) {  // a repeat must be identical; the first is kept
+          const Step step{nullptr, field.key, 0, false};
           if (!same_json(nodes_el, field.value, &step)) {
             fail_at("nodes", "key 'nodes' given twice with different values");
           }
@@ -113,25 +120,11 @@ class GraphBuilder {
         have_nodes = true;
         continue;
       }
-      Value v = value(field.value, &step, 2);
-      const std::size_t prev = attr_index.seen(field.key, attr_keys.size(),
-                                               [&](std::size_t i) { return attr_keys[i]; });
-      if (prev != KeyIndex::npos) {
-        if (attrs[prev].second != v) {
-          fail_at(printable(field.key), "key '" + printable(field.key) + "' given twice with different values");
-        }
-        continue;
-      }
-      attr_keys.push_back(field.key);
-      attrs.emplace_back(std::string(field.key), std::move(v));
+      add_attr(attrs, field.key, field.value);
     }
     if (!have_nodes) fail_at("(top level)", "missing field 'nodes'");
     if (nodes_el.type() != element_type::ARRAY) fail_at("nodes", "expected an array, got " + kind_word(nodes_el));
-    for (const auto& [name, v] : attrs) {  // the one graph attribute nodemeta's passes read
-      if (name == "training" && !v.is_none() && v.kind() != Value::Kind::kBool) {
-        fail_at("training", "expected true, false or null (the mode the graph was traced in), got " + kind_word(v));
-      }
-    }
+    check_attrs(attrs);
     simdjson::dom::array nodes = array_of(nodes_el);
     std::size_t count = nodes.size();  // saturates at 0xFFFFFF: then count them
     if (count >= 0xFFFFFF) {
@@ -143,18 +136,151 @@ class GraphBuilder {
     count_ = count;
     options.expected_nodes = count;
     Graph graph(std::move(options));
-    graph.attrs() = std::move(attrs);
+    graph.attrs() = std::move(attrs.dict);
     const ProgressReporter progress(load_);
     std::size_t i = 0;
     for (element n : nodes) {
-      add_node(graph, n, i);
+      add_node(n, i, &graph, GraphSink{graph});
       ++i;
       if (progress && (i % 4096 == 0 || i == count)) progress(LoadProgress::Phase::kBuild, i, count);
     }
     return graph;
   }
 
+  // The same graph from a document parsed in parts (split.h), its nodes built in parallel,
+  // one builder (and interner) per part, their store nodes created concurrently. If any part
+  // fails, or two parts hold one name, the parts are built again in order on this thread, so
+  // that the first error in document order is reported, worded as build() words it.
+  Graph build_parts(std::vector<std::unique_ptr<DocPart>>& parts, StoreOptions options) {
+    // The top-level keys before "nodes" (part 0's) and after it (the last part's), in order.
+    Attrs attrs;
+    for (auto field : object_of(parts.front()->root)) {
+      if (field.key != "nodes") add_attr(attrs, field.key, field.value);
+    }
+    bool first = true;  // the last part is an object (the keys after "nodes") only if it is a copy
+    if (parts.back()->root.type() == element_type::OBJECT) {
+      for (auto field : object_of(parts.back()->root)) {
+        if (!std::exchange(first, false)) add_attr(attrs, field.key, field.value);
+      }
+    }
+    check_attrs(attrs);
+    std::vector<std::size_t> offset(parts.size());
+    std::size_t count = 0;
+    for (std::size_t k = 0; k < parts.size(); ++k) {
+      offset[k] = count;
+      count += parts[k]->count;
+    }
+    count_ = count;  // >= 1: part 0 ends with a node
+    options.expected_nodes = count;
+    const StoreOptions again = options;
+    std::optional<Graph> graph(std::in_place, std::move(options));
+    graph->attrs() = attrs.dict;
+
+    std::vector<std::vector<Node>> built(parts.size());
+    std::atomic<bool> failed{false};
+    MetadataStore& store = graph->store();
+    tbb::this_task_arena::isolate([&] {
+      tbb::parallel_for(
+          tbb::blocked_range<std::size_t>(0, parts.size(), 1),
+          [&](const tbb::blocked_range<std::size_t>& r) {
+            for (std::size_t k = r.begin(); k != r.end(); ++k) {
+              try {
+                GraphBuilder part(*this);
+                std::vector<Node>& out = built[k];
+                out.reserve(parts[k]->count);
+                std::size_t i = offset[k];
+                for (element n : parts[k]->nodes) {
+                  if (failed.load(std::memory_order_relaxed)) return;
+                  part.add_node(n, i++, nullptr, [&](std::string_view name, std::string_view op,
+                                                     std::string_view target, const std::vector<std::size_t>& inputs,
+                                                     std::span<const KeyValue> kv) {
+                    out.push_back(Node{std::string(name), std::string(op), std::string(target), inputs,
+                                       store.create(kv)});
+                  });
+                }
+              } catch (...) {  // refused, or out of memory: built again in order below
+                failed.store(true, std::memory_order_relaxed);
+              }
+            }
+          },
+          tbb::simple_partitioner());
+    });
+    if (!failed.load()) {
+      std::vector<Node> all;
+      try {
+        all.reserve(count);
+        for (std::vector<Node>& b : built) {
+          std::move(b.begin(), b.end(), std::back_inserter(all));
+          std::vector<Node>().swap(b);
+        }
+        graph->replace_nodes(std::move(all));  // checks the names across parts
+      } catch (const GraphError&) {  // a name in two parts: found again below, in order
+        failed = true;
+      } catch (const std::bad_alloc&) {
+        failed = true;
+      }
+      if (!failed.load()) {  // outside the try: what the callback throws aborts the load
+        ProgressReporter{load_}(LoadProgress::Phase::kBuild, count, count);
+        return std::move(*graph);
+      }
+    }
+    built.clear();
+    graph.reset();  // its nodes die first
+    Graph serial(again);
+    serial.attrs() = std::move(attrs.dict);
+    std::size_t i = 0;
+    for (auto& part : parts) {
+      for (element n : part->nodes) add_node(n, i++, &serial, GraphSink{serial});
+    }
+    ProgressReporter{load_}(LoadProgress::Phase::kBuild, count, count);
+    return serial;
+  }
+
  private:
+  // A builder for one part of a document: the same file, options and node count, its own
+  // interner and scratch space.
+  GraphBuilder(const GraphBuilder& whole)
+      : source_(whole.source_), load_(whole.load_), count_(whole.count_), protected_(whole.protected_) {}
+
+  // The graph's attributes (the top-level keys but "nodes"), each kept once.
+  struct Attrs {
+    Value::Dict dict;
+    std::vector<std::string_view> keys;  // into the document: stable, unlike dict's strings
+    KeyIndex index;
+  };
+
+  void add_attr(Attrs& attrs, std::string_view key, element value) {
+    const Step step{nullptr, key, 0, false};
+    Value v = this->value(value, &step, 2);
+    const std::size_t prev = attrs.index.seen(key, attrs.keys.size(),
+                                              [&](std::size_t i) { return attrs.keys[i]; });
+    if (prev != KeyIndex::npos) {
+      if (attrs.dict[prev].second != v) {
+        fail_at(printable(key), "key '" + printable(key) + "' given twice with different values");
+      }
+      return;
+    }
+    attrs.keys.push_back(key);
+    attrs.dict.emplace_back(std::string(key), std::move(v));
+  }
+
+  void check_attrs(const Attrs& attrs) const {
+    for (const auto& [name, v] : attrs.dict) {  // the one graph attribute nodemeta's passes read
+      if (name == "training" && !v.is_none() && v.kind() != Value::Kind::kBool) {
+        fail_at("training", "expected true, false or null (the mode the graph was traced in), got " + kind_word(v));
+      }
+    }
+  }
+
+  // Adds a checked node to the graph (the serial build).
+  struct GraphSink {
+    Graph& graph;
+    void operator()(std::string_view name, std::string_view op, std::string_view target,
+                    const std::vector<std::size_t>& inputs, std::span<const KeyValue> kv) const {
+      graph.add_node(std::string(name), std::string(op), std::string(target), inputs, kv);
+    }
+  };
+
   [[noreturn]] void fail_at(const std::string& where, std::string_view message) const {
     fail(source_, where + ": " + std::string(message));
   }
@@ -233,7 +359,10 @@ class GraphBuilder {
     fail_at(where(at), "unexpected JSON element");
   }
 
-  void add_node(Graph& graph, element n, std::size_t i) {
+  // Checks node `i` of the document and hands it to `sink`. `names` is the graph built so far,
+  // for duplicate names (null in a part built in parallel: build_parts checks them).
+  template <class Sink>
+  void add_node(element n, std::size_t i, const Graph* names, Sink&& sink) {
     // The place's text is built only for an error message.
     std::string_view name;
     const auto AT = [i] { return "nodes[" + std::to_string(i) + "]"; };
@@ -287,7 +416,7 @@ class GraphBuilder {
         fail_at(AT() + ".id" + NODE(), "expected " + std::to_string(i) + " (the node's position), got " + got);
       }
     }
-    if (auto prev = graph.find(name)) {
+    if (auto prev = names != nullptr ? names->find(name) : std::nullopt) {
       fail_at(AT() + ".name", "duplicate node name '" + printable(name) + "' (first at nodes[" +
                                 std::to_string(*prev) + "])");
     }
@@ -380,7 +509,7 @@ class GraphBuilder {
                                          " node, not an output node (a graph ends with exactly one output node)");
     }
     try {
-      graph.add_node(std::string(name), std::string(op), std::string(target), inputs_, kv_);
+      sink(name, op, target, inputs_, std::span<const KeyValue>(kv_));
     } catch (const std::exception& e) {  // not expected after the checks above
       fail_at(AT() + NODE(), e.what());
     }
@@ -448,6 +577,11 @@ element parse_document(simdjson::dom::parser& parser, Input& input, std::string_
 }
 
 Graph parse_input(Input& input, std::string_view source, StoreOptions options, const LoadOptions& load) {
+  if (auto parts = parse_in_parts(input, load); !parts.empty()) {
+    ProgressReporter{load}(LoadProgress::Phase::kParse, 1, 1);
+    GraphBuilder builder(source, options, load);
+    return builder.build_parts(parts, std::move(options));
+  }
   simdjson::dom::parser parser;
   const element root = parse_document(parser, input, source, load);
   ProgressReporter{load}(LoadProgress::Phase::kParse, 1, 1);

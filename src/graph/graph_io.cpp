@@ -10,6 +10,7 @@
 
 #include "input.h"
 #include "io_internal.h"
+#include "split.h"
 
 namespace nodemeta::graph {
 
@@ -98,6 +99,12 @@ std::size_t parse_only(const std::string& path, const LoadOptions& load) {
   check_options(path, load);
   Input input;
   read_input(path, load, input);
+  // The same parse as load_graph's: in parts, in parallel, when it splits.
+  if (auto parts = io::parse_in_parts(input, load); !parts.empty()) {
+    std::size_t n = 0;
+    for (const auto& part : parts) n += walk(part->root);
+    return n;
+  }
   simdjson::dom::parser parser;
   return walk(parse_document(parser, input, path, load));
 }

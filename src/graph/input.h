@@ -28,6 +28,9 @@ class Input {
   ~Input() { std::free(data_); }
 
   const char* data() const noexcept { return data_; }
+  // For the parallel parse (split.cpp), which writes a few bytes between node boundaries
+  // and puts them back.
+  char* mutable_data() noexcept { return data_; }
   std::size_t size() const noexcept { return size_; }
 
   // Room for `n` more bytes (and the padding after them), about to be written: returns where

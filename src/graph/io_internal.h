@@ -4,6 +4,7 @@
 //   inflate.cpp    gzip streams, bounded by the input limit as they inflate
 //   diagnosis.cpp  messages (one line, naming file and place) and why simdjson refused a document
 //   interner.h     values shared by content (hash-consing)
+//   split.h/.cpp   a large document split at node boundaries and parsed in parallel
 //   builder.cpp    the parsed document -> Graph, checking the schema
 //   writer.cpp     Graph -> JSON text, and saving it (plain or gzip)
 //   graph_io.cpp   the public entry points of graph_io.h

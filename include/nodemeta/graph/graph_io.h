@@ -52,6 +52,14 @@ namespace nodemeta::graph {
 // - progress: if set, called on the loading thread with the phase and how far it is
 //   (read: bytes of the file read; parse: 0 then 1 of 1; build: nodes built of all).
 //   An exception it throws aborts the load (nothing is left half-built).
+// - parallel_min_bytes: JSON text at least this large is split between nodes into parts
+//   that are parsed and built in parallel, as many as the calling thread's task arena has
+//   threads (tbb::this_task_arena::max_concurrency(), so a tbb::global_control or a
+//   task_arena bounds it), each at least half this size; 0 never splits. The graph is the
+//   same at every thread count (what fails is refused with the same message too); only the
+//   store's node ids, which follow creation order, are not the nodes' order. While a
+//   document is loaded in parts, progress reports the build once, at the end, and is still
+//   called on the loading thread only.
 struct LoadProgress {
   enum class Phase { kRead, kParse, kBuild };
   Phase phase;
@@ -68,6 +76,7 @@ struct LoadOptions {
   std::uint64_t max_input_bytes = kDefaultMaxInputBytes;
   std::size_t max_depth = kDefaultMaxDepth;
   std::function<void(const LoadProgress&)> progress{};
+  std::size_t parallel_min_bytes = std::size_t{4} << 20;
 };
 
 // Thread safety: loading and parsing build independent graphs and may run concurrently.

@@ -1,0 +1,164 @@
+// Loading in parts (src/graph/split.cpp): the graph and every error are the serial load's,
+// whatever the boundaries guessed and however many parts (1, 2, 3 and 8 threads).
+#include <gtest/gtest.h>
+#include <oneapi/tbb/task_arena.h>
+
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "nodemeta/graph/graph_io.h"
+
+namespace {
+using namespace nodemeta::graph;
+
+std::string node(int id, const std::string& meta_extra, bool output = false) {
+  std::string inputs = id == 0 ? "[]" : "[" + std::to_string(id - 1) + "]";
+  return "{\"id\":" + std::to_string(id) + ",\"name\":\"n" + std::to_string(id) + "\",\"op\":\"" +
+         (output ? "output" : "call_function") + "\",\"target\":\"t\",\"inputs\":" + inputs +
+         ",\"meta\":{\"stack_trace\":null,\"nn_module_stack\":null,\"tensor_meta\":null,\"val\":null,"
+         "\"debug_handle\":" + std::to_string(id) + meta_extra + "}}";
+}
+
+// A graph of `n` nodes whose metadata holds text that looks like a node boundary: in a
+// string, and in a list of objects whose first key is "id".
+std::string doc(int n, const std::string& before, const std::string& after, const std::string& sep = ",") {
+  std::string s = "{" + before + "\"nodes\":[";
+  for (int i = 0; i < n; ++i) {
+    if (i) s += sep;
+    s += node(i, ",\"s\":\"x},{\\\"id\\\":1\",\"l\":[{\"id\":1},{\"id\":2}]", i + 1 == n);
+  }
+  return s + "]" + after + "}";
+}
+
+// A graph whose nodes' metadata hold a list of objects laid out as nodes are, the second
+// one's id its node's: a boundary guessed there is followed by a real one with the next id.
+std::string fooling_doc(int n) {
+  std::string s = "{\"nodes\":[";
+  for (int i = 0; i < n; ++i) {
+    if (i) s += ",";
+    s += node(i, ",\"l\":[{\"id\":0,\"name\":\"a\"},{\"id\":" + std::to_string(i) + ",\"name\":\"b\"}]", i + 1 == n);
+  }
+  return s + "]}";
+}
+
+std::string load(const std::string& json, std::size_t min_bytes, int threads, Graph* out = nullptr) {
+  LoadOptions o;
+  o.parallel_min_bytes = min_bytes;
+  std::string r;
+  tbb::task_arena arena(threads);
+  arena.execute([&] {
+    try {
+      Graph g = parse_graph(json, "doc", {}, o);
+      r = "ok " + std::to_string(g.size());
+      if (out) *out = std::move(g);
+    } catch (const GraphError& e) {
+      r = e.what();
+    }
+  });
+  return r;
+}
+
+// Whether the document was loaded in parts, as graph_io.h lets a caller see it: the build's
+// progress is reported once, at the end (the serial build reports every 4096 nodes, so
+// these documents have more), and on the loading thread only.
+bool loaded_in_parts(const std::string& json, std::size_t min_bytes, int threads) {
+  LoadOptions o;
+  o.parallel_min_bytes = min_bytes;
+  std::vector<LoadProgress> build;
+  bool other_thread = false;
+  tbb::task_arena arena(threads);
+  arena.execute([&] {
+    const auto me = std::this_thread::get_id();
+    o.progress = [&](const LoadProgress& p) {
+      if (std::this_thread::get_id() != me) other_thread = true;
+      if (p.phase == LoadProgress::Phase::kBuild) build.push_back(p);
+    };
+    (void)parse_graph(json, "doc", {}, o);
+  });
+  EXPECT_FALSE(other_thread);
+  EXPECT_FALSE(build.empty());
+  return build.size() == 1 && build[0].done == build[0].total && build[0].total > 0;
+}
+
+void same_as_serial(const std::string& json) {
+  Graph serial;
+  const std::string want = load(json, 0, 1, &serial);
+  for (int threads : {1, 2, 3, 8}) {
+    Graph g;
+    EXPECT_EQ(load(json, 256, threads, &g), want) << threads << " threads";
+    if (want.rfind("ok", 0) == 0) {
+      EXPECT_EQ(first_difference(serial, g), "") << threads << " threads";
+    }
+  }
+}
+
+TEST(ParallelLoad, EqualGraphsWithBoundariesInStringsAndNestedLists) {
+  same_as_serial(doc(200, "\"model\":\"m\",", ""));
+  same_as_serial(doc(200, "", ""));
+  same_as_serial(doc(200, "", ",\"after\":[{\"id\":1},{\"id\":2}]"));   // keys after "nodes"
+  same_as_serial(doc(200, "", "", " ,\n  "));                             // whitespace between nodes
+}
+
+TEST(ParallelLoad, TheSplitIsTakenWhereItShouldBe) {
+  for (const std::string& d : {doc(5000, "\"model\":\"m\",", ""), doc(5000, "", ",\"after\":[{\"id\":1},{\"id\":2}]"),
+                               doc(5000, "", "", " ,\n  ")}) {
+    for (int threads : {2, 3, 8}) EXPECT_TRUE(loaded_in_parts(d, 256, threads)) << threads << " threads";
+    EXPECT_FALSE(loaded_in_parts(d, 256, 1));        // one thread: whole
+    EXPECT_FALSE(loaded_in_parts(d, 0, 8));          // never
+    EXPECT_FALSE(loaded_in_parts(d, d.size() + 1, 8));  // smaller than the threshold
+  }
+  // Boundaries guessed inside a node are refused and the document is parsed whole.
+  const std::string f = fooling_doc(5000);
+  EXPECT_FALSE(loaded_in_parts(f, 256, 2));
+  same_as_serial(f);
+  // The threshold is the document's size in bytes: at exactly that size it splits.
+  const std::string d = doc(5000, "", "");
+  EXPECT_TRUE(loaded_in_parts(d, d.size(), 2));
+}
+
+TEST(ParallelLoad, NodesGivenTwiceOrInvalidFallBackToTheSerialMessage) {
+  const std::string d = doc(200, "", "");
+  same_as_serial(d.substr(0, d.size() - 1) + ",\"nodes\":[]}");
+  for (std::size_t at = 1; at < 40; ++at) {
+    std::string c = d;
+    c[c.size() * at / 40] = "\"]{x}"[at % 5];
+    same_as_serial(c);
+  }
+}
+
+TEST(ParallelLoad, ErrorsInSeveralPartsReportTheFirstInDocumentOrder) {
+  std::string d = doc(300, "", "");
+  // A duplicate name late in the document and a wrong id later still.
+  const auto dup = d.find("\"name\":\"n250\"");
+  d.replace(dup, 13, "\"name\":\"n010\"");
+  same_as_serial(d);
+  const auto id = d.find("{\"id\":280,");
+  d.replace(id, 10, "{\"id\":281,");
+  same_as_serial(d);
+}
+
+TEST(ParallelLoad, DepthLimitIsExactAcrossParts) {
+  for (std::size_t depth : {5, 6, 7, 8}) {
+    std::string deep = ",\"d\":" + std::string(depth, '[') + "1" + std::string(depth, ']');
+    std::string s = "{\"nodes\":[";
+    for (int i = 0; i < 100; ++i) s += (i ? "," : "") + node(i, i == 60 ? deep : "", i == 99);
+    s += "]}";
+    for (int threads : {2, 8}) {
+      LoadOptions o;
+      o.max_depth = 10;
+      LoadOptions p = o;
+      o.parallel_min_bytes = 0;
+      p.parallel_min_bytes = 256;
+      std::string a, b;
+      tbb::task_arena arena(threads);
+      arena.execute([&] {
+        try { a = "ok " + std::to_string(parse_graph(s, "doc", {}, o).size()); } catch (const GraphError& e) { a = e.what(); }
+        try { b = "ok " + std::to_string(parse_graph(s, "doc", {}, p).size()); } catch (const GraphError& e) { b = e.what(); }
+      });
+      EXPECT_EQ(a, b) << "depth " << depth << ", " << threads << " threads";
+    }
+  }
+}
+
+}  // namespace
