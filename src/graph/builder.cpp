@@ -18,6 +18,7 @@
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/partitioner.h>
 #include <oneapi/tbb/task_arena.h>
+#include <oneapi/tbb/task_group.h>
 
 #include "input.h"
 #include "interner.h"
@@ -148,7 +149,8 @@ class GraphBuilder {
   }
 
   // The same graph from a document parsed in parts (split.h), its nodes built in parallel,
-  // one builder (and interner) per part, their store nodes created concurrently. If any part
+  // one builder per part (their values shared through one SharedInterner, as one interner
+  // shares them in build()), their store nodes created concurrently. If any part
   // fails, or two parts hold one name, the parts are built again in order on this thread, so
   // that the first error in document order is reported, worded as build() words it.
   Graph build_parts(std::vector<std::unique_ptr<DocPart>>& parts, StoreOptions options) {
@@ -179,32 +181,44 @@ class GraphBuilder {
     std::vector<std::vector<Node>> built(parts.size());
     std::atomic<bool> failed{false};
     MetadataStore& store = graph->store();
-    tbb::this_task_arena::isolate([&] {
-      tbb::parallel_for(
-          tbb::blocked_range<std::size_t>(0, parts.size(), 1),
-          [&](const tbb::blocked_range<std::size_t>& r) {
-            for (std::size_t k = r.begin(); k != r.end(); ++k) {
-              try {
-                GraphBuilder part(*this);
-                std::vector<Node>& out = built[k];
-                out.reserve(parts[k]->count);
-                std::size_t i = offset[k];
-                for (element n : parts[k]->nodes) {
-                  if (failed.load(std::memory_order_relaxed)) return;
-                  part.add_node(n, i++, nullptr, [&](std::string_view name, std::string_view op,
-                                                     std::string_view target, const std::vector<std::size_t>& inputs,
-                                                     std::span<const KeyValue> kv) {
-                    out.push_back(Node{std::string(name), std::string(op), std::string(target), inputs,
-                                       store.create(kv)});
-                  });
+    try {
+      SharedInterner shared;
+      // Its own context: a cancellation of the caller's task group (another iteration of an
+      // enclosing parallel_for throwing) must not skip parts; each part's nodes are counted
+      // below anyway.
+      tbb::task_group_context context(tbb::task_group_context::isolated);
+      tbb::this_task_arena::isolate([&] {
+        tbb::parallel_for(
+            tbb::blocked_range<std::size_t>(0, parts.size(), 1),
+            [&](const tbb::blocked_range<std::size_t>& r) {
+              for (std::size_t k = r.begin(); k != r.end(); ++k) {
+                try {
+                  GraphBuilder part(*this, shared);
+                  std::vector<Node>& out = built[k];
+                  out.reserve(parts[k]->count);
+                  std::size_t i = offset[k];
+                  for (element n : parts[k]->nodes) {
+                    if (failed.load(std::memory_order_relaxed)) return;
+                    part.add_node(n, i++, nullptr, [&](std::string_view name, std::string_view op,
+                                                       std::string_view target, const std::vector<std::size_t>& inputs,
+                                                       std::span<const KeyValue> kv) {
+                      out.push_back(Node{std::string(name), std::string(op), std::string(target), inputs,
+                                         store.create(kv)});
+                    });
+                  }
+                } catch (...) {  // refused, or out of memory: built again in order below
+                  failed.store(true, std::memory_order_relaxed);
                 }
-              } catch (...) {  // refused, or out of memory: built again in order below
-                failed.store(true, std::memory_order_relaxed);
               }
-            }
-          },
-          tbb::simple_partitioner());
-    });
+            },
+            tbb::simple_partitioner(), context);
+      });
+    } catch (...) {  // oneTBB could not run it (out of memory): built in order below
+      failed = true;
+    }
+    std::size_t made = 0;
+    for (const std::vector<Node>& b : built) made += b.size();
+    if (made != count) failed = true;
     if (!failed.load()) {
       std::vector<Node> all;
       try {
@@ -238,9 +252,10 @@ class GraphBuilder {
 
  private:
   // A builder for one part of a document: the same file, options and node count, its own
-  // interner and scratch space.
-  GraphBuilder(const GraphBuilder& whole)
-      : source_(whole.source_), load_(whole.load_), count_(whole.count_), protected_(whole.protected_) {}
+  // scratch space, and an interner in front of the one the parts share.
+  GraphBuilder(const GraphBuilder& whole, SharedInterner& shared)
+      : source_(whole.source_), load_(whole.load_), count_(whole.count_), protected_(whole.protected_),
+        interner_(shared) {}
 
   // The graph's attributes (the top-level keys but "nodes"), each kept once.
   struct Attrs {

@@ -7,6 +7,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -29,9 +31,16 @@ struct Item {
   const Value& get() const noexcept { return shared != nullptr ? *shared : scalar; }
 };
 
+class SharedInterner;
+
 class Interner {
  public:
   Interner() : slots_(1024) {}
+  // A table in front of `shared`, which other threads' Interners use at once: a value new to
+  // this table is looked up (or added) there, under its shard's lock, and remembered here,
+  // so equal values in different parts of a document loaded in parallel share one box and
+  // a value seen again in the same part takes no lock.
+  explicit Interner(SharedInterner& shared) : slots_(1024), shared_(&shared) {}
 
   const Value& string(std::string_view s) {
     const std::uint64_t h = string_hash(s);
@@ -82,6 +91,8 @@ class Interner {
   }
 
  private:
+  friend class SharedInterner;
+
   struct Slot {
     std::uint64_t hash = 0;
     const Value* value = nullptr;  // into pool_; null: empty
@@ -143,7 +154,7 @@ class Interner {
         if (++compared == kMaxCompares) return pool_.emplace_back(make());
       }
     }
-    const Value& v = pool_.emplace_back(make());
+    const Value& v = shared_ != nullptr ? shared_find_or_add(h, eq, make) : pool_.emplace_back(make());
     slots_[i] = Slot{h, &v};
     if (++used_ * 2 > slots_.size()) grow();
     return v;
@@ -160,11 +171,42 @@ class Interner {
     }
   }
 
+  template <class Eq, class Make>
+  const Value& shared_find_or_add(std::uint64_t h, Eq& eq, Make& make);
+
   static constexpr int kMaxCompares = 4;
   std::deque<Value> pool_;  // every shared value, at a stable address
   std::vector<Slot> slots_;
   std::size_t used_ = 0;
+  SharedInterner* shared_ = nullptr;
 };
+
+// The table several Interners share (one per part of a document built in parallel): shards
+// chosen by the hash's top bits, each a plain Interner under its own mutex. A value is built
+// and added under its shard's lock, and never changes after, so a pointer to it taken under
+// the lock may be read (and compared) by any thread afterwards.
+class SharedInterner {
+ public:
+  template <class Eq, class Make>
+  const Value& find_or_add(std::uint64_t h, Eq& eq, Make& make) {
+    Shard& s = shards_[static_cast<std::size_t>(h >> (64 - kShardBits))];
+    const std::lock_guard<std::mutex> lock(s.mutex);
+    return s.table.find_or_add(h, eq, make);
+  }
+
+ private:
+  static constexpr int kShardBits = 4;
+  struct Shard {
+    std::mutex mutex;
+    Interner table;
+  };
+  std::unique_ptr<Shard[]> shards_ = std::make_unique<Shard[]>(std::size_t{1} << kShardBits);
+};
+
+template <class Eq, class Make>
+const Value& Interner::shared_find_or_add(std::uint64_t h, Eq& eq, Make& make) {
+  return shared_->find_or_add(h, eq, make);
+}
 
 }  // namespace nodemeta::graph::io
 

@@ -30,14 +30,17 @@
 #include <cstdint>
 #include <cstring>
 #include <exception>
+#include <new>
 #include <optional>
 #include <string_view>
 #include <utility>
 
 #include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/global_control.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/partitioner.h>
 #include <oneapi/tbb/task_arena.h>
+#include <oneapi/tbb/task_group.h>
 
 namespace nodemeta::graph::io {
 namespace {
@@ -148,10 +151,15 @@ std::size_t closing_brace(std::string_view t) {
 
 }  // namespace
 
-std::vector<std::unique_ptr<DocPart>> parse_in_parts(Input& input, const LoadOptions& load) {
+namespace {
+
+std::vector<std::unique_ptr<DocPart>> split_and_parse(Input& input, const LoadOptions& load) {
   const std::size_t size = input.size();
   if (load.parallel_min_bytes == 0 || size < load.parallel_min_bytes) return {};
-  const auto threads = static_cast<std::size_t>(std::max(1, tbb::this_task_arena::max_concurrency()));
+  // The threads that could run the parts: the arena's, within a tbb::global_control's limit.
+  const std::size_t threads = std::min<std::size_t>(
+      static_cast<std::size_t>(std::max(1, tbb::this_task_arena::max_concurrency())),
+      tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism));
   const std::size_t min_part = std::max<std::size_t>(1, load.parallel_min_bytes / 2);
   const std::size_t wanted = std::min(threads, size / min_part);
   if (wanted < 2) return {};
@@ -280,26 +288,45 @@ std::vector<std::unique_ptr<DocPart>> parse_in_parts(Input& input, const LoadOpt
            // "nodes" was not the last key after all: the last part copied instead.
            (p.kind == Kind::kLast && parse_as(part, Plan{Kind::kLastCopy, last_start, size}, Kind::kLastCopy));
   };
-  tbb::this_task_arena::isolate([&] {
-    tbb::parallel_for(
-        tbb::blocked_range<std::size_t>(0, plan.size(), 1),
-        [&](const tbb::blocked_range<std::size_t>& r) {
-          for (std::size_t k = r.begin(); k != r.end(); ++k) {
-            if (failed.load(std::memory_order_relaxed)) return;
-            bool ok = false;
-            try {
-              ok = parse_part(k);
-            } catch (...) {  // not enough memory for a copy
+  std::atomic<std::size_t> parsed{0};
+  try {
+    // Its own context: a cancellation of the caller's task group must not skip parts (they
+    // are counted anyway).
+    tbb::task_group_context context(tbb::task_group_context::isolated);
+    tbb::this_task_arena::isolate([&] {
+      tbb::parallel_for(
+          tbb::blocked_range<std::size_t>(0, plan.size(), 1),
+          [&](const tbb::blocked_range<std::size_t>& r) {
+            for (std::size_t k = r.begin(); k != r.end(); ++k) {
+              if (failed.load(std::memory_order_relaxed)) return;
+              bool ok = false;
+              try {
+                ok = parse_part(k);
+              } catch (...) {  // not enough memory for a copy
+              }
+              if (!ok) failed.store(true, std::memory_order_relaxed);
+              parsed.fetch_add(ok ? 1 : 0, std::memory_order_relaxed);
             }
-            if (!ok) failed.store(true, std::memory_order_relaxed);
-          }
-        },
-        tbb::simple_partitioner());
-  });
+          },
+          tbb::simple_partitioner(), context);
+    });
+  } catch (...) {  // oneTBB could not run it (out of memory)
+    failed = true;
+  }
   put_back();
-  if (failed.load()) return {};
+  if (failed.load() || parsed.load() != plan.size()) return {};
   input.release();
   return parts;
+}
+
+}  // namespace
+
+std::vector<std::unique_ptr<DocPart>> parse_in_parts(Input& input, const LoadOptions& load) {
+  try {
+    return split_and_parse(input, load);
+  } catch (const std::bad_alloc&) {  // planning the parts (the text is as it was)
+    return {};
+  }
 }
 
 }  // namespace nodemeta::graph::io

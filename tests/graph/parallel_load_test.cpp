@@ -1,7 +1,11 @@
 // Loading in parts (src/graph/split.cpp): the graph and every error are the serial load's,
 // whatever the boundaries guessed and however many parts (1, 2, 3 and 8 threads).
 #include <gtest/gtest.h>
+#include <oneapi/tbb/global_control.h>
 #include <oneapi/tbb/task_arena.h>
+#include <oneapi/tbb/task_group.h>
+
+#include <set>
 
 #include <string>
 #include <thread>
@@ -159,6 +163,77 @@ TEST(ParallelLoad, DepthLimitIsExactAcrossParts) {
       EXPECT_EQ(a, b) << "depth " << depth << ", " << threads << " threads";
     }
   }
+}
+
+// Found by the review: a load inside a task group that is cancelled (another task failed)
+// must still run every part (the parallel loops have their own context), or it would build
+// from unparsed parts (a crash) or return a graph missing nodes.
+TEST(ParallelLoad, ACancelledEnclosingTaskGroupSkipsNoPart) {
+  const std::string d = doc(5000, "", "");
+  for (bool cancel_in_build : {false, true}) {
+    std::string got;
+    bool in_parts = false;
+    tbb::task_arena arena(4);
+    arena.execute([&] {
+      tbb::task_group tg;
+      tg.run([&] {
+        LoadOptions o;
+        o.parallel_min_bytes = 256;
+        int builds = 0;
+        o.progress = [&](const LoadProgress& p) {
+          // Cancelled before the parse, or after it (so the build is what is cancelled).
+          if (cancel_in_build && p.phase == LoadProgress::Phase::kParse && p.done == 1) tg.cancel();
+          if (p.phase == LoadProgress::Phase::kBuild) ++builds;
+        };
+        if (!cancel_in_build) tg.cancel();
+        try {
+          got = "ok " + std::to_string(parse_graph(d, "doc", {}, o).size());
+        } catch (const GraphError& e) {
+          got = e.what();
+        }
+        in_parts = builds == 1;
+      });
+      tg.wait();
+    });
+    EXPECT_EQ(got, "ok 5000") << (cancel_in_build ? "cancelled in the build" : "cancelled before the parse");
+    EXPECT_TRUE(in_parts);
+  }
+}
+
+// Equal values in different parts share one box, as they do in a serial load.
+TEST(ParallelLoad, ValuesAreSharedAcrossParts) {
+  const std::string trace(8192, 'x');
+  std::string s = "{\"nodes\":[";
+  for (int i = 0; i < 5000; ++i) {
+    std::string m = node(i, ",\"l\":[1,\"" + std::to_string(i % 3) + "\"]", i + 1 == 5000);
+    m.replace(m.find("\"stack_trace\":null"), 18, "\"stack_trace\":\"" + trace + "\"");
+    s += (i ? "," : "") + m;
+  }
+  s += "]}";
+  ASSERT_TRUE(loaded_in_parts(s, 256, 8));
+  for (int threads : {1, 2, 8}) {
+    Graph g;
+    ASSERT_EQ(load(s, threads == 1 ? 0 : 256, threads, &g), "ok 5000");
+    std::set<const void*> traces, lists;
+    for (const Node& n : g.nodes()) {
+      const auto trace_value = n.meta.get("stack_trace");
+      const auto list_value = n.meta.get("l");
+      traces.insert(trace_value->get_if<std::string>());
+      lists.insert(list_value->get_if<nodemeta::Value::List>());
+    }
+    EXPECT_EQ(traces.size(), 1u) << threads << " threads";
+    EXPECT_EQ(lists.size(), 3u) << threads << " threads";
+  }
+}
+
+// A tbb::global_control limit of one thread loads whole, whatever the arena's size.
+TEST(ParallelLoad, GlobalControlBoundsTheParts) {
+  const std::string d = doc(5000, "", "");
+  {
+    tbb::global_control one(tbb::global_control::max_allowed_parallelism, 1);
+    EXPECT_FALSE(loaded_in_parts(d, 256, 4));
+  }
+  EXPECT_TRUE(loaded_in_parts(d, 256, 4));
 }
 
 }  // namespace
