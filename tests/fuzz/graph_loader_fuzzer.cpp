@@ -8,7 +8,10 @@
 // - an input that is refused throws GraphError whose message starts with the file's path
 //   and is one line; any other exception is a failure;
 // - the limits hold: the input limit here is 1 MiB and the depth limit 64, so neither a
-//   gzip bomb nor deep nesting can make a run slow or large.
+//   gzip bomb nor deep nesting can make a run slow or large;
+// - loading in parts (parallel_min_bytes 64, in an arena of 3 threads: up to three parts
+//   and two bridges, whatever the input's size) gives the same graph, or the same message,
+//   as loading whole.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -16,6 +19,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <string>
+
+#include <oneapi/tbb/task_arena.h>
 
 #include "nodemeta/graph/graph_io.h"
 
@@ -41,8 +46,28 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   LoadOptions load;
   load.max_input_bytes = 1 << 20;
   load.max_depth = 64;
+  load.parallel_min_bytes = 0;
+  // The same file loaded in parts.
+  LoadOptions in_parts = load;
+  in_parts.parallel_min_bytes = 64;
+  static tbb::task_arena arena(3);
+  Graph parts_graph;
+  std::string parts_error;
+  bool parts_loaded = false;
+  arena.execute([&] {
+    try {
+      parts_graph = load_graph(path, {}, in_parts);
+      parts_loaded = true;
+    } catch (const GraphError& e) {
+      parts_error = e.what();
+    } catch (const std::exception& e) {
+      failure(std::string("unexpected exception loading in parts: ") + e.what());
+    }
+  });
   try {
     const Graph g = load_graph(path, {}, load);
+    if (!parts_loaded) failure("loads whole but is refused in parts: " + parts_error);
+    if (const std::string d = first_difference(g, parts_graph); !d.empty()) failure("loaded in parts differs: " + d);
     std::string text;
     try {
       text = to_json(g);
@@ -57,6 +82,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     if (to_json(back) != text) failure("saving the reloaded graph gives different text");
   } catch (const GraphError& e) {
     const std::string what = e.what();
+    if (parts_loaded) failure("refused whole but loads in parts: " + what);
+    if (parts_error != what) failure("refused in parts with another message: " + parts_error + " | " + what);
     if (what.rfind(path + ": ", 0) != 0) failure("error does not start with the path: " + what);
     if (what.find('\n') != std::string::npos) failure("error is not one line: " + what);
   } catch (const std::exception& e) {
