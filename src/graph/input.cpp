@@ -4,15 +4,66 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <string>
+
+#include <oneapi/tbb/blocked_range.h>
+#include <oneapi/tbb/global_control.h>
+#include <oneapi/tbb/parallel_for.h>
+#include <oneapi/tbb/partitioner.h>
+#include <oneapi/tbb/task_arena.h>
+#include <oneapi/tbb/task_group.h>
 
 #include "input.h"
 #include "io_internal.h"
 
 namespace nodemeta::graph::io {
+
+std::size_t load_threads() noexcept {
+  return std::min<std::size_t>(static_cast<std::size_t>(std::max(1, tbb::this_task_arena::max_concurrency())),
+                               tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism));
+}
+
+void Input::populate_in_parallel(std::size_t n) noexcept {
+#if defined(__linux__)
+  const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
+  const auto base = reinterpret_cast<std::uintptr_t>(data_);
+  const std::uintptr_t from = (base + populated_ + page - 1) & ~(page - 1);
+  const std::uintptr_t to = (base + std::min(n, capacity_)) & ~(page - 1);
+  if (populate_failed_ || to <= from) return;
+  const std::size_t chunks = (to - from + kStep - 1) / kStep;
+  std::atomic<bool> failed{false};
+  try {
+    tbb::task_group_context context(tbb::task_group_context::isolated);
+    tbb::this_task_arena::isolate([&] {
+      tbb::parallel_for(
+          tbb::blocked_range<std::size_t>(0, chunks, 1),
+          [&](const tbb::blocked_range<std::size_t>& r) {
+            for (std::size_t k = r.begin(); k != r.end(); ++k) {
+              const std::uintptr_t a = from + k * kStep;
+              const std::uintptr_t b = std::min(to, a + kStep);
+              if (::madvise(reinterpret_cast<void*>(a), b - a, kPopulateWrite) != 0) failed = true;
+            }
+          },
+          tbb::simple_partitioner(), context);
+    });
+  } catch (...) {  // oneTBB could not run it: the pages fault in as they are written
+    return;
+  }
+  if (failed) {
+    populate_failed_ = true;
+    return;
+  }
+  populated_ = to - base;
+#else
+  (void)n;
+#endif
+}
+
 namespace {
 
 class File {
@@ -114,6 +165,11 @@ void read_input(const std::string& path, const LoadOptions& load, Input& out) {
   } else {
     if (file_size > load.max_input_bytes) fail_too_large(path, load.max_input_bytes, false);
     out.reserve(regular ? static_cast<std::size_t>(file_size) + 1 : kChunk);
+    // A large regular file's size is true (or the file changed meanwhile, which costs at most
+    // what it said): its buffer is faulted in on every thread before it is read into.
+    if (regular && load.parallel_min_bytes != 0 && file_size >= load.parallel_min_bytes && load_threads() > 1) {
+      out.populate_in_parallel(static_cast<std::size_t>(file_size) + 1 + simdjson::SIMDJSON_PADDING);
+    }
     out.append(head.data(), got);
     const ProgressReporter progress(load);
     std::uint64_t next_report = 0;

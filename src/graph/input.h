@@ -42,6 +42,11 @@ class Input {
   // Room for `n` more bytes, allocated but not touched (a size hint that may be a lie must
   // not become resident memory).
   void reserve(std::size_t n) { ensure(n, false); }
+  // Faults in the first `n` bytes of the allocation now, on the task arena's threads (8 MiB
+  // each, MADV_POPULATE_WRITE): for a size known to be true (a regular file's), where a
+  // fault per 4 KiB page on one thread was a third of loading a large file. Does nothing
+  // where populating is not available (the pages then fault in as they are written).
+  void populate_in_parallel(std::size_t n) noexcept;
 
  private:
   void ensure(std::size_t n, bool writing) {
@@ -100,10 +105,10 @@ class Input {
   // faults in 8 MiB, where writing into fresh pages took a fault per 4 KiB page, the larger
   // part of inflating a gzip bomb up to the limit on a virtual machine. Elsewhere (older
   // kernels, other systems) the pages fault in as they are written, as before.
+  static constexpr std::size_t kStep = std::size_t{8} << 20;
+  static constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, absent from older headers
   void populate(std::size_t upto) noexcept {
 #if defined(__linux__)
-    constexpr std::size_t kStep = std::size_t{8} << 20;
-    constexpr int kPopulateWrite = 23;  // MADV_POPULATE_WRITE, absent from older headers
     if (capacity_ < 2 * kStep || upto <= populated_ || populate_failed_) return;
     const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
     const auto base = reinterpret_cast<std::uintptr_t>(data_);

@@ -76,6 +76,9 @@ constexpr std::size_t kChunk = std::size_t{1} << 18;  // 256 KiB reads and infla
 std::size_t read_some(const std::string& path, int fd, char* p, std::size_t n);
 // Reads `path` whole (inflating gzip) into `out`, within load.max_input_bytes.
 void read_input(const std::string& path, const LoadOptions& load, Input& out);
+// The threads a load may use: the calling thread's task arena's, within a
+// tbb::global_control's max_allowed_parallelism (input.cpp).
+std::size_t load_threads() noexcept;
 // The fast path for a regular gzip file of one member whose trailer gives its inflated size
 // `isize` (<= load.max_input_bytes, at least 8x the file's size): the compressed file read whole and inflated by
 // libdeflate into exactly `isize` bytes of `out` (empty on entry). Returns false, having

@@ -36,7 +36,6 @@
 #include <utility>
 
 #include <oneapi/tbb/blocked_range.h>
-#include <oneapi/tbb/global_control.h>
 #include <oneapi/tbb/parallel_for.h>
 #include <oneapi/tbb/partitioner.h>
 #include <oneapi/tbb/task_arena.h>
@@ -156,10 +155,7 @@ namespace {
 std::vector<std::unique_ptr<DocPart>> split_and_parse(Input& input, const LoadOptions& load) {
   const std::size_t size = input.size();
   if (load.parallel_min_bytes == 0 || size < load.parallel_min_bytes) return {};
-  // The threads that could run the parts: the arena's, within a tbb::global_control's limit.
-  const std::size_t threads = std::min<std::size_t>(
-      static_cast<std::size_t>(std::max(1, tbb::this_task_arena::max_concurrency())),
-      tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism));
+  const std::size_t threads = load_threads();
   const std::size_t min_part = std::max<std::size_t>(1, load.parallel_min_bytes / 2);
   const std::size_t wanted = std::min(threads, size / min_part);
   if (wanted < 2) return {};

@@ -5,6 +5,11 @@
 #include <oneapi/tbb/task_arena.h>
 #include <oneapi/tbb/task_group.h>
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <set>
 
 #include <string>
@@ -234,6 +239,34 @@ TEST(ParallelLoad, GlobalControlBoundsTheParts) {
     EXPECT_FALSE(loaded_in_parts(d, 256, 4));
   }
   EXPECT_TRUE(loaded_in_parts(d, 256, 4));
+}
+
+// A large plain file (over 16 MiB, so its buffer is faulted in as several chunks on the
+// arena's threads before it is read) loads as its text parses, at 1 and 4 threads.
+TEST(ParallelLoad, LargePlainFileLoadsAsItsTextParses) {
+  const std::string d = doc(80000, "\"model\":\"m\",", "");
+  ASSERT_GT(d.size(), std::size_t{16} << 20);
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("nodemeta_parallel_load_test_" + std::to_string(::getpid()) + ".json")).string();
+  {
+    std::ofstream out(path, std::ios::binary);
+    out << d;
+  }
+  LoadOptions whole;
+  whole.parallel_min_bytes = 0;
+  const Graph want = parse_graph(d, path, {}, whole);
+  for (int threads : {1, 4}) {
+    tbb::task_arena arena(threads);
+    arena.execute([&] {
+      int builds = 0;
+      LoadOptions o;
+      o.progress = [&](const LoadProgress& p) { builds += p.phase == LoadProgress::Phase::kBuild; };
+      const Graph g = load_graph(path, {}, o);
+      EXPECT_EQ(first_difference(want, g), "") << threads << " threads";
+      EXPECT_EQ(builds == 1, threads > 1) << threads << " threads";
+    });
+  }
+  std::remove(path.c_str());
 }
 
 }  // namespace
