@@ -76,7 +76,7 @@ struct LoadOptions {
   std::uint64_t max_input_bytes = kDefaultMaxInputBytes;
   std::size_t max_depth = kDefaultMaxDepth;
   std::function<void(const LoadProgress&)> progress{};
-  std::size_t parallel_min_bytes = std::size_t{4} << 20;
+  std::size_t parallel_min_bytes = std::size_t{1} << 20;
 };
 
 // Thread safety: loading and parsing build independent graphs and may run concurrently.
