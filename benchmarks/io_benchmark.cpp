@@ -3,11 +3,14 @@
 //
 //   nodemeta_io_benchmark --graph=PATH [--reps=N]   load, parse-only floor and save times
 //   nodemeta_io_benchmark --peak=PATH                peak memory of one load (own process)
+//   --threads=N (with either): the threads a load may use (a tbb::global_control for the
+//   whole run; default 1). A graph of LoadOptions::parallel_min_bytes or more is loaded
+//   (and its floor parsed) in parts on up to N threads.
 //   nodemeta_io_benchmark --bomb=DIR                 a 2 MiB gzip file of 2 GiB of spaces,
 //                                                    loaded with the default limit in a
 //                                                    child process: time and peak RSS
 //
-// Times are the median of N runs (default 15) after one untimed run, on one thread:
+// Times are the median of N runs (default 15) after one untimed run, on --threads threads:
 // - load: load_graph (read, inflate, parse, validate, build the store);
 // - floor: graph::detail::parse_only (the same read, inflate and parse, then a walk over
 //   every value, building nothing);
@@ -27,6 +30,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include <oneapi/tbb/global_control.h>
 
 #include <nodemeta/graph/graph_io.h>
 
@@ -145,10 +150,14 @@ int bomb(const std::string& dir) {
 
 int main(int argc, char** argv) {
   int reps = 15;
+  int threads = 1;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a.rfind("--reps=", 0) == 0) reps = std::max(1, std::atoi(a.c_str() + 7));
+    if (a.rfind("--threads=", 0) == 0) threads = std::max(1, std::atoi(a.c_str() + 10));
   }
+  const tbb::global_control parallelism(tbb::global_control::max_allowed_parallelism,
+                                        static_cast<std::size_t>(threads));
   try {
     for (int i = 1; i < argc; ++i) {
       const std::string a = argv[i];
@@ -160,6 +169,6 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "nodemeta_io_benchmark: %s\n", e.what());
     return 1;
   }
-  std::fprintf(stderr, "usage: nodemeta_io_benchmark --graph=PATH [--reps=N] | --peak=PATH | --bomb=DIR\n");
+  std::fprintf(stderr, "usage: nodemeta_io_benchmark --graph=PATH [--reps=N] [--threads=N] | --peak=PATH [--threads=N] | --bomb=DIR\n");
   return 2;
 }

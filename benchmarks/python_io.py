@@ -12,7 +12,8 @@ With --nodemeta-bench (nodemeta_io_benchmark) and --nodemeta-cli (the nodemeta c
 both sides are measured interleaved, repetition by repetition, so that load from other
 processes falls on both alike:
 - warm: Python's json.load in this process, then nodemeta_io_benchmark --reps=1 (its load
-  after one untimed load, in its own process);
+  after one untimed load, in its own process) on every core, as load_graph runs by default
+  and as `nodemeta run` loads in the cold column (a graph of 1 MiB or more in parts);
 - cold: the first json.load in a fresh /usr/bin/python3 (imports done before the clock), then
   `nodemeta run GRAPH`'s reported load in a fresh process.
 It adds the medians, the MB/s of JSON text of each, each series' spread ((max - min) /
@@ -54,7 +55,7 @@ def interleaved(graph, reps, bench, cli, load):
         t0 = time.perf_counter()
         load()
         py_warm.append((time.perf_counter() - t0) * 1e3)
-        r = json.loads(subprocess.run([bench, "--graph=" + graph, "--reps=1"], check=True,
+        r = json.loads(subprocess.run([bench, "--graph=" + graph, "--reps=1", f"--threads={os.cpu_count() or 1}"], check=True,
                                       capture_output=True, text=True).stdout.splitlines()[-1])
         nm_warm.append(r["load_ms"])
         text_bytes = r["inflated_bytes"]

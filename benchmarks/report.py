@@ -388,8 +388,10 @@ def io_section(L, results):
     if inter:
         L.append("**Warm and cold loads, interleaved** (`benchmarks/python_io.py --nodemeta-bench=... "
                  "--nodemeta-cli=...`, issue 22): repetition by repetition, Python's warm `json.load` (in the "
-                 "driver), nodemeta's warm load (`nodemeta_io_benchmark --reps=1`), Python's first `json.load` in "
-                 "a fresh `/usr/bin/python3` and `nodemeta run`'s reported load in a fresh process; medians, MB/s "
+                 "driver), nodemeta's warm load (`nodemeta_io_benchmark --reps=1 --threads=<cores>`), Python's first "
+                 "`json.load` in a fresh `/usr/bin/python3` and `nodemeta run`'s reported load in a fresh process "
+                 "(both nodemeta sides on every core, as `load_graph` runs by default: a graph of 1 MiB or more "
+                 "loads in parts); medians, MB/s "
                  "of JSON text. A row with a spread over 30% or a Python rate outside 20-2000 MB/s is marked "
                  "noisy and gets no verdict.")
         L.append("")

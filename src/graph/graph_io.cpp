@@ -101,8 +101,11 @@ std::size_t parse_only(const std::string& path, const LoadOptions& load) {
   read_input(path, load, input);
   // The same parse as load_graph's: in parts, in parallel, when it splits.
   if (auto parts = io::parse_in_parts(input, load); !parts.empty()) {
-    std::size_t n = 0;
-    for (const auto& part : parts) n += walk(part->root);
+    // The document's values: every part's but the array each later part is wrapped in, and
+    // a copied last part's own object.
+    std::size_t n = walk(parts.front()->root);
+    for (std::size_t k = 1; k < parts.size(); ++k) n += walk(parts[k]->root) - 1;
+    if (parts.back()->root.type() == simdjson::dom::element_type::OBJECT) n -= 1;
     return n;
   }
   simdjson::dom::parser parser;

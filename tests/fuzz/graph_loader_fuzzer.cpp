@@ -20,6 +20,7 @@
 #include <cstdlib>
 #include <string>
 
+#include <oneapi/tbb/global_control.h>
 #include <oneapi/tbb/task_arena.h>
 
 #include "nodemeta/graph/graph_io.h"
@@ -51,6 +52,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   LoadOptions in_parts = load;
   in_parts.parallel_min_bytes = 64;
   static tbb::task_arena arena(3);
+  // The parts are bounded by the global limit too (by default the machine's CPUs).
+  static const tbb::global_control parallelism(tbb::global_control::max_allowed_parallelism, 3);
   Graph parts_graph;
   std::string parts_error;
   bool parts_loaded = false;

@@ -1,5 +1,7 @@
 // Loading in parts (src/graph/split.cpp): the graph and every error are the serial load's,
-// whatever the boundaries guessed and however many parts (1, 2, 3 and 8 threads).
+// whatever the boundaries guessed and however many parts (1, 2, 3 and 8 threads). Each
+// arena of n threads comes with a global_control of n, because the parts are bounded by
+// both (the default limit is the machine's CPUs), so that a 2-CPU machine tests 3 and 8.
 #include <gtest/gtest.h>
 #include <oneapi/tbb/global_control.h>
 #include <oneapi/tbb/task_arena.h>
@@ -56,6 +58,7 @@ std::string load(const std::string& json, std::size_t min_bytes, int threads, Gr
   o.parallel_min_bytes = min_bytes;
   std::string r;
   tbb::task_arena arena(threads);
+  const tbb::global_control parallelism(tbb::global_control::max_allowed_parallelism, threads);
   arena.execute([&] {
     try {
       Graph g = parse_graph(json, "doc", {}, o);
@@ -77,6 +80,7 @@ bool loaded_in_parts(const std::string& json, std::size_t min_bytes, int threads
   std::vector<LoadProgress> build;
   bool other_thread = false;
   tbb::task_arena arena(threads);
+  const tbb::global_control parallelism(tbb::global_control::max_allowed_parallelism, threads);
   arena.execute([&] {
     const auto me = std::this_thread::get_id();
     o.progress = [&](const LoadProgress& p) {
@@ -161,6 +165,7 @@ TEST(ParallelLoad, DepthLimitIsExactAcrossParts) {
       p.parallel_min_bytes = 256;
       std::string a, b;
       tbb::task_arena arena(threads);
+      const tbb::global_control parallelism(tbb::global_control::max_allowed_parallelism, threads);
       arena.execute([&] {
         try { a = "ok " + std::to_string(parse_graph(s, "doc", {}, o).size()); } catch (const GraphError& e) { a = e.what(); }
         try { b = "ok " + std::to_string(parse_graph(s, "doc", {}, p).size()); } catch (const GraphError& e) { b = e.what(); }
@@ -179,6 +184,7 @@ TEST(ParallelLoad, ACancelledEnclosingTaskGroupSkipsNoPart) {
     std::string got;
     bool in_parts = false;
     tbb::task_arena arena(4);
+    const tbb::global_control parallelism(tbb::global_control::max_allowed_parallelism, 4);
     arena.execute([&] {
       tbb::task_group tg;
       tg.run([&] {
@@ -257,6 +263,7 @@ TEST(ParallelLoad, LargePlainFileLoadsAsItsTextParses) {
   const Graph want = parse_graph(d, path, {}, whole);
   for (int threads : {1, 4}) {
     tbb::task_arena arena(threads);
+    const tbb::global_control parallelism(tbb::global_control::max_allowed_parallelism, threads);
     arena.execute([&] {
       int builds = 0;
       LoadOptions o;
@@ -265,6 +272,33 @@ TEST(ParallelLoad, LargePlainFileLoadsAsItsTextParses) {
       EXPECT_EQ(first_difference(want, g), "") << threads << " threads";
       EXPECT_EQ(builds == 1, threads > 1) << threads << " threads";
     });
+  }
+  std::remove(path.c_str());
+}
+
+// The parse-only floor (detail::parse_only) parses in parts too, and counts the document's
+// values whatever the parts: the serial count at 1, 2, 3 and 8 threads, "nodes" last or not.
+TEST(ParallelLoad, ParseOnlyCountsTheDocumentsValuesInParts) {
+  const std::string path = (std::filesystem::temp_directory_path() /
+                            ("nodemeta_parallel_load_test_floor_" + std::to_string(::getpid()) + ".json")).string();
+  for (const std::string& d : {doc(5000, "\"model\":\"m\",", ""), doc(5000, "", ",\"after\":[{\"id\":1},{\"id\":2}]")}) {
+    {
+      std::ofstream out(path, std::ios::binary);
+      out << d;
+    }
+    LoadOptions whole;
+    whole.parallel_min_bytes = 0;
+    const std::size_t want = detail::parse_only(path, whole);
+    for (int threads : {1, 2, 3, 8}) {
+      tbb::task_arena arena(threads);
+      const tbb::global_control parallelism(tbb::global_control::max_allowed_parallelism, threads);
+      arena.execute([&] {
+        LoadOptions o;
+        o.parallel_min_bytes = 256;
+        EXPECT_EQ(detail::parse_only(path, o), want) << threads << " threads";
+      });
+    }
+    ASSERT_TRUE(loaded_in_parts(d, 256, 2));
   }
   std::remove(path.c_str());
 }

@@ -54,8 +54,9 @@ namespace nodemeta::graph {
 //   An exception it throws aborts the load (nothing is left half-built).
 // - parallel_min_bytes: JSON text at least this large is split between nodes into parts
 //   that are parsed and built in parallel, as many as the calling thread's task arena has
-//   threads (tbb::this_task_arena::max_concurrency(), so a tbb::global_control or a
-//   task_arena bounds it), each at least half this size; 0 never splits. The graph is the
+//   threads (tbb::this_task_arena::max_concurrency()) within tbb::global_control's
+//   max_allowed_parallelism (by default the process's CPUs), each at least half this size;
+//   0 never splits. The graph is the
 //   same at every thread count (what fails is refused with the same message too); only the
 //   store's node ids, which follow creation order, are not the nodes' order. While a
 //   document is loaded in parts, progress reports the build once, at the end, and is still
