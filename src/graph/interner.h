@@ -95,7 +95,7 @@ class Interner {
 
   struct Slot {
     std::uint64_t hash = 0;
-    const Value* value = nullptr;  // into pool_; null: empty
+    const Value* value = nullptr;  // into pool_ (or the SharedInterner's); null: empty
   };
 
   static std::uint64_t mix(std::uint64_t a, std::uint64_t b) noexcept {
