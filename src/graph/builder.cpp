@@ -14,12 +14,6 @@
 #include <utility>
 #include <vector>
 
-#include <oneapi/tbb/blocked_range.h>
-#include <oneapi/tbb/parallel_for.h>
-#include <oneapi/tbb/partitioner.h>
-#include <oneapi/tbb/task_arena.h>
-#include <oneapi/tbb/task_group.h>
-
 #include "input.h"
 #include "interner.h"
 #include "io_internal.h"
@@ -127,11 +121,7 @@ class GraphBuilder {
     if (nodes_el.type() != element_type::ARRAY) fail_at("nodes", "expected an array, got " + kind_word(nodes_el));
     check_attrs(attrs);
     simdjson::dom::array nodes = array_of(nodes_el);
-    std::size_t count = nodes.size();  // saturates at 0xFFFFFF: then count them
-    if (count >= 0xFFFFFF) {
-      count = 0;
-      for ([[maybe_unused]] element e : nodes) ++count;
-    }
+    const std::size_t count = length_of(nodes);
     // A torch.fx graph ends with exactly one output node, which nothing reads.
     if (count == 0) fail_at("nodes", "no nodes (a graph has at least its output node, last)");
     count_ = count;
@@ -183,35 +173,22 @@ class GraphBuilder {
     MetadataStore& store = graph->store();
     try {
       SharedInterner shared;
-      // Its own context: a cancellation of the caller's task group (another iteration of an
-      // enclosing parallel_for throwing) must not skip parts; each part's nodes are counted
-      // below anyway.
-      tbb::task_group_context context(tbb::task_group_context::isolated);
-      tbb::this_task_arena::isolate([&] {
-        tbb::parallel_for(
-            tbb::blocked_range<std::size_t>(0, parts.size(), 1),
-            [&](const tbb::blocked_range<std::size_t>& r) {
-              for (std::size_t k = r.begin(); k != r.end(); ++k) {
-                try {
-                  GraphBuilder part(*this, shared);
-                  std::vector<Node>& out = built[k];
-                  out.reserve(parts[k]->count);
-                  std::size_t i = offset[k];
-                  for (element n : parts[k]->nodes) {
-                    if (failed.load(std::memory_order_relaxed)) return;
-                    part.add_node(n, i++, nullptr, [&](std::string_view name, std::string_view op,
-                                                       std::string_view target, const std::vector<std::size_t>& inputs,
-                                                       std::span<const KeyValue> kv) {
-                      out.push_back(Node{std::string(name), std::string(op), std::string(target), inputs,
-                                         store.create(kv)});
-                    });
-                  }
-                } catch (...) {  // refused, or out of memory: built again in order below
-                  failed.store(true, std::memory_order_relaxed);
-                }
-              }
-            },
-            tbb::simple_partitioner(), context);
+      for_each_part(parts.size(), [&](std::size_t k) {
+        try {
+          GraphBuilder part(*this, shared);
+          std::vector<Node>& out = built[k];
+          out.reserve(parts[k]->count);
+          std::size_t i = offset[k];
+          for (element n : parts[k]->nodes) {
+            if (failed.load(std::memory_order_relaxed)) return;
+            part.add_node(n, i++, nullptr, [&](std::string_view name, std::string_view op, std::string_view target,
+                                               const std::vector<std::size_t>& inputs, std::span<const KeyValue> kv) {
+              out.push_back(Node{std::string(name), std::string(op), std::string(target), inputs, store.create(kv)});
+            });
+          }
+        } catch (...) {  // refused, or out of memory: built again in order below
+          failed.store(true, std::memory_order_relaxed);
+        }
       });
     } catch (...) {  // oneTBB could not run it (out of memory): built in order below
       failed = true;

@@ -28,6 +28,18 @@ std::size_t load_threads() noexcept {
                                tbb::global_control::active_value(tbb::global_control::max_allowed_parallelism));
 }
 
+void for_each_part(std::size_t n, const std::function<void(std::size_t)>& body) {
+  tbb::task_group_context context(tbb::task_group_context::isolated);
+  tbb::this_task_arena::isolate([&] {
+    tbb::parallel_for(
+        tbb::blocked_range<std::size_t>(0, n, 1),
+        [&](const tbb::blocked_range<std::size_t>& r) {
+          for (std::size_t k = r.begin(); k != r.end(); ++k) body(k);
+        },
+        tbb::simple_partitioner(), context);
+  });
+}
+
 void Input::populate_in_parallel(std::size_t n) noexcept {
 #if defined(__linux__)
   const std::uintptr_t page = static_cast<std::uintptr_t>(::sysconf(_SC_PAGESIZE));
@@ -38,18 +50,10 @@ void Input::populate_in_parallel(std::size_t n) noexcept {
   const std::size_t chunks = (to - from + kStep - 1) / kStep;
   std::atomic<bool> failed{false};
   try {
-    tbb::task_group_context context(tbb::task_group_context::isolated);
-    tbb::this_task_arena::isolate([&] {
-      tbb::parallel_for(
-          tbb::blocked_range<std::size_t>(0, chunks, 1),
-          [&](const tbb::blocked_range<std::size_t>& r) {
-            for (std::size_t k = r.begin(); k != r.end(); ++k) {
-              const std::uintptr_t a = from + k * kStep;
-              const std::uintptr_t b = std::min(to, a + kStep);
-              if (::madvise(reinterpret_cast<void*>(a), b - a, kPopulateWrite) != 0) failed = true;
-            }
-          },
-          tbb::simple_partitioner(), context);
+    for_each_part(chunks, [&](std::size_t k) {
+      const std::uintptr_t a = from + k * kStep;
+      const std::uintptr_t b = std::min(to, a + kStep);
+      if (::madvise(reinterpret_cast<void*>(a), b - a, kPopulateWrite) != 0) failed = true;
     });
   } catch (...) {  // oneTBB could not run it: the pages fault in as they are written
     return;

@@ -79,6 +79,12 @@ void read_input(const std::string& path, const LoadOptions& load, Input& out);
 // The threads a load may use: the calling thread's task arena's, within a
 // tbb::global_control's max_allowed_parallelism (input.cpp).
 std::size_t load_threads() noexcept;
+// Runs body(k) for every k in [0, n), one task each, on the calling thread's task arena, and
+// returns when all have run: isolated (the calling thread runs nothing else meanwhile) and
+// in its own task_group_context, so that a cancellation of the caller's task group (another
+// iteration of an enclosing parallel_for throwing) cannot skip any. An exception, body's
+// or oneTBB's own (out of memory), propagates once the tasks have stopped (input.cpp).
+void for_each_part(std::size_t n, const std::function<void(std::size_t)>& body);
 // The fast path for a regular gzip file of one member whose trailer gives its inflated size
 // `isize` (<= load.max_input_bytes, at least 8x the file's size): the compressed file read whole and inflated by
 // libdeflate into exactly `isize` bytes of `out` (empty on entry). Returns false, having
@@ -105,6 +111,15 @@ Graph parse_input(Input& input, std::string_view source, StoreOptions options, c
 inline simdjson::dom::array array_of(simdjson::dom::element e) noexcept { return simdjson::dom::array(e); }
 inline simdjson::dom::object object_of(simdjson::dom::element e) noexcept { return simdjson::dom::object(e); }
 inline std::string_view string_of(simdjson::dom::element e) noexcept { return std::string_view(e); }
+// An array's length (simdjson's size() saturates at 0xFFFFFF: then they are counted).
+inline std::size_t length_of(simdjson::dom::array a) noexcept {
+  std::size_t n = a.size();
+  if (n >= 0xFFFFFF) {
+    n = 0;
+    for ([[maybe_unused]] simdjson::dom::element e : a) ++n;
+  }
+  return n;
+}
 
 // ---- the writer (writer.cpp) -------------------------------------------------------------
 

@@ -35,12 +35,6 @@
 #include <string_view>
 #include <utility>
 
-#include <oneapi/tbb/blocked_range.h>
-#include <oneapi/tbb/parallel_for.h>
-#include <oneapi/tbb/partitioner.h>
-#include <oneapi/tbb/task_arena.h>
-#include <oneapi/tbb/task_group.h>
-
 namespace nodemeta::graph::io {
 namespace {
 
@@ -113,15 +107,6 @@ NodesKeys nodes_keys(simdjson::dom::object o) {
     if (r.last) r.last_nodes = array_of(field.value);
   }
   return r;
-}
-
-std::size_t count_of(simdjson::dom::array a) {
-  std::size_t n = a.size();  // saturates at 0xFFFFFF: then count them
-  if (n >= 0xFFFFFF) {
-    n = 0;
-    for ([[maybe_unused]] element e : a) ++n;
-  }
-  return n;
 }
 
 // A byte lent to a part parsed in place, and what it was.
@@ -273,7 +258,7 @@ std::vector<std::unique_ptr<DocPart>> split_and_parse(Input& input, const LoadOp
       if (n.count != 1 || !(kind == Kind::kFirst ? n.last : n.first)) return false;
       part.nodes = kind == Kind::kFirst ? n.last_nodes : n.first_nodes;
     }
-    part.count = count_of(part.nodes);
+    part.count = length_of(part.nodes);
     return true;
   };
   std::atomic<bool> failed{false};
@@ -286,25 +271,15 @@ std::vector<std::unique_ptr<DocPart>> split_and_parse(Input& input, const LoadOp
   };
   std::atomic<std::size_t> parsed{0};
   try {
-    // Its own context: a cancellation of the caller's task group must not skip parts (they
-    // are counted anyway).
-    tbb::task_group_context context(tbb::task_group_context::isolated);
-    tbb::this_task_arena::isolate([&] {
-      tbb::parallel_for(
-          tbb::blocked_range<std::size_t>(0, plan.size(), 1),
-          [&](const tbb::blocked_range<std::size_t>& r) {
-            for (std::size_t k = r.begin(); k != r.end(); ++k) {
-              if (failed.load(std::memory_order_relaxed)) return;
-              bool ok = false;
-              try {
-                ok = parse_part(k);
-              } catch (...) {  // not enough memory for a copy
-              }
-              if (!ok) failed.store(true, std::memory_order_relaxed);
-              parsed.fetch_add(ok ? 1 : 0, std::memory_order_relaxed);
-            }
-          },
-          tbb::simple_partitioner(), context);
+    for_each_part(plan.size(), [&](std::size_t k) {
+      if (failed.load(std::memory_order_relaxed)) return;
+      bool ok = false;
+      try {
+        ok = parse_part(k);
+      } catch (...) {  // not enough memory for a copy
+      }
+      if (!ok) failed.store(true, std::memory_order_relaxed);
+      parsed.fetch_add(ok ? 1 : 0, std::memory_order_relaxed);  // a cancelled part is not counted
     });
   } catch (...) {  // oneTBB could not run it (out of memory)
     failed = true;
