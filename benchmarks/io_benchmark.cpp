@@ -3,7 +3,10 @@
 //
 //   nodemeta_io_benchmark --graph=PATH [--reps=N]   load, parse-only floor and save times
 //   nodemeta_io_benchmark --peak=PATH                peak memory of one load (own process)
-//   --threads=N (with either): the threads a load may use (a tbb::global_control for the
+//   nodemeta_io_benchmark --parts=PATH [--reps=N]   the load and the floor whole and in parts,
+//                                                    alternated rep by rep (serial, in parts,
+//                                                    serial, ...), on --threads (default 2)
+//   --threads=N (with any): the threads a load may use (a tbb::global_control for the
 //   whole run; default 1). A graph of LoadOptions::parallel_min_bytes or more is loaded
 //   (and its floor parsed) in parts on up to N threads.
 //   nodemeta_io_benchmark --bomb=DIR                 a 2 MiB gzip file of 2 GiB of spaces,
@@ -54,6 +57,39 @@ double median_ms(int reps, F&& f) {
 }
 
 std::string base_name(const std::string& path) { return fs::path(path).filename().string(); }
+
+// Loading whole (parallel_min_bytes 0) against loading in parts (the default), both sides
+// alternated repetition by repetition so that other load on the machine falls on both.
+int parts(const std::string& path, int reps, int threads) {
+  nodemeta::graph::LoadOptions whole;
+  whole.parallel_min_bytes = 0;
+  const nodemeta::graph::LoadOptions in_parts;
+  std::vector<double> ls, lp, fs_, fp;
+  const auto ms = [](auto&& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  };
+  (void)nodemeta::graph::load_graph(path, {}, in_parts);  // warm
+  const std::string diff = nodemeta::graph::first_difference(nodemeta::graph::load_graph(path, {}, whole),
+                                                             nodemeta::graph::load_graph(path, {}, in_parts));
+  for (int i = 0; i < reps; ++i) {
+    ls.push_back(ms([&] { (void)nodemeta::graph::load_graph(path, {}, whole); }));
+    lp.push_back(ms([&] { (void)nodemeta::graph::load_graph(path, {}, in_parts); }));
+    fs_.push_back(ms([&] { (void)nodemeta::graph::detail::parse_only(path, whole); }));
+    fp.push_back(ms([&] { (void)nodemeta::graph::detail::parse_only(path, in_parts); }));
+  }
+  const auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+  };
+  std::printf(
+      "{\"graph\": \"%s\", \"threads\": %d, \"load_whole_ms\": %.4f, \"load_parts_ms\": %.4f, "
+      "\"speedup\": %.3f, \"floor_whole_ms\": %.4f, \"floor_parts_ms\": %.4f, \"same_graph\": %s}\n",
+      base_name(path).c_str(), threads, median(ls), median(lp),
+      median(ls) / median(lp), median(fs_), median(fp), diff.empty() ? "true" : "false");
+  return diff.empty() ? 0 : 1;
+}
 
 int times(const std::string& path, int reps) {
   const bool gz = path.size() > 3 && path.compare(path.size() - 3, 3, ".gz") == 0;
@@ -152,6 +188,9 @@ int main(int argc, char** argv) {
   int reps = 15;
   int threads = 1;
   for (int i = 1; i < argc; ++i) {
+    if (std::string_view(argv[i]).rfind("--parts=", 0) == 0) threads = 2;  // its default
+  }
+  for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a.rfind("--reps=", 0) == 0) reps = std::max(1, std::atoi(a.c_str() + 7));
     if (a.rfind("--threads=", 0) == 0) threads = std::max(1, std::atoi(a.c_str() + 10));
@@ -163,12 +202,13 @@ int main(int argc, char** argv) {
       const std::string a = argv[i];
       if (a.rfind("--graph=", 0) == 0) return times(a.substr(8), reps);
       if (a.rfind("--peak=", 0) == 0) return peak(a.substr(7));
+      if (a.rfind("--parts=", 0) == 0) return parts(a.substr(8), reps, threads);
       if (a.rfind("--bomb=", 0) == 0) return bomb(a.substr(7));
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "nodemeta_io_benchmark: %s\n", e.what());
     return 1;
   }
-  std::fprintf(stderr, "usage: nodemeta_io_benchmark --graph=PATH [--reps=N] [--threads=N] | --peak=PATH [--threads=N] | --bomb=DIR\n");
+  std::fprintf(stderr, "usage: nodemeta_io_benchmark --graph=PATH [--reps=N] [--threads=N] | --peak=PATH [--threads=N] | --parts=PATH [--reps=N] [--threads=N] | --bomb=DIR\n");
   return 2;
 }
