@@ -4,9 +4,11 @@ per operation, and per pass, interleaved in one process.
 
   --mode=ops     timeit per op (one thread): reads, writes of each value type, iteration,
                  copy, creation, on dict, on nodemeta.NodeMetadata (a store without
-                 protected keys, as a torch.fx user replacing node.meta would use) and on
-                 PyTorch's class (benchmarks/python_original.py) where it has the op.
-                 Repetitions interleave the three, so noise hits all of them.
+                 protected keys, as a torch.fx user replacing node.meta would use), on
+                 PyTorch's class (benchmarks/python_original.py) where it has the op, and
+                 for md[k], k in md and len(md) on a types.MappingProxyType of a dict (the
+                 floor for any mapping that is not exactly a dict). Repetitions interleave
+                 them, so noise hits all of them.
   --mode=passes  on a traced torchvision model: (a) a Python pass that reads tensor_meta
                  and writes one key per node, (b) ShapeProp then that pass, each on the
                  graph with dict metas and with NodeMetadata metas (attached), interleaved.
@@ -23,6 +25,7 @@ import platform
 import statistics
 import sys
 import timeit
+import types
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -67,9 +70,9 @@ READS = [
     ("md[k] (node C++ wrote, cache rebuilt)", "md['val']", "dc"),
     ("get (hit)", "md.get('val')", "dn"),
     ("get (miss)", "md.get('nope')", "dn"),
-    ("md[k]", "md['val']", "dno"),
-    ("k in md", "'val' in md", "dno"),
-    ("len(md)", "len(md)", "dn"),
+    ("md[k]", "md['val']", "dnop"),
+    ("k in md", "'val' in md", "dnop"),
+    ("len(md)", "len(md)", "dnp"),
 ]
 OTHERS = [
     ("for k in md", "for k in md: pass", "dn"),
@@ -102,6 +105,10 @@ def make_impls():
         "n": ("nodemeta", nm, store.create(data)),
         "c": ("nodemeta", nm, clean),
         "o": ("original", original.NodeMetadata, original.NodeMetadata(data)),
+        # The floor for any mapping that is not exactly a dict: CPython 3.11 specializes
+        # md[k] for an exact dict only (BINARY_SUBSCR_DICT), and a mappingproxy is the thinnest
+        # C wrapper of one (its slots call the dict's).
+        "p": ("mappingproxy", types.MappingProxyType, types.MappingProxyType(dict(data))),
     }, data, store
 
 
@@ -117,7 +124,8 @@ def mode_ops(reps, number):
     values = sample_values()
     impls, data, store = make_impls()
     # C(data) for nodemeta: a node of the same store (NodeMetadata(data) is the default store's).
-    classes = {"d": dict, "n": nodemeta.NodeMetadata, "c": nodemeta.NodeMetadata, "o": original.NodeMetadata}
+    classes = {"d": dict, "n": nodemeta.NodeMetadata, "c": nodemeta.NodeMetadata, "o": original.NodeMetadata,
+               "p": types.MappingProxyType}
     specs = rows_spec(values)
     timers = {}
     for name, stmt, which, vname in specs:
@@ -151,6 +159,8 @@ def mode_ops(reps, number):
             row["nodemeta_over_dict"] = round(statistics.median(ratios), 2)
             row["ratio_min"] = round(ratios[0], 2)
             row["ratio_max"] = round(ratios[-1], 2)
+        if "p" in per:
+            row["mappingproxy_over_dict"] = round(statistics.median(p / d for p, d in zip(per["p"], per["d"])), 2)
         rows.append(row)
     return {"mode": "ops", "reps": reps, "number": number, "loop_ns": round(loop_ns, 1), "rows": rows,
             "note": "ns per op, timeit's loop included (loop_ns is an empty statement's)"}

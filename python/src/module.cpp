@@ -15,6 +15,10 @@
 #if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030C0000
 #error "nodemeta's Python module is written for CPython 3.11 (its node cache uses 3.11's dict internals)"
 #endif
+// The keys table's layout, for the initial-metadata key check (keys_known_valid below).
+#define Py_BUILD_CORE 1
+#include <internal/pycore_dict.h>
+#undef Py_BUILD_CORE
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <structmember.h>
@@ -29,6 +33,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -304,6 +309,9 @@ void clear_valid_keys() {
   for (PyObject*& o : g_valid_keys) Py_CLEAR(o);
 }
 
+// Whether `key` passed valid_key before and is remembered (a str object is immutable).
+inline bool known_valid_key(PyObject* key) { return g_valid_keys[valid_key_slot(key)] == key; }
+
 bool valid_key(PyObject* key) {
   PyObject*& cached = g_valid_keys[valid_key_slot(key)];
   if (cached == key) return true;
@@ -342,11 +350,95 @@ PyObject* key_object(std::string_view name) {
 
 Py_ssize_t dict_size(PyObject* d) { return reinterpret_cast<PyDictObject*>(d)->ma_used; }
 
+// The cache's reads: a node's cache is a dict of exact str keys, a combined table (of the
+// str kind, or of the general kind when it was presized: a rebuilt or sorted cache), and
+// its keys are the interned key names the reader passes. So a read probes the table itself,
+// as CPython 3.11's lookups do, but compares identities only: a hit is the same str object;
+// the probe ends at an empty slot (the key is absent: an equal str would be in the chain),
+// and any slot holding a str of the same hash that is not `key` (maybe an equal str that is
+// another object) answers kUnsure, as does a split table or a str with no cached hash;
+// dict_get_str then asks CPython. This is what md[k] and md.get(k) cost beyond a dict's own
+// BINARY_SUBSCR_DICT and dict.get: the call into CPython's lookup and, for a miss,
+// PyErr_Occurred. Reads only, GIL held.
+enum class Probe { kHit, kMiss, kUnsure };
+
+template <typename Index, typename Entry>
+[[gnu::always_inline]] inline Probe probe_table(const PyDictKeysObject* dk, const Entry* entries, PyObject* key,
+                                                Py_hash_t h, PyObject** value) {
+  const auto* indices = reinterpret_cast<const Index*>(dk->dk_indices);
+  const std::size_t mask = (std::size_t{1} << dk->dk_log2_size) - 1;
+  std::size_t perturb = static_cast<std::size_t>(h);
+  std::size_t i = static_cast<std::size_t>(h) & mask;
+  for (;;) {
+    const Py_ssize_t ix = indices[i];
+    if (ix >= 0) {
+      const Entry& e = entries[ix];
+      if (e.me_key == key) {
+        *value = e.me_value;
+        return Probe::kHit;
+      }
+      if constexpr (std::is_same_v<Entry, PyDictKeyEntry>) {
+        if (e.me_hash == h) return Probe::kUnsure;  // maybe an equal str
+      } else {
+        if (reinterpret_cast<PyASCIIObject*>(e.me_key)->hash == h) return Probe::kUnsure;
+      }
+    } else if (ix == DKIX_EMPTY) {
+      return Probe::kMiss;
+    }
+    perturb >>= 5;  // PERTURB_SHIFT
+    i = mask & (i * 5 + perturb + 1);
+  }
+}
+
+// dictkeys_get_index: the width of an index follows the table's size.
+template <typename Entry>
+[[gnu::always_inline]] inline Probe probe_entries(const PyDictKeysObject* dk, const std::int8_t* entries,
+                                                  PyObject* key, Py_hash_t h, PyObject** value) {
+  const auto* e = reinterpret_cast<const Entry*>(entries);
+  const unsigned log2size = dk->dk_log2_size;
+  if (log2size < 8) return probe_table<std::int8_t>(dk, e, key, h, value);
+  if (log2size < 16) return probe_table<std::int16_t>(dk, e, key, h, value);
+  if (log2size < 32) return probe_table<std::int32_t>(dk, e, key, h, value);
+  return probe_table<std::int64_t>(dk, e, key, h, value);
+}
+
+[[gnu::always_inline]] inline Probe probe_str(PyObject* d, PyObject* key, PyObject** value) {
+  const auto* dict = reinterpret_cast<const PyDictObject*>(d);
+  const PyDictKeysObject* dk = dict->ma_keys;
+  const Py_hash_t h = reinterpret_cast<PyASCIIObject*>(key)->hash;
+  if (dict->ma_values != nullptr || h == -1) return Probe::kUnsure;
+  const std::int8_t* entries =
+      &reinterpret_cast<const std::int8_t*>(dk->dk_indices)[std::size_t{1} << dk->dk_log2_index_bytes];
+  if (dk->dk_kind == DICT_KEYS_UNICODE) return probe_entries<PyDictUnicodeEntry>(dk, entries, key, h, value);
+  if (dk->dk_kind == DICT_KEYS_GENERAL) return probe_entries<PyDictKeyEntry>(dk, entries, key, h, value);
+  return Probe::kUnsure;
+}
+
 // d[key] for an exact str key (borrowed; nullptr: absent, or an error if PyErr_Occurred()),
 // with the str's cached hash when it has one.
 inline PyObject* dict_get_str(PyObject* d, PyObject* key) {
+  PyObject* v = nullptr;
+  switch (probe_str(d, key, &v)) {
+    case Probe::kHit: return v;
+    case Probe::kMiss: return nullptr;
+    case Probe::kUnsure: break;
+  }
   const Py_hash_t h = reinterpret_cast<PyASCIIObject*>(key)->hash;
   return h != -1 ? _PyDict_GetItem_KnownHash(d, key, h) : PyDict_GetItemWithError(d, key);
+}
+
+// As dict_get_str, with no error check to make after a miss: nullptr and *failed false:
+// absent; nullptr and *failed true: an error is set.
+inline PyObject* dict_get_str(PyObject* d, PyObject* key, bool* failed) {
+  PyObject* v = nullptr;
+  switch (probe_str(d, key, &v)) {
+    case Probe::kHit: *failed = false; return v;
+    case Probe::kMiss: *failed = false; return nullptr;
+    case Probe::kUnsure: break;
+  }
+  v = dict_get_str(d, key);
+  *failed = v == nullptr && PyErr_Occurred() != nullptr;
+  return v;
 }
 
 std::uint64_t dict_tag(PyObject* d) {
@@ -772,9 +864,43 @@ int cache_store(PyNode* n, PyObject* key, PyObject* value) {
 // A new Python node of type `tp` in the store `store_obj` (its PyStore `ps`): owning the C++
 // node `md`, or, with none, not yet in the C++ store, holding `cache` (stolen; nullptr:
 // empty).
+// A free list of nodes of exactly nodemeta.NodeMetadata, as CPython keeps for dict, list
+// and tuple (a node's GC allocation and free were a third of what creating an empty one
+// cost): md_dealloc keeps up to kFreeNodes of them, untracked and emptied, linked through
+// dirty_next, and new_node takes them back with PyObject_Init (which takes the new
+// reference to the type) before it tracks them again. GIL held throughout; emptied by
+// _shutdown. Only for a type whose instances are exactly a PyNode allocated by CPython's
+// generic allocator (checked by _set_node_type); subclasses allocate as before.
+constexpr int kFreeNodes = 80;
+PyNode* g_free_nodes = nullptr;
+int g_free_count = 0;
+bool g_free_list_ok = false;  // g_node_type qualifies
+
+PyObject* alloc_node(PyTypeObject* tp) {
+  if (tp == g_node_type && g_free_nodes != nullptr) {
+    PyNode* n = g_free_nodes;
+    g_free_nodes = n->dirty_next;
+    --g_free_count;
+    PyObject* self = PyObject_Init(reinterpret_cast<PyObject*>(n), tp);
+    PyObject_GC_Track(self);
+    return self;
+  }
+  return tp->tp_alloc(tp, 0);
+}
+
+// Frees the kept nodes (their memory only: they are not objects any more).
+void clear_free_nodes() {
+  while (g_free_nodes != nullptr) {
+    PyNode* n = g_free_nodes;
+    g_free_nodes = n->dirty_next;
+    PyObject_GC_Del(n);
+  }
+  g_free_count = 0;
+}
+
 PyObject* new_node(PyTypeObject* tp, PyObject* store_obj, PyStore* ps, std::optional<NodeMetadata> md,
                    PyObject* cache, bool unsorted) {
-  PyObject* self = tp->tp_alloc(tp, 0);
+  PyObject* self = alloc_node(tp);
   if (self == nullptr) {
     Py_XDECREF(cache);
     return nullptr;
@@ -800,6 +926,23 @@ PyTypeObject* node_type() { return g_node_type != nullptr ? g_node_type : g_base
 // A node's entries as a new dict (a copy of its fresh cache, or of its C++ snapshot).
 PyObject* node_dict(PyObject* self);
 
+// Whether every key of `d` is an exact str valid_key remembers, read straight from a
+// combined table of str keys (which holds exact str only: CPython converts the table to the
+// general kind when any other key goes in). false: not known, check the keys one by one.
+// This is the cost of checking a node's initial keys (6 keys: about 3 ns here, against
+// about 30 through PyDict_Next and a call per key).
+bool keys_known_valid(PyObject* d) {
+  const auto* dict = reinterpret_cast<PyDictObject*>(d);
+  const PyDictKeysObject* keys = dict->ma_keys;
+  if (dict->ma_values != nullptr || keys->dk_kind != DICT_KEYS_UNICODE) return false;
+  const PyDictUnicodeEntry* entries = DK_UNICODE_ENTRIES(keys);
+  for (Py_ssize_t i = 0; i < keys->dk_nentries; ++i) {
+    // A deleted entry's key is NULL.
+    if (entries[i].me_value != nullptr && !known_valid_key(entries[i].me_key)) return false;
+  }
+  return true;
+}
+
 // A new dict holding `data` (a dict, a mapping, an iterable of pairs, a node; nullptr:
 // empty) under exact, valid str keys, for a node's cache; nullptr with an error set.
 // Protected keys are allowed (the node is being built).
@@ -819,6 +962,7 @@ PyObject* cache_from(PyObject* data) {
     }
   }
   if (d == nullptr) return nullptr;
+  if (keys_known_valid(d)) return d;
   // Check the keys; str subclasses are stored under their text.
   bool exact = true;
   Py_ssize_t pos = 0;
@@ -986,7 +1130,13 @@ void md_dealloc(PyObject* self) {
   Py_CLEAR(n->cache);
   n->md.~optional();  // may release values: Python code can run
   Py_XDECREF(n->store);
-  tp->tp_free(self);
+  if (tp == g_node_type && g_free_list_ok && g_free_count < kFreeNodes) {
+    n->dirty_next = g_free_nodes;  // untracked, and no field holds a reference any more
+    g_free_nodes = n;
+    ++g_free_count;
+  } else {
+    tp->tp_free(self);
+  }
   Py_DECREF(tp);
 }
 
@@ -1091,8 +1241,9 @@ int md_contains(PyObject* self, PyObject* key) {
   if (f < 0) return -1;
   if (f > 0) {
     if (n->cache == nullptr) return 0;
-    if (dict_get_str(n->cache, key) != nullptr) return 1;
-    return PyErr_Occurred() ? -1 : 0;
+    bool failed;
+    if (dict_get_str(n->cache, key, &failed) != nullptr) return 1;
+    return failed ? -1 : 0;
   }
   std::optional<Key> k;
   if (!read_key(key, k)) return -1;
@@ -1293,9 +1444,10 @@ PyObject* md_get(PyObject* self, PyObject* const* args, Py_ssize_t nargs) {
   if (nargs == 1 && PyUnicode_CheckExact(args[0])) {  // the hot path
     PyNode* n = node_of(self);
     if (cache_fresh(n) && n->cache != nullptr) {
-      PyObject* v = dict_get_str(n->cache, args[0]);
+      bool failed;
+      PyObject* v = dict_get_str(n->cache, args[0], &failed);
       if (v == nullptr) {
-        if (PyErr_Occurred()) return nullptr;
+        if (failed) return nullptr;
         v = Py_None;
       }
       Py_INCREF(v);
@@ -1378,6 +1530,15 @@ int erase_cpp(PyNode* n, PyObject* key) {
 int md_ass_subscript(PyObject* self, PyObject* key, PyObject* value) {
   drain_pending();  // references oneTBB workers handed over (usually none: one load)
   PyNode* n = node_of(self);
+  // The hot path: md[k] = v on a dirty node whose cache is its own. prepare_write would
+  // return kCache at once without running Python code, so one protection check suffices.
+  if (value != nullptr && PyUnicode_CheckExact(key) && n->dirty && n->cache != nullptr &&
+      Py_REFCNT(n->cache) == 1 && n->pystore->write_through == 0) {
+    const int p = n->pystore->is_protected_name(key);
+    if (p == 0) return cache_store(n, key, value);
+    if (p > 0) set_protected_error(key);
+    return -1;
+  }
   if (!PyUnicode_CheckExact(key)) {
     if (value == nullptr && !PyUnicode_Check(key)) {
       if (PyObject_Hash(key) == -1) return -1;
@@ -2353,6 +2514,24 @@ PYBIND11_MODULE(_core, m) {
     // NodeMetadata(...) without type_call's argument tuple (tp_vectorcall is what calling a
     // class whose metaclass is `type` uses when set; never inherited by subclasses).
     if (Py_TYPE(tp.ptr()) == &PyType_Type) g_node_type->tp_vectorcall = md_vectorcall;
+    clear_free_nodes();
+    g_free_list_ok = g_node_type->tp_basicsize == static_cast<Py_ssize_t>(sizeof(PyNode)) &&
+                     g_node_type->tp_itemsize == 0 && g_node_type->tp_dictoffset == 0 &&
+                     (g_node_type->tp_flags & Py_TPFLAGS_MANAGED_DICT) == 0 &&
+                     g_node_type->tp_alloc == PyType_GenericAlloc && g_node_type->tp_free == PyObject_GC_Del;
+    // The methods again, as descriptors of this class: CPython 3.11 specializes a call of a
+    // C method (PRECALL_NO_KW_METHOD_DESCRIPTOR_*) only when the instance's type is exactly
+    // the descriptor's, so md.get(k) on a NodeMetadata took the generic call through the
+    // base's descriptor (5-9 ns more). Methods the class defines itself are left alone;
+    // instances of further subclasses take the generic path, as before.
+    PyObject* own = g_node_type->tp_dict;
+    for (PyMethodDef* def = g_methods; def->ml_name != nullptr; ++def) {
+      if (PyDict_GetItemString(own, def->ml_name) != nullptr) continue;
+      py::object descr = py::reinterpret_steal<py::object>(PyDescr_NewMethod(g_node_type, def));
+      if (!descr || PyObject_SetAttrString(tp.ptr(), def->ml_name, descr.ptr()) != 0) {
+        throw py::error_already_set();
+      }
+    }
     Py_INCREF(views.ptr());
     Py_XSETREF(g_views, views.ptr());
     py::object slot = py::module_::import("collections.abc").attr("MappingView").attr("__dict__")["_mapping"];
@@ -2372,9 +2551,11 @@ PYBIND11_MODULE(_core, m) {
     if (r == nullptr) throw py::error_already_set();
     return py::reinterpret_steal<py::object>(r);
   });
+  m.def("_free_node_count", [] { return g_free_count; }, "How many nodes the free list keeps (for tests).");
   m.def("_set_converter_hook", [](py::object fn) { set_converter_hook(fn.ptr()); });
   m.def("_shutdown", [] {
     clear_caches();
+    clear_free_nodes();
     clear_valid_keys();
     clear_key_objects();
     release_without_gil();
