@@ -15,9 +15,11 @@
 #if PY_VERSION_HEX < 0x030B0000 || PY_VERSION_HEX >= 0x030C0000
 #error "nodemeta's Python module is written for CPython 3.11 (its node cache uses 3.11's dict internals)"
 #endif
-// The keys table's layout, for the initial-metadata key check (keys_known_valid below).
+// The keys table's layout, for the initial-metadata key check (keys_known_valid below),
+// and the GC header, for the node free list (alloc_node).
 #define Py_BUILD_CORE 1
 #include <internal/pycore_dict.h>
+#include <internal/pycore_gc.h>
 #undef Py_BUILD_CORE
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -882,6 +884,10 @@ PyObject* alloc_node(PyTypeObject* tp) {
     g_free_nodes = n->dirty_next;
     --g_free_count;
     PyObject* self = PyObject_Init(reinterpret_cast<PyObject*>(n), tp);
+    // A new object's GC header, as _PyObject_GC_Link leaves it: not tracked and not
+    // finalized (a node finalized in an earlier life must have its __del__ run again).
+    _Py_AS_GC(self)->_gc_next = 0;
+    _Py_AS_GC(self)->_gc_prev = 0;
     PyObject_GC_Track(self);
     return self;
   }
@@ -1130,7 +1136,8 @@ void md_dealloc(PyObject* self) {
   Py_CLEAR(n->cache);
   n->md.~optional();  // may release values: Python code can run
   Py_XDECREF(n->store);
-  if (tp == g_node_type && g_free_list_ok && g_free_count < kFreeNodes) {
+  if (tp == g_node_type && g_free_list_ok && g_free_count < kFreeNodes && tp->tp_finalize == nullptr &&
+      tp->tp_del == nullptr) {  // (a __del__ assigned to the class later: objects die as usual)
     n->dirty_next = g_free_nodes;  // untracked, and no field holds a reference any more
     g_free_nodes = n;
     ++g_free_count;
@@ -2524,9 +2531,16 @@ PYBIND11_MODULE(_core, m) {
     // the descriptor's, so md.get(k) on a NodeMetadata took the generic call through the
     // base's descriptor (5-9 ns more). Methods the class defines itself are left alone;
     // instances of further subclasses take the generic path, as before.
-    PyObject* own = g_node_type->tp_dict;
     for (PyMethodDef* def = g_methods; def->ml_name != nullptr; ++def) {
-      if (PyDict_GetItemString(own, def->ml_name) != nullptr) continue;
+      // Only where the class would find this very C method (the base's descriptor, or one
+      // bound here to a class above): not one the class or a class between defines.
+      py::object name = py::reinterpret_steal<py::object>(PyUnicode_InternFromString(def->ml_name));
+      if (!name) throw py::error_already_set();
+      PyObject* found = _PyType_Lookup(g_node_type, name.ptr());
+      if (found == nullptr || !Py_IS_TYPE(found, &PyMethodDescr_Type) ||
+          reinterpret_cast<PyMethodDescrObject*>(found)->d_method != def) {
+        continue;
+      }
       py::object descr = py::reinterpret_steal<py::object>(PyDescr_NewMethod(g_node_type, def));
       if (!descr || PyObject_SetAttrString(tp.ptr(), def->ml_name, descr.ptr()) != 0) {
         throw py::error_already_set();

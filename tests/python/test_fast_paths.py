@@ -1,7 +1,9 @@
 """The creation and method-call fast paths of nodemeta.NodeMetadata (python/src/module.cpp):
 the node free list, the initial keys read from the dict's table, and the methods bound to
 the exact class. Each test would fail if its shortcut changed what the slow path does."""
+import copy
 import gc
+import pickle
 import sys
 import threading
 import weakref
@@ -121,6 +123,56 @@ def test_nodes_freed_by_the_cycle_collector_are_reused_soundly():
         del fresh, md
     gc.collect()
     assert store.node_count == 0
+
+
+def test_a_del_given_to_the_class_runs_for_every_node_reused_or_not():
+    # A reused node must not carry its earlier life's "finalized" mark (review finding).
+    calls = []
+    NodeMetadata.__del__ = lambda self: calls.append(1)
+    try:
+        gc.collect()
+        first = NodeMetadata({"a": 1})
+        del first  # finalized
+        fresh = NodeMetadata({"b": 2})
+        assert not gc.is_finalized(fresh)
+        del fresh
+        calls.clear()
+        for i in range(20):
+            md = NodeMetadata({"i": i})
+            del md
+        assert len(calls) == 20
+        calls.clear()
+        for i in range(20):
+            md = NodeMetadata({"i": i})
+            md["self"] = md  # a cycle: the collector finalizes it
+            del md
+            gc.collect()
+        assert len(calls) == 20
+    finally:
+        del NodeMetadata.__del__
+    # Nodes finalized while __del__ was set and freed afterwards are new again too.
+    for _ in range(100):
+        assert not gc.is_finalized(NodeMetadata())
+
+
+class Tagged(NodeMetadata):
+    __slots__ = ("tag",)
+
+
+def test_binding_methods_to_a_subclass_keeps_the_python_overrides_in_between():
+    T = Tagged
+    views = (nodemeta._KeysView, nodemeta._ValuesView, nodemeta._ItemsView)
+    _core._set_node_type(T, views)
+    try:
+        assert "__copy__" not in T.__dict__ and "__setstate__" not in T.__dict__  # NodeMetadata's stay
+        assert T.__dict__["get"].__objclass__ is T
+        t = T({"a": 1})
+        t.tag = "kept"
+        assert copy.copy(t).tag == "kept"
+        assert pickle.loads(pickle.dumps(t)).tag == "kept"
+    finally:
+        _core._set_node_type(NodeMetadata, views)
+    assert NodeMetadata.__dict__["get"].__objclass__ is NodeMetadata
 
 
 def test_subclass_instances_are_not_taken_from_or_put_in_the_free_list():
