@@ -8,8 +8,12 @@ weights, eval mode, torch.manual_seed(0)): symbolic_trace, ShapeProp on one
 run_passes(gm, ["cost"]) and `nodemeta run FILE --passes cost --output OUT`, and compare
 every node's flops, bytes, cost_rule and flops_lower_bound. Prints one row per model: call
 nodes (call_function, call_method, call_module), how many have a known cost, the share,
-the most frequent unknown reasons, and whether run_passes and the saved file agree. Models
-that symbolic_trace (or ShapeProp) refuses are listed with the error.
+the most frequent unknown reasons, and whether run_passes and the saved file agree; then,
+with --cli, the saved file through `--passes cost,fuse,propagate,verify`: the chains fuse
+made (found through the file's modules table: torch 1.13 records no nn_module_stack),
+whether the critical path is the one `cost,propagate` gives, how many fused nodes have an
+unknown cost, and whether verify is clean. Models that symbolic_trace (or ShapeProp)
+refuses are listed with the error.
 
 --unpack-fix replaces torch 1.13's Proxy.__iter__ while tracing with one that finds the
 UNPACKING instruction by byte offset (on Python 3.11 its `f_lasti // 2` index misses it, so
@@ -19,8 +23,8 @@ that then trace (vit, shufflenet, maxvit) are the ones Python <= 3.10 traces unp
     PYTHONPATH=build/debug/python /usr/bin/python3 benchmarks/fx_cost_coverage.py \\
         --cli build/debug/tools/nodemeta/nodemeta [--models resnet18,densenet121] [--markdown]
 
-Exit status 0 when every traced model has >= --goal (default 95) percent known and agrees,
-1 otherwise.
+Exit status 0 when every traced model has >= --goal (default 95) percent known and agrees
+(and, with --cli, fuse keeps the critical path and verify is clean), 1 otherwise.
 """
 import argparse
 import collections
@@ -110,21 +114,60 @@ def cover(name, cli, workdir):
                 saved = cost_results((n["name"], n["meta"]) for n in json.load(f)["nodes"])
             ours = cost_results((n.name, n.meta) for n in gm.graph.nodes)
             agree = saved == ours
+        fuse = fuse_check(cli, path, workdir)
         for p in (path, out):
             if os.path.exists(p):
                 os.remove(p)
+    else:
+        fuse = None
     return {"model": name, "calls": len(calls), "known": len(calls) - len(unknown),
-            "reasons": reasons.most_common(3), "agree": agree, "seconds": seconds}
+            "reasons": reasons.most_common(3), "agree": agree, "seconds": seconds, "fuse": fuse}
+
+
+def fuse_check(cli, path, workdir):
+    """The saved file through `cost,fuse,propagate,verify` against `cost,propagate`: fuse's
+    summary, whether the critical path (FLOPs, complete) is the same, how many fused nodes
+    have an unknown cost, and whether verify is clean; or a string saying what failed."""
+    results = {}
+    for passes in ("cost,propagate", "cost,fuse,propagate,verify"):
+        out, stats = os.path.join(workdir, "fuse.after.json"), os.path.join(workdir, "fuse.stats.json")
+        done = subprocess.run([cli, "run", path, "--passes", passes, "--threads", "2", "--output", out,
+                               "--json", stats], capture_output=True, text=True)
+        if done.returncode != 0:
+            return f"nodemeta run --passes {passes} failed: {done.stderr.strip()[:80]}"
+        with open(out, encoding="utf-8") as f:
+            nodes = json.load(f)["nodes"]
+        with open(stats, encoding="utf-8") as f:
+            results[passes] = (nodes, {p["name"]: p for p in json.load(f)["passes"]})
+        os.remove(out)
+        os.remove(stats)
+    plain, (fused, stats) = results["cost,propagate"][0], results["cost,fuse,propagate,verify"]
+    path_of = lambda ns: (ns[-1]["meta"].get("critical_path_flops"), ns[-1]["meta"].get("critical_path_complete"))  # noqa: E731
+    made = [n for n in fused if n["target"].startswith("nodemeta.fused.")]
+    return {"summary": stats["fuse"]["summary"], "same_path": path_of(fused) == path_of(plain),
+            "unknown_fused": sum(1 for n in made if n["meta"].get("flops") == "unknown"),
+            "clean": not stats["verify"]["problems"]}
 
 
 def row(r, markdown):
     if "error" in r:
-        cells = [r["model"], "", "", "", f"not traced: {r['error']}", ""]
+        cells = [r["model"], "", "", "", f"not traced: {r['error']}", "", ""]
     else:
         pct = 100.0 * r["known"] / r["calls"] if r["calls"] else 100.0
         reasons = "; ".join(f"{n}x {t}" for t, n in r["reasons"]) or "-"
         agree = {True: "yes", False: "NO", None: "not checked"}.get(r["agree"], r["agree"])
-        cells = [r["model"], str(r["calls"]), str(r["known"]), f"{pct:.1f}", reasons, agree]
+        f = r.get("fuse")
+        if f is None:
+            fuse = "not checked"
+        elif isinstance(f, str):
+            fuse = f
+        else:
+            chains = f["summary"].replace("no fusable chains", "0").replace(" chains fused", "").replace(
+                " chain fused", "").replace(" nodes replaced", "")
+            fuse = (chains + ("" if f["same_path"] else "; critical path CHANGED") +
+                    (f"; {f['unknown_fused']} fused unknown" if f["unknown_fused"] else "") +
+                    ("" if f["clean"] else "; verify NOT clean"))
+        cells = [r["model"], str(r["calls"]), str(r["known"]), f"{pct:.1f}", reasons, agree, fuse]
     if markdown:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
     return "  ".join(cells)
@@ -144,8 +187,8 @@ def main():
         torch.fx.proxy.Proxy.__iter__ = _iter_by_offset
     names = args.models.split(",") if args.models else sorted(torchvision.models.list_models(module=torchvision.models))
     if args.markdown:
-        print("| model | call nodes | known | % | top unknown reasons | run_passes = saved file |")
-        print("|---|---:|---:|---:|---|---|")
+        print("| model | call nodes | known | % | top unknown reasons | run_passes = saved file | fuse: chains (nodes replaced) |")
+        print("|---|---:|---:|---:|---|---|---|")
     ok = True
     with tempfile.TemporaryDirectory() as workdir:
         for name in names:
@@ -153,6 +196,8 @@ def main():
             print(row(r, args.markdown), flush=True)
             if "error" not in r:
                 ok &= r["known"] >= args.goal / 100.0 * r["calls"] and r["agree"] in (True, None)
+                f = r.get("fuse")
+                ok &= f is None or (isinstance(f, dict) and f["same_path"] and f["clean"])
     return 0 if ok else 1
 
 

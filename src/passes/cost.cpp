@@ -297,13 +297,22 @@ namespace {
 // The estimate of one node: what the formulas below share.
 class Estimator {
  public:
-  Estimator(const graph::Graph& graph, const graph::Node& n, const Value* module, const Value* call)
+  Estimator(const graph::Graph& graph, const graph::Node& n, const Value* module, const Value* call,
+            const detail::EntryIndex* modules)
+      : Estimator(graph, n, module, call, modules, op_key(n, module)) {}
+
+  // `key`: the op the node is costed as (a fused node's part: "module:Conv2d"), `path` the
+  // module path messages name (a fused node's part: the module it replaced).
+  Estimator(const graph::Graph& graph, const graph::Node& n, const Value* module, const Value* call,
+            const detail::EntryIndex* modules, std::string key, std::string_view path = {})
       : graph_(graph),
         n_(n),
         module_(module),
         call_(call),
-        key_(op_key(n, module)),
+        modules_(modules),
+        key_(std::move(key)),
         base_(base_name(key_)),
+        module_path_(path.empty() ? std::string_view(n.target) : path),
         training_(training_mode(graph)) {}
 
   CostEstimate run() {
@@ -376,7 +385,7 @@ class Estimator {
     const Value* p = ps ? ps->find(name) : nullptr;
     if (p && p->is_none()) return Param::kNone;
     if (!p || p->kind() != Value::Kind::kDict || !is_tensor_value(*p)) {
-      why_ = key_ + ": the graph's modules table records no " + std::string(name) + " shape for " + n_.target;
+      why_ = key_ + ": the graph's modules table records no " + std::string(name) + " shape for " + std::string(module_path_);
       return Param::kMissing;
     }
     std::string why;
@@ -612,7 +621,7 @@ class Estimator {
       }
     } else {
       return unknown(key_ + ": the graph's " + table + " table records no kernel_size (an int or " +
-                     std::to_string(dims) + " ints) for " + (table == "calls" ? n_.name : n_.target));
+                     std::to_string(dims) + " ints) for " + (table == "calls" ? n_.name : std::string(module_path_)));
     }
     if (!window) return unknown(key_ + ": kernel_size is negative or its product does not fit int64");
     const bool max = base_.rfind("Max", 0) == 0;
@@ -927,12 +936,59 @@ class Estimator {
                    std::min(*bf, *sf));
   }
 
+  // A fused node's conv or linear part, costed as the module it replaced (`type`, costed
+  // as `key`): the first call_module source in the node's from_node whose type (the node's
+  // merged nn_module_stack, else the graph's modules table) is `type`, with its
+  // modules-table entry (the weight's shape, groups, the bias); the node's input and output
+  // are the part's own (a batch norm and an activation keep the shape). nullopt: no such
+  // source has a table entry (a graph whose nn_module_stack names the types records no
+  // weights); the caller then costs the part as before.
+  std::optional<CostEstimate> fused_module(std::string_view type, const std::string& key) {
+    static const Key from_node_key{pass_keys::kFromNode};
+    const std::optional<Value> chain = n_.meta.get(from_node_key);
+    const auto* sources = chain ? chain->get_if<Value::List>() : nullptr;
+    const std::optional<Value> stack = n_.meta.get(keys::nn_module_stack);
+    for (std::size_t i = 0; sources && i < sources->size(); ++i) {
+      const Value& source = (*sources)[i];
+      const Value* op = source.find("op");
+      const Value* target = source.find("target");
+      const auto* op_s = op ? op->get_if<std::string>() : nullptr;
+      const auto* target_s = target ? target->get_if<std::string>() : nullptr;
+      if (!op_s || *op_s != "call_module" || !target_s) continue;
+      const Value* entry = modules_ ? detail::find_entry(*modules_, *target_s) : module_entry_for(*target_s);
+      const Value* stack_type = stack ? stack->find(*target_s) : nullptr;
+      const auto* stack_s = stack_type ? stack_type->get_if<std::string>() : nullptr;
+      if ((stack_s ? *stack_s : detail::entry_type(entry)) != type) continue;
+      if (!entry) return std::nullopt;
+      return Estimator(graph_, n_, entry, nullptr, modules_, key, *target_s).run();
+    }
+    return std::nullopt;
+  }
+
+  // The formula of a module rule ("module:Conv2d: flops = F; bytes = ..." gives F).
+  static std::string formula_of(const std::string& rule) {
+    const std::size_t at = rule.find("flops = ");
+    return at == std::string::npos ? rule : rule.substr(at + 8, rule.find(';', at) - at - 8);
+  }
+
+  // The modules-table entry (a dict) for module path `target`, or nullptr (linear in the
+  // table's size: for callers with no EntryIndex).
+  const Value* module_entry_for(std::string_view target) const {
+    for (const auto& [name, value] : graph_.attrs()) {
+      if (name != detail::kModulesAttr) continue;
+      const Value* e = value.find(target);
+      return e && e->kind() == Value::Kind::kDict ? e : nullptr;
+    }
+    return nullptr;
+  }
+
   // A node made by the fuse pass ("nodemeta.fused.conv_bn_relu"): the sum of its parts,
   // each costed as the module it replaced; every intermediate result has the output's shape
   // and stays on chip, so bytes = inputs + output. Unknown if a part is, keeping the known
   // parts (and a part's own lower bound) in flops_lower_bound.
   CostEstimate fused(const std::string& pattern) {
     Count total = 0, lower = 0;
+    Count weight_bytes = 0;  // the conv or linear part's weight (and bias), read from memory
     std::vector<std::string> terms, lower_terms, unknown_parts;  // lower_terms: what flops_lower_bound adds
     // A part whose count is known: it adds to the total and to the lower bound.
     auto add_known = [&](Count flops, std::string term) {
@@ -946,9 +1002,28 @@ class Estimator {
       const std::size_t end = std::min(pattern.find('_', start), pattern.size());
       const std::string part = pattern.substr(start, end - start);
       start = end + 1;
-      if (part == detail::kConvPart) {
-        unknown_parts.push_back("conv (kernel size and groups are not in fx call_module metadata)");
-        total = std::nullopt;
+      if (part == detail::kConvPart || part == detail::kLinearPart) {
+        const bool conv = part == detail::kConvPart;
+        const std::optional<CostEstimate> c = conv ? fused_module(detail::kConv2dModule, "module:Conv2d")
+                                                   : fused_module(detail::kLinearModule, "module:Linear");
+        if (c && c->flops) {
+          add_known(*c->flops, formula_of(c->rule) + " (" + part + ", weight shape from the graph's modules table)");
+          if (c->bytes && io_bytes_) weight_bytes = sum({weight_bytes, *c->bytes - *io_bytes_});
+        } else if (c) {
+          unknown_parts.push_back(part + " (" + c->rule + ")");
+          total = std::nullopt;
+          if (c->flops_lower_bound) {
+            lower = sum({lower, *c->flops_lower_bound});
+            lower_terms.push_back("the " + part + "'s lower bound");
+          }
+        } else if (conv) {
+          unknown_parts.push_back("conv (kernel size and groups are not in fx call_module metadata)");
+          total = std::nullopt;
+        } else {
+          const Count f = linear();
+          if (!flops_ok_) return unknown(why_);
+          add_known(f, "2*numel(out)*in_features (linear)");
+        }
       } else if (part == detail::kBatchNormPart) {
         if (training_) {
           add_known(product({*training_ ? 5 : 2, numel_}),
@@ -959,10 +1034,6 @@ class Estimator {
           lower = sum({lower, product({2, numel_})});
           lower_terms.push_back("2*numel(out) (bn at the eval-mode rate)");
         }
-      } else if (part == detail::kLinearPart) {
-        const Count f = linear();
-        if (!flops_ok_) return unknown(why_);
-        add_known(f, "2*numel(out)*in_features (linear)");
       } else if (detail::is_activation_part(part)) {
         add_known(numel_, "numel(out) (" + part + ")");
       } else {
@@ -976,8 +1047,10 @@ class Estimator {
     };
     const std::string sum_text = joined(terms);
     if (unknown_parts.empty()) {
-      return known(total, io_bytes_,
-                   "fused " + pattern + ": flops = " + sum_text + "; bytes = inputs + output (intermediates stay on chip)");
+      const bool weight = weight_bytes && *weight_bytes > 0;
+      return known(total, weight ? sum({io_bytes_, weight_bytes}) : io_bytes_,
+                   "fused " + pattern + ": flops = " + sum_text + "; bytes = inputs + output" +
+                       (weight ? " + weights" : "") + " (intermediates stay on chip)");
     }
     std::string parts;
     for (const std::string& p : unknown_parts) parts += (parts.empty() ? "" : ", ") + p;
@@ -992,8 +1065,10 @@ class Estimator {
   const graph::Node& n_;
   const Value* module_;  // the node's "modules" entry, or nullptr
   const Value* call_;    // the node's "calls" entry, or nullptr
+  const detail::EntryIndex* modules_;  // the graph's modules table indexed, or nullptr
   const std::string key_;
   const std::string base_;
+  const std::string_view module_path_;  // the module path messages name
   const std::optional<bool> training_;
   Result out_;
   std::vector<Result> in_;
@@ -1008,16 +1083,16 @@ class Estimator {
 
 CostEstimate estimate_cost(const graph::Graph& graph, std::size_t index) {
   const graph::Node& node = graph.node(index);
-  return Estimator(graph, node, detail::module_entry(graph, node), detail::call_entry(graph, node)).run();
+  return Estimator(graph, node, detail::module_entry(graph, node), detail::call_entry(graph, node), nullptr).run();
 }
 
 CostEstimate estimate_cost(const graph::Graph& graph, const graph::Node& node) {
-  return Estimator(graph, node, detail::module_entry(graph, node), detail::call_entry(graph, node)).run();
+  return Estimator(graph, node, detail::module_entry(graph, node), detail::call_entry(graph, node), nullptr).run();
 }
 
 CostEstimate detail::estimate_cost(const graph::Graph& graph, const graph::Node& node, const Value* module,
-                                   const Value* call) {
-  return Estimator(graph, node, module, call).run();
+                                   const Value* call, const EntryIndex* modules) {
+  return Estimator(graph, node, module, call, modules).run();
 }
 
 }  // namespace nodemeta::passes

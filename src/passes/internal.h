@@ -12,6 +12,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <unordered_map>
 
 #include "nodemeta/graph/graph.h"
 #include "nodemeta/key.h"
@@ -212,6 +213,46 @@ inline std::string module_type(const graph::Node& n) {
   return s ? *s : std::string();
 }
 
+// The "type" a modules-table entry records (qualified), or "".
+inline std::string entry_type(const Value* entry) {
+  const Value* t = entry ? entry->find("type") : nullptr;
+  const auto* s = t ? t->get_if<std::string>() : nullptr;
+  return s ? *s : std::string();
+}
+
+// A call_module node's type: its nn_module_stack entry's, else its modules-table entry's
+// (`entry`: module_entry's, or nullptr), else "". torch 1.13's symbolic_trace records no
+// stack, so the table is where such graphs say what each module is.
+inline std::string module_type(const graph::Node& n, const Value* entry) {
+  std::string type = module_type(n);
+  if (type.empty() && n.op == "call_module") type = entry_type(entry);
+  return type;
+}
+
+// The entries of the graph attribute `attr` (a dict of dicts: kModulesAttr by module path,
+// kCallsAttr by node name) by key, for O(1) lookups; the first of duplicate keys, as
+// Value::find. The views point into the graph's attributes: valid while they are unchanged.
+using EntryIndex = std::unordered_map<std::string_view, const Value*>;
+
+inline EntryIndex entry_index(const graph::Graph& g, std::string_view attr) {
+  EntryIndex table;
+  for (const auto& [name, value] : g.attrs()) {
+    if (name != attr) continue;
+    if (const auto* d = value.get_if<Value::Dict>()) {
+      for (const auto& [key, entry] : *d) {
+        if (entry.kind() == Value::Kind::kDict) table.emplace(key, &entry);
+      }
+    }
+    break;
+  }
+  return table;
+}
+
+inline const Value* find_entry(const EntryIndex& table, std::string_view key) {
+  const auto it = table.find(key);
+  return it == table.end() ? nullptr : it->second;
+}
+
 // The "calls" entry (a dict) of a call_function / call_method node, or nullptr. Linear in
 // the table's size.
 inline const Value* call_entry(const graph::Graph& g, const graph::Node& n) {
@@ -227,9 +268,11 @@ inline const Value* call_entry(const graph::Graph& g, const graph::Node& n) {
 // The cost of `node` (in `graph`, or a new node whose inputs are `graph`'s indices), with
 // `module` its "modules" entry (module_entry, or nullptr) and `call` its "calls" entry
 // (call_entry, or nullptr): what estimate_cost() computes, for callers that look the
-// entries up once per graph (the cost pass).
+// entries up once per graph (the cost and fuse passes). `modules`: the graph's modules
+// table indexed (entry_index), which a fused node's conv part is looked up in; nullptr:
+// looked up in the table itself (linear in its size).
 CostEstimate estimate_cost(const graph::Graph& graph, const graph::Node& node, const Value* module,
-                           const Value* call);
+                           const Value* call, const EntryIndex* modules = nullptr);
 
 }  // namespace nodemeta::passes::detail
 

@@ -89,31 +89,14 @@ class CostPass final : public Pass {
     const Graph& g = ctx.graph();
     // The "modules" entries by path and the "calls" entries by node name, looked up once
     // (a node's lookup is then O(1)); the first of duplicate keys, as Value::find.
-    const auto index = [&](std::string_view attr) {
-      std::unordered_map<std::string_view, const Value*> table;
-      for (const auto& [name, value] : g.attrs()) {
-        if (name != attr) continue;
-        if (const auto* d = value.get_if<Value::Dict>()) {
-          for (const auto& [key, entry] : *d) {
-            if (entry.kind() == Value::Kind::kDict) table.emplace(key, &entry);
-          }
-        }
-        break;
-      }
-      return table;
-    };
-    const auto modules = index(detail::kModulesAttr);
-    const auto calls = index(detail::kCallsAttr);
-    const auto lookup = [](const auto& table, std::string_view key) -> const Value* {
-      const auto it = table.find(key);
-      return it == table.end() ? nullptr : it->second;
-    };
+    const detail::EntryIndex modules = detail::entry_index(g, detail::kModulesAttr);
+    const detail::EntryIndex calls = detail::entry_index(g, detail::kCallsAttr);
     std::atomic<std::size_t> unknown{0};
     for_each_node(g, [&](std::size_t i) {
       const graph::Node& n = g.node(i);
       const bool call = n.op == "call_function" || n.op == "call_method";
-      CostEstimate c = detail::estimate_cost(g, n, n.op == "call_module" ? lookup(modules, n.target) : nullptr,
-                                             call ? lookup(calls, n.name) : nullptr);
+      CostEstimate c = detail::estimate_cost(g, n, n.op == "call_module" ? detail::find_entry(modules, n.target) : nullptr,
+                                             call ? detail::find_entry(calls, n.name) : nullptr, &modules);
       if (!c.flops) unknown.fetch_add(1, std::memory_order_relaxed);
       write_cost(ctx, ctx.graph().node(i).meta, std::move(c));
     });
@@ -124,8 +107,9 @@ class CostPass final : public Pass {
 
 // ---- fuse ------------------------------------------------------------------------------
 
-// Fusion matches torch.nn's own classes by their qualified type (detail::module_type): a
-// quantized Conv2d or a user class named Conv2d computes something else. The classes and
+// Fusion matches torch.nn's own classes by their qualified type (detail::module_type: the
+// node's nn_module_stack entry, else the graph's modules table): a quantized Conv2d or a
+// user class named Conv2d computes something else. The classes and
 // the pattern parts are internal.h's tables.
 using detail::module_type;
 
@@ -141,10 +125,18 @@ class FusePass final : public Pass {
     const auto users = g.users();
     // Folding a batch norm into a conv uses its running statistics: right in eval mode only.
     const bool eval = training_mode(g) == std::optional<bool>(false);
+    // Each call_module node's type: its nn_module_stack's, else the graph's modules table's
+    // (torch 1.13's symbolic_trace records no stack; nodemeta.fx writes the table).
+    const detail::EntryIndex modules = detail::entry_index(g, detail::kModulesAttr);
+    std::vector<std::string> types(g.size());
+    for_each_node(g, [&](std::size_t i) {
+      const Node& n = g.node(i);
+      if (n.op == "call_module") types[i] = module_type(n, detail::find_entry(modules, n.target));
+    });
     // 1. Match, in parallel: chain[i] is the chain headed by node i (empty if none).
     std::vector<std::vector<std::size_t>> chain(g.size());
     std::vector<std::string> pattern(g.size());
-    for_each_node(g, [&](std::size_t i) { match(g, users, eval, i, chain[i], pattern[i]); });
+    for_each_node(g, [&](std::size_t i) { match(g, types, users, eval, i, chain[i], pattern[i]); });
     // 2. Resolve overlaps in graph order (deterministic): a node joins at most one chain.
     std::vector<std::size_t> owner(g.size(), SIZE_MAX);  // head of the chain a node is in
     std::vector<std::size_t> heads;
@@ -213,7 +205,7 @@ class FusePass final : public Pass {
       ctx.write(target, pk().fused_pattern, Value(pattern[fused[f].head]));
       const bool costed = std::all_of(members.begin(), members.end(),
                                       [&](std::size_t m) { return g.node(m).meta.contains(pk().flops); });
-      if (costed) write_cost(ctx, target, estimate_cost(g, fused[f].node));
+      if (costed) write_cost(ctx, target, detail::estimate_cost(g, fused[f].node, nullptr, nullptr, &modules));
       ctx.count_touched();
     });
     // 5. Plan the splice: the fused node takes its last member's place; inputs are remapped.
@@ -270,7 +262,9 @@ class FusePass final : public Pass {
   }
 
  private:
-  static void match(const Graph& g, const std::vector<std::vector<std::size_t>>& users, bool eval, std::size_t i,
+  // `types`: each node's module type (empty for other ops).
+  static void match(const Graph& g, const std::vector<std::string>& types,
+                    const std::vector<std::vector<std::size_t>>& users, bool eval, std::size_t i,
                     std::vector<std::size_t>& out, std::string& pattern) {
     // next(j): the single user of j if that user reads only j, else SIZE_MAX.
     auto next = [&](std::size_t j) -> std::size_t {
@@ -284,7 +278,7 @@ class FusePass final : public Pass {
     auto end_with_activation = [&](std::vector<std::size_t> members, std::string name, bool optional) {
       const std::size_t act = next(members.back());
       const std::string_view part =
-          act == SIZE_MAX ? std::string_view() : detail::activation_part(module_type(g.node(act)));
+          act == SIZE_MAX ? std::string_view() : detail::activation_part(types[act]);
       if (part.empty() && !optional) return;
       if (!part.empty()) {
         members.push_back(act);
@@ -293,17 +287,17 @@ class FusePass final : public Pass {
       out = std::move(members);
       pattern = std::move(name);
     };
-    const std::string head = module_type(g.node(i));
+    const std::string& head = types[i];
     if (head == detail::kConv2dModule) {
       if (!eval) return;
       const std::size_t bn = next(i);
-      if (bn == SIZE_MAX || module_type(g.node(bn)) != detail::kBatchNorm2dModule) return;
+      if (bn == SIZE_MAX || types[bn] != detail::kBatchNorm2dModule) return;
       const std::string conv_bn = std::string(detail::kConvPart) + "_" + std::string(detail::kBatchNormPart);
       end_with_activation({i, bn}, conv_bn, /*optional=*/true);
     } else if (head == detail::kBatchNorm2dModule) {
       // Only where no conv+bn chain will take this bn (in eval mode, its input a single-use conv).
       const Node& n = g.node(i);
-      if (eval && n.inputs.size() == 1 && module_type(g.node(n.inputs[0])) == detail::kConv2dModule &&
+      if (eval && n.inputs.size() == 1 && types[n.inputs[0]] == detail::kConv2dModule &&
           next(n.inputs[0]) == i) {
         return;
       }

@@ -1177,6 +1177,123 @@ TEST(FusePassTest, ChainsEndingInAnotherOrderKeepTheirOwnNodes) {
   EXPECT_TRUE(stats.back().problems.empty()) << stats.back().problems.front();
 }
 
+// Kind: regression (issue 23 item 2, left: "fuse ignores the modules table"). A graph from
+// symbolic_trace records no nn_module_stack: its modules table says what each module is, so
+// fuse matches the chain there, and the fused node's conv part is costed from the table's
+// weight shape (it was unknown: no kernel in the metadata), so the fused node is known.
+std::string fusable_table(const std::string& conv_type, const std::string& conv_params) {
+  return R"("training":false,"modules":{"conv":{"type":")" + conv_type +
+         R"(","attributes":{"groups":1},"parameters":{)" + conv_params + R"(}},)"
+         R"("bn":)" + entry("batchnorm.BatchNorm2d", "", "") + "," +
+         R"("relu":)" + entry("activation.ReLU", "", "") + "},";
+}
+
+std::vector<FileNode> bare_chain() {
+  return {{"x", "placeholder", "x", {}, T({1, 3, 8, 8})},
+          bare("conv", {0}, T({1, 8, 8, 8})),
+          bare("bn", {1}, T({1, 8, 8, 8})),
+          bare("relu", {2}, T({1, 8, 8, 8}))};
+}
+
+TEST(FusePassTest, ModulesTableTypesFuseAndCostTheConvPart) {
+  const std::string weight = R"("weight":)" + param({8, 3, 3, 3}) + R"(,"bias":null)";
+  const Graph loaded = crafted(bare_chain(), fusable_table("torch.nn.modules.conv.Conv2d", weight));
+  const Baseline base(loaded);
+  Graph plain = loaded.clone();
+  Graph a = loaded.clone();
+  Graph b = loaded.clone();
+  run_pipeline(plain, passes("cost,propagate"), base);
+  const auto stats = run_pipeline(a, passes("cost,fuse,propagate,verify"), base);
+  EXPECT_EQ(stats[1].summary, "1 chain fused (3 nodes replaced)");  // was "no fusable chains"
+  const auto fused = a.find("conv__bn__relu");
+  ASSERT_TRUE(fused);
+  const NodeMetadata& f = a.node(*fused).meta;
+  const std::int64_t n = 8 * 8 * 8;
+  const std::int64_t conv = 2 * n * 27, bn = 2 * n, relu = n;  // eval-mode batch norm
+  ASSERT_EQ(plain.node(*plain.find("conv")).meta.at("flops"), Value(conv));
+  EXPECT_EQ(f.at("flops"), Value(conv + bn + relu)) << f.at("cost_rule").repr();  // was "unknown"
+  EXPECT_EQ(f.at("bytes"), Value((3 * 64 + n + 8 * 27) * 4));  // in + out + the conv's weight
+  EXPECT_NE(f.at("cost_rule").repr().find("modules table"), std::string::npos);
+  const auto last = [](const Graph& g) -> const NodeMetadata& { return g.node(g.size() - 1).meta; };
+  EXPECT_EQ(last(a).at("critical_path_flops"), last(plain).at("critical_path_flops"));
+  EXPECT_EQ(last(a).at("critical_path_complete"), Value(true));
+  EXPECT_TRUE(stats.back().problems.empty()) << stats.back().problems.front();
+  // fuse then cost gives the same graph (the cost pass finds the conv through from_node).
+  run_pipeline(b, passes("fuse,cost,propagate,verify"), base);
+  EXPECT_EQ(graph::first_difference(a, b), "");
+  EXPECT_EQ(graph::to_json(a), graph::to_json(b));
+  // The public estimate_cost (no index) agrees.
+  EXPECT_EQ(estimate_cost(a, *fused).flops, conv + bn + relu);
+}
+
+TEST(FusePassTest, ModulesTableConvPartsKeepTheirReasons) {
+  // Not torch.nn's Conv2d: no chain, as with nn_module_stack.
+  {
+    const std::string weight = R"("weight":)" + param({8, 3, 3, 3});
+    Graph g = crafted(bare_chain(), fusable_table("__main__.Conv2d", weight));
+    const Baseline base(g);
+    const auto stats = run_pipeline(g, passes("fuse"), base);
+    EXPECT_EQ(stats[0].summary, "1 chain fused (2 nodes replaced)");  // bn + relu only
+    EXPECT_TRUE(g.find("conv") && g.find("bn__relu"));
+  }
+  // The table names a Conv2d but records no weight: fused, the conv part unknown with the
+  // table's reason, the other parts the lower bound.
+  {
+    Graph g = crafted(bare_chain(), fusable_table("torch.nn.modules.conv.Conv2d", ""));
+    const Baseline base(g);
+    run_pipeline(g, passes("cost,fuse,verify"), base);
+    const auto fused = g.find("conv__bn__relu");
+    ASSERT_TRUE(fused);
+    const NodeMetadata& f = g.node(*fused).meta;
+    EXPECT_EQ(f.at("flops"), Value("unknown"));
+    EXPECT_NE(f.at("cost_rule").repr().find("records no weight shape"), std::string::npos)
+        << f.at("cost_rule").repr();
+    EXPECT_EQ(f.at("flops_lower_bound"), Value(3 * 8 * 8 * 8));
+  }
+  // Without the table (a file that predates it), the bare modules have no type: nothing fuses.
+  {
+    Graph g = crafted(bare_chain(), R"("training":false,)");
+    const Baseline base(g);
+    EXPECT_EQ(run_pipeline(g, passes("fuse"), base)[0].summary, "no fusable chains");
+  }
+}
+
+// A fused node loaded from a file (a saved `fuse` result, or a hostile one): its conv part
+// is looked up through from_node, whatever that holds; anything unusable keeps the part
+// unknown with a reason, never a crash or a made-up count.
+TEST(FusePassTest, LoadedFusedNodesWithAnyFromNodeGetAnHonestCost) {
+  const std::string weight = R"("weight":)" + param({8, 3, 3, 3}) + R"(,"bias":null)";
+  const std::string table = fusable_table("torch.nn.modules.conv.Conv2d", weight);
+  const std::int64_t n = 8 * 8 * 8;
+  const auto fused_with = [&](const std::string& from_node, std::string result = T({1, 8, 8, 8})) {
+    return crafted({{"x", "placeholder", "x", {}, T({1, 3, 8, 8})},
+                    {"f", "call_function", "nodemeta.fused.conv_bn_relu", {0}, std::move(result), "torch.Tensor",
+                     "{}", R"(,"from_node":)" + from_node}},
+                   table);
+  };
+  const std::string conv_source = R"({"name":"conv","op":"call_module","target":"conv","pass_name":"fuse"})";
+  // The saved form: known, as when fuse made it.
+  const Graph ok = fused_with("[" + conv_source + R"(,{"name":"bn","op":"call_module","target":"bn"}])");
+  EXPECT_EQ(cost_of(ok, "f").flops, 2 * n * 27 + 2 * n + n) << cost_of(ok, "f").rule;
+  // Nothing usable: the conv part unknown, the rest the lower bound.
+  for (const std::string& bad : {std::string("null"), std::string("3"), std::string("[]"), std::string("[1,[2],null]"),
+                                std::string(R"([{"op":"call_module"}])"),
+                                std::string(R"([{"op":"call_module","target":7}])"),
+                                std::string(R"([{"op":"call_function","target":"conv"}])"),
+                                std::string(R"([{"op":"call_module","target":"bn"}])"),
+                                std::string(R"([{"op":"call_module","target":"nowhere"}])")}) {
+    const Graph g = fused_with(bad);
+    const CostEstimate c = cost_of(g, "f");
+    EXPECT_FALSE(c.flops) << bad;
+    EXPECT_EQ(c.flops_lower_bound, 3 * n) << bad;
+    EXPECT_NE(c.rule.find("conv ("), std::string::npos) << bad << ": " << c.rule;
+  }
+  // A conv whose table weight does not fit the node's shapes: unknown, the table's reason.
+  const Graph misfit = fused_with("[" + conv_source + "]", T({1, 4, 8, 8}));
+  EXPECT_FALSE(cost_of(misfit, "f").flops);
+  EXPECT_NE(cost_of(misfit, "f").rule.find("do not fit"), std::string::npos) << cost_of(misfit, "f").rule;
+}
+
 // Kind: regression (issue 14 item 7). A loaded node that carries from_node (a rewrite's
 // result, saved and loaded again) is a loaded node: verify compares all its protected
 // values, and it has not vanished.

@@ -73,6 +73,37 @@ def test_saved_file_gives_the_same_costs(model, cli, tmp_path):
     assert saved["calls"] == _fxjson.call_table(gm)
 
 
+def test_fuse_on_a_saved_traced_model_uses_the_modules_table(model, cli, tmp_path):
+    """fuse finds the conv+bn[+act] chains of a symbolic_trace graph through its modules table
+    (torch 1.13 records no nn_module_stack) and costs each fused conv from the table: the
+    critical path is the same as without fuse, and every fused node's cost is known."""
+    name, gm = model
+    path = tmp_path / f"{name}.json"
+    nodemeta.fx.save(gm, path)
+    results = {}
+    for passes in ("cost,propagate", "cost,fuse,propagate,verify"):
+        out, js = tmp_path / "out.json", tmp_path / "stats.json"
+        done = subprocess.run([cli, "run", str(path), "--passes", passes, "--output", str(out), "--json", str(js)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        results[passes] = (json.loads(out.read_text()), json.loads(js.read_text()))
+    plain, (fused, stats) = results["cost,propagate"][0], results["cost,fuse,propagate,verify"]
+    convs_with_bn = sum(1 for n in gm.graph.nodes if n.op == "call_module"
+                        and type(gm.get_submodule(n.target)) is torch.nn.Conv2d
+                        and len(n.users) == 1 and next(iter(n.users)).op == "call_module"
+                        and type(gm.get_submodule(next(iter(n.users)).target)) is torch.nn.BatchNorm2d)
+    made = [n for n in fused["nodes"] if n["target"].startswith("nodemeta.fused.conv_bn")]
+    assert len(made) == convs_with_bn  # was 0: no chain found without nn_module_stack
+    assert (convs_with_bn > 0) == (name not in ("convnext_tiny", "swin_t"))  # these two have no batch norm
+    for n in made:
+        assert n["meta"]["flops"] != "unknown", n["meta"]["cost_rule"]  # the conv part was unknown
+    last = lambda doc: doc["nodes"][-1]["meta"]  # noqa: E731 - the output node
+    assert last(fused)["critical_path_flops"] == last(plain)["critical_path_flops"]
+    assert last(fused)["critical_path_complete"] == last(plain)["critical_path_complete"]
+    verify = next(p for p in stats["passes"] if p["name"] == "verify")
+    assert verify["problems"] == [], verify["problems"][:3]
+
+
 def test_conv_and_linear_flops_match_the_modules(model):
     """Every Conv2d and Linear node's flops, computed here from the torch module itself."""
     name, gm = model
