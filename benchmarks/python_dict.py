@@ -11,7 +11,11 @@ per operation, and per pass, interleaved in one process.
                  them, so noise hits all of them.
   --mode=passes  on a traced torchvision model: (a) a Python pass that reads tensor_meta
                  and writes one key per node, (b) ShapeProp then that pass, each on the
-                 graph with dict metas and with NodeMetadata metas (attached), interleaved.
+                 graph with dict metas and with NodeMetadata metas (attached), interleaved;
+                 (a) also with PyTorch's class wrapping each node.meta after ShapeProp
+                 (which it cannot follow: tensor_meta is one of its protected keys), the
+                 pass written with `in` and `[]` (the class has no get), against a dict
+                 running that same form.
 
 Prints a table (and with --json one JSON object). Needs nodemeta importable
 (PYTHONPATH=build/release/python); --mode=passes and the TensorMetadata / FakeTensor rows
@@ -179,6 +183,19 @@ def tensor_meta_pass(gm):
             n.meta["numel"] = None
 
 
+def tensor_meta_pass_indexing(gm):
+    """The same pass with `in` and `[]`, the reads PyTorch's class offers (it has no get)."""
+    for n in gm.graph.nodes:
+        tm = n.meta["tensor_meta"] if "tensor_meta" in n.meta else None
+        if tm is not None and hasattr(tm, "shape"):
+            numel = 1
+            for d in tm.shape:
+                numel *= d
+            n.meta["numel"] = numel
+        else:
+            n.meta["numel"] = None
+
+
 def mode_passes(reps, model_name):
     import copy
     import time
@@ -208,24 +225,38 @@ def mode_passes(reps, model_name):
     with torch.no_grad():
         for gm in propagated.values():
             ShapeProp(gm).propagate(x)
+    # PyTorch's class (benchmarks/python_original.py) for the pass alone: node.meta wrapped
+    # after ShapeProp, which it could not follow (tensor_meta is one of its protected keys).
+    wrapped = plain()
+    with torch.no_grad():
+        ShapeProp(wrapped).propagate(x)
+    for n in wrapped.graph.nodes:
+        n.meta = original.NodeMetadata(n.meta)
     # Same results first.
     for gm in propagated.values():
         tensor_meta_pass(gm)
-    same = [n.meta["numel"] for n in propagated["dict"].graph.nodes] == \
-        [n.meta["numel"] for n in propagated["nodemeta"].graph.nodes]
+    tensor_meta_pass_indexing(wrapped)
+    numels = [[n.meta["numel"] for n in gm.graph.nodes] for gm in (*propagated.values(), wrapped)]
+    same = numels[0] == numels[1] == numels[2]
 
     inner = 50  # the pass alone is short: timed over this many runs
     samples = {(w, i): [] for w in ("pass", "pass after run_passes", "shapeprop+pass") for i in ("dict", "nodemeta")}
+    samples[("pass", "original")] = []
+    samples[("pass", "dict indexing")] = []
     for _ in range(reps):
-        # Each sample: the median of `inner` runs, dict and nodemeta alternating run by run.
-        runs = {impl: [] for impl in propagated}
+        # Each sample: the median of `inner` runs, the implementations alternating run by run
+        # (PyTorch's class and a dict side by side with the `in`/`[]` form of the pass).
+        runs = {impl: [] for impl in ("dict", "nodemeta", "original", "dict indexing")}
         for _ in range(inner):
-            for impl, gm in propagated.items():
+            for impl, gm, fn in (("dict", propagated["dict"], tensor_meta_pass),
+                                 ("nodemeta", propagated["nodemeta"], tensor_meta_pass),
+                                 ("original", wrapped, tensor_meta_pass_indexing),
+                                 ("dict indexing", propagated["dict"], tensor_meta_pass_indexing)):
                 t = time.perf_counter()
-                tensor_meta_pass(gm)
+                fn(gm)
                 runs[impl].append(time.perf_counter() - t)
-        for impl in propagated:
-            samples[("pass", impl)].append(statistics.median(runs[impl]))
+        for impl, r in runs.items():
+            samples[("pass", impl)].append(statistics.median(r))
         # The pass on nodes the C++ passes just wrote; the dict side runs the same pass on
         # its dicts.
         runs = {impl: [] for impl in propagated}
@@ -250,23 +281,30 @@ def mode_passes(reps, model_name):
         d = samples[(what, "dict")]
         n = samples[(what, "nodemeta")]
         ratios = sorted(a / b for a, b in zip(n, d))
-        rows.append({"op": what, "dict_ms": round(statistics.median(d) * 1e3, 3),
-                     "nodemeta_ms": round(statistics.median(n) * 1e3, 3),
-                     "nodemeta_over_dict": round(statistics.median(ratios), 3),
-                     "ratio_min": round(ratios[0], 3), "ratio_max": round(ratios[-1], 3)})
+        row = {"op": what, "dict_ms": round(statistics.median(d) * 1e3, 3),
+               "nodemeta_ms": round(statistics.median(n) * 1e3, 3),
+               "nodemeta_over_dict": round(statistics.median(ratios), 3),
+               "ratio_min": round(ratios[0], 3), "ratio_max": round(ratios[-1], 3)}
+        if (what, "original") in samples:  # against the dict running the same `in`/`[]` form
+            o, di = samples[(what, "original")], samples[(what, "dict indexing")]
+            row["original_ms"] = round(statistics.median(o) * 1e3, 3)
+            row["original_over_dict"] = round(statistics.median(a / b for a, b in zip(o, di)), 3)
+        rows.append(row)
     return {"mode": "passes", "model": model_name, "nodes": len(base.graph.nodes), "reps": reps,
             "same_results": same, "rows": rows}
 
 
 def print_table(result):
     rows = result["rows"]
-    cols = [c for c in ("dict_ns", "nodemeta_ns", "original_ns", "dict_ms", "nodemeta_ms")
+    cols = [c for c in ("dict_ns", "nodemeta_ns", "original_ns", "dict_ms", "nodemeta_ms", "original_ms")
             if any(c in r for r in rows)]
-    head = ["op", *cols, "nodemeta/dict", "min", "max"]
+    ratios = [c for c in ("mappingproxy_over_dict", "original_over_dict") if any(c in r for r in rows)]
+    head = ["op", *cols, "nodemeta/dict", "min", "max", *ratios]
     print(" | ".join(head))
     for r in rows:
         print(" | ".join([r["op"], *[str(r.get(c, "")) for c in cols], str(r.get("nodemeta_over_dict", "")),
-                          str(r.get("ratio_min", "")), str(r.get("ratio_max", ""))]))
+                          str(r.get("ratio_min", "")), str(r.get("ratio_max", "")),
+                          *[str(r.get(c, "")) for c in ratios]]))
 
 
 def main():

@@ -336,10 +336,14 @@ class _Estimator:
         call = (calls or {}).get(self.n.name) if self.n.op in ("call_function", "call_method") else None
         self.call = call if isinstance(call, dict) else None
         self.names = names
+        self.modules = modules if isinstance(modules, dict) else {}
+        self.index_ = index
         self.key = op_key(self.n, self.module)
         self.base = base_name(self.key)
+        self.path = self.n.target  # the module path messages name (module_path_)
         self.training = training
         self.why = ""
+        self.operand_why = ""  # a fused node's first unknown operand
 
     def unknown(self, why: str, lower_bound: Optional[int] = None) -> Estimate:
         return Estimate(None, None, "unknown: " + why,
@@ -372,15 +376,23 @@ class _Estimator:
             return self.unknown(f"{key} has a non-tensor result and no cost formula")
         if self.out.kind == UNKNOWN_RESULT:
             return self.unknown(f"{key}: the result {self.out.why}")
-        # Operands by position: inputs[k] is the k-th distinct node the op reads.
+        # Operands by position: inputs[k] is the k-th distinct node the op reads. A fused node
+        # goes on without one (its parts that need no operand are still counted).
+        fused_node = key.startswith("nodemeta.fused.")
         self.inp = []
         for k, j in enumerate(n.inputs):
             self.inp.append(node_result(self.nodes[j].meta))
             if self.inp[-1].kind == UNKNOWN_RESULT:
-                return self.unknown(f"{key}: operand {k} {self.inp[-1].why}")
+                why = f"{key}: operand {k} {self.inp[-1].why}"
+                if not fused_node:
+                    return self.unknown(why)
+                self.operand_why = self.operand_why or why
         self.y = self.out.tensors[0]
         self.numel = self.y.numel
-        self.io_bytes = self.out.nbytes + sum(r.nbytes for r in self.inp)
+        self.io_bytes = (None if any(r.kind == UNKNOWN_RESULT for r in self.inp)
+                         else self.out.nbytes + sum(r.nbytes for r in self.inp))
+        if self.io_bytes is not None and not fits(self.io_bytes):
+            self.io_bytes = None
         return self.formulas()
 
     def formulas(self) -> Estimate:
@@ -480,7 +492,7 @@ class _Estimator:
         if p is None:
             return None
         if not isinstance(p, dict) or not _is_tensor_value(p):
-            self.why = f"{self.key}: the graph's modules table records no {name} shape for {self.n.target}"
+            self.why = f"{self.key}: the graph's modules table records no {name} shape for {self.path}"
             return self._MISSING
         try:
             return parse_tensor(p)
@@ -573,7 +585,7 @@ class _Estimator:
         elif isinstance(k, list) and len(k) == dims:
             window = math.prod(k) if all(type(e) is int and e >= 0 for e in k) else None
         else:
-            where = self.n.name if table == "calls" else self.n.target
+            where = self.n.name if table == "calls" else self.path
             return self.unknown(f"{key}: the graph's {table} table records no kernel_size (an int or {dims} ints) "
                                 f"for {where}")
         if window is None or not fits(window):
@@ -860,19 +872,96 @@ class _Estimator:
         return self.unknown(f"{key}: the shapes fit [N, L, E] and [L, N, E], and batch_first is not in the metadata; "
                             f"flops_lower_bound = the smaller count ({formula})", min(bf, sf))
 
+    def fused_sources(self) -> List[tuple]:
+        """The call_module sources in the node's from_node, in order: (path, type, table
+        entry or None); the type is the merged nn_module_stack's for the path if it names one,
+        else the modules table's (fused_sources in cost.cpp)."""
+        chain = self.n.meta.get("from_node")
+        if not isinstance(chain, list):
+            return []
+        stack = self.n.meta.get("nn_module_stack")
+        stack = stack if isinstance(stack, dict) else {}
+        out = []
+        for source in chain:
+            if not isinstance(source, dict):
+                continue
+            op, target = source.get("op"), source.get("target")
+            if op != "call_module" or not isinstance(target, str):
+                continue
+            entry = self.modules.get(target)
+            entry = entry if isinstance(entry, dict) else None
+            t = stack.get(target)
+            t = t if isinstance(t, str) else ""
+            if not t:
+                t = entry.get("type") if entry is not None and isinstance(entry.get("type"), str) else ""
+            out.append((target, t, entry))
+        return out
+
+    def fused_module(self, sources: List[tuple], cursor: List[int], type_name: str, key: str) -> Optional[Estimate]:
+        """A fused node's conv or linear part, costed as the module it replaced: the next
+        source of that type (each part takes its own), from its table entry; None where it has
+        no entry (fused_module in cost.cpp)."""
+        while cursor[0] < len(sources):
+            target, t, entry = sources[cursor[0]]
+            cursor[0] += 1
+            if t != type_name:
+                continue
+            if entry is None:
+                return None
+            sub = _Estimator(self.nodes, self.index_, self.training, self.modules, None, self.names)
+            sub.module, sub.call, sub.key, sub.path = entry, None, key, target
+            sub.base = base_name(key)
+            return sub.run()
+        return None
+
     def fused(self, pattern: str) -> Estimate:
         """A node made by the fuse pass: the sum of its parts, each costed as the module it
-        replaced; bytes = inputs + output. Unknown if a part is, keeping the known parts."""
+        replaced (conv and linear from the modules table where the source has an entry);
+        bytes = inputs + output (+ the weights the table records). Unknown if a part is,
+        keeping the known parts."""
         total: Optional[int] = 0
         lower = 0
+        weights = 0
         terms: List[str] = []
         lower_terms: List[str] = []  # what flops_lower_bound adds
         unknown_parts: List[str] = []
         numel, training = self.numel, self.training
+        sources = self.fused_sources()
+        next_conv, next_linear = [0], [0]
         for part in pattern.split("_"):
-            if part == "conv":
-                unknown_parts.append("conv (kernel size and groups are not in fx call_module metadata)")
-                total = None
+            if part in ("conv", "linear"):
+                conv = part == "conv"
+                c = (self.fused_module(sources, next_conv, "torch.nn.modules.conv.Conv2d", "module:Conv2d") if conv
+                     else self.fused_module(sources, next_linear, "torch.nn.modules.linear.Linear", "module:Linear"))
+                if c is not None and c.flops is not None:
+                    at = c.rule.find("flops = ")
+                    end = c.rule.find(";", at) if at >= 0 else -1
+                    formula = c.rule if at < 0 else (c.rule[at + 8:] if end < 0 else c.rule[at + 8:end])
+                    terms.append(f"{formula} ({part}, weight shape from the graph's modules table)")
+                    lower_terms.append(terms[-1])
+                    total = total + c.flops if total is not None else None
+                    lower += c.flops
+                    if c.nbytes is not None and self.io_bytes is not None:
+                        weights += c.nbytes - self.io_bytes
+                elif c is not None:
+                    unknown_parts.append(f"{part} ({c.rule})")
+                    total = None
+                    if c.flops_lower_bound is not None:
+                        lower += c.flops_lower_bound
+                        lower_terms.append(f"the {part}'s lower bound")
+                elif conv:
+                    unknown_parts.append("conv (kernel size and groups are not in fx call_module metadata)")
+                    total = None
+                else:
+                    f = self.linear()
+                    if f is not None:
+                        terms.append("2*numel(out)*in_features (linear)")
+                        lower_terms.append(terms[-1])
+                        total = total + f if total is not None else None
+                        lower += f
+                    else:
+                        unknown_parts.append(f"linear ({self.why})")
+                        total = None
             elif part == "bn":
                 if training is not None:
                     f = (5 if training else 2) * numel
@@ -885,14 +974,6 @@ class _Estimator:
                     total = None
                     lower += 2 * numel
                     lower_terms.append("2*numel(out) (bn at the eval-mode rate)")
-            elif part == "linear":
-                f = self.linear()
-                if f is None:
-                    return self.unknown(self.why)
-                terms.append("2*numel(out)*in_features (linear)")
-                lower_terms.append(terms[-1])
-                total = total + f if total is not None else None
-                lower += f
             elif part in FUSED_ACTIVATIONS:
                 terms.append(f"numel(out) ({part})")
                 lower_terms.append(terms[-1])
@@ -901,9 +982,16 @@ class _Estimator:
             else:
                 return self.unknown(f"no cost formula for {self.key} (unknown part '{part}')")
         sum_text = " + ".join(terms)
+        if not unknown_parts and self.io_bytes is None:  # every part known, but an operand is not
+            if not fits(lower):
+                return self.unknown(f"{self.key}: the known parts do not fit int64")
+            return self.unknown(f"fused {pattern}: flops = {sum_text} as a lower bound; the bytes are unknown: "
+                                + (self.operand_why or "they do not fit int64"), lower)
         if not unknown_parts:
-            return self.known(total, self.io_bytes,
-                              f"fused {pattern}: flops = {sum_text}; bytes = inputs + output (intermediates stay on chip)")
+            nbytes = self.io_bytes + weights if weights > 0 else self.io_bytes
+            return self.known(total, nbytes,
+                              f"fused {pattern}: flops = {sum_text}; bytes = inputs + output"
+                              + (" + weights" if weights > 0 else "") + " (intermediates stay on chip)")
         parts = ", ".join(unknown_parts)
         if not fits(lower):
             return self.unknown(f"{self.key}: unknown parts: {parts}; the known parts do not fit int64")

@@ -304,7 +304,8 @@ class Estimator {
   // `key`: the op the node is costed as (a fused node's part: "module:Conv2d"), `path` the
   // module path messages name (a fused node's part: the module it replaced).
   Estimator(const graph::Graph& graph, const graph::Node& n, const Value* module, const Value* call,
-            const detail::EntryIndex* modules, std::string key, std::string_view path = {})
+            const detail::EntryIndex* modules, std::string key,
+            std::optional<std::string_view> path = std::nullopt)
       : graph_(graph),
         n_(n),
         module_(module),
@@ -312,7 +313,7 @@ class Estimator {
         modules_(modules),
         key_(std::move(key)),
         base_(base_name(key_)),
-        module_path_(path.empty() ? std::string_view(n.target) : path),
+        module_path_(path ? *path : std::string_view(n.target)),
         training_(training_mode(graph)) {}
 
   CostEstimate run() {
@@ -333,17 +334,24 @@ class Estimator {
     if (out_.kind == Result::Kind::kUnknown) return unknown(key_ + ": the result " + out_.why);
     // Operands by position: inputs[k] is the k-th distinct node the op reads (torch.fx's
     // all_input_nodes), so each position a formula reads must be known.
+    // A fused node goes on without one (fused(): its parts that need no operand are still
+    // counted, as its members were, so fusing never drops them from the critical path).
+    const bool fused_node = key_.rfind("nodemeta.fused.", 0) == 0;
     in_.reserve(n_.inputs.size());
     for (std::size_t k = 0; k < n_.inputs.size(); ++k) {
       in_.push_back(node_result(graph_.node(n_.inputs[k])));
       if (in_.back().kind == Result::Kind::kUnknown) {
-        return unknown(key_ + ": operand " + std::to_string(k) + " " + in_.back().why);
+        const std::string why = key_ + ": operand " + std::to_string(k) + " " + in_.back().why;
+        if (!fused_node) return unknown(why);
+        if (operand_why_.empty()) operand_why_ = why;
       }
     }
     y_ = &out_.tensors.front();
     numel_ = y_->numel;
     io_bytes_ = out_.bytes;
-    for (const Result& r : in_) io_bytes_ = sum({io_bytes_, r.bytes});
+    for (const Result& r : in_) {
+      io_bytes_ = r.kind == Result::Kind::kUnknown ? Count() : sum({io_bytes_, r.bytes});
+    }
     return formulas();
   }
 
@@ -557,10 +565,11 @@ class Estimator {
     const Value* g_attr = attribute("groups");
     const std::int64_t* groups = g_attr ? g_attr->get_if<std::int64_t>() : nullptr;
     bool fits = (c == 0 || x->dim(0) == y.dim(0)) && w1 > 0;
+    const Count grouped = groups ? product({*groups, w1}) : Count();  // groups * w1, unless past int64
     if (!transposed) {  // C_out = w0 and C_in = groups * w1
-      fits = fits && cout == w0 && cin % w1 == 0 && (!groups || *groups * w1 == cin);
+      fits = fits && cout == w0 && cin % w1 == 0 && (!groups || grouped == cin);
     } else {  // C_in = w0 and C_out = groups * w1
-      fits = fits && cin == w0 && cout % w1 == 0 && (!groups || *groups * w1 == cout);
+      fits = fits && cin == w0 && cout % w1 == 0 && (!groups || grouped == cout);
     }
     if (!fits) return unknown(key_ + ": the input, output and weight shapes do not fit the module");
     Count per = 1;  // prod(weight[1:])
@@ -936,31 +945,57 @@ class Estimator {
                    std::min(*bf, *sf));
   }
 
-  // A fused node's conv or linear part, costed as the module it replaced (`type`, costed
-  // as `key`): the first call_module source in the node's from_node whose type (the node's
-  // merged nn_module_stack, else the graph's modules table) is `type`, with its
-  // modules-table entry (the weight's shape, groups, the bias); the node's input and output
-  // are the part's own (a batch norm and an activation keep the shape). nullopt: no such
-  // source has a table entry (a graph whose nn_module_stack names the types records no
-  // weights); the caller then costs the part as before.
-  std::optional<CostEstimate> fused_module(std::string_view type, const std::string& key) {
+  // The call_module sources of a fused node, from its from_node in order: each with its
+  // module path, its type (the node's merged nn_module_stack entry for the path if it names
+  // one, else the graph's modules table's: the rule fuse and op_key follow) and its table
+  // entry (nullptr: none). Read once per node: linear in from_node and the stack.
+  struct Source {
+    std::string target;
+    std::string type;
+    const Value* entry;
+  };
+  std::vector<Source> fused_sources() const {
     static const Key from_node_key{pass_keys::kFromNode};
+    std::vector<Source> out;
     const std::optional<Value> chain = n_.meta.get(from_node_key);
     const auto* sources = chain ? chain->get_if<Value::List>() : nullptr;
+    if (!sources) return out;
     const std::optional<Value> stack = n_.meta.get(keys::nn_module_stack);
-    for (std::size_t i = 0; sources && i < sources->size(); ++i) {
-      const Value& source = (*sources)[i];
+    detail::EntryIndex stack_types;  // path -> its type's Value (first of duplicates, as find)
+    if (const auto* d = stack ? stack->get_if<Value::Dict>() : nullptr) {
+      for (const auto& [path, type] : *d) stack_types.emplace(path, &type);
+    }
+    for (const Value& source : *sources) {
       const Value* op = source.find("op");
       const Value* target = source.find("target");
       const auto* op_s = op ? op->get_if<std::string>() : nullptr;
       const auto* target_s = target ? target->get_if<std::string>() : nullptr;
       if (!op_s || *op_s != "call_module" || !target_s) continue;
       const Value* entry = modules_ ? detail::find_entry(*modules_, *target_s) : module_entry_for(*target_s);
-      const Value* stack_type = stack ? stack->find(*target_s) : nullptr;
+      const Value* stack_type = detail::find_entry(stack_types, *target_s);
       const auto* stack_s = stack_type ? stack_type->get_if<std::string>() : nullptr;
-      if ((stack_s ? *stack_s : detail::entry_type(entry)) != type) continue;
-      if (!entry) return std::nullopt;
-      return Estimator(graph_, n_, entry, nullptr, modules_, key, *target_s).run();
+      std::string type = stack_s ? *stack_s : std::string();
+      if (type.empty()) type = detail::entry_type(entry);
+      out.push_back(Source{*target_s, std::move(type), entry});
+    }
+    return out;
+  }
+
+  // A fused node's conv or linear part, costed as the module it replaced (`type`, costed as
+  // `key`): the next source of `sources` from `*next` on whose type is `type` (each part
+  // takes its own: a pattern with two convs costs two modules), with its modules-table
+  // entry (the weight's shape, groups, the bias); the node's input and output are the
+  // part's own (fuse chains only members with the same result). nullopt: no such source
+  // has a table entry (a graph whose nn_module_stack names the types records no weights);
+  // the caller then costs the part as before.
+  std::optional<CostEstimate> fused_module(const std::vector<Source>& sources, std::size_t* next,
+                                           std::string_view type, const std::string& key) {
+    for (; *next < sources.size(); ++*next) {
+      const Source& s = sources[*next];
+      if (s.type != type) continue;
+      ++*next;
+      if (!s.entry) return std::nullopt;
+      return Estimator(graph_, n_, s.entry, nullptr, modules_, key, s.target).run();
     }
     return std::nullopt;
   }
@@ -989,6 +1024,8 @@ class Estimator {
   CostEstimate fused(const std::string& pattern) {
     Count total = 0, lower = 0;
     Count weight_bytes = 0;  // the conv or linear part's weight (and bias), read from memory
+    const std::vector<Source> sources = fused_sources();
+    std::size_t next_conv = 0, next_linear = 0;  // the sources each kind of part takes next
     std::vector<std::string> terms, lower_terms, unknown_parts;  // lower_terms: what flops_lower_bound adds
     // A part whose count is known: it adds to the total and to the lower bound.
     auto add_known = [&](Count flops, std::string term) {
@@ -1004,8 +1041,9 @@ class Estimator {
       start = end + 1;
       if (part == detail::kConvPart || part == detail::kLinearPart) {
         const bool conv = part == detail::kConvPart;
-        const std::optional<CostEstimate> c = conv ? fused_module(detail::kConv2dModule, "module:Conv2d")
-                                                   : fused_module(detail::kLinearModule, "module:Linear");
+        const std::optional<CostEstimate> c =
+            conv ? fused_module(sources, &next_conv, detail::kConv2dModule, "module:Conv2d")
+                 : fused_module(sources, &next_linear, detail::kLinearModule, "module:Linear");
         if (c && c->flops) {
           add_known(*c->flops, formula_of(c->rule) + " (" + part + ", weight shape from the graph's modules table)");
           if (c->bytes && io_bytes_) weight_bytes = sum({weight_bytes, *c->bytes - *io_bytes_});
@@ -1021,8 +1059,12 @@ class Estimator {
           total = std::nullopt;
         } else {
           const Count f = linear();
-          if (!flops_ok_) return unknown(why_);
-          add_known(f, "2*numel(out)*in_features (linear)");
+          if (flops_ok_) {
+            add_known(f, "2*numel(out)*in_features (linear)");
+          } else {  // an unknown part: the others are still the lower bound
+            unknown_parts.push_back("linear (" + why_ + ")");
+            total = std::nullopt;
+          }
         }
       } else if (part == detail::kBatchNormPart) {
         if (training_) {
@@ -1046,6 +1088,12 @@ class Estimator {
       return text;
     };
     const std::string sum_text = joined(terms);
+    if (unknown_parts.empty() && !io_bytes_) {  // every part known, but an operand is not
+      if (!lower) return unknown(key_ + ": the known parts do not fit int64");
+      return unknown("fused " + pattern + ": flops = " + sum_text + " as a lower bound; the bytes are unknown: " +
+                         (operand_why_.empty() ? std::string("they do not fit int64") : operand_why_),
+                     lower);
+    }
     if (unknown_parts.empty()) {
       const bool weight = weight_bytes && *weight_bytes > 0;
       return known(total, weight ? sum({io_bytes_, weight_bytes}) : io_bytes_,
@@ -1076,6 +1124,7 @@ class Estimator {
   std::int64_t numel_ = 0;
   Count io_bytes_;
   std::string why_;       // why operand() or linear() failed
+  std::string operand_why_;  // a fused node's first unknown operand, or ""
   bool flops_ok_ = false;  // linear() succeeded
 };
 
@@ -1088,6 +1137,18 @@ CostEstimate estimate_cost(const graph::Graph& graph, std::size_t index) {
 
 CostEstimate estimate_cost(const graph::Graph& graph, const graph::Node& node) {
   return Estimator(graph, node, detail::module_entry(graph, node), detail::call_entry(graph, node), nullptr).run();
+}
+
+bool detail::same_result(const graph::Node& a, const graph::Node& b) {
+  const Result ra = node_result(a), rb = node_result(b);
+  if (ra.kind != Result::Kind::kTensors || rb.kind != Result::Kind::kTensors) {
+    return ra.kind != Result::Kind::kTensors && rb.kind != Result::Kind::kTensors;
+  }
+  if (ra.tensors.size() != rb.tensors.size()) return false;
+  for (std::size_t i = 0; i < ra.tensors.size(); ++i) {
+    if (ra.tensors[i].shape != rb.tensors[i].shape || ra.tensors[i].bytes != rb.tensors[i].bytes) return false;
+  }
+  return true;
 }
 
 CostEstimate detail::estimate_cost(const graph::Graph& graph, const graph::Node& node, const Value* module,

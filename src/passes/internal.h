@@ -274,6 +274,11 @@ inline const Value* call_entry(const graph::Graph& g, const graph::Node& n) {
 CostEstimate estimate_cost(const graph::Graph& graph, const graph::Node& node, const Value* module,
                            const Value* call, const EntryIndex* modules = nullptr);
 
+// Whether two nodes' metadata record the same result as the cost model reads it (the same
+// tensors: shapes and sizes), or neither records a tensor: what fuse asks of a chain's
+// members, whose fused node's parts are all costed at its one output.
+bool same_result(const graph::Node& a, const graph::Node& b);
+
 }  // namespace nodemeta::passes::detail
 
 #endif  // NODEMETA_SRC_PASSES_INTERNAL_H_

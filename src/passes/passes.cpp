@@ -7,6 +7,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <unordered_set>
 #include <utility>
 
 #include "nodemeta/passes/provenance.h"
@@ -166,17 +167,15 @@ class FusePass final : public Pass {
     std::vector<Fused> fused;
     fused.reserve(heads.size());
     std::vector<std::size_t> fused_of(g.size(), SIZE_MAX);  // chain head -> its index in `fused`
+    std::unordered_set<std::string> taken;  // the names given to fused nodes so far
+    taken.reserve(heads.size());
     for (std::size_t h : heads) {
       fused_of[h] = fused.size();
       std::string name;
       for (std::size_t m : chain[h]) name += (name.empty() ? "" : "__") + g.node(m).name;
       std::string unique = name;
-      for (int k = 1; g.find(unique) || std::any_of(fused.begin(), fused.end(), [&](const Fused& f) {
-                        return f.node.name == unique;
-                      });
-           ++k) {
-        unique = name + "_" + std::to_string(k);
-      }
+      for (int k = 1; g.find(unique) || taken.count(unique) != 0; ++k) unique = name + "_" + std::to_string(k);
+      taken.insert(unique);
       std::vector<std::size_t> inputs;
       for (std::size_t m : chain[h]) {
         for (std::size_t in : g.node(m).inputs) {
@@ -275,15 +274,35 @@ class FusePass final : public Pass {
     // The chain `members` (pattern `name`), extended by the activation module that is the
     // single reader of its last member if there is one. Without one, it is the result only
     // when the activation is optional.
+    // A chain's members must agree: every one records the head's result (the fused node's
+    // parts are all costed at its one output), and no member's nn_module_stack names a
+    // member's path as another type than the one matched (the fused node's merged stack
+    // would then say otherwise). A chain that does not is left alone.
+    auto consistent = [&](const std::vector<std::size_t>& members) {
+      for (std::size_t m : members) {
+        if (m != members.front() && !detail::same_result(g.node(members.front()), g.node(m))) return false;
+        const std::optional<Value> stack = g.node(m).meta.get(keys::nn_module_stack);
+        if (!stack) continue;
+        for (std::size_t other : members) {
+          const Value* t = stack->find(g.node(other).target);
+          const auto* s = t ? t->get_if<std::string>() : nullptr;
+          if (s && !s->empty() && *s != types[other]) return false;
+        }
+      }
+      return true;
+    };
     auto end_with_activation = [&](std::vector<std::size_t> members, std::string name, bool optional) {
       const std::size_t act = next(members.back());
-      const std::string_view part =
-          act == SIZE_MAX ? std::string_view() : detail::activation_part(types[act]);
-      if (part.empty() && !optional) return;
+      std::string_view part = act == SIZE_MAX ? std::string_view() : detail::activation_part(types[act]);
       if (!part.empty()) {
         members.push_back(act);
-        name += "_" + std::string(part);
+        if (!consistent(members)) {  // the chain without it, where the activation is optional
+          members.pop_back();
+          part = {};
+        }
       }
+      if (part.empty() && (!optional || !consistent(members))) return;
+      if (!part.empty()) name += "_" + std::string(part);
       out = std::move(members);
       pattern = std::move(name);
     };

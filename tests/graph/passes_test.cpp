@@ -1258,6 +1258,73 @@ TEST(FusePassTest, ModulesTableConvPartsKeepTheirReasons) {
   }
 }
 
+// Kind: regression (review of the modules-table fuse). The critical path and each fused
+// node's count are the unfused parts' whatever the metadata says: members that disagree
+// (another result, another type for a member's path) are not chained, a part is typed by
+// the rule fuse and the cost of an unfused node follow, and a part that cannot be costed
+// keeps the others as the lower bound.
+TEST(FusePassTest, FusedCountsAreThePartsWhateverTheMetadataSays) {
+  const std::string weight = R"("weight":)" + param({8, 3, 3, 3}) + R"(,"bias":)" + param({8});
+  const std::string table = fusable_table("torch.nn.modules.conv.Conv2d", weight);
+  const auto with = [](std::vector<FileNode> nodes, std::size_t i, std::string stack) {
+    nodes[i].stack = std::move(stack);
+    return nodes;
+  };
+  struct Case {
+    const char* what;
+    std::vector<FileNode> nodes;
+    const char* summary;
+  };
+  std::vector<FileNode> shape_change = bare_chain();
+  shape_change[3].result = T({1, 8, 4, 4});
+  std::vector<FileNode> no_input_shape = bare_chain();
+  no_input_shape[0].result = "null";
+  const Case cases[] = {
+      {"empty stack types: the table's", with(with(with(bare_chain(), 1, R"({"conv":""})"), 2, R"({"bn":""})"), 3,
+                                              R"({"relu":""})"),
+       "1 chain fused (3 nodes replaced)"},
+      {"a member's stack names the conv as Linear", with(bare_chain(), 2,
+                                                         R"({"conv":"torch.nn.modules.linear.Linear"})"),
+       "no fusable chains"},
+      {"the activation changes the shape", shape_change, "1 chain fused (2 nodes replaced)"},
+      {"the conv's input has no shape", no_input_shape, "1 chain fused (3 nodes replaced)"},
+  };
+  for (const Case& c : cases) {
+    const Graph loaded = crafted(c.nodes, table);
+    const Baseline base(loaded);
+    Graph plain = loaded.clone();
+    Graph a = loaded.clone();
+    Graph b = loaded.clone();
+    run_pipeline(plain, passes("cost,propagate"), base);
+    const auto stats = run_pipeline(a, passes("cost,fuse,propagate,verify"), base);
+    run_pipeline(b, passes("fuse,cost,propagate,verify"), base);
+    EXPECT_EQ(stats[1].summary, c.summary) << c.what;
+    const auto last = [](const Graph& g) -> const NodeMetadata& { return g.node(g.size() - 1).meta; };
+    EXPECT_EQ(last(a).at("critical_path_flops"), last(plain).at("critical_path_flops")) << c.what;
+    EXPECT_EQ(last(a).at("critical_path_complete"), last(plain).at("critical_path_complete")) << c.what;
+    EXPECT_EQ(graph::to_json(a), graph::to_json(b)) << c.what;
+    EXPECT_TRUE(stats.back().problems.empty()) << c.what;
+  }
+  // A linear whose shapes do not fit its activation's chain: the activation still counts.
+  const Graph lin = crafted({{"x", "placeholder", "x", {}, T({4, 32})},
+                             module("fc", "torch.nn.modules.linear.Linear", {0}, T({4, 16, 2})),
+                             module("act", "torch.nn.modules.activation.ReLU", {1}, T({4, 16, 2}))});
+  const Baseline lbase(lin);
+  Graph lf = lin.clone();
+  run_pipeline(lf, passes("cost,fuse"), lbase);
+  const auto fused = lf.find("fc__act");
+  ASSERT_TRUE(fused);
+  EXPECT_EQ(lf.node(*fused).meta.at("flops"), Value("unknown"));
+  EXPECT_EQ(lf.node(*fused).meta.at("flops_lower_bound"), Value(4 * 16 * 2));  // was none: the path lost it
+  // groups so large that groups * C_in/groups overflows: unknown, and no undefined behaviour.
+  const std::string huge = R"("training":false,"modules":{"conv":{"type":"torch.nn.modules.conv.Conv2d",)"
+                           R"("attributes":{"groups":4611686018427387904},"parameters":{"weight":)" +
+                           param({8, 3, 3, 3}) + R"(,"bias":null}},"bn":)" + entry("batchnorm.BatchNorm2d", "", "") +
+                           "," + R"("relu":)" + entry("activation.ReLU", "", "") + "},";
+  const Graph h = crafted(bare_chain(), huge);
+  EXPECT_FALSE(cost_of(h, "conv").flops);
+}
+
 // A fused node loaded from a file (a saved `fuse` result, or a hostile one): its conv part
 // is looked up through from_node, whatever that holds; anything unusable keeps the part
 // unknown with a reason, never a crash or a made-up count.
@@ -1288,6 +1355,14 @@ TEST(FusePassTest, LoadedFusedNodesWithAnyFromNodeGetAnHonestCost) {
     EXPECT_EQ(c.flops_lower_bound, 3 * n) << bad;
     EXPECT_NE(c.rule.find("conv ("), std::string::npos) << bad << ": " << c.rule;
   }
+  // Two conv parts and one conv source: each part takes its own source, so the second is
+  // unknown (it was counted twice).
+  const Graph twice = crafted({{"x", "placeholder", "x", {}, T({1, 3, 8, 8})},
+                               {"f", "call_function", "nodemeta.fused.conv_conv_bn", {0}, T({1, 8, 8, 8}),
+                                "torch.Tensor", "{}", R"(,"from_node":[)" + conv_source + "]"}},
+                              table);
+  EXPECT_FALSE(cost_of(twice, "f").flops);
+  EXPECT_EQ(cost_of(twice, "f").flops_lower_bound, 2 * n * 27 + 2 * n) << cost_of(twice, "f").rule;
   // A conv whose table weight does not fit the node's shapes: unknown, the table's reason.
   const Graph misfit = fused_with("[" + conv_source + "]", T({1, 4, 8, 8}));
   EXPECT_FALSE(cost_of(misfit, "f").flops);

@@ -4,7 +4,9 @@ and parameter shapes ("modules") and the calls' non-node arguments ("calls"); sa
 both, so `nodemeta run` on the saved file gives the same costs."""
 import copy
 import json
+import pathlib
 import subprocess
+import sys
 
 import pytest
 
@@ -102,6 +104,22 @@ def test_fuse_on_a_saved_traced_model_uses_the_modules_table(model, cli, tmp_pat
     assert last(fused)["critical_path_complete"] == last(plain)["critical_path_complete"]
     verify = next(p for p in stats["passes"] if p["name"] == "verify")
     assert verify["problems"] == [], verify["problems"][:3]
+
+
+def test_the_python_port_costs_fused_nodes_as_the_cpp_does(model, cli, tmp_path):
+    """benchmarks/python_passes.py, the line-by-line port of the C++ passes, on the fused
+    graph (fused conv and linear parts costed from the modules table) gives the C++ results."""
+    name, gm = model
+    path, fused, expected = tmp_path / f"{name}.json", tmp_path / "fused.json", tmp_path / "expected.json"
+    nodemeta.fx.save(gm, path)
+    for args in ([str(path), "--passes", "fuse", "--output", str(fused)],
+                 [str(fused), "--passes", "cost,propagate,verify", "--output", str(expected)]):
+        done = subprocess.run([cli, "run", *args], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    port = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "python_passes.py"
+    done = subprocess.run([sys.executable, str(port), "--check", str(fused), "--expected", str(expected)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
 
 
 def test_conv_and_linear_flops_match_the_modules(model):
