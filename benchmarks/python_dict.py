@@ -184,7 +184,8 @@ def tensor_meta_pass(gm):
 
 
 def tensor_meta_pass_indexing(gm):
-    """The same pass with `in` and `[]`, the reads PyTorch's class offers (it has no get)."""
+    """The same pass with `in` and `[]`, the reads PyTorch's class offers (it has no get).
+    Written out again rather than sharing a helper: each is the loop a user writes, timed."""
     for n in gm.graph.nodes:
         tm = n.meta["tensor_meta"] if "tensor_meta" in n.meta else None
         if tm is not None and hasattr(tm, "shape"):

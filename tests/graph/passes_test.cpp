@@ -1195,15 +1195,28 @@ std::vector<FileNode> bare_chain() {
           bare("relu", {2}, T({1, 8, 8, 8}))};
 }
 
+// A graph through cost,propagate (plain), cost,fuse,propagate,verify (fused, with its
+// statistics) and fuse,cost,propagate,verify (fuse_first).
+struct FuseRuns {
+  Graph plain, fused, fuse_first;
+  std::vector<PassStats> stats;
+};
+FuseRuns fuse_runs(const Graph& loaded) {
+  const Baseline base(loaded);
+  FuseRuns r{loaded.clone(), loaded.clone(), loaded.clone(), {}};
+  run_pipeline(r.plain, passes("cost,propagate"), base);
+  r.stats = run_pipeline(r.fused, passes("cost,fuse,propagate,verify"), base);
+  run_pipeline(r.fuse_first, passes("fuse,cost,propagate,verify"), base);
+  return r;
+}
+
 TEST(FusePassTest, ModulesTableTypesFuseAndCostTheConvPart) {
   const std::string weight = R"("weight":)" + param({8, 3, 3, 3}) + R"(,"bias":null)";
-  const Graph loaded = crafted(bare_chain(), fusable_table("torch.nn.modules.conv.Conv2d", weight));
-  const Baseline base(loaded);
-  Graph plain = loaded.clone();
-  Graph a = loaded.clone();
-  Graph b = loaded.clone();
-  run_pipeline(plain, passes("cost,propagate"), base);
-  const auto stats = run_pipeline(a, passes("cost,fuse,propagate,verify"), base);
+  FuseRuns runs = fuse_runs(crafted(bare_chain(), fusable_table("torch.nn.modules.conv.Conv2d", weight)));
+  const Graph& plain = runs.plain;
+  const Graph& a = runs.fused;
+  const Graph& b = runs.fuse_first;
+  const auto& stats = runs.stats;
   EXPECT_EQ(stats[1].summary, "1 chain fused (3 nodes replaced)");  // was "no fusable chains"
   const auto fused = a.find("conv__bn__relu");
   ASSERT_TRUE(fused);
@@ -1219,7 +1232,6 @@ TEST(FusePassTest, ModulesTableTypesFuseAndCostTheConvPart) {
   EXPECT_EQ(last(a).at("critical_path_complete"), Value(true));
   EXPECT_TRUE(stats.back().problems.empty()) << stats.back().problems.front();
   // fuse then cost gives the same graph (the cost pass finds the conv through from_node).
-  run_pipeline(b, passes("fuse,cost,propagate,verify"), base);
   EXPECT_EQ(graph::first_difference(a, b), "");
   EXPECT_EQ(graph::to_json(a), graph::to_json(b));
   // The public estimate_cost (no index) agrees.
@@ -1290,14 +1302,11 @@ TEST(FusePassTest, FusedCountsAreThePartsWhateverTheMetadataSays) {
       {"the conv's input has no shape", no_input_shape, "1 chain fused (3 nodes replaced)"},
   };
   for (const Case& c : cases) {
-    const Graph loaded = crafted(c.nodes, table);
-    const Baseline base(loaded);
-    Graph plain = loaded.clone();
-    Graph a = loaded.clone();
-    Graph b = loaded.clone();
-    run_pipeline(plain, passes("cost,propagate"), base);
-    const auto stats = run_pipeline(a, passes("cost,fuse,propagate,verify"), base);
-    run_pipeline(b, passes("fuse,cost,propagate,verify"), base);
+    const FuseRuns runs = fuse_runs(crafted(c.nodes, table));
+    const Graph& plain = runs.plain;
+    const Graph& a = runs.fused;
+    const Graph& b = runs.fuse_first;
+    const auto& stats = runs.stats;
     EXPECT_EQ(stats[1].summary, c.summary) << c.what;
     const auto last = [](const Graph& g) -> const NodeMetadata& { return g.node(g.size() - 1).meta; };
     EXPECT_EQ(last(a).at("critical_path_flops"), last(plain).at("critical_path_flops")) << c.what;
