@@ -416,8 +416,13 @@ template <typename Entry>
   return Probe::kUnsure;
 }
 
-// d[key] for an exact str key (borrowed; nullptr: absent, or an error if PyErr_Occurred()),
-// with the str's cached hash when it has one.
+// CPython's own lookup of an exact str key, with the str's cached hash when it has one.
+inline PyObject* cpython_get_str(PyObject* d, PyObject* key) {
+  const Py_hash_t h = reinterpret_cast<PyASCIIObject*>(key)->hash;
+  return h != -1 ? _PyDict_GetItem_KnownHash(d, key, h) : PyDict_GetItemWithError(d, key);
+}
+
+// d[key] for an exact str key (borrowed; nullptr: absent, or an error if PyErr_Occurred()).
 inline PyObject* dict_get_str(PyObject* d, PyObject* key) {
   PyObject* v = nullptr;
   switch (probe_str(d, key, &v)) {
@@ -425,8 +430,7 @@ inline PyObject* dict_get_str(PyObject* d, PyObject* key) {
     case Probe::kMiss: return nullptr;
     case Probe::kUnsure: break;
   }
-  const Py_hash_t h = reinterpret_cast<PyASCIIObject*>(key)->hash;
-  return h != -1 ? _PyDict_GetItem_KnownHash(d, key, h) : PyDict_GetItemWithError(d, key);
+  return cpython_get_str(d, key);
 }
 
 // As dict_get_str, with no error check to make after a miss: nullptr and *failed false:
@@ -438,7 +442,7 @@ inline PyObject* dict_get_str(PyObject* d, PyObject* key, bool* failed) {
     case Probe::kMiss: *failed = false; return nullptr;
     case Probe::kUnsure: break;
   }
-  v = dict_get_str(d, key);
+  v = cpython_get_str(d, key);  // (not dict_get_str: the table was probed already)
   *failed = v == nullptr && PyErr_Occurred() != nullptr;
   return v;
 }

@@ -971,7 +971,8 @@ class Estimator {
       const auto* op_s = op ? op->get_if<std::string>() : nullptr;
       const auto* target_s = target ? target->get_if<std::string>() : nullptr;
       if (!op_s || *op_s != "call_module" || !target_s) continue;
-      const Value* entry = modules_ ? detail::find_entry(*modules_, *target_s) : module_entry_for(*target_s);
+      const Value* entry =
+          modules_ ? detail::find_entry(*modules_, *target_s) : detail::module_entry(graph_, *target_s);
       const Value* stack_type = detail::find_entry(stack_types, *target_s);
       const auto* stack_s = stack_type ? stack_type->get_if<std::string>() : nullptr;
       std::string type = stack_s ? *stack_s : std::string();
@@ -1006,17 +1007,6 @@ class Estimator {
     return at == std::string::npos ? rule : rule.substr(at + 8, rule.find(';', at) - at - 8);
   }
 
-  // The modules-table entry (a dict) for module path `target`, or nullptr (linear in the
-  // table's size: for callers with no EntryIndex).
-  const Value* module_entry_for(std::string_view target) const {
-    for (const auto& [name, value] : graph_.attrs()) {
-      if (name != detail::kModulesAttr) continue;
-      const Value* e = value.find(target);
-      return e && e->kind() == Value::Kind::kDict ? e : nullptr;
-    }
-    return nullptr;
-  }
-
   // A node made by the fuse pass ("nodemeta.fused.conv_bn_relu"): the sum of its parts,
   // each costed as the module it replaced; every intermediate result has the output's shape
   // and stays on chip, so bytes = inputs + output. Unknown if a part is, keeping the known
@@ -1024,7 +1014,7 @@ class Estimator {
   CostEstimate fused(const std::string& pattern) {
     Count total = 0, lower = 0;
     Count weight_bytes = 0;  // the conv or linear part's weight (and bias), read from memory
-    const std::vector<Source> sources = fused_sources();
+    std::optional<std::vector<Source>> sources;  // read when a conv or linear part needs them
     std::size_t next_conv = 0, next_linear = 0;  // the sources each kind of part takes next
     std::vector<std::string> terms, lower_terms, unknown_parts;  // lower_terms: what flops_lower_bound adds
     // A part whose count is known: it adds to the total and to the lower bound.
@@ -1041,9 +1031,10 @@ class Estimator {
       start = end + 1;
       if (part == detail::kConvPart || part == detail::kLinearPart) {
         const bool conv = part == detail::kConvPart;
+        if (!sources) sources = fused_sources();
         const std::optional<CostEstimate> c =
-            conv ? fused_module(sources, &next_conv, detail::kConv2dModule, "module:Conv2d")
-                 : fused_module(sources, &next_linear, detail::kLinearModule, "module:Linear");
+            conv ? fused_module(*sources, &next_conv, detail::kConv2dModule, "module:Conv2d")
+                 : fused_module(*sources, &next_linear, detail::kLinearModule, "module:Linear");
         if (c && c->flops) {
           add_known(*c->flops, formula_of(c->rule) + " (" + part + ", weight shape from the graph's modules table)");
           if (c->bytes && io_bytes_) weight_bytes = sum({weight_bytes, *c->bytes - *io_bytes_});

@@ -191,16 +191,18 @@ constexpr std::int64_t dtype_bytes(std::string_view dtype) {
 inline constexpr std::string_view kModulesAttr = graph_attrs::kModules;
 inline constexpr std::string_view kCallsAttr = graph_attrs::kCalls;
 
-// The "modules" entry (a dict) of a call_module node's target, or nullptr: another op, no
-// table, no entry, or an entry that is not a dict. Linear in the table's size.
-inline const Value* module_entry(const graph::Graph& g, const graph::Node& n) {
-  if (n.op != "call_module") return nullptr;
+// The "modules" entry (a dict) of a module path, or of a call_module node's target; nullptr:
+// another op, no table, no entry, or an entry that is not a dict. Linear in the table's size.
+inline const Value* module_entry(const graph::Graph& g, std::string_view path) {
   for (const auto& [name, value] : g.attrs()) {
     if (name != kModulesAttr) continue;
-    const Value* e = value.find(n.target);
+    const Value* e = value.find(path);
     return e && e->kind() == Value::Kind::kDict ? e : nullptr;
   }
   return nullptr;
+}
+inline const Value* module_entry(const graph::Graph& g, const graph::Node& n) {
+  return n.op == "call_module" ? module_entry(g, std::string_view(n.target)) : nullptr;
 }
 
 // The type of a call_module node's module as its nn_module_stack entry records it,
